@@ -1,0 +1,67 @@
+//! `blackhole`: acknowledges every event and keeps nothing, optionally at a limited rate.
+//! For benchmarks, and for testing backpressure with a deliberately slow sink.
+//!
+//! ```toml
+//! [sinks.void]
+//! type = "blackhole"
+//! inputs = ["events"]
+//! rate = 100          # events per second (omit for no limit)
+//! ```
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use sluice_pipeline::component::{BuildContext, DynSink};
+use sluice_pipeline::{Error, FieldError, Sink, SinkConfig, SinkContext, Validate};
+
+/// Config of the `blackhole` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlackholeSinkConfig {
+    /// Acknowledge at most this many events per second; unset, as fast as they come.
+    pub rate: Option<u64>,
+}
+
+impl Validate for BlackholeSinkConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.rate == Some(0) {
+            return Err(FieldError::new(
+                "rate",
+                "must be at least 1 event per second (omit it for no limit)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SinkConfig for BlackholeSinkConfig {
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
+        Ok(Box::new(BlackholeSink { rate: self.rate }))
+    }
+}
+
+/// The running `blackhole` sink.
+#[derive(Debug)]
+pub struct BlackholeSink {
+    rate: Option<u64>,
+}
+
+impl Sink for BlackholeSink {
+    async fn run(self, mut cx: SinkContext) -> Result<(), Error> {
+        cx.set_ready(true);
+        let started = Instant::now();
+        let mut acked: u64 = 0;
+        while let Some(batch) = cx.next().await {
+            for event in batch {
+                if let Some(rate) = self.rate {
+                    // Event n is due n/rate seconds after the start.
+                    let due = started + Duration::from_secs_f64(acked as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                event.ack();
+                acked += 1;
+            }
+        }
+        Ok(())
+    }
+}

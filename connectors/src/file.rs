@@ -1,0 +1,87 @@
+//! `file`: appends each event as a JSON line to a file and acknowledges it only after fsync.
+//!
+//! ```toml
+//! [sinks.archive]
+//! type = "file"
+//! inputs = ["events"]
+//! path = "/var/lib/sluice/events.jsonl"
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_pipeline::component::{BuildContext, DynSink};
+use sluice_pipeline::{Error, ErrorKind, FieldError, Sink, SinkConfig, SinkContext, Validate};
+use tokio::io::AsyncWriteExt;
+
+use crate::codec::{LineTarget, write_lines};
+
+/// Config of the `file` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// The file to append to; created, with its directory, if missing.
+    pub path: PathBuf,
+}
+
+impl FileSinkConfig {
+    /// The config of a file sink writing to `path` (also the built-in quarantine file).
+    pub fn new(path: &Path) -> Self {
+        FileSinkConfig {
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl Validate for FileSinkConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.path.as_os_str().is_empty() {
+            return Err(FieldError::new("path", "must not be empty"));
+        }
+        Ok(())
+    }
+}
+
+impl SinkConfig for FileSinkConfig {
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
+        Ok(Box::new(FileSink {
+            path: self.path.clone(),
+        }))
+    }
+}
+
+/// The running `file` sink.
+#[derive(Debug)]
+pub struct FileSink {
+    path: PathBuf,
+}
+
+struct DurableFile(tokio::fs::File);
+
+impl LineTarget for DurableFile {
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes).await
+    }
+
+    async fn persist(&mut self) -> std::io::Result<()> {
+        self.0.sync_data().await
+    }
+}
+
+impl Sink for FileSink {
+    async fn run(self, cx: SinkContext) -> Result<(), Error> {
+        let shown = self.path.display().to_string();
+        let open_error = |e| Error::new(ErrorKind::Io, format!("opening {shown}")).with_source(e);
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir).await.map_err(open_error)?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(open_error)?;
+        cx.set_ready(true);
+        write_lines(cx, DurableFile(file), &shown).await
+    }
+}

@@ -1,0 +1,14 @@
+//! sluice's sources and sinks.
+//!
+//! - [`generator`]: synthetic events with deterministic ids, for demos, tests and benchmarks.
+//! - [`file`], [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
+//! - [`codec`]: encodings shared by sinks.
+//!
+//! Each connector is one module with its config struct (the documentation of its settings) and
+//! its running component; the `sluice` binary registers them by type name.
+
+pub mod blackhole;
+pub mod codec;
+pub mod file;
+pub mod generator;
+pub mod stdout;

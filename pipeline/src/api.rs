@@ -1,0 +1,109 @@
+//! The HTTP API: `/metrics` (Prometheus text), `/health` (the process is alive) and `/ready`
+//! (every component started and connected).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::health::Health;
+
+/// How often histograms are compacted between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder as the process's metrics recorder, once. Returns `None` if
+/// another recorder was installed first (metrics then go there, not to `/metrics`).
+pub fn prometheus() -> Option<PrometheusHandle> {
+    RECORDER
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new().install_recorder();
+            if let Err(e) = &handle {
+                tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            }
+            handle.ok()
+        })
+        .clone()
+}
+
+/// A running API server.
+pub struct ApiServer {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    /// The address it listens on (useful when the config asked for port 0).
+    pub address: SocketAddr,
+}
+
+impl ApiServer {
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `address` and serves the API until stopped.
+pub async fn serve(address: SocketAddr, health: Health) -> std::io::Result<ApiServer> {
+    let metrics = prometheus();
+    if let Some(handle) = metrics.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.map(|m| m.render()).unwrap_or_default() }
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let health = health.clone();
+                async move { ready(&health) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, "api listening");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(async {
+            let _ = stopped.await;
+        });
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "api server failed");
+        }
+    });
+    Ok(ApiServer {
+        stop,
+        task,
+        address,
+    })
+}
+
+fn ready(health: &Health) -> (StatusCode, String) {
+    let waiting = health.not_ready();
+    if waiting.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", waiting.join(", ")),
+        )
+    }
+}

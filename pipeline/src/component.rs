@@ -1,0 +1,414 @@
+//! The three roles a component plays (source, transform, sink), their configs, and the
+//! contexts the engine hands them.
+//!
+//! A component type is a config struct (serde, `deny_unknown_fields`, one doc comment per field)
+//! implementing [`Validate`] and one of [`SourceConfig`], [`TransformConfig`] or [`SinkConfig`],
+//! plus the running component implementing [`Source`], [`Transform`] or [`Sink`]. Validation is
+//! pure; building does no I/O either: connecting happens when the component runs, so that
+//! `sluice check` never touches a server it was not asked to.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::ack::Tracker;
+use crate::checkpoint::CheckpointStore;
+use crate::config::FieldError;
+use crate::error::{Error, ErrorKind};
+use crate::event::{Batch, Event, Position, Text};
+use crate::health::ReadyFlag;
+use crate::metrics::{ComponentMetrics, SourceMetrics};
+use crate::runtime::{Fanout, QuarantineSender};
+use crate::shutdown::Shutdown;
+
+/// A boxed, sendable future: what the engine runs for a component.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Checks on a component's config that need no I/O.
+pub trait Validate {
+    /// Checks rules the types alone do not express. Paths in the error are relative to the
+    /// component (`count`, not `sources.gen.count`).
+    fn validate(&self) -> Result<(), FieldError> {
+        Ok(())
+    }
+}
+
+/// What a component config may use to build its component.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The component's id in the config.
+    pub id: String,
+    /// The pipeline's data directory.
+    pub data_dir: PathBuf,
+}
+
+/// A source type's config.
+pub trait SourceConfig: Validate + Debug + Send + Sync + 'static {
+    /// Builds the source. No I/O: connect in [`Source::run`].
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSource>, Error>;
+}
+
+/// A transform type's config.
+pub trait TransformConfig: Validate + Debug + Send + Sync + 'static {
+    /// Builds the transform. No I/O.
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynTransform>, Error>;
+}
+
+/// A sink type's config.
+pub trait SinkConfig: Validate + Debug + Send + Sync + 'static {
+    /// Builds the sink. No I/O: connect in [`Sink::run`].
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSink>, Error>;
+}
+
+/// Produces events.
+///
+/// Guarantees a source must keep:
+/// - **Positions never go backwards.** Events are emitted in position order; several events
+///   may share a position (one transaction), and a position may continue into the next batch
+///   only through [`SourceContext::emit_open`].
+/// - **Only the checkpoint is made durable.** A source records (to its server or through
+///   [`SourceContext::checkpoint_store`]) only positions returned by
+///   [`SourceContext::checkpoint`], so a crash at any moment re-reads rather than loses.
+/// - **Shutdown drains.** When [`SourceContext::shutdown`] fires, or its input ends, the source
+///   stops emitting, awaits [`SourceContext::drain`] and records the checkpoint it returns.
+///
+/// `run` is called once; the engine runs it on its own task.
+pub trait Source: Send + 'static {
+    /// Runs until the input ends or shutdown is requested.
+    fn run(self, cx: SourceContext) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Maps, filters, splits or enriches batches of events.
+///
+/// Each event received must end in exactly one place: pushed to the output (possibly as
+/// several children made with `clone`), dropped with [`Output::drop_event`], or rejected to
+/// the quarantine with [`Output::reject`]. `process` calls are sequential; order within and
+/// across batches is the order events are pushed.
+pub trait Transform: Send + 'static {
+    /// Processes one batch.
+    fn process(
+        &mut self,
+        events: Batch,
+        out: &mut Output,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Delivers events.
+///
+/// A sink acknowledges an event ([`Event::ack`]) only once the destination holds it durably
+/// (a broker's publisher confirm, an fsync), rejects events the destination refuses for good
+/// through [`SinkContext::reject`], and retries what may succeed later. It runs until its input
+/// ends, having answered every event it received.
+pub trait Sink: Send + 'static {
+    /// Runs until the input ends.
+    fn run(self, cx: SinkContext) -> impl Future<Output = Result<(), Error>> + Send;
+}
+
+/// Object-safe form of [`Source`], implemented for every source.
+pub trait DynSource: Send {
+    /// Runs the source.
+    fn run_boxed(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+impl<S: Source> DynSource for S {
+    fn run_boxed(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin((*self).run(cx))
+    }
+}
+
+/// Object-safe form of [`Transform`], implemented for every transform.
+pub trait DynTransform: Send {
+    /// Processes one batch.
+    fn process_boxed<'a>(
+        &'a mut self,
+        events: Batch,
+        out: &'a mut Output,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+impl<T: Transform> DynTransform for T {
+    fn process_boxed<'a>(
+        &'a mut self,
+        events: Batch,
+        out: &'a mut Output,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.process(events, out))
+    }
+}
+
+/// Object-safe form of [`Sink`], implemented for every sink.
+pub trait DynSink: Send {
+    /// Runs the sink.
+    fn run_boxed(self: Box<Self>, cx: SinkContext) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+impl<S: Sink> DynSink for S {
+    fn run_boxed(self: Box<Self>, cx: SinkContext) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin((*self).run(cx))
+    }
+}
+
+/// What a transform (or a source) produces from a batch: events to pass on, in order, some of
+/// them marked for the quarantine, and a count of those dropped on purpose.
+#[derive(Debug, Default)]
+pub struct Output {
+    events: Vec<Event>,
+    /// Indices into `events` of rejected events, with the reason.
+    rejects: Vec<(usize, Text)>,
+    dropped: u64,
+}
+
+impl Output {
+    /// An empty output with room for `n` events.
+    pub fn with_capacity(n: usize) -> Self {
+        Output {
+            events: Vec::with_capacity(n),
+            ..Output::default()
+        }
+    }
+
+    /// Passes `event` on.
+    pub fn push(&mut self, event: Event) {
+        self.events.push(event);
+    }
+
+    /// Sends `event` to the quarantine with `reason` (what is wrong with it, for a person).
+    pub fn reject(&mut self, event: Event, reason: impl Into<Text>) {
+        self.rejects.push((self.events.len(), reason.into()));
+        self.events.push(event);
+    }
+
+    /// Drops `event` on purpose: it is acknowledged and counted.
+    pub fn drop_event(&mut self, event: Event) {
+        event.ack_dropped();
+        self.dropped += 1;
+    }
+
+    /// Events pushed or rejected so far.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether nothing was pushed or rejected.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub(crate) fn events_mut(&mut self) -> &mut [Event] {
+        &mut self.events
+    }
+
+    /// Splits into (events to pass on, rejected events with reasons, dropped count).
+    pub(crate) fn split(self) -> (Batch, Vec<(Event, Text)>, u64) {
+        if self.rejects.is_empty() {
+            return (self.events, Vec::new(), self.dropped);
+        }
+        let mut kept = Vec::with_capacity(self.events.len() - self.rejects.len());
+        let mut rejected = Vec::with_capacity(self.rejects.len());
+        let mut rejects = self.rejects.into_iter().peekable();
+        for (index, event) in self.events.into_iter().enumerate() {
+            match rejects.next_if(|(i, _)| *i == index) {
+                Some((_, reason)) => rejected.push((event, reason)),
+                None => kept.push(event),
+            }
+        }
+        (kept, rejected, self.dropped)
+    }
+}
+
+impl From<Batch> for Output {
+    fn from(events: Batch) -> Self {
+        Output {
+            events,
+            ..Output::default()
+        }
+    }
+}
+
+/// What a running source uses: emitting, its checkpoint, shutdown and readiness.
+pub struct SourceContext {
+    pub(crate) id: Arc<str>,
+    pub(crate) tracker: Tracker,
+    pub(crate) output: Fanout,
+    pub(crate) quarantine: QuarantineSender,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) ready: ReadyFlag,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) metrics: SourceMetrics,
+}
+
+impl SourceContext {
+    /// The source's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the checkpoint at `position`, the one this source recorded last time. Call it
+    /// before emitting anything.
+    pub fn resume_from(&mut self, position: Position) -> Result<(), Error> {
+        self.tracker.resume_from(position).map_err(|e| {
+            Error::new(ErrorKind::Internal, "resuming after events were emitted").with_source(e)
+        })
+    }
+
+    /// Emits events (and rejects) whose highest position is complete: no event at or below it
+    /// comes later. Waits while the in-flight budget is used up.
+    pub async fn emit(&mut self, out: impl Into<Output>) -> Result<(), Error> {
+        self.emit_inner(out.into(), false).await
+    }
+
+    /// Emits events whose highest position may continue in the next call (a large transaction
+    /// emitted in parts). The checkpoint stays below that position until it is complete.
+    pub async fn emit_open(&mut self, out: impl Into<Output>) -> Result<(), Error> {
+        self.emit_inner(out.into(), true).await
+    }
+
+    async fn emit_inner(&mut self, mut out: Output, open: bool) -> Result<(), Error> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let bytes = out.events.iter().map(Event::byte_size).sum();
+        self.tracker.reserve(out.len(), bytes).await;
+        let registered = if open {
+            self.tracker.register_open(out.events_mut())
+        } else {
+            self.tracker.register(out.events_mut())
+        };
+        registered.map_err(|e| {
+            Error::new(ErrorKind::Internal, "registering emitted events").with_source(e)
+        })?;
+        let (events, rejected, _) = out.split();
+        self.metrics.emitted(events.len(), bytes);
+        self.metrics
+            .in_flight(self.tracker.in_flight_events(), self.tracker.peak_in_flight_events());
+        self.quarantine.send(rejected).await;
+        self.output.send(events).await;
+        Ok(())
+    }
+
+    /// The checkpoint: the highest position at or before which every emitted event is
+    /// acknowledged (or the start position). Only this may be recorded as done.
+    pub fn checkpoint(&mut self) -> Option<Position> {
+        let checkpoint = self.tracker.checkpoint();
+        self.metrics.checkpoint(
+            checkpoint,
+            self.tracker.in_flight_events(),
+            self.tracker.failed_events(),
+        );
+        checkpoint
+    }
+
+    /// Waits until some emitted batch is resolved, so the checkpoint may have moved.
+    pub async fn progressed(&mut self) {
+        self.tracker.progressed().await;
+    }
+
+    /// Waits until every emitted event is resolved, then returns the checkpoint.
+    pub async fn drain(&mut self) -> Option<Position> {
+        self.tracker.drain().await;
+        self.checkpoint()
+    }
+
+    /// Events emitted and not yet resolved.
+    pub fn in_flight_events(&self) -> usize {
+        self.tracker.in_flight_events()
+    }
+
+    /// Fires when the pipeline is asked to stop.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Marks the source ready (started and connected) or not, for `/ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(ready);
+    }
+
+    /// A file-backed store for this source's checkpoint, for sources whose input has no
+    /// server-side place to keep it.
+    pub fn checkpoint_store(&self) -> CheckpointStore {
+        CheckpointStore::new(&self.data_dir, &self.id)
+    }
+
+    /// The pipeline's data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// What a running sink uses: its input, the quarantine and readiness.
+pub struct SinkContext {
+    pub(crate) id: Arc<str>,
+    pub(crate) input: mpsc::Receiver<Batch>,
+    pub(crate) quarantine: QuarantineSender,
+    pub(crate) ready: ReadyFlag,
+    pub(crate) metrics: ComponentMetrics,
+}
+
+impl SinkContext {
+    /// The sink's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The next batch, or `None` once every input has ended.
+    pub async fn next(&mut self) -> Option<Batch> {
+        let batch = self.input.recv().await?;
+        self.metrics.received(&batch);
+        Some(batch)
+    }
+
+    /// The next batch if one is already waiting (to gather several before a flush).
+    pub fn try_next(&mut self) -> Option<Batch> {
+        let batch = self.input.try_recv().ok()?;
+        self.metrics.received(&batch);
+        Some(batch)
+    }
+
+    /// Sends events the destination refused for good to the quarantine, each with its reason.
+    /// They are acknowledged once the quarantine holds them.
+    pub async fn reject(&self, rejected: Vec<(Event, Text)>) {
+        self.quarantine.send(rejected).await;
+    }
+
+    /// Marks the sink ready (connected) or not, for `/ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(ready);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn event(id: &str) -> Event {
+        Event::new(id, Position(1), Bytes::new())
+    }
+
+    #[test]
+    fn split_keeps_order_and_separates_rejects() {
+        let mut out = Output::default();
+        out.push(event("a"));
+        out.reject(event("b"), "bad");
+        out.push(event("c"));
+        out.reject(event("d"), "worse");
+        out.drop_event(event("e"));
+        let (kept, rejected, dropped) = out.split();
+        let ids: Vec<_> = kept.iter().map(|e| e.id.to_string()).collect();
+        assert_eq!(ids, ["a", "c"]);
+        let rejected: Vec<_> = rejected
+            .iter()
+            .map(|(e, r)| (e.id.to_string(), r.to_string()))
+            .collect();
+        assert_eq!(
+            rejected,
+            [("b".into(), "bad".into()), ("d".into(), "worse".into())]
+        );
+        assert_eq!(dropped, 1);
+    }
+}

@@ -1,0 +1,36 @@
+//! The sluice engine: a pipeline of stages (sources, transforms, sinks) declared in a TOML
+//! file, moving [`Event`]s in batches over bounded channels, with end-to-end acknowledgements
+//! so that each source's checkpoint never passes an event that is not durably delivered.
+//!
+//! - [`event`]: the envelope and its cheap shared text.
+//! - [`ack`]: acknowledgements, checkpoints and the in-flight budget.
+//! - [`component`]: the `Source`, `Transform` and `Sink` traits and their contexts.
+//! - [`config`], [`registry`], [`topology`]: from a file to a checked graph.
+//! - [`runtime`]: running it, with shutdown that drains; [`api`]: `/metrics`, `/health`, `/ready`.
+//! - [`transforms`]: the engine's own `filter` and `dedupe`.
+
+pub mod ack;
+pub mod api;
+pub mod checkpoint;
+pub mod component;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod health;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod shutdown;
+pub mod topology;
+pub mod transforms;
+
+pub use component::{
+    BuildContext, Output, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext,
+    Transform, TransformConfig, Validate,
+};
+pub use config::{Config, ConfigErrors, FieldError, HumanDuration};
+pub use error::{Error, ErrorKind};
+pub use event::{Batch, Event, Fields, Position, SourceMeta, Text};
+pub use registry::Registry;
+pub use runtime::run;
+pub use shutdown::{Shutdown, ShutdownTrigger};

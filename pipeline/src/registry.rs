@@ -1,0 +1,133 @@
+//! The table from a component's `type` name to the code that parses its config.
+//!
+//! The engine knows no component by name: the binary fills one [`Registry`] with every
+//! component it ships, and adding a connector is one line there.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::de::DeserializeOwned;
+
+use crate::component::{SinkConfig, SourceConfig, TransformConfig, Validate};
+use crate::config::{FieldError, deserialize};
+
+type Parse<C> = fn(toml::Value) -> Result<Box<C>, FieldError>;
+
+/// Builds the sink that receives rejected events when the config names no quarantine sink.
+pub type QuarantineFileSink = fn(&Path) -> Box<dyn SinkConfig>;
+
+/// Known component types, by kind.
+pub struct Registry {
+    sources: BTreeMap<&'static str, Parse<dyn SourceConfig>>,
+    transforms: BTreeMap<&'static str, Parse<dyn TransformConfig>>,
+    sinks: BTreeMap<&'static str, Parse<dyn SinkConfig>>,
+    quarantine_file: Option<QuarantineFileSink>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Registry {
+    /// A registry that knows the engine's own transforms (`filter`, `dedupe`).
+    pub fn new() -> Self {
+        let mut registry = Registry {
+            sources: BTreeMap::new(),
+            transforms: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+            quarantine_file: None,
+        };
+        crate::transforms::register(&mut registry);
+        registry
+    }
+
+    /// Registers a source type whose config deserializes into `C`.
+    pub fn source<C: SourceConfig + DeserializeOwned>(&mut self, name: &'static str) -> &mut Self {
+        self.sources.insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
+        self
+    }
+
+    /// Registers a transform type whose config deserializes into `C`.
+    pub fn transform<C: TransformConfig + DeserializeOwned>(
+        &mut self,
+        name: &'static str,
+    ) -> &mut Self {
+        self.transforms
+            .insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
+        self
+    }
+
+    /// Registers a sink type whose config deserializes into `C`.
+    pub fn sink<C: SinkConfig + DeserializeOwned>(&mut self, name: &'static str) -> &mut Self {
+        self.sinks.insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
+        self
+    }
+
+    /// Sets the sink used for quarantined events when the config names none.
+    pub fn quarantine_file(&mut self, build: QuarantineFileSink) -> &mut Self {
+        self.quarantine_file = Some(build);
+        self
+    }
+
+    pub(crate) fn quarantine_file_sink(&self, path: &Path) -> Option<Box<dyn SinkConfig>> {
+        self.quarantine_file.map(|build| build(path))
+    }
+
+    pub(crate) fn parse_source(
+        &self,
+        type_name: &str,
+        value: toml::Value,
+    ) -> Result<Box<dyn SourceConfig>, FieldError> {
+        lookup(&self.sources, "source", type_name)?(value)
+    }
+
+    pub(crate) fn parse_transform(
+        &self,
+        type_name: &str,
+        value: toml::Value,
+    ) -> Result<Box<dyn TransformConfig>, FieldError> {
+        lookup(&self.transforms, "transform", type_name)?(value)
+    }
+
+    pub(crate) fn parse_sink(
+        &self,
+        type_name: &str,
+        value: toml::Value,
+    ) -> Result<Box<dyn SinkConfig>, FieldError> {
+        lookup(&self.sinks, "sink", type_name)?(value)
+    }
+
+    /// Names of the registered types of each kind: (sources, transforms, sinks).
+    pub fn type_names(&self) -> [(&'static str, Vec<&'static str>); 3] {
+        [
+            ("sources", self.sources.keys().copied().collect()),
+            ("transforms", self.transforms.keys().copied().collect()),
+            ("sinks", self.sinks.keys().copied().collect()),
+        ]
+    }
+}
+
+fn checked<C: DeserializeOwned + Validate>(value: toml::Value) -> Result<C, FieldError> {
+    let config: C = deserialize(value)?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn lookup<P: Copy>(
+    table: &BTreeMap<&'static str, P>,
+    kind: &str,
+    type_name: &str,
+) -> Result<P, FieldError> {
+    table.get(type_name).copied().ok_or_else(|| {
+        let known: Vec<_> = table.keys().copied().collect();
+        FieldError::new(
+            "type",
+            format!(
+                "unknown {kind} type {type_name:?} (known {kind} types: {})",
+                known.join(", ")
+            ),
+        )
+    })
+}

@@ -1,0 +1,492 @@
+#!/usr/bin/env bash
+# Local services for sluice's tests and for local development (DESIGN.md §7):
+# PostgreSQL (wal_level=logical), RabbitMQ, etcd and Redis, all on loopback.
+#
+#   scripts/services.sh up      install what is missing (Debian, as root), start what is not
+#                               answering, wait until all answer, print the export lines
+#   scripts/services.sh env     print the export lines:  eval "$(scripts/services.sh env)"
+#   scripts/services.sh status  one line per service; exits non-zero if any is down
+#   scripts/services.sh down    stop only what this script started
+#
+# `up` is idempotent: where everything already runs and is configured it changes nothing.
+# Progress goes to stderr; only the export lines go to stdout.
+#
+# The script manages the standard local ports below. DATABASE_URL, AMQP_URL,
+# ETCD_ENDPOINTS and REDIS_URL, if already set, are passed through unchanged by `env`/`up`
+# (to point the tests elsewhere); they do not change which local servers are managed.
+#
+# Environment knobs: SLUICE_SERVICES_STATE (state dir, default /var/lib/sluice-services
+# as root), SLUICE_SERVICES_TIMEOUT (seconds to wait for each service, default 120).
+set -euo pipefail
+
+PG_PORT=5432
+AMQP_PORT=5672
+ETCD_CLIENT_PORT=2379
+ETCD_PEER_PORT=2380
+REDIS_PORT=6379
+
+# Minimums for PostgreSQL: tests create many logical replication slots in parallel.
+PG_MIN_REPLICATION_SLOTS=64
+PG_MIN_WAL_SENDERS=64
+
+if [[ $(id -u) -eq 0 ]]; then
+    STATE_DIR=${SLUICE_SERVICES_STATE:-/var/lib/sluice-services}
+else
+    STATE_DIR=${SLUICE_SERVICES_STATE:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/sluice-services}
+fi
+TIMEOUT=${SLUICE_SERVICES_TIMEOUT:-120}
+
+ETCD_DATA_DIR=$STATE_DIR/etcd-data
+ETCD_LOG=$STATE_DIR/etcd.log
+ETCD_PIDFILE=$STATE_DIR/etcd.pid
+ETCD_EP=http://127.0.0.1:$ETCD_CLIENT_PORT
+REDIS_LOG=/var/log/redis/ci.log
+RABBIT_LOG_DIR=/var/log/rabbitmq
+
+export ETCDCTL_API=3
+# etcd 3.4 refuses to start on arm64 unless told to.
+if [[ $(uname -m) == aarch64 ]]; then export ETCD_UNSUPPORTED_ARCH=arm64; fi
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
+is_root() { [[ $(id -u) -eq 0 ]]; }
+need_root() { is_root || die "$1 needs root (run as root or sudo)"; }
+
+print_env() {
+    printf 'export DATABASE_URL=%q\n' "${DATABASE_URL:-postgres://postgres@127.0.0.1:$PG_PORT/postgres}"
+    printf 'export AMQP_URL=%q\n' "${AMQP_URL:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f}"
+    printf 'export ETCD_ENDPOINTS=%q\n' "${ETCD_ENDPOINTS:-$ETCD_EP}"
+    printf 'export REDIS_URL=%q\n' "${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
+}
+
+# wait_until NAME LOGFILE CMD...: poll CMD until it succeeds or TIMEOUT seconds pass.
+wait_until() {
+    local name=$1 logfile=$2; shift 2
+    local deadline=$((SECONDS + TIMEOUT))
+    until "$@"; do
+        if ((SECONDS >= deadline)); then
+            log "$name did not answer within ${TIMEOUT}s; last lines of $logfile:"
+            # shellcheck disable=SC2086 # $logfile may be a glob
+            tail -n 30 $logfile >&2 2>/dev/null || true
+            die "$name is not answering (log: $logfile)"
+        fi
+        sleep 0.5
+    done
+}
+
+tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+
+# ---------------------------------------------------------------------------------------
+# Packages
+# ---------------------------------------------------------------------------------------
+
+pg_server_installed() {
+    command -v pg_ctlcluster >/dev/null && compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
+}
+
+missing_packages() {
+    pg_server_installed || echo postgresql
+    command -v rabbitmq-server >/dev/null || echo rabbitmq-server
+    command -v etcd >/dev/null || echo etcd-server
+    command -v etcdctl >/dev/null || echo etcd-client
+    { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } || echo redis-server
+    command -v protoc >/dev/null || echo protobuf-compiler
+}
+
+POLICY_RC=/usr/sbin/policy-rc.d
+POLICY_BACKUP=$POLICY_RC.sluice-services-backup
+POLICY_OURS=
+
+restore_policy_rc() {
+    [[ -n $POLICY_OURS ]] || return 0
+    rm -f "$POLICY_RC"
+    if [[ -e $POLICY_BACKUP ]]; then mv -f "$POLICY_BACKUP" "$POLICY_RC"; fi
+    POLICY_OURS=
+}
+
+install_packages() {
+    local pkgs
+    mapfile -t pkgs < <(missing_packages)
+    ((${#pkgs[@]})) || return 0
+    need_root "installing ${pkgs[*]}"
+    command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get to install them"
+    local fresh_rabbit=
+    [[ " ${pkgs[*]} " == *" rabbitmq-server "* ]] && fresh_rabbit=1
+
+    # Without systemd, the packages' postinst scripts start their daemons through
+    # invoke-rc.d and the SysV scripts (etcd's as user etcd with its own data dir, on our
+    # port), and a start that fails there fails the whole install. Deny every start with a
+    # policy-rc.d for the duration of the install; this script starts what it needs itself.
+    # An existing policy that already denies starts (exit 101, as in Docker images) is kept;
+    # any other one is moved aside and put back afterwards.
+    if [[ ! -e $POLICY_RC ]] || { "$POLICY_RC" sluice-probe start >/dev/null 2>&1; [[ $? -ne 101 ]]; }; then
+        [[ -e $POLICY_RC ]] && mv -f "$POLICY_RC" "$POLICY_BACKUP"
+        POLICY_OURS=1
+        trap restore_policy_rc EXIT
+        printf '#!/bin/sh\n# temporary, from sluice scripts/services.sh\nexit 101\n' >"$POLICY_RC"
+        chmod 755 "$POLICY_RC"
+    fi
+
+    log "installing: ${pkgs[*]} (apt-get update first)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >&2 || die "apt-get update failed"
+    apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2 || die "apt-get install ${pkgs[*]} failed"
+    restore_policy_rc
+    trap - EXIT
+
+    local m
+    m=$(missing_packages)
+    [[ -z $m ]] || die "still missing after install: $m"
+
+    # A fresh RabbitMQ names its node rabbit@<hostname>, which fails to boot where the
+    # hostname does not resolve, and listens on every interface. Pin it to loopback,
+    # unless the machine already configures a node name.
+    if [[ -n $fresh_rabbit ]] && ! grep -qs '^[[:space:]]*NODENAME=' /etc/rabbitmq/rabbitmq-env.conf; then
+        log "configuring RabbitMQ for loopback (/etc/rabbitmq/rabbitmq-env.conf)"
+        mkdir -p /etc/rabbitmq
+        printf '%s\n' '# added by sluice scripts/services.sh: loopback-only node' \
+            'NODENAME=rabbit@localhost' 'NODE_IP_ADDRESS=127.0.0.1' 'ERL_EPMD_ADDRESS=127.0.0.1' \
+            'export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"' \
+            >>/etc/rabbitmq/rabbitmq-env.conf
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------
+
+PG_VER='' PG_NAME='' PG_STATUS='' PG_DATADIR='' PG_LOG=''
+
+# Find the cluster (a version dir under /etc/postgresql) serving $PG_PORT, else the
+# newest one. Returns 1 if there is none.
+pg_find_cluster() {
+    local line=''
+    if command -v pg_lsclusters >/dev/null; then
+        line=$(pg_lsclusters -h 2>/dev/null | awk -v p="$PG_PORT" '$3 == p' | head -n1)
+        [[ -n $line ]] || line=$(pg_lsclusters -h 2>/dev/null | sort -k1,1nr | head -n1)
+    fi
+    [[ -n $line ]] || return 1
+    read -r PG_VER PG_NAME _ PG_STATUS _ PG_DATADIR PG_LOG <<<"$line"
+}
+
+# Create cluster 'main' if a server is installed but no cluster exists.
+pg_ensure_cluster() {
+    pg_find_cluster && return 0
+    local ver
+    ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' 2>/dev/null | sort -nr | head -n1)
+    [[ -n $ver ]] || die "no PostgreSQL server installed"
+    need_root "creating PostgreSQL cluster $ver/main"
+    log "creating PostgreSQL cluster $ver/main on port $PG_PORT"
+    pg_createcluster --port "$PG_PORT" "$ver" main >&2 || die "pg_createcluster $ver main failed"
+    pg_find_cluster || die "no PostgreSQL cluster after pg_createcluster"
+}
+
+pg_ready() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -t 2; }
+
+# Run SQL as the postgres superuser over the Unix socket (peer/trust for the postgres OS
+# user on every Debian install), so it works before loopback TCP is trusted.
+pg_sql() {
+    if is_root; then
+        (cd / && runuser -u postgres -- psql -X -q -At -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres "$@")
+    else
+        psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"
+    fi
+}
+
+pg_postmaster_pid() { head -n1 "$PG_DATADIR/postmaster.pid" 2>/dev/null || true; }
+
+pg_start() {
+    pg_ensure_cluster
+    if pg_ready; then return; fi
+    if [[ $PG_STATUS == down ]]; then
+        need_root "starting PostgreSQL"
+        log "starting PostgreSQL cluster $PG_VER/$PG_NAME"
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_NAME" start >&2 ||
+            die "PostgreSQL $PG_VER/$PG_NAME failed to start (log: $PG_LOG)"
+        mkdir -p "$STATE_DIR"
+        pg_postmaster_pid >"$STATE_DIR/postgresql.pid"
+    fi
+}
+
+pg_settings() {
+    pg_sql -F ' ' -c "SELECT current_setting('wal_level'), current_setting('max_replication_slots'), current_setting('max_wal_senders')"
+}
+
+pg_configure() {
+    local wal slots senders
+    read -r wal slots senders <<<"$(pg_settings)"
+    [[ -n $senders ]] || die "could not read settings from PostgreSQL $PG_VER/$PG_NAME (log: $PG_LOG)"
+    local -a alter=()
+    [[ $wal == logical ]] || alter+=("ALTER SYSTEM SET wal_level = 'logical'")
+    ((slots >= PG_MIN_REPLICATION_SLOTS)) || alter+=("ALTER SYSTEM SET max_replication_slots = $PG_MIN_REPLICATION_SLOTS")
+    ((senders >= PG_MIN_WAL_SENDERS)) || alter+=("ALTER SYSTEM SET max_wal_senders = $PG_MIN_WAL_SENDERS")
+    if ((${#alter[@]})); then
+        need_root "reconfiguring PostgreSQL"
+        log "PostgreSQL has wal_level=$wal max_replication_slots=$slots max_wal_senders=$senders;" \
+            "setting wal_level=logical and slots/senders >= 64, restarting $PG_VER/$PG_NAME"
+        local stmt old_pid
+        old_pid=$(pg_postmaster_pid)
+        for stmt in "${alter[@]}"; do pg_sql -c "$stmt"; done
+        pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_NAME" restart >&2 ||
+            die "PostgreSQL $PG_VER/$PG_NAME failed to restart (log: $PG_LOG)"
+        wait_until PostgreSQL "$PG_LOG" pg_ready
+        # We restarted it: if we had started it, keep tracking the new postmaster.
+        if [[ -n $old_pid && $(cat "$STATE_DIR/postgresql.pid" 2>/dev/null) == "$old_pid" ]]; then
+            pg_postmaster_pid >"$STATE_DIR/postgresql.pid"
+        fi
+        read -r wal slots senders <<<"$(pg_settings)"
+        if [[ $wal != logical ]] || ((slots < PG_MIN_REPLICATION_SLOTS || senders < PG_MIN_WAL_SENDERS)); then
+            die "PostgreSQL still has wal_level=$wal max_replication_slots=$slots max_wal_senders=$senders after restart (set on its command line?)"
+        fi
+    fi
+
+    # Tests connect as the postgres superuser over 127.0.0.1 without a password. A fresh
+    # Debian install uses scram-sha-256 for TCP; for LOCAL DEVELOPMENT AND CI ONLY we put
+    # 'trust' rules for loopback first in pg_hba.conf. Only loopback is trusted, and
+    # PostgreSQL listens on localhost only by default. A reload applies it (no restart).
+    if ! psql -X -w -q -At -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c 'SELECT 1' >/dev/null 2>&1; then
+        need_root "trusting loopback in pg_hba.conf"
+        local hba
+        hba=$(pg_sql -c 'SHOW hba_file')
+        if ! grep -q '^# sluice-services: begin' "$hba"; then
+            log "making loopback TCP 'trust' for local development in $hba"
+            local tmp
+            tmp=$(mktemp)
+            {
+                echo '# sluice-services: begin (scripts/services.sh) -- trust loopback TCP, for local development/CI only'
+                echo 'host    all             all             127.0.0.1/32            trust'
+                echo 'host    all             all             ::1/128                 trust'
+                echo 'host    replication     all             127.0.0.1/32            trust'
+                echo 'host    replication     all             ::1/128                 trust'
+                echo '# sluice-services: end'
+                cat "$hba"
+            } >"$tmp"
+            cat "$tmp" >"$hba" # keep the file's owner and mode
+            rm -f "$tmp"
+        fi
+        pg_sql -c 'SELECT pg_reload_conf()' >/dev/null
+        sleep 0.5
+        psql -X -w -q -At -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -c 'SELECT 1' >/dev/null ||
+            die "cannot connect as postgres to 127.0.0.1:$PG_PORT without a password (see $hba)"
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
+# RabbitMQ
+# ---------------------------------------------------------------------------------------
+
+rabbit_ready() { rabbitmq-diagnostics -q check_running >/dev/null 2>&1 && tcp_open "$AMQP_PORT"; }
+rabbit_node_up() { rabbitmq-diagnostics -q ping >/dev/null 2>&1; }
+rabbit_os_pid() { rabbitmqctl -q eval 'list_to_integer(os:getpid()).' 2>/dev/null || true; }
+
+RABBIT_STARTED=
+rabbit_start() {
+    if rabbit_ready; then return; fi
+    if rabbit_node_up; then
+        log "RabbitMQ node is up but still booting; waiting"
+        return
+    fi
+    need_root "starting RabbitMQ"
+    log "starting RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached >&2 || die "rabbitmq-server -detached failed (logs: $RABBIT_LOG_DIR/)"
+    RABBIT_STARTED=1
+}
+
+# ---------------------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------------------
+
+redis_ready() { [[ $(timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+redis_os_pid() {
+    timeout 3 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" info server 2>/dev/null |
+        tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }'
+}
+
+REDIS_STARTED=
+redis_start() {
+    if redis_ready; then return; fi
+    need_root "starting Redis"
+    log "starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir /var/lib/redis --logfile "$REDIS_LOG" >&2 || die "redis-server failed to start (log: $REDIS_LOG)"
+    REDIS_STARTED=1
+}
+
+# ---------------------------------------------------------------------------------------
+# etcd
+# ---------------------------------------------------------------------------------------
+
+etcd_ready() {
+    if command -v etcdctl >/dev/null; then
+        etcdctl --endpoints="$ETCD_EP" --dial-timeout=1s --command-timeout=3s endpoint health >/dev/null 2>&1
+    else
+        [[ $(curl -fsS -m 3 "$ETCD_EP/health" 2>/dev/null) == *'"health":"true"'* ]]
+    fi
+}
+
+# Pid from our pid file if that process is alive and is our etcd, else nothing.
+etcd_our_pid() {
+    local pid
+    pid=$(cat "$ETCD_PIDFILE" 2>/dev/null) || return 0
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == etcd ]] &&
+        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--data-dir $ETCD_DATA_DIR"; then
+        echo "$pid"
+    fi
+}
+
+# For waiting: ready, or fail at once if no etcd of ours is left running.
+etcd_check() {
+    etcd_ready && return 0
+    if [[ -z $(etcd_our_pid) ]]; then
+        tail -n 30 "$ETCD_LOG" >&2 2>/dev/null || true
+        die "etcd exited or is not answering on 127.0.0.1:$ETCD_CLIENT_PORT (log: $ETCD_LOG)"
+    fi
+    return 1
+}
+
+etcd_start() {
+    if etcd_ready; then return; fi
+    if [[ -n $(etcd_our_pid) ]]; then
+        log "etcd (pid $(etcd_our_pid)) is running but not answering yet; waiting"
+        return
+    fi
+    mkdir -p "$STATE_DIR"
+    mkdir -p "$ETCD_DATA_DIR"
+    chmod 700 "$ETCD_DATA_DIR"
+    log "starting etcd on 127.0.0.1:$ETCD_CLIENT_PORT (data $ETCD_DATA_DIR, log $ETCD_LOG)"
+    # setsid: its own session, so it outlives the shell (and CI step) that started it.
+    setsid etcd --name sluice --data-dir "$ETCD_DATA_DIR" --logger zap \
+        --listen-client-urls "$ETCD_EP" --advertise-client-urls "$ETCD_EP" \
+        --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster "sluice=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster-state new --initial-cluster-token sluice-local \
+        --auto-compaction-mode periodic --auto-compaction-retention 1h \
+        >>"$ETCD_LOG" 2>&1 </dev/null &
+    echo $! >"$ETCD_PIDFILE"
+}
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+cmd_up() {
+    local t0=$SECONDS
+    install_packages
+
+    # Start everything that is not answering first (RabbitMQ boots slowest), then wait.
+    rabbit_start
+    etcd_start
+    redis_start
+    pg_start
+
+    wait_until PostgreSQL "$PG_LOG" pg_ready
+    pg_configure
+    wait_until Redis "$REDIS_LOG" redis_ready
+    if [[ -n $REDIS_STARTED ]]; then redis_os_pid >"$STATE_DIR/redis.pid"; fi
+    wait_until etcd "$ETCD_LOG" etcd_check
+    wait_until RabbitMQ "$RABBIT_LOG_DIR/*.log" rabbit_ready
+    if [[ -n $RABBIT_STARTED ]]; then rabbit_os_pid >"$STATE_DIR/rabbitmq.pid"; fi
+
+    log "all services answering ($((SECONDS - t0))s)"
+    print_env
+}
+
+cmd_status() {
+    local bad=0 pg_extra=''
+    pg_find_cluster || true
+    if command -v pg_isready >/dev/null && pg_ready; then
+        local wal slots senders
+        read -r wal slots senders <<<"$(pg_settings 2>/dev/null || true)"
+        pg_extra=" (cluster $PG_VER/$PG_NAME, wal_level=${wal:-?}, max_replication_slots=${slots:-?}, max_wal_senders=${senders:-?})"
+        printf '%-11s up    127.0.0.1:%s%s\n' postgresql "$PG_PORT" "$pg_extra"
+    else
+        printf '%-11s DOWN  127.0.0.1:%s (log: %s)\n' postgresql "$PG_PORT" "${PG_LOG:-/var/log/postgresql/}"
+        bad=1
+    fi
+    local svc port logf
+    for svc in rabbitmq etcd redis; do
+        case $svc in
+            rabbitmq) port=$AMQP_PORT logf="$RABBIT_LOG_DIR/" ;;
+            etcd) port=$ETCD_CLIENT_PORT logf=$ETCD_LOG ;;
+            redis) port=$REDIS_PORT logf=$REDIS_LOG ;;
+        esac
+        local ready=${svc}_ready
+        [[ $svc != rabbitmq ]] || ready=rabbit_ready
+        if "$ready"; then
+            printf '%-11s up    127.0.0.1:%s\n' "$svc" "$port"
+        else
+            printf '%-11s DOWN  127.0.0.1:%s (log: %s)\n' "$svc" "$port" "$logf"
+            bad=1
+        fi
+    done
+    return "$bad"
+}
+
+# Stop a service only if the pid recorded when this script started it is still the
+# process serving it now.
+cmd_down() {
+    [[ -d $STATE_DIR ]] || { log "nothing was started by this script"; return 0; }
+    local pid cur
+
+    pid=$(etcd_our_pid)
+    if [[ -n $pid ]]; then
+        log "stopping etcd (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
+    rm -f "$ETCD_PIDFILE"
+
+    if [[ -s $STATE_DIR/redis.pid ]]; then
+        pid=$(cat "$STATE_DIR/redis.pid") cur=$(redis_os_pid)
+        if [[ -n $cur && $cur == "$pid" ]]; then
+            log "stopping Redis (pid $pid)"
+            timeout 10 redis-cli -h 127.0.0.1 -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+        fi
+    fi
+    rm -f "$STATE_DIR/redis.pid"
+
+    if [[ -s $STATE_DIR/rabbitmq.pid ]]; then
+        pid=$(cat "$STATE_DIR/rabbitmq.pid") cur=$(rabbit_os_pid)
+        if [[ -n $cur && $cur == "$pid" ]]; then
+            log "stopping RabbitMQ (pid $pid)"
+            rabbitmqctl -q shutdown >&2 || true
+        fi
+    fi
+    rm -f "$STATE_DIR/rabbitmq.pid"
+
+    if [[ -s $STATE_DIR/postgresql.pid ]] && pg_find_cluster; then
+        pid=$(cat "$STATE_DIR/postgresql.pid") cur=$(pg_postmaster_pid)
+        if [[ -n $cur && $cur == "$pid" ]]; then
+            log "stopping PostgreSQL cluster $PG_VER/$PG_NAME (pid $pid)"
+            pg_ctlcluster --skip-systemctl-redirect "$PG_VER" "$PG_NAME" stop >&2 || true
+        fi
+    fi
+    rm -f "$STATE_DIR/postgresql.pid"
+    log "down: done (services not started by this script were left alone)"
+}
+
+main() {
+    # up/down: one at a time per machine (two checkouts running tests at once). flock -o
+    # keeps the lock's fd out of the servers we start, so they do not hold the lock.
+    if [[ ${1:-} == up || ${1:-} == down ]] && [[ -z ${SLUICE_SERVICES_LOCKED:-} ]] &&
+        command -v flock >/dev/null && mkdir -p "$STATE_DIR" 2>/dev/null; then
+        SLUICE_SERVICES_LOCKED=1 exec flock -o -w "$TIMEOUT" -E 75 "$STATE_DIR/lock" "$BASH" "${BASH_SOURCE[0]}" "$@"
+    fi
+    case ${1:-} in
+        up) cmd_up ;;
+        env) print_env ;;
+        status) cmd_status ;;
+        down) cmd_down ;;
+        *)
+            echo "usage: $0 up|down|status|env" >&2
+            exit 2
+            ;;
+    esac
+}
+
+# Sourcing the file (e.g. to test single functions) defines the functions only.
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then main "$@"; fi

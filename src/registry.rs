@@ -1,0 +1,20 @@
+//! Every component the `sluice` binary ships, by the `type` name configs use. Adding a
+//! connector is one line here.
+
+use sluice_connectors::blackhole::BlackholeSinkConfig;
+use sluice_connectors::file::FileSinkConfig;
+use sluice_connectors::generator::GeneratorConfig;
+use sluice_connectors::stdout::StdoutSinkConfig;
+use sluice_pipeline::Registry;
+
+/// The registry of built-in components.
+pub fn registry() -> Registry {
+    let mut registry = Registry::new(); // brings the engine's `filter` and `dedupe`
+    registry
+        .source::<GeneratorConfig>("generator")
+        .sink::<FileSinkConfig>("file")
+        .sink::<StdoutSinkConfig>("stdout")
+        .sink::<BlackholeSinkConfig>("blackhole")
+        .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
+    registry
+}
