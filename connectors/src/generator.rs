@@ -141,38 +141,71 @@ impl Source for Generator {
 
         let mut next = restored.map_or(1, |p| p.0 + 1);
         let end = self.config.count.unwrap_or(u64::MAX);
-        let started = Instant::now();
-        let first = next;
-        let mut last_save = Instant::now();
+        let pace = self.config.rate.map(|rate| Pace::new(rate, next));
+        let shutdown = cx.shutdown().clone();
+        let mut save_tick = tokio::time::interval(self.config.checkpoint_interval.get());
+        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        save_tick.reset();
         let mut text = String::new();
-        while next <= end && !cx.shutdown().is_requested() {
-            let mut n = self.config.batch_size as u64;
-            if let Some(rate) = self.config.rate {
-                let due = (rate as f64 * started.elapsed().as_secs_f64()) as u64;
-                let allowed = (first + due).saturating_sub(next);
-                if allowed == 0 {
-                    let wait = Duration::from_secs_f64(1.0 / rate as f64);
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = cx.shutdown().requested() => {}
-                    }
+        while next <= end {
+            let mut n = (self.config.batch_size as u64).min(end - next + 1);
+            let mut due = None;
+            if let Some(pace) = &pace {
+                match pace.allowed(next) {
+                    0 => due = Some(pace.due(next)),
+                    allowed => n = n.min(allowed),
+                }
+            }
+            // Wait for room (or the next event's time) while still saving checkpoints, so a
+            // source held back by a slow sink keeps its checkpoint fresh.
+            tokio::select! {
+                biased;
+                () = shutdown.requested() => break,
+                _ = save_tick.tick() => {
+                    save(&store, cx.checkpoint()).await?;
                     continue;
                 }
-                n = n.min(allowed);
+                () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => continue,
+                () = cx.capacity(n as usize), if due.is_none() => {}
             }
-            n = n.min(end - next + 1);
-            let batch: Vec<Event> = (next..next + n).map(|seq| self.event(seq, &mut text)).collect();
+            let batch: Vec<Event> = (next..next + n)
+                .map(|seq| self.event(seq, &mut text))
+                .collect();
             cx.emit(batch).await?;
             next += n;
-            if last_save.elapsed() >= self.config.checkpoint_interval.get() {
-                save(&store, cx.checkpoint()).await?;
-                last_save = Instant::now();
-            }
         }
         let checkpoint = cx.drain().await;
         save(&store, checkpoint).await?;
         tracing::info!(checkpoint = ?checkpoint.map(|p| p.0), "generator stopped");
         Ok(())
+    }
+}
+
+/// A steady rate: event `n` is due `(n - first) / rate` seconds after the start.
+struct Pace {
+    rate: u64,
+    first: u64,
+    started: Instant,
+}
+
+impl Pace {
+    fn new(rate: u64, first: u64) -> Self {
+        Pace {
+            rate,
+            first,
+            started: Instant::now(),
+        }
+    }
+
+    /// How many events from `next` on are due now.
+    fn allowed(&self, next: u64) -> u64 {
+        let due = (self.rate as f64 * self.started.elapsed().as_secs_f64()) as u64 + 1;
+        (self.first + due).saturating_sub(next)
+    }
+
+    /// When event `next` is due.
+    fn due(&self, next: u64) -> Instant {
+        self.started + Duration::from_secs_f64((next - self.first) as f64 / self.rate as f64)
     }
 }
 
@@ -188,7 +221,9 @@ async fn save(
     tokio::task::spawn_blocking(move || store.save(position))
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, "checkpoint writer panicked").with_source(e))?
-        .map_err(|e| Error::new(ErrorKind::Io, format!("saving the checkpoint to {path}")).with_source(e))
+        .map_err(|e| {
+            Error::new(ErrorKind::Io, format!("saving the checkpoint to {path}")).with_source(e)
+        })
 }
 
 #[cfg(test)]
@@ -196,10 +231,8 @@ mod tests {
     use super::*;
 
     fn generator(payload_bytes: usize) -> Generator {
-        let config: GeneratorConfig = sluice_pipeline::config::deserialize(
-            toml::Value::Table(toml::Table::new()),
-        )
-        .unwrap();
+        let config: GeneratorConfig =
+            sluice_pipeline::config::deserialize(toml::Value::Table(toml::Table::new())).unwrap();
         Generator {
             config: GeneratorConfig {
                 payload_bytes,

@@ -250,7 +250,11 @@ impl Tracker {
         self.register_inner(events, true)
     }
 
-    fn register_inner(&mut self, events: &mut [Event], open: bool) -> Result<(), PositionRegression> {
+    fn register_inner(
+        &mut self,
+        events: &mut [Event],
+        open: bool,
+    ) -> Result<(), PositionRegression> {
         let Some(first) = events.first() else {
             return Ok(());
         };
@@ -288,8 +292,14 @@ impl Tracker {
             bytes,
             shared: Arc::clone(&self.shared),
         });
-        let in_flight = self.shared.in_flight_events.fetch_add(count, Ordering::AcqRel) + count;
-        self.shared.in_flight_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let in_flight = self
+            .shared
+            .in_flight_events
+            .fetch_add(count, Ordering::AcqRel)
+            + count;
+        self.shared
+            .in_flight_bytes
+            .fetch_add(bytes, Ordering::AcqRel);
         self.shared
             .peak_in_flight_events
             .fetch_max(in_flight, Ordering::Relaxed);
@@ -393,7 +403,13 @@ mod tests {
     fn events(positions: &[u64]) -> Vec<Event> {
         positions
             .iter()
-            .map(|p| Event::new(format!("e{p}"), Position(*p), Bytes::from_static(b"12345678")))
+            .map(|p| {
+                Event::new(
+                    format!("e{p}"),
+                    Position(*p),
+                    Bytes::from_static(b"12345678"),
+                )
+            })
             .collect()
     }
 

@@ -58,7 +58,12 @@ impl CheckpointStore {
         std::fs::create_dir_all(dir)?;
         let tmp = self.path.with_extension("json.tmp");
         let mut file = std::fs::File::create(&tmp)?;
-        serde_json::to_writer(&mut file, &Stored { position: position.0 })?;
+        serde_json::to_writer(
+            &mut file,
+            &Stored {
+                position: position.0,
+            },
+        )?;
         file.write_all(b"\n")?;
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;

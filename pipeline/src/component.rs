@@ -255,6 +255,13 @@ impl SourceContext {
         })
     }
 
+    /// Waits until `events` more events fit the in-flight budget. Cancel-safe, so a source can
+    /// wait for room and for its own timers at once; [`SourceContext::emit`] waits by itself
+    /// too.
+    pub async fn capacity(&mut self, events: usize) {
+        self.tracker.reserve(events, 0).await;
+    }
+
     /// Emits events (and rejects) whose highest position is complete: no event at or below it
     /// comes later. Waits while the in-flight budget is used up.
     pub async fn emit(&mut self, out: impl Into<Output>) -> Result<(), Error> {
@@ -283,8 +290,10 @@ impl SourceContext {
         })?;
         let (events, rejected, _) = out.split();
         self.metrics.emitted(events.len(), bytes);
-        self.metrics
-            .in_flight(self.tracker.in_flight_events(), self.tracker.peak_in_flight_events());
+        self.metrics.in_flight(
+            self.tracker.in_flight_events(),
+            self.tracker.peak_in_flight_events(),
+        );
         self.quarantine.send(rejected).await;
         self.output.send(events).await;
         Ok(())

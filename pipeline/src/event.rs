@@ -285,10 +285,7 @@ impl Event {
             "id" => Some(&self.id),
             "key" => self.key.as_ref(),
             "type" => Some(&self.event_type),
-            _ => self
-                .fields
-                .text(name)
-                .or_else(|| self.headers.text(name)),
+            _ => self.fields.text(name).or_else(|| self.headers.text(name)),
         }
     }
 

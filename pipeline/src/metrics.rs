@@ -129,5 +129,8 @@ pub(crate) fn ready_gauge(kind: &'static str, id: &str) -> Gauge {
 
 /// The labels every component series carries; components add their own metrics with these.
 pub fn labels(kind: &'static str, id: &str) -> Vec<(&'static str, String)> {
-    vec![("component_kind", kind.to_owned()), ("component_id", id.to_owned())]
+    vec![
+        ("component_kind", kind.to_owned()),
+        ("component_id", id.to_owned()),
+    ]
 }

@@ -45,7 +45,8 @@ impl Registry {
 
     /// Registers a source type whose config deserializes into `C`.
     pub fn source<C: SourceConfig + DeserializeOwned>(&mut self, name: &'static str) -> &mut Self {
-        self.sources.insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
+        self.sources
+            .insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
         self
     }
 

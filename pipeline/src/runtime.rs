@@ -17,8 +17,7 @@ use tracing::Instrument;
 
 use crate::ack::{Budget, Tracker};
 use crate::component::{
-    BoxFuture, BuildContext, DynSink, DynSource, DynTransform, Output, SinkContext,
-    SourceContext,
+    BoxFuture, BuildContext, DynSink, DynSource, DynTransform, Output, SinkContext, SourceContext,
 };
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, chain};
@@ -106,9 +105,7 @@ impl QuarantineSender {
         let mut batch = Vec::with_capacity(rejected.len());
         for (mut event, reason) in rejected {
             tracing::warn!(event_id = %event.id, %reason, "event quarantined");
-            event
-                .headers
-                .set(QUARANTINE_REASON_HEADER, Some(reason));
+            event.headers.set(QUARANTINE_REASON_HEADER, Some(reason));
             event
                 .headers
                 .set(QUARANTINE_COMPONENT_HEADER, Some(self.component.clone()));

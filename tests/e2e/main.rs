@@ -1,1 +1,17 @@
-//! e2e
+//! End-to-end tests of the `sluice` binary: each runs the real process on a config of its own,
+//! against real files and, where the pipeline needs them, the real servers that
+//! `scripts/services.sh` provides.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod api;
+mod cli;
+mod config_errors;
+mod engine;
+
+use sluice_tests::Binary;
+
+/// The binary built for these tests.
+fn sluice() -> Binary {
+    Binary(env!("CARGO_BIN_EXE_sluice").into())
+}

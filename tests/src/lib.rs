@@ -1,1 +1,260 @@
-//! placeholder
+//! Harness for sluice's end-to-end tests: a scratch directory per test, the `sluice` binary
+//! run as a real process, and waits on what it reports (its API, its files, its exit), never
+//! on the clock.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How long any single wait may take before the test fails (a bound on failure, not a
+/// synchronization device).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A directory that exists for one test and is removed after it.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// A new empty directory named after `test`.
+    pub fn new(test: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "sluice-test-{test}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Scratch { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path inside it.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Writes `text` to `name` inside it and returns the path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The `sluice` binary under test.
+#[derive(Debug, Clone)]
+pub struct Binary(pub PathBuf);
+
+impl Binary {
+    /// Runs `sluice <args>` to completion.
+    pub fn output(&self, args: &[&str]) -> Output {
+        Command::new(&self.0)
+            .args(args)
+            .env("SLUICE_LOG", "info")
+            .output()
+            .unwrap()
+    }
+
+    /// Starts `sluice run <config>` in the background, logging to `<config>.log`.
+    pub fn spawn(&self, config: &Path) -> Running {
+        self.spawn_with(config, &[])
+    }
+
+    /// Starts `sluice <extra args> run <config>` in the background.
+    pub fn spawn_with(&self, config: &Path, extra: &[&str]) -> Running {
+        let log = config.with_extension("log");
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(&self.0)
+            .args(extra)
+            .arg("run")
+            .arg(config)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Running { child, log }
+    }
+}
+
+/// A running `sluice` process.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!(
+                    "sluice did not exit within {PATIENCE:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory (VmHWM) in KiB, while it runs.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP GET (the API answers plain HTTP/1.1 on loopback): (status, body).
+pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].
+pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("gave up waiting for {what} after {PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `/ready` answers 200.
+pub fn wait_ready(address: SocketAddr) -> Result<()> {
+    wait_for("/ready to answer 200", || {
+        matches!(http_get(address, "/ready"), Ok((200, _))).then_some(())
+    })
+}
+
+/// Scrapes `/metrics` into `series (name{labels})` → value.
+pub fn metrics(address: SocketAddr) -> Result<BTreeMap<String, f64>> {
+    let (status, body) = http_get(address, "/metrics").context("scraping /metrics")?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    Ok(body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect())
+}
+
+/// The value of the series named `name` whose labels include every `label="value"` in `labels`.
+pub fn metric(all: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    all.iter()
+        .find(|(series, _)| {
+            series.split('{').next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, v)| *v)
+}
+
+/// Reads a JSON-lines file into values (an absent file is empty).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a valid JSON line"))
+        .collect()
+}
+
+/// The saved checkpoint of source `id` under `data_dir`, if any.
+pub fn saved_checkpoint(data_dir: &Path, id: &str) -> Option<u64> {
+    let text =
+        std::fs::read_to_string(data_dir.join("checkpoints").join(format!("{id}.json"))).ok()?;
+    serde_json::from_str::<serde_json::Value>(&text).ok()?["position"].as_u64()
+}

@@ -30,7 +30,9 @@ impl HumanDuration {
 
 /// A string that is not a duration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (write a number and a unit, such as \"250ms\", \"10s\" or \"1m30s\")")]
+#[error(
+    "invalid duration {input:?}: {reason} (write a number and a unit, such as \"250ms\", \"10s\" or \"1m30s\")"
+)]
 pub struct DurationError {
     input: String,
     reason: &'static str,

@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn substitutes_and_defaults() {
         let run = |s| interpolate(s, &env);
-        assert_eq!(run("postgres://${HOST}/x").unwrap(), "postgres://db.local/x");
+        assert_eq!(
+            run("postgres://${HOST}/x").unwrap(),
+            "postgres://db.local/x"
+        );
         assert_eq!(run("${MISSING:-fallback}").unwrap(), "fallback");
         assert_eq!(run("${HOST:-fallback}").unwrap(), "db.local");
         assert_eq!(run("${EMPTY:-fallback}").unwrap(), "");

@@ -183,7 +183,10 @@ impl Config {
     pub fn load(path: &Path, registry: &Registry) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
             file: path.to_owned(),
-            errors: vec![FieldError::new("", format!("cannot read the config file: {e}"))],
+            errors: vec![FieldError::new(
+                "",
+                format!("cannot read the config file: {e}"),
+            )],
         })?;
         Config::parse(&text, path, registry, &|name| std::env::var(name).ok())
     }
@@ -201,7 +204,10 @@ impl Config {
         };
         let mut document: toml::Table = toml::from_str(text).map_err(|e| {
             let message = e.to_string().trim_end().replace('\n', "\n  ");
-            fail(vec![FieldError::new("", format!("invalid TOML: {message}"))])
+            fail(vec![FieldError::new(
+                "",
+                format!("invalid TOML: {message}"),
+            )])
         })?;
         let mut errors = Vec::new();
         for (key, value) in document.iter_mut() {
@@ -240,9 +246,10 @@ impl Config {
                     });
                 }
                 "transforms" => {
-                    config.transforms = components(value, "transforms", true, &mut errors, |t, v| {
-                        registry.parse_transform(t, v)
-                    });
+                    config.transforms =
+                        components(value, "transforms", true, &mut errors, |t, v| {
+                            registry.parse_transform(t, v)
+                        });
                 }
                 "sinks" => {
                     config.sinks = components(value, "sinks", true, &mut errors, |t, v| {
@@ -352,7 +359,10 @@ fn components<C: ?Sized>(
             continue;
         }
         let toml::Value::Table(mut table) = value else {
-            errors.push(FieldError::new(&path, "must be a table with at least a `type`"));
+            errors.push(FieldError::new(
+                &path,
+                "must be a table with at least a `type`",
+            ));
             continue;
         };
         let type_name = match table.remove("type") {

@@ -6,7 +6,7 @@
 //! inputs = ["events"]
 //! field = "aggregatetype"      # id, key, type, fields.NAME, headers.NAME, payload.a.b, or NAME
 //! equals = "order"             # or: not_equals, one_of, starts_with, exists
-//! action = "keep"              # keep matching events (default), or "drop" them
+//! action = "keep"              # keep matching events (default), "drop" or "quarantine" them
 //! ```
 
 use std::borrow::Cow;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::component::{BuildContext, DynTransform, Output, Transform, TransformConfig, Validate};
 use crate::config::FieldError;
 use crate::error::Error;
-use crate::event::{Batch, Event};
+use crate::event::{Batch, Event, Text};
 
 /// Config of the `filter` transform. Exactly one condition must be set.
 #[derive(Debug, Clone, Deserialize)]
@@ -37,8 +37,8 @@ pub struct FilterConfig {
     pub starts_with: Option<String>,
     /// The value is present (`true`) or absent (`false`).
     pub exists: Option<bool>,
-    /// What to do with matching events: `keep` them and drop the rest (default), or `drop`
-    /// them and keep the rest.
+    /// What to do with matching events: `keep` them and drop the rest (default), `drop` them
+    /// and keep the rest, or `quarantine` them (a validation rule) and keep the rest.
     #[serde(default)]
     pub action: FilterAction,
 }
@@ -52,6 +52,9 @@ pub enum FilterAction {
     Keep,
     /// Drop matching events, keep the others.
     Drop,
+    /// Send matching events to the quarantine with the condition as the reason, keep the
+    /// others.
+    Quarantine,
 }
 
 #[derive(Debug, Clone)]
@@ -111,7 +114,9 @@ impl Selector {
                 for segment in path {
                     value = match value {
                         serde_json::Value::Object(map) => map.get(segment)?,
-                        serde_json::Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+                        serde_json::Value::Array(items) => {
+                            items.get(segment.parse::<usize>().ok()?)?
+                        }
                         _ => return None,
                     };
                 }
@@ -175,9 +180,27 @@ impl FilterConfig {
                 let names: Vec<_> = set.iter().map(|(n, _)| *n).collect();
                 Err(FieldError::new(
                     names[1],
-                    format!("only one condition may be set, found {}", names.join(" and ")),
+                    format!(
+                        "only one condition may be set, found {}",
+                        names.join(" and ")
+                    ),
                 ))
             }
+        }
+    }
+}
+
+impl FilterConfig {
+    /// The condition in words, for quarantine reasons.
+    fn describe(&self) -> String {
+        match self.condition() {
+            Ok(Condition::Equals(x)) => format!("equals {x:?}"),
+            Ok(Condition::NotEquals(x)) => format!("does not equal {x:?}"),
+            Ok(Condition::OneOf(xs)) => format!("is one of {xs:?}"),
+            Ok(Condition::StartsWith(x)) => format!("starts with {x:?}"),
+            Ok(Condition::Exists(true)) => "exists".to_owned(),
+            Ok(Condition::Exists(false)) => "is absent".to_owned(),
+            Err(_) => "has no valid condition".to_owned(),
         }
     }
 }
@@ -190,12 +213,18 @@ impl Validate for FilterConfig {
 }
 
 impl TransformConfig for FilterConfig {
-    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynTransform>, Error> {
+    fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynTransform>, Error> {
         let invalid = |e: String| Error::new(crate::error::ErrorKind::Config, e);
         Ok(Box::new(Filter {
             selector: Selector::parse(&self.field).map_err(invalid)?,
             condition: self.condition().map_err(|e| invalid(e.to_string()))?,
             action: self.action,
+            reason: Text::from(format!(
+                "filter {}: field {} {}",
+                cx.id,
+                self.field,
+                self.describe()
+            )),
         }))
     }
 }
@@ -206,14 +235,26 @@ pub struct Filter {
     selector: Selector,
     condition: Condition,
     action: FilterAction,
+    reason: Text,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    Drop,
+    Quarantine,
 }
 
 impl Filter {
-    fn keeps(&self, event: &Event) -> bool {
-        let matches = self
-            .condition
-            .holds(self.selector.read(event).as_deref());
-        matches == (self.action == FilterAction::Keep)
+    fn verdict(&self, event: &Event) -> Verdict {
+        let matched = self.condition.holds(self.selector.read(event).as_deref());
+        match (self.action, matched) {
+            (FilterAction::Keep, true) | (FilterAction::Drop | FilterAction::Quarantine, false) => {
+                Verdict::Keep
+            }
+            (FilterAction::Keep, false) | (FilterAction::Drop, true) => Verdict::Drop,
+            (FilterAction::Quarantine, true) => Verdict::Quarantine,
+        }
     }
 }
 
@@ -224,10 +265,10 @@ impl Transform for Filter {
         out: &mut Output,
     ) -> impl Future<Output = Result<(), Error>> + Send {
         for event in events {
-            if self.keeps(&event) {
-                out.push(event);
-            } else {
-                out.drop_event(event);
+            match self.verdict(&event) {
+                Verdict::Keep => out.push(event),
+                Verdict::Drop => out.drop_event(event),
+                Verdict::Quarantine => out.reject(event, self.reason.clone()),
             }
         }
         std::future::ready(Ok(()))
@@ -252,6 +293,7 @@ mod tests {
             selector: Selector::parse(&c.field).unwrap(),
             condition: c.condition().unwrap(),
             action: c.action,
+            reason: Text::from(c.describe()),
         }
     }
 
@@ -259,7 +301,9 @@ mod tests {
         let mut e = Event::new(
             "id-1",
             Position(1),
-            Bytes::from_static(br#"{"customer":{"tier":"gold","n":3},"items":[{"sku":"a"}],"none":null}"#),
+            Bytes::from_static(
+                br#"{"customer":{"tier":"gold","n":3},"items":[{"sku":"a"}],"none":null}"#,
+            ),
         );
         e.event_type = "OrderCreated".into();
         e.key = Some("order-7".into());
@@ -290,24 +334,39 @@ mod tests {
             ("payload.customer.absent", "exists = true", false),
         ];
         for (field, condition, expected) in cases {
+            let verdict = if expected {
+                Verdict::Keep
+            } else {
+                Verdict::Drop
+            };
             assert_eq!(
-                filter(field, condition).keeps(&e),
-                expected,
+                filter(field, condition).verdict(&e),
+                verdict,
                 "{field} {condition}"
             );
         }
     }
 
     #[test]
-    fn drop_action_inverts() {
+    fn drop_and_quarantine_act_on_matching_events() {
         let f = filter("type", "equals = \"OrderCreated\"\naction = \"drop\"");
-        assert!(!f.keeps(&event()));
+        assert_eq!(f.verdict(&event()), Verdict::Drop);
+        let f = filter("type", "equals = \"Other\"\naction = \"drop\"");
+        assert_eq!(f.verdict(&event()), Verdict::Keep);
+        let f = filter("key", "starts_with = \"order\"\naction = \"quarantine\"");
+        assert_eq!(f.verdict(&event()), Verdict::Quarantine);
+        assert_eq!(&*f.reason, "starts with \"order\"");
     }
 
     #[test]
     fn refuses_zero_or_two_conditions() {
         let none = config("type", "");
-        assert!(none.validate().unwrap_err().message.contains("no condition"));
+        assert!(
+            none.validate()
+                .unwrap_err()
+                .message
+                .contains("no condition")
+        );
         let two = config("type", "equals = \"a\"\nexists = true");
         let error = two.validate().unwrap_err();
         assert_eq!(error.path, "exists");
