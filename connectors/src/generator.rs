@@ -91,10 +91,7 @@ impl Validate for GeneratorConfig {
 
 impl SourceConfig for GeneratorConfig {
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
-        Ok(Box::new(Generator {
-            config: self.clone(),
-            id_prefix: format!("{}-", cx.id),
-        }))
+        Ok(Box::new(Generator::new(self.clone(), &cx.id)))
     }
 }
 
@@ -106,6 +103,21 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// A generator for source `id`.
+    pub fn new(config: GeneratorConfig, id: &str) -> Self {
+        Generator {
+            config,
+            id_prefix: format!("{id}-"),
+        }
+    }
+
+    /// The events with positions `range`, exactly as the source emits them (for baselines
+    /// that measure event construction without the engine).
+    pub fn events(&self, range: std::ops::Range<u64>) -> Vec<Event> {
+        let mut text = String::new();
+        range.map(|seq| self.event(seq, &mut text)).collect()
+    }
+
     fn event(&self, seq: u64, text: &mut String) -> Event {
         text.clear();
         let _ = write!(text, "{}{seq}", self.id_prefix);
@@ -146,7 +158,6 @@ impl Source for Generator {
         let mut save_tick = tokio::time::interval(self.config.checkpoint_interval.get());
         save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         save_tick.reset();
-        let mut text = String::new();
         while next <= end {
             let mut n = (self.config.batch_size as u64).min(end - next + 1);
             let mut due = None;
@@ -168,10 +179,7 @@ impl Source for Generator {
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => continue,
                 () = cx.capacity(n as usize), if due.is_none() => {}
             }
-            let batch: Vec<Event> = (next..next + n)
-                .map(|seq| self.event(seq, &mut text))
-                .collect();
-            cx.emit(batch).await?;
+            cx.emit(self.events(next..next + n)).await?;
             next += n;
         }
         let checkpoint = cx.drain().await;

@@ -11,4 +11,5 @@ pub mod blackhole;
 pub mod codec;
 pub mod file;
 pub mod generator;
+pub mod postgres;
 pub mod stdout;
