@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+pub mod postgres;
+
 /// How long any single wait may take before the test fails (a bound on failure, not a
 /// synchronization device).
 pub const PATIENCE: Duration = Duration::from_secs(60);
