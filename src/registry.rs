@@ -4,6 +4,7 @@
 use sluice_connectors::blackhole::BlackholeSinkConfig;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
+use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_pipeline::Registry;
 
@@ -12,6 +13,7 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new(); // brings the engine's `filter` and `dedupe`
     registry
         .source::<GeneratorConfig>("generator")
+        .source::<PollConfig>("postgres_poll")
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")

@@ -2,13 +2,14 @@
 //!
 //! - [`pgoutput`]: sluice's own decoder of PostgreSQL's logical replication protocol.
 //! - [`row`]: the row event both sources emit and the `outbox` transform reads.
-//! - [`cleanup`]: deletes delivered outbox rows.
+//! - [`poll`]: the polling relay; [`cleanup`]: deletes delivered outbox rows.
 //! - [`connection`], [`table`], [`telemetry`]: connecting and classifying errors, the table as
 //!   the catalog describes it, metric names.
 
 pub mod cleanup;
 pub mod connection;
 pub mod pgoutput;
+pub mod poll;
 pub mod row;
 pub mod table;
 pub mod telemetry;
