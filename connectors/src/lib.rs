@@ -7,9 +7,11 @@
 //! Each connector is one module with its config struct (the documentation of its settings) and
 //! its running component; the `sluice` binary registers them by type name.
 
+pub mod backoff;
 pub mod blackhole;
 pub mod codec;
 pub mod file;
 pub mod generator;
+pub mod outbox;
 pub mod postgres;
 pub mod stdout;

@@ -202,8 +202,9 @@ impl Output {
         &mut self.events
     }
 
-    /// Splits into (events to pass on, rejected events with reasons, dropped count).
-    pub(crate) fn split(self) -> (Batch, Vec<(Event, Text)>, u64) {
+    /// Splits into (events to pass on, rejected events with reasons, dropped count): what the
+    /// engine does with an output, and what a transform's tests look at.
+    pub fn split(self) -> (Batch, Vec<(Event, Text)>, u64) {
         if self.rejects.is_empty() {
             return (self.events, Vec::new(), self.dropped);
         }
@@ -297,6 +298,12 @@ impl SourceContext {
         self.quarantine.send(rejected).await;
         self.output.send(events).await;
         Ok(())
+    }
+
+    /// Declares complete a position left open by [`SourceContext::emit_open`], when no more
+    /// events of it will be emitted.
+    pub fn seal(&mut self) {
+        self.tracker.seal();
     }
 
     /// The checkpoint: the highest position at or before which every emitted event is

@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod health;
 pub mod metrics;
+pub mod pace;
 pub mod registry;
 pub mod runtime;
 pub mod shutdown;

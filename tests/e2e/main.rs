@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config_errors;
 mod engine;
+mod postgres_cdc;
 
 use sluice_tests::Binary;
 
