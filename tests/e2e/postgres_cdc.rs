@@ -404,3 +404,60 @@ fn bad_rows_are_quarantined_with_reasons_and_counted() {
     running.signal("TERM");
     assert!(running.wait().unwrap().success());
 }
+
+#[test]
+fn check_reports_what_the_server_lacks_with_remedies() {
+    let cdc = Cdc::new(
+        "cdc_check",
+        "CREATE TABLE unrelated (x int)",
+        "create = false",
+    );
+    let config = cdc.config.to_str().unwrap();
+    let out = sluice().output(&["check", config]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "sources.outbox: ok   wal_level is logical",
+        "sources.outbox: ok   role postgres may replicate",
+        &format!(
+            "sources.outbox: FAIL publication {} does not exist: run `CREATE PUBLICATION",
+            cdc.db.name
+        ),
+        &format!(
+            "sources.outbox: FAIL slot {} does not exist: run `SELECT pg_create_logical_replication_slot('{}', 'pgoutput')`",
+            cdc.db.name, cdc.db.name
+        ),
+        "sources.outbox: FAIL table public.outbox does not exist",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+
+    // A role without REPLICATION is told how to get it.
+    let role = format!("{}_role", cdc.db.name);
+    cdc.db.execute(&format!("CREATE ROLE {role} LOGIN"));
+    let as_role = std::fs::read_to_string(&cdc.config)
+        .unwrap()
+        .replace("postgres://postgres@", &format!("postgres://{role}@"));
+    let path = cdc.dir.write("as_role.toml", &as_role);
+    let out = sluice().output(&["check", path.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    cdc.db.execute(&format!("DROP ROLE {role}"));
+    assert!(
+        text.contains(&format!("FAIL role {role} lacks the REPLICATION attribute: run `ALTER ROLE \"{role}\" REPLICATION`")),
+        "{text}"
+    );
+
+    // With the table in place and create = true, the rest is only what sluice will create.
+    cdc.db.execute(OUTBOX);
+    let creating = std::fs::read_to_string(&cdc.config)
+        .unwrap()
+        .replace("create = false", "create = true");
+    let path = cdc.dir.write("creating.toml", &creating);
+    let out = sluice().output(&["check", path.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("sources.outbox: ok   table public.outbox: id uuid, aggregatetype text"),
+        "{text}"
+    );
+}

@@ -1,8 +1,8 @@
 //! Settings of the `postgres_cdc` source.
 
 use serde::Deserialize;
-use sluice_pipeline::component::{BuildContext, DynSource};
-use sluice_pipeline::{Error, FieldError, HumanDuration, SourceConfig, Validate};
+use sluice_pipeline::component::{BoxFuture, BuildContext, DynSource};
+use sluice_pipeline::{Error, FieldError, Finding, HumanDuration, SourceConfig, Validate};
 
 use super::source::PostgresCdc;
 use crate::postgres::connect::Database;
@@ -195,6 +195,10 @@ impl SourceConfig for PostgresCdcConfig {
         let database = Database::parse(&self.url)
             .map_err(|m| Error::new(sluice_pipeline::ErrorKind::Config, m))?;
         Ok(Box::new(PostgresCdc::new(self.clone(), database)))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(super::check::check(self))
     }
 }
 

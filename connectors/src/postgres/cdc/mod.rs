@@ -17,6 +17,7 @@
 //! Events follow the row event contract of [`crate::postgres::row`]; the events of one
 //! transaction share its commit LSN as their position.
 
+mod check;
 mod config;
 mod metrics;
 mod slot;
