@@ -3,7 +3,7 @@
 //! - [`postgres`]: the outbox sources (`postgres_cdc`), the pgoutput decoder, connections.
 //! - [`outbox`]: the outbox event router, from rows to events.
 //! - [`generator`]: synthetic events with deterministic ids, for demos, tests and benchmarks.
-//! - [`file`], [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
+//! - [`file`](mod@file), [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
 //! - [`codec`]: encodings shared by sinks; [`backoff`]: delays between reconnections.
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
