@@ -35,6 +35,11 @@ fn main() {
         child(&scenario, events);
         return;
     }
+    // `cargo bench` passes --bench; test runners that list or run every target do not, and a
+    // benchmark is not a test.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
     let runs: usize = option("--runs").map_or(5, |v| v.parse().unwrap());
     let json_path = option("--json").unwrap_or_else(|| "target/bench-engine.json".into());
 

@@ -1,5 +1,6 @@
 //! The `sluice` command: runs and checks pipelines.
 
+mod check;
 mod registry;
 
 use std::path::PathBuf;
@@ -12,7 +13,8 @@ use tokio::signal::unix::{SignalKind, signal};
 const EXAMPLES: &str = "\
 Examples:
   sluice run examples/generator.toml         run a pipeline until it finishes or is signalled
-  sluice check examples/generator.toml       validate a config without running it
+  sluice check examples/generator.toml       validate a config and the servers it uses
+  sluice check --offline pipeline.toml       validate the file only
   sluice --log-format json run pipeline.toml log as JSON lines
 
 A first SIGTERM or SIGINT drains: sources stop, in-flight events are delivered and
@@ -42,10 +44,14 @@ enum Command {
         /// The pipeline config (TOML).
         config: PathBuf,
     },
-    /// Check a pipeline config and exit: 0 when valid, 2 with every problem listed otherwise.
+    /// Check a pipeline config, then the servers it uses: 0 when all is well, 2 with every
+    /// problem listed when the config is invalid, 1 when a server is not ready for it.
     Check {
         /// The pipeline config (TOML).
         config: PathBuf,
+        /// Only validate the file; do not connect to any server.
+        #[arg(long)]
+        offline: bool,
     },
 }
 
@@ -67,7 +73,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, cli.log.as_deref());
     let registry = registry::registry();
     match cli.command {
-        Command::Check { config } => match Config::load(&config, &registry) {
+        Command::Check { config, offline } => match Config::load(&config, &registry) {
             Ok(c) => {
                 println!(
                     "{}: ok ({} sources, {} transforms, {} sinks)",
@@ -76,7 +82,16 @@ fn main() -> ExitCode {
                     c.transforms.len(),
                     c.sinks.len()
                 );
-                ExitCode::SUCCESS
+                if offline {
+                    return ExitCode::SUCCESS;
+                }
+                match tokio::runtime::Runtime::new() {
+                    Ok(runtime) => runtime.block_on(check::live(&c)),
+                    Err(e) => {
+                        eprintln!("cannot start the async runtime: {e}");
+                        ExitCode::from(EXIT_FAILED)
+                    }
+                }
             }
             Err(errors) => config_failure(&errors),
         },

@@ -4,6 +4,8 @@
 use sluice_connectors::blackhole::BlackholeSinkConfig;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
+use sluice_connectors::outbox::OutboxConfig;
+use sluice_connectors::postgres::cdc::PostgresCdcConfig;
 use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_pipeline::Registry;
@@ -13,7 +15,9 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new(); // brings the engine's `filter` and `dedupe`
     registry
         .source::<GeneratorConfig>("generator")
+        .source::<PostgresCdcConfig>("postgres_cdc")
         .source::<PollConfig>("postgres_poll")
+        .transform::<OutboxConfig>("outbox")
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")

@@ -8,10 +8,9 @@
 //! rate = 100          # events per second (omit for no limit)
 //! ```
 
-use std::time::{Duration, Instant};
-
 use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSink};
+use sluice_pipeline::pace::Pace;
 use sluice_pipeline::{Error, FieldError, Sink, SinkConfig, SinkContext, Validate};
 
 /// Config of the `blackhole` sink.
@@ -49,14 +48,12 @@ pub struct BlackholeSink {
 impl Sink for BlackholeSink {
     async fn run(self, mut cx: SinkContext) -> Result<(), Error> {
         cx.set_ready(true);
-        let started = Instant::now();
+        let pace = self.rate.map(Pace::new);
         let mut acked: u64 = 0;
         while let Some(batch) = cx.next().await {
             for event in batch {
-                if let Some(rate) = self.rate {
-                    // Event n is due n/rate seconds after the start.
-                    let due = started + Duration::from_secs_f64(acked as f64 / rate as f64);
-                    tokio::time::sleep_until(due.into()).await;
+                if let Some(pace) = &pace {
+                    pace.wait(acked).await;
                 }
                 event.ack();
                 acked += 1;

@@ -14,11 +14,12 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSource};
+use sluice_pipeline::pace::Pace;
 use sluice_pipeline::{
     Error, ErrorKind, Event, FieldError, HumanDuration, Position, Source, SourceConfig,
     SourceContext, Text, Validate,
@@ -153,7 +154,8 @@ impl Source for Generator {
 
         let mut next = restored.map_or(1, |p| p.0 + 1);
         let end = self.config.count.unwrap_or(u64::MAX);
-        let pace = self.config.rate.map(|rate| Pace::new(rate, next));
+        let first = next;
+        let pace = self.config.rate.map(Pace::new);
         let shutdown = cx.shutdown().clone();
         let mut save_tick = tokio::time::interval(self.config.checkpoint_interval.get());
         save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,8 +164,8 @@ impl Source for Generator {
             let mut n = (self.config.batch_size as u64).min(end - next + 1);
             let mut due = None;
             if let Some(pace) = &pace {
-                match pace.allowed(next) {
-                    0 => due = Some(pace.due(next)),
+                match (first + pace.due_by_now()).saturating_sub(next) {
+                    0 => due = Some(pace.due(next - first)),
                     allowed => n = n.min(allowed),
                 }
             }
@@ -186,34 +188,6 @@ impl Source for Generator {
         save(&store, checkpoint).await?;
         tracing::info!(checkpoint = ?checkpoint.map(|p| p.0), "generator stopped");
         Ok(())
-    }
-}
-
-/// A steady rate: event `n` is due `(n - first) / rate` seconds after the start.
-struct Pace {
-    rate: u64,
-    first: u64,
-    started: Instant,
-}
-
-impl Pace {
-    fn new(rate: u64, first: u64) -> Self {
-        Pace {
-            rate,
-            first,
-            started: Instant::now(),
-        }
-    }
-
-    /// How many events from `next` on are due now.
-    fn allowed(&self, next: u64) -> u64 {
-        let due = (self.rate as f64 * self.started.elapsed().as_secs_f64()) as u64 + 1;
-        (self.first + due).saturating_sub(next)
-    }
-
-    /// When event `next` is due.
-    fn due(&self, next: u64) -> Instant {
-        self.started + Duration::from_secs_f64((next - self.first) as f64 / self.rate as f64)
     }
 }
 

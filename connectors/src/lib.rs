@@ -1,15 +1,19 @@
 //! sluice's sources and sinks.
 //!
+//! - [`postgres`]: the outbox sources (`postgres_cdc`), the pgoutput decoder, connections.
+//! - [`outbox`]: the outbox event router, from rows to events.
 //! - [`generator`]: synthetic events with deterministic ids, for demos, tests and benchmarks.
-//! - [`file`], [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
-//! - [`codec`]: encodings shared by sinks.
+//! - [`file`](mod@file), [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
+//! - [`codec`]: encodings shared by sinks; [`backoff`]: delays between reconnections.
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
 //! its running component; the `sluice` binary registers them by type name.
 
+pub mod backoff;
 pub mod blackhole;
 pub mod codec;
 pub mod file;
 pub mod generator;
+pub mod outbox;
 pub mod postgres;
 pub mod stdout;

@@ -317,6 +317,12 @@ impl Tracker {
         Ok(())
     }
 
+    /// Closes a position left open by [`Tracker::register_open`] when its remaining events
+    /// turned out to be none (the rest of the transaction was filtered out).
+    pub fn seal(&mut self) {
+        self.open = None;
+    }
+
     /// The checkpoint: the highest position at or before which every registered event is
     /// resolved and none failed, or the start position when nothing new is.
     pub fn checkpoint(&mut self) -> Option<Position> {
@@ -479,10 +485,21 @@ mod tests {
         t.register_open(&mut first).unwrap();
         handles(&mut first).into_iter().for_each(AckHandle::ack);
         assert_eq!(t.checkpoint(), Some(Position(2)));
+        let mut more = events(&[3]);
+        t.register_open(&mut more).unwrap();
+        handles(&mut more).into_iter().for_each(AckHandle::ack);
+        assert_eq!(t.checkpoint(), Some(Position(2)));
         let mut rest = events(&[3, 3]);
         t.register(&mut rest).unwrap();
         handles(&mut rest).into_iter().for_each(AckHandle::ack);
         assert_eq!(t.checkpoint(), Some(Position(3)));
+        // A position whose remaining events were all filtered out is sealed without events.
+        let mut last = events(&[4]);
+        t.register_open(&mut last).unwrap();
+        handles(&mut last).into_iter().for_each(AckHandle::ack);
+        assert_eq!(t.checkpoint(), Some(Position(3)));
+        t.seal();
+        assert_eq!(t.checkpoint(), Some(Position(4)));
     }
 
     #[test]

@@ -52,15 +52,7 @@ impl ApiServer {
 /// Binds `address` and serves the API until stopped.
 pub async fn serve(address: SocketAddr, health: Health) -> std::io::Result<ApiServer> {
     let metrics = prometheus();
-    if let Some(handle) = metrics.clone() {
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
-            loop {
-                tick.tick().await;
-                handle.run_upkeep();
-            }
-        });
-    }
+    let upkeep = metrics.clone();
     let app = Router::new()
         .route(
             "/metrics",
@@ -85,8 +77,23 @@ pub async fn serve(address: SocketAddr, health: Health) -> std::io::Result<ApiSe
         let server = axum::serve(listener, app).with_graceful_shutdown(async {
             let _ = stopped.await;
         });
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "api server failed");
+        // Histograms are compacted between scrapes for as long as the server runs.
+        let upkeep = async {
+            let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                if let Some(handle) = &upkeep {
+                    handle.run_upkeep();
+                }
+            }
+        };
+        tokio::select! {
+            result = server => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "api server failed");
+                }
+            }
+            () = upkeep => {}
         }
     });
     Ok(ApiServer {

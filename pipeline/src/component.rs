@@ -46,10 +46,62 @@ pub struct BuildContext {
     pub data_dir: PathBuf,
 }
 
+/// How a live check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    /// As required.
+    Ok,
+    /// Works, but deserves attention.
+    Warn,
+    /// Will not work until fixed.
+    Fail,
+}
+
+/// One result of a live check (`sluice check`): what was checked and, unless it is fine, the
+/// exact remedy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// How it went.
+    pub level: Level,
+    /// What was found, and what to do about it.
+    pub message: String,
+}
+
+impl Finding {
+    /// A check that passed.
+    pub fn ok(message: impl Into<String>) -> Self {
+        Finding {
+            level: Level::Ok,
+            message: message.into(),
+        }
+    }
+
+    /// A check that passed with a caveat.
+    pub fn warn(message: impl Into<String>) -> Self {
+        Finding {
+            level: Level::Warn,
+            message: message.into(),
+        }
+    }
+
+    /// A check that failed, with its remedy.
+    pub fn fail(message: impl Into<String>) -> Self {
+        Finding {
+            level: Level::Fail,
+            message: message.into(),
+        }
+    }
+}
+
 /// A source type's config.
 pub trait SourceConfig: Validate + Debug + Send + Sync + 'static {
     /// Builds the source. No I/O: connect in [`Source::run`].
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSource>, Error>;
+
+    /// Checks the servers the source would use (`sluice check`); none by default.
+    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 /// A transform type's config.
@@ -62,6 +114,11 @@ pub trait TransformConfig: Validate + Debug + Send + Sync + 'static {
 pub trait SinkConfig: Validate + Debug + Send + Sync + 'static {
     /// Builds the sink. No I/O: connect in [`Sink::run`].
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSink>, Error>;
+
+    /// Checks the servers the sink would use (`sluice check`); none by default.
+    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 /// Produces events.
@@ -202,8 +259,9 @@ impl Output {
         &mut self.events
     }
 
-    /// Splits into (events to pass on, rejected events with reasons, dropped count).
-    pub(crate) fn split(self) -> (Batch, Vec<(Event, Text)>, u64) {
+    /// Splits into (events to pass on, rejected events with reasons, dropped count): what the
+    /// engine does with an output, and what a transform's tests look at.
+    pub fn split(self) -> (Batch, Vec<(Event, Text)>, u64) {
         if self.rejects.is_empty() {
             return (self.events, Vec::new(), self.dropped);
         }
@@ -297,6 +355,12 @@ impl SourceContext {
         self.quarantine.send(rejected).await;
         self.output.send(events).await;
         Ok(())
+    }
+
+    /// Declares complete a position left open by [`SourceContext::emit_open`], when no more
+    /// events of it will be emitted.
+    pub fn seal(&mut self) {
+        self.tracker.seal();
     }
 
     /// The checkpoint: the highest position at or before which every emitted event is

@@ -296,11 +296,10 @@ impl Event {
         }
     }
 
-    /// Acknowledges the event as dropped on purpose (filtered out, a duplicate).
-    pub fn ack_dropped(mut self) {
-        if let Some(ack) = self.ack.take() {
-            ack.ack();
-        }
+    /// Acknowledges the event as dropped on purpose (filtered out, a duplicate): for its
+    /// source, a dropped event is done like a delivered one.
+    pub fn ack_dropped(self) {
+        self.ack();
     }
 
     /// Marks the event as failed: its source's checkpoint will never pass it.

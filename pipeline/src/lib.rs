@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod health;
 pub mod metrics;
+pub mod pace;
 pub mod registry;
 pub mod runtime;
 pub mod shutdown;
@@ -25,8 +26,8 @@ pub mod topology;
 pub mod transforms;
 
 pub use component::{
-    BuildContext, Output, Sink, SinkConfig, SinkContext, Source, SourceConfig, SourceContext,
-    Transform, TransformConfig, Validate,
+    BuildContext, Finding, Level, Output, Sink, SinkConfig, SinkContext, Source, SourceConfig,
+    SourceContext, Transform, TransformConfig, Validate,
 };
 pub use config::{Config, ConfigErrors, FieldError, HumanDuration};
 pub use error::{Error, ErrorKind};

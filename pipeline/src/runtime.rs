@@ -26,7 +26,7 @@ use crate::health::{Health, ReadyFlag};
 use crate::metrics::{ComponentMetrics, SourceMetrics, error_counter, quarantined_counter};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::topology::consumers;
-use crate::{api, checkpoint::CheckpointStore};
+use crate::api;
 
 /// The id of the built-in quarantine file sink.
 pub const QUARANTINE_FILE_ID: &str = "_quarantine";
@@ -357,9 +357,4 @@ async fn run_transform(
     }
     ready.set(false);
     Ok(())
-}
-
-/// The checkpoint store of source `id` (for tools that inspect checkpoints).
-pub fn checkpoint_store(config: &Config, id: &str) -> CheckpointStore {
-    CheckpointStore::new(&config.pipeline.data_dir, id)
 }

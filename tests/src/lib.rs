@@ -260,3 +260,118 @@ pub fn saved_checkpoint(data_dir: &Path, id: &str) -> Option<u64> {
         std::fs::read_to_string(data_dir.join("checkpoints").join(format!("{id}.json"))).ok()?;
     serde_json::from_str::<serde_json::Value>(&text).ok()?["position"].as_u64()
 }
+
+/// A PostgreSQL database that exists for one test: created on the server from `DATABASE_URL`
+/// (default `postgres://postgres@127.0.0.1:5432/postgres`), dropped with its replication slots
+/// afterwards.
+#[derive(Debug)]
+pub struct TestDb {
+    /// The database name.
+    pub name: String,
+    /// Its connection URL.
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDb {
+    /// Creates `sluice_<test>_<pid>_<n>`.
+    pub fn create(test: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!(
+            "sluice_{test}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let url = format!("{base}/{name}{query}");
+        let db = TestDb {
+            name,
+            url,
+            admin_url: admin_url.clone(),
+        };
+        pg(
+            &db.admin_url,
+            &format!("CREATE DATABASE {}", db.name),
+            |_| (),
+        )
+        .unwrap();
+        db
+    }
+
+    /// Runs statements (several, separated by `;`).
+    pub fn execute(&self, sql: &str) {
+        pg(&self.url, sql, |_| ()).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
+    /// Runs a query and returns its rows, each column as text (`None` for NULL).
+    pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        query(&self.url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The single value a query returns.
+    pub fn value(&self, sql: &str) -> Option<String> {
+        self.query(sql).into_iter().next()?.into_iter().next()?
+    }
+
+    /// Runs a query on the server's admin database (for cluster-wide views).
+    pub fn admin_query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        query(&self.admin_url, sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let drop_slots = format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = '{}' AND NOT active",
+            self.name
+        );
+        let _ = pg(&self.admin_url, &drop_slots, |_| ());
+        let _ = pg(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            |_| (),
+        );
+    }
+}
+
+fn query(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+    let mut rows = Vec::new();
+    pg(url, sql, |messages| {
+        for message in messages {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                rows.push(
+                    (0..row.len())
+                        .map(|i| row.get(i).map(str::to_owned))
+                        .collect(),
+                );
+            }
+        }
+    })?;
+    Ok(rows)
+}
+
+/// Runs `sql` with the simple query protocol on a fresh connection.
+fn pg(
+    url: &str,
+    sql: &str,
+    read: impl FnOnce(Vec<tokio_postgres::SimpleQueryMessage>),
+) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let messages = client.simple_query(sql).await?;
+        read(messages);
+        drop(client);
+        let _ = driver.await;
+        Ok(())
+    })
+}

@@ -1,12 +1,16 @@
 //! PostgreSQL: the outbox sources (logical replication and polling) and what they share.
 //!
+//! - [`cdc`]: the `postgres_cdc` source (logical replication).
+//! - [`connect`]: connection URLs, SQL and replication sessions.
 //! - [`pgoutput`]: sluice's own decoder of PostgreSQL's logical replication protocol.
 //! - [`row`]: the row event both sources emit and the `outbox` transform reads.
 //! - [`poll`]: the polling relay; [`cleanup`]: deletes delivered outbox rows.
 //! - [`connection`], [`table`], [`telemetry`]: connecting and classifying errors, the table as
 //!   the catalog describes it, metric names.
 
+pub mod cdc;
 pub mod cleanup;
+pub mod connect;
 pub mod connection;
 pub mod pgoutput;
 pub mod poll;
