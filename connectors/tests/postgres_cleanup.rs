@@ -7,9 +7,10 @@
 use std::time::{Duration, SystemTime};
 
 use sluice_connectors::postgres::cleanup::{Cleanup, CleanupConfig, Delivered};
+use sluice_connectors::postgres::connect::Database;
 use sluice_connectors::postgres::table::Table;
 use sluice_pipeline::ErrorKind;
-use sluice_tests::postgres::TestDatabase;
+use sluice_tests::TestDb;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -17,6 +18,10 @@ const SCHEMA: &str = include_str!("../../examples/sql/outbox-poll.sql");
 
 fn config(text: &str) -> CleanupConfig {
     sluice_pipeline::config::deserialize(toml::from_str(text).unwrap()).unwrap()
+}
+
+async fn connect(db: &TestDb) -> Client {
+    Database::parse(&db.url).unwrap().connect().await.unwrap()
 }
 
 /// Inserts `n` rows of `aggregate` created and published at the given times (SQL
@@ -51,9 +56,9 @@ async fn remaining(client: &Client) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn polling_cleanup_deletes_only_rows_published_before_the_retention_in_bounded_batches() {
-    let db = TestDatabase::create("cleanup_published");
+    let db = TestDb::create("test_cleanup_published");
     db.execute(SCHEMA);
-    let client = db.connect().await;
+    let client = connect(&db).await;
     insert(
         &client,
         25,
@@ -107,9 +112,9 @@ async fn polling_cleanup_deletes_only_rows_published_before_the_retention_in_bou
 
 #[tokio::test]
 async fn cdc_cleanup_deletes_rows_created_before_the_confirmed_commit_minus_the_retention() {
-    let db = TestDatabase::create("cleanup_confirmed");
+    let db = TestDb::create("test_cleanup_confirmed");
     db.execute(SCHEMA);
-    let client = db.connect().await;
+    let client = connect(&db).await;
     insert(&client, 4, "hours", "now() - interval '3 hours'", "NULL").await;
     insert(
         &client,
@@ -145,9 +150,9 @@ async fn cdc_cleanup_deletes_rows_created_before_the_confirmed_commit_minus_the_
 
 #[tokio::test]
 async fn a_cleanup_needs_its_time_column() {
-    let db = TestDatabase::create("cleanup_misfit");
+    let db = TestDb::create("test_cleanup_misfit");
     db.execute(SCHEMA);
-    let client = db.connect().await;
+    let client = connect(&db).await;
     let table = Table::resolve(&client, "public.outbox").await.unwrap();
     let refused = |column: &str| Delivered::Published {
         column: column.into(),

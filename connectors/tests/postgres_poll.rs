@@ -8,21 +8,26 @@
 
 use std::path::Path;
 
-use sluice_connectors::postgres::connection::DbError;
+use sluice_connectors::postgres::connect::Database;
+use sluice_connectors::postgres::error::DbError;
 use sluice_connectors::postgres::poll::{Ctid, LockedBatch, PollConfig, Poller};
 use sluice_pipeline::component::{BuildContext, DynSink};
 use sluice_pipeline::{
     Config, ErrorKind, Event, Position, Registry, ShutdownTrigger, Sink, SinkConfig, SinkContext,
     Validate,
 };
-use sluice_tests::postgres::TestDatabase;
+use sluice_tests::TestDb;
 use tokio_postgres::Client;
 
 const SCHEMA: &str = include_str!("../../examples/sql/outbox-poll.sql");
 
-fn config(db: &TestDatabase, extra: &str) -> PollConfig {
-    let text = format!("url = {:?}\n{extra}", db.url());
+fn config(db: &TestDb, extra: &str) -> PollConfig {
+    let text = format!("url = {:?}\n{extra}", db.url);
     sluice_pipeline::config::deserialize(toml::from_str(&text).unwrap()).unwrap()
+}
+
+async fn connect(db: &TestDb) -> Client {
+    Database::parse(&db.url).unwrap().connect().await.unwrap()
 }
 
 /// Inserts one row per aggregate named, in order, each in its own transaction.
@@ -61,18 +66,18 @@ async fn published(client: &Client) -> Vec<i64> {
 }
 
 /// Rows 1..=6 of aggregates a, b, a, b, a, c.
-async fn six_rows(db: &TestDatabase) -> Client {
+async fn six_rows(db: &TestDb) -> Client {
     db.execute(SCHEMA);
-    let client = db.connect().await;
+    let client = connect(db).await;
     insert(&client, &["a", "b", "a", "b", "a", "c"]).await;
     client
 }
 
 #[tokio::test]
 async fn two_relays_get_disjoint_rows_and_an_aggregate_waits_for_its_earlier_rows() {
-    let db = TestDatabase::create("poll_two_relays");
+    let db = TestDb::create("test_poll_two_relays");
     let setup = six_rows(&db).await;
-    let (a, b) = (db.connect().await, db.connect().await);
+    let (a, b) = (connect(&db).await, connect(&db).await);
     let relay_a = Poller::prepare(&a, &config(&db, "batch_size = 2"))
         .await
         .unwrap();
@@ -103,9 +108,9 @@ async fn two_relays_get_disjoint_rows_and_an_aggregate_waits_for_its_earlier_row
 
 #[tokio::test]
 async fn a_relays_own_open_batches_do_not_hold_back_its_next_batch() {
-    let db = TestDatabase::create("poll_own_batches");
+    let db = TestDb::create("test_poll_own_batches");
     let _setup = six_rows(&db).await;
-    let (one, two) = (db.connect().await, db.connect().await);
+    let (one, two) = (connect(&db).await, connect(&db).await);
     let relay = Poller::prepare(&one, &config(&db, "batch_size = 2"))
         .await
         .unwrap();
@@ -125,9 +130,9 @@ async fn a_relays_own_open_batches_do_not_hold_back_its_next_batch() {
 
 #[tokio::test]
 async fn a_row_committed_late_with_a_lower_position_is_still_polled() {
-    let db = TestDatabase::create("poll_late_commit");
+    let db = TestDb::create("test_poll_late_commit");
     db.execute(SCHEMA);
-    let (early, late, poll) = (db.connect().await, db.connect().await, db.connect().await);
+    let (early, late, poll) = (connect(&db).await, connect(&db).await, connect(&db).await);
     let relay = Poller::prepare(&poll, &config(&db, "")).await.unwrap();
     early.batch_execute("BEGIN").await.unwrap();
     insert(&early, &["x"]).await; // takes seq 1, commits last
@@ -147,9 +152,9 @@ async fn a_row_committed_late_with_a_lower_position_is_still_polled() {
 
 #[tokio::test]
 async fn rows_become_row_events_with_every_column_as_text() {
-    let db = TestDatabase::create("poll_row_events");
+    let db = TestDb::create("test_poll_row_events");
     db.execute(SCHEMA);
-    let client = db.connect().await;
+    let client = connect(&db).await;
     client
         .batch_execute(
             "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES \
@@ -191,8 +196,8 @@ async fn rows_become_row_events_with_every_column_as_text() {
 #[tokio::test]
 async fn bad_rows_carry_the_reason_to_quarantine_them_and_are_marked_like_the_rest() {
     // SQL_ASCII stores any bytes, so a column can hold text that is not UTF-8.
-    let db = TestDatabase::create_with(
-        "poll_bad_rows",
+    let db = TestDb::create_with(
+        "test_poll_bad_rows",
         "ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
     );
     db.execute(SCHEMA);
@@ -204,7 +209,7 @@ async fn bad_rows_carry_the_reason_to_quarantine_them_and_are_marked_like_the_re
              (3, E'\\xff\\xfe', 'c', 'Created', '{}'),
              (4, 'order', 'd', 'Created', '{}');",
     );
-    let client = db.connect().await;
+    let client = connect(&db).await;
     let relay = Poller::prepare(&client, &config(&db, "")).await.unwrap();
     let batch = relay.lock_batch(&client, Position(1), []).await.unwrap();
     let seen: Vec<_> = batch
@@ -256,13 +261,13 @@ async fn bad_rows_carry_the_reason_to_quarantine_them_and_are_marked_like_the_re
 
 #[tokio::test]
 async fn a_table_that_does_not_fit_is_a_config_error_naming_the_fix() {
-    let db = TestDatabase::create("poll_misfit");
+    let db = TestDb::create("test_poll_misfit");
     db.execute(SCHEMA);
     db.execute(
         "CREATE TABLE wrong (seq text, aggregateid text, published_at timestamptz);
          CREATE VIEW outbox_view AS SELECT * FROM outbox;",
     );
-    let client = db.connect().await;
+    let client = connect(&db).await;
     let refused = async |extra: &str| -> DbError {
         Poller::prepare(&client, &config(&db, extra))
             .await
@@ -300,15 +305,10 @@ async fn a_table_that_does_not_fit_is_a_config_error_naming_the_fix() {
 
 #[tokio::test]
 async fn a_missing_privilege_names_the_grant() {
-    // Declared first, dropped last: the role can go once the database with its grant is gone.
-    let role = DropRole(format!("sluice_role_{}_{}", std::process::id(), line!()));
-    let db = TestDatabase::create("poll_privilege");
+    let db = TestDb::create("test_poll_privilege");
     db.execute(SCHEMA);
-    db.execute(&format!(
-        "CREATE ROLE {0} LOGIN; GRANT SELECT ON outbox TO {0};",
-        role.0
-    ));
-    let server: tokio_postgres::Config = db.url().parse().unwrap();
+    let role = Role::create(&db, "SELECT");
+    let server: tokio_postgres::Config = db.url.parse().unwrap();
     let host = match &server.get_hosts()[0] {
         tokio_postgres::config::Host::Tcp(host) => host.clone(),
         tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
@@ -316,10 +316,11 @@ async fn a_missing_privilege_names_the_grant() {
     let url = format!(
         "host={host} port={} user={} dbname={}",
         server.get_ports()[0],
-        role.0,
-        db.name()
+        role.name,
+        db.name
     );
-    let client = sluice_tests::postgres::connect(&url).await.unwrap();
+    let database = Database::parse(&url).unwrap();
+    let client = database.connect().await.unwrap();
     let config: PollConfig =
         sluice_pipeline::config::deserialize(toml::from_str(&format!("url = {url:?}")).unwrap())
             .unwrap();
@@ -333,20 +334,26 @@ async fn a_missing_privilege_names_the_grant() {
     );
 }
 
-/// Drops a role when the test ends (after its database is gone, which holds its grants).
-struct DropRole(String);
+/// A login role with `grants` on the outbox, dropped (with its grants) when the test ends.
+struct Role<'a> {
+    db: &'a TestDb,
+    name: String,
+}
 
-impl Drop for DropRole {
+impl<'a> Role<'a> {
+    fn create(db: &'a TestDb, grants: &str) -> Self {
+        let name = db.name.replacen("sluice_", "sluice_role_", 1);
+        db.execute(&format!(
+            "CREATE ROLE {name} LOGIN; GRANT {grants} ON outbox TO {name};"
+        ));
+        Role { db, name }
+    }
+}
+
+impl Drop for Role<'_> {
     fn drop(&mut self) {
-        let sql = format!("DROP ROLE IF EXISTS {}", self.0);
-        let url = sluice_tests::postgres::server_url();
-        let _ = sluice_tests::postgres::on_own_runtime(move || async move {
-            sluice_tests::postgres::connect(&url)
-                .await?
-                .batch_execute(&sql)
-                .await?;
-            Ok(())
-        });
+        self.db.execute(&format!("DROP OWNED BY {}", self.name));
+        self.db.admin_query(&format!("DROP ROLE {}", self.name));
     }
 }
 
@@ -382,7 +389,7 @@ impl Sink for HeldSink {
 
 #[tokio::test]
 async fn rows_are_marked_only_once_their_events_are_acknowledged_and_in_order() {
-    let db = TestDatabase::create("poll_acks");
+    let db = TestDb::create("test_poll_acks");
     let client = six_rows(&db).await;
     insert(&client, &["d", "e", "f", "g", "h", "i"]).await;
     let (held, mut received) = tokio::sync::mpsc::unbounded_channel();
@@ -405,7 +412,7 @@ async fn rows_are_marked_only_once_their_events_are_acknowledged_and_in_order() 
         inputs = ["outbox"]
         "#,
         data = dir.path().display(),
-        url = db.url()
+        url = db.url
     );
     let config = Config::parse(&text, Path::new("acks.toml"), &registry, &|_| None).unwrap();
     let stop = ShutdownTrigger::new();

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::sluice;
-use sluice_tests::postgres::{TestDatabase, connect, on_own_runtime};
+use sluice_connectors::postgres::connect::Database;
 use sluice_tests::{
-    Running, Scratch, free_port, json_lines, metric, metrics, wait_for, wait_ready,
+    Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for, wait_ready,
 };
 
 const SCHEMA: &str = include_str!("../../examples/sql/outbox-poll.sql");
@@ -29,7 +29,7 @@ struct Relay {
 
 impl Relay {
     /// Writes the config of relay `name`: `postgres_poll` with `settings` → file `out`.
-    fn new(dir: &Scratch, db: &TestDatabase, name: &str, out: &Path, settings: &str) -> Relay {
+    fn new(dir: &Scratch, db: &TestDb, name: &str, out: &Path, settings: &str) -> Relay {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let data = dir.join(&format!("data-{name}"));
         let config = dir.write(
@@ -50,7 +50,7 @@ impl Relay {
                 path = "{out}"
                 "#,
                 data = data.display(),
-                url = db.url(),
+                url = db.url,
                 out = out.display(),
             ),
         );
@@ -104,22 +104,19 @@ fn assert_ordered_per_aggregate(rows: &[(i64, String)]) {
     }
 }
 
-/// Every position in the table.
-fn positions(db: &TestDatabase) -> BTreeSet<i64> {
-    let url = db.url().to_owned();
-    on_own_runtime(move || async move {
-        let rows = connect(&url)
-            .await?
-            .query("SELECT seq FROM outbox", &[])
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
-    })
-    .unwrap()
+/// The position column values of the rows matching `condition`.
+fn positions(db: &TestDb, condition: &str) -> BTreeSet<i64> {
+    db.query(&format!("SELECT seq FROM outbox WHERE {condition}"))
+        .into_iter()
+        .filter_map(|row| row.into_iter().next().flatten()?.parse().ok())
+        .collect()
 }
 
 /// How many rows are not yet marked published.
-fn unpublished(db: &TestDatabase) -> i64 {
-    db.query_i64("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+fn unpublished(db: &TestDb) -> usize {
+    db.value("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .and_then(|n| n.parse().ok())
+        .unwrap()
 }
 
 /// Inserts rows from `writers` concurrent connections, each running `transactions`
@@ -127,13 +124,14 @@ fn unpublished(db: &TestDatabase) -> i64 {
 /// locks its aggregate, as an application updating the aggregate's row does, so an aggregate's
 /// rows commit in the order they are numbered. Returns when all are committed.
 fn write(url: &str, writers: usize, transactions: usize, aggregates: usize) {
-    let url = url.to_owned();
-    on_own_runtime(move || async move {
+    let database = Database::parse(url).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async move {
         let mut tasks = tokio::task::JoinSet::new();
         for writer in 0..writers {
-            let url = url.clone();
+            let database = database.clone();
             tasks.spawn(async move {
-                let client = connect(&url).await?;
+                let client = database.connect().await?;
                 for i in 0..transactions {
                     let aggregate = format!("agg-{}", (writer * 7 + i * 3) % aggregates);
                     let rows = 1 + (writer + i) % 3;
@@ -152,31 +150,29 @@ fn write(url: &str, writers: usize, transactions: usize, aggregates: usize) {
             });
         }
         while let Some(done) = tasks.join_next().await {
-            done??;
+            done.unwrap().unwrap();
         }
-        Ok(())
-    })
-    .unwrap();
+    });
 }
 
 /// Runs [`write`] on a thread of its own, for writing while relays poll.
 fn write_in_background(
-    db: &TestDatabase,
+    db: &TestDb,
     writers: usize,
     transactions: usize,
     aggregates: usize,
 ) -> std::thread::JoinHandle<()> {
-    let url = db.url().to_owned();
+    let url = db.url.clone();
     std::thread::spawn(move || write(&url, writers, transactions, aggregates))
 }
 
 /// Waits until every row of the table is published and present in `out`.
-fn wait_all_delivered(db: &TestDatabase, out: &Path) -> BTreeSet<i64> {
+fn wait_all_delivered(db: &TestDb, out: &Path) -> BTreeSet<i64> {
     wait_for("every row delivered and marked", || {
         if unpublished(db) > 0 {
             return None;
         }
-        let all = positions(db);
+        let all = positions(db, "true");
         let seen: BTreeSet<i64> = delivered(out).into_iter().map(|(seq, _)| seq).collect();
         (seen == all).then_some(all)
     })
@@ -185,13 +181,13 @@ fn wait_all_delivered(db: &TestDatabase, out: &Path) -> BTreeSet<i64> {
 
 #[test]
 fn rows_from_many_transactions_arrive_once_in_order_and_are_marked() {
-    let db = TestDatabase::create("poll_e2e_once");
+    let db = TestDb::create("test_poll_e2e_once");
     db.execute(SCHEMA);
     let dir = Scratch::new("poll-once");
     let out = dir.join("out.jsonl");
     let relay = Relay::new(&dir, &db, "a", &out, "batch_size = 50\ninterval = \"50ms\"");
     let running = relay.start();
-    write(db.url(), 8, 40, 20);
+    write(&db.url, 8, 40, 20);
     let all = wait_all_delivered(&db, &out);
     stop(running);
     let rows = delivered(&out);
@@ -201,7 +197,7 @@ fn rows_from_many_transactions_arrive_once_in_order_and_are_marked() {
 
 #[test]
 fn two_relays_share_a_table_without_duplicates_or_reordering() {
-    let db = TestDatabase::create("poll_e2e_two");
+    let db = TestDb::create("test_poll_e2e_two");
     db.execute(SCHEMA);
     let dir = Scratch::new("poll-two");
     // Both relays append to one file, so its line order is the delivery order across both.
@@ -218,7 +214,7 @@ fn two_relays_share_a_table_without_duplicates_or_reordering() {
     let (running_a, running_b) = (sluice().spawn(&a.config), sluice().spawn(&b.config));
     wait_ready(a.api).unwrap();
     wait_ready(b.api).unwrap();
-    write(db.url(), 10, 40, 8);
+    write(&db.url, 10, 40, 8);
     let all = wait_all_delivered(&db, &out);
     let marked_a = a.metric("sluice_postgres_poll_marked_rows_total").unwrap();
     let marked_b = b.metric("sluice_postgres_poll_marked_rows_total").unwrap();
@@ -237,7 +233,7 @@ fn two_relays_share_a_table_without_duplicates_or_reordering() {
 
 #[test]
 fn kill_9_mid_stream_loses_nothing_and_marks_only_what_was_delivered() {
-    let db = TestDatabase::create("poll_e2e_kill");
+    let db = TestDb::create("test_poll_e2e_kill");
     db.execute(SCHEMA);
     let dir = Scratch::new("poll-kill");
     let out = dir.join("out.jsonl");
@@ -253,17 +249,7 @@ fn kill_9_mid_stream_loses_nothing_and_marks_only_what_was_delivered() {
 
     // Whatever the dead relay marked, the file holds: marking never ran ahead of delivery.
     let in_file: BTreeSet<i64> = delivered(&out).into_iter().map(|(seq, _)| seq).collect();
-    let url = db.url().to_owned();
-    let marked: BTreeSet<i64> = on_own_runtime(move || async move {
-        let client = connect(&url).await?;
-        Ok(client
-            .query("SELECT seq FROM outbox WHERE published_at IS NOT NULL", &[])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
-    })
-    .unwrap();
+    let marked = positions(&db, "published_at IS NOT NULL");
     assert!(!marked.is_empty());
     assert!(
         marked.is_subset(&in_file),
@@ -281,7 +267,7 @@ fn kill_9_mid_stream_loses_nothing_and_marks_only_what_was_delivered() {
 
 #[test]
 fn bad_rows_are_quarantined_with_a_reason_counted_and_marked() {
-    let db = TestDatabase::create("poll_e2e_bad");
+    let db = TestDb::create("test_poll_e2e_bad");
     db.execute(SCHEMA);
     db.execute(
         "ALTER TABLE outbox ALTER COLUMN seq DROP IDENTITY, ALTER COLUMN seq DROP NOT NULL;
@@ -329,7 +315,7 @@ fn bad_rows_are_quarantined_with_a_reason_counted_and_marked() {
 
 #[test]
 fn a_notification_wakes_the_relay_long_before_its_interval() {
-    let db = TestDatabase::create("poll_e2e_notify");
+    let db = TestDb::create("test_poll_e2e_notify");
     db.execute(SCHEMA);
     let dir = Scratch::new("poll-notify");
     let out = dir.join("out.jsonl");
@@ -369,7 +355,7 @@ fn a_notification_wakes_the_relay_long_before_its_interval() {
 
 #[test]
 fn cleanup_deletes_only_rows_published_before_the_retention() {
-    let db = TestDatabase::create("poll_e2e_cleanup");
+    let db = TestDb::create("test_poll_e2e_cleanup");
     db.execute(SCHEMA);
     db.execute(
         "INSERT INTO outbox (aggregatetype, aggregateid, type, payload, created_at, published_at)
@@ -397,13 +383,14 @@ fn cleanup_deletes_only_rows_published_before_the_retention() {
     .unwrap();
     assert_eq!(deleted, 30.0);
     let left = |aggregate: &str| {
-        db.query_i64(&format!(
+        db.value(&format!(
             "SELECT count(*) FROM outbox WHERE aggregateid = '{aggregate}'"
         ))
+        .unwrap()
     };
-    assert_eq!(left("old"), 0);
-    assert_eq!(left("recent"), 10, "published within the retention: kept");
-    assert_eq!(left("new"), 10, "published just now by the relay: kept");
+    assert_eq!(left("old"), "0");
+    assert_eq!(left("recent"), "10", "published within the retention: kept");
+    assert_eq!(left("new"), "10", "published just now by the relay: kept");
     stop(running);
     assert_eq!(
         delivered(&out).len(),

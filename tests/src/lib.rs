@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-pub mod postgres;
-
 /// How long any single wait may take before the test fails (a bound on failure, not a
 /// synchronization device).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -276,6 +274,12 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `sluice_<test>_<pid>_<n>`.
     pub fn create(test: &str) -> Self {
+        Self::create_with(test, "")
+    }
+
+    /// Creates `sluice_<test>_<pid>_<n>` with `CREATE DATABASE` `options`, such as
+    /// `ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`.
+    pub fn create_with(test: &str, options: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let admin_url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -297,7 +301,7 @@ impl TestDb {
         };
         pg(
             &db.admin_url,
-            &format!("CREATE DATABASE {}", db.name),
+            &format!("CREATE DATABASE {} {options}", db.name),
             |_| (),
         )
         .unwrap();
@@ -356,8 +360,22 @@ fn query(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
     Ok(rows)
 }
 
-/// Runs `sql` with the simple query protocol on a fresh connection.
+/// Runs `sql` with the simple query protocol on a fresh connection, on a thread and runtime
+/// of its own (so that async tests can use a [`TestDb`] too).
 fn pg(
+    url: &str,
+    sql: &str,
+    read: impl FnOnce(Vec<tokio_postgres::SimpleQueryMessage>) + Send,
+) -> Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| pg_here(url, sql, read))
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn pg_here(
     url: &str,
     sql: &str,
     read: impl FnOnce(Vec<tokio_postgres::SimpleQueryMessage>),

@@ -29,15 +29,22 @@
 
 use std::time::{Duration, SystemTime};
 
+use metrics::{Counter, counter};
 use serde::Deserialize;
 use sluice_pipeline::error::chain;
-use sluice_pipeline::{FieldError, HumanDuration, Validate};
+use sluice_pipeline::metrics::labels;
+use sluice_pipeline::{Error, FieldError, HumanDuration, Validate};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use super::connection::{ConnectionUrl, DbError, connect};
-use super::table::{Privilege, Table, quote_ident};
-use super::telemetry::CleanupTelemetry;
+use super::connect::{Database, quote_ident};
+use super::error::DbError;
+use super::table::{Privilege, Table};
+
+/// Delivered outbox rows a cleanup deleted.
+pub const DELETED_ROWS: &str = "sluice_postgres_cleanup_deleted_rows_total";
+/// Failed cleanup rounds; the next round tries again.
+pub const ERRORS: &str = "sluice_postgres_cleanup_errors_total";
 
 /// Default for [`CleanupConfig::batch_size`].
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
@@ -179,15 +186,17 @@ impl Cleanup {
     }
 
     /// Runs a round every interval, on a connection of its own, until the task is dropped.
-    /// Failures are logged and counted, and the next round reconnects.
-    pub async fn run(self, url: ConnectionUrl, component: String, telemetry: CleanupTelemetry) {
+    /// Failures are logged and counted (for source `id`), and the next round reconnects.
+    pub async fn run(self, database: Database, id: String) {
+        let labels = labels("source", &id);
+        let (deleted, errors) = (counter!(DELETED_ROWS, &labels), counter!(ERRORS, &labels));
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut client = None;
         loop {
             tick.tick().await;
-            if let Err(error) = self.round(&url, &component, &mut client, &telemetry).await {
-                telemetry.error(error.kind());
+            if let Err(error) = self.round(&database, &mut client, &deleted).await {
+                errors.increment(1);
                 tracing::warn!(
                     table = %self.table,
                     error = %chain(&error),
@@ -200,19 +209,18 @@ impl Cleanup {
 
     async fn round(
         &self,
-        url: &ConnectionUrl,
-        component: &str,
+        database: &Database,
         client: &mut Option<Client>,
-        telemetry: &CleanupTelemetry,
-    ) -> Result<(), DbError> {
+        deleted_rows: &Counter,
+    ) -> Result<(), Error> {
         let client = match client.take().filter(|c| !c.is_closed()) {
             Some(open) => client.insert(open),
-            None => client.insert(connect(url, component).await?),
+            None => client.insert(database.connect().await?),
         };
         let mut total = 0;
         loop {
             let deleted = self.delete_batch(client).await?;
-            telemetry.deleted(deleted);
+            deleted_rows.increment(deleted);
             total += deleted;
             if deleted < self.batch_size as u64 {
                 break;

@@ -3,9 +3,16 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use sluice_pipeline::{Error, ErrorKind};
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Connection, Socket};
+
+/// How long connecting may take when the URL sets no `connect_timeout`: a host that drops
+/// packets must not hold a component for the minutes TCP would wait.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a PostgreSQL database is and how to log in, parsed from a URL
 /// (`postgres://user:password@host:port/dbname`) or a key-value string
@@ -18,7 +25,7 @@ pub struct Database {
 impl Database {
     /// Parses `url`; the error says what is wrong with it (never echoing a password).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
         if config.get_hosts().is_empty() {
             return Err("the URL names no host (write postgres://user@host:port/dbname)".into());
@@ -28,22 +35,30 @@ impl Database {
                 "sslmode=require is not supported yet: sluice connects to PostgreSQL without TLS (use a local or tunnelled connection)".into(),
             );
         }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
         Ok(Database { config })
     }
 
     /// Opens an ordinary SQL session; its connection runs on its own task.
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, Error> {
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| connect_error(format!("connecting to {self}"), e))?;
+    pub async fn connect(&self) -> Result<Client, Error> {
+        let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgresql connection ended");
             }
         });
         Ok(client)
+    }
+
+    /// Opens an SQL session and hands back its connection, for a caller that drives it itself
+    /// (to receive `LISTEN` notifications with [`Connection::poll_message`]).
+    pub async fn connect_raw(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), Error> {
+        self.config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| connect_error(format!("connecting to {self}"), e))
     }
 
     /// Settings for a replication session on `slot` with `publication`.

@@ -8,7 +8,8 @@
 
 use tokio_postgres::Client;
 
-use super::connection::DbError;
+use super::connect::quote_ident;
+use super::error::DbError;
 
 /// A table found in the catalog.
 #[derive(Debug, Clone)]
@@ -198,25 +199,9 @@ impl Table {
     }
 }
 
-/// `name` as an SQL identifier: in double quotes, inner quotes doubled, so any name is taken
-/// literally.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn quoting_takes_names_literally() {
-        assert_eq!(quote_ident("seq"), "\"seq\"");
-        assert_eq!(quote_ident("Mixed Case"), "\"Mixed Case\"");
-        assert_eq!(
-            quote_ident("a\"; DROP TABLE x; --"),
-            "\"a\"\"; DROP TABLE x; --\""
-        );
-    }
 
     fn table() -> Table {
         Table {

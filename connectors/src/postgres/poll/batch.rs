@@ -15,9 +15,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use super::config::PollConfig;
-use crate::postgres::connection::DbError;
+use crate::postgres::connect::quote_ident;
+use crate::postgres::error::DbError;
 use crate::postgres::row::{INSERT, row_event};
-use crate::postgres::table::{Privilege, Table, quote_ident};
+use crate::postgres::table::{Privilege, Table};
 
 /// Types the position column may have.
 const POSITION_TYPES: &[&str] = &["smallint", "integer", "bigint"];

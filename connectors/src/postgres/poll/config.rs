@@ -3,11 +3,11 @@
 
 use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSource};
-use sluice_pipeline::{Error, FieldError, HumanDuration, SourceConfig, Validate};
+use sluice_pipeline::{Error, ErrorKind, FieldError, HumanDuration, SourceConfig, Validate};
 
 use super::source::PollSource;
 use crate::postgres::cleanup::CleanupConfig;
-use crate::postgres::connection::ConnectionUrl;
+use crate::postgres::connect::Database;
 
 /// Default for [`PollConfig::table`].
 pub const DEFAULT_TABLE: &str = "public.outbox";
@@ -30,10 +30,9 @@ const MAX_CHANNEL_BYTES: usize = 63;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PollConfig {
-    /// The database: `postgres://user:password@host:port/dbname` or `host=… user=… dbname=…`.
-    /// The role needs `SELECT` on the table and `UPDATE` on its published column (and `DELETE`
-    /// when cleanup is on).
-    pub url: ConnectionUrl,
+    /// Connection URL, `postgres://user:password@host:port/dbname`. The role needs `SELECT` on
+    /// the table and `UPDATE` on its published column (and `DELETE` when cleanup is on).
+    pub url: String,
     /// The outbox table, written as SQL names it: `schema.table`, with double quotes around
     /// names that need them. A plain (not partitioned) table.
     #[serde(default = "default_table")]
@@ -95,6 +94,7 @@ fn default_max_batches_in_flight() -> usize {
 
 impl Validate for PollConfig {
     fn validate(&self) -> Result<(), FieldError> {
+        Database::parse(&self.url).map_err(|m| FieldError::new("url", m))?;
         for (field, value) in [
             ("table", &self.table),
             ("position_column", &self.position_column),
@@ -142,7 +142,8 @@ impl Validate for PollConfig {
 
 impl SourceConfig for PollConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
-        Ok(Box::new(PollSource::new(self.clone())))
+        let database = Database::parse(&self.url).map_err(|m| Error::new(ErrorKind::Config, m))?;
+        Ok(Box::new(PollSource::new(self.clone(), database)))
     }
 }
 

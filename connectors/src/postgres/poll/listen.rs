@@ -10,14 +10,16 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 
+use sluice_pipeline::Error;
 use sluice_pipeline::error::chain;
 use tokio::sync::Notify;
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
-use crate::postgres::connection::{Backoff, ConnectionUrl, DbError, connect_raw};
-use crate::postgres::table::quote_ident;
-use crate::postgres::telemetry::PollTelemetry;
+use super::metrics::PollMetrics;
+use crate::backoff::Backoff;
+use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::error::DbError;
 
 /// A connection that has run `LISTEN` on the channel.
 pub(super) struct Listener {
@@ -28,12 +30,8 @@ pub(super) struct Listener {
 
 impl Listener {
     /// Connects and listens on `channel`; notifications are delivered from then on.
-    pub(super) async fn start(
-        url: &ConnectionUrl,
-        component: &str,
-        channel: &str,
-    ) -> Result<Listener, DbError> {
-        let (client, mut connection) = connect_raw(url, component).await?;
+    pub(super) async fn start(database: &Database, channel: &str) -> Result<Listener, Error> {
+        let (client, mut connection) = database.connect_raw().await?;
         let sql = format!("LISTEN {}", quote_ident(channel));
         {
             let mut listen = pin!(client.batch_execute(&sql));
@@ -47,9 +45,9 @@ impl Listener {
                     message = poll_fn(|cx| connection.poll_message(cx)) => match message {
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
-                            return Err(DbError::statement("listening for notifications")(e));
+                            return Err(DbError::statement("listening for notifications")(e).into());
                         }
-                        None => return Err(closed()),
+                        None => return Err(closed().into()),
                     },
                 }
             }
@@ -61,11 +59,11 @@ impl Listener {
     }
 
     /// Wakes `wake` for every notification until the connection is lost, and says why.
-    async fn forward(mut self, wake: &Notify, telemetry: &PollTelemetry) -> DbError {
+    async fn forward(mut self, wake: &Notify, metrics: &PollMetrics) -> DbError {
         loop {
             match poll_fn(|cx| self.connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => {
-                    telemetry.notified();
+                    metrics.notified();
                     wake.notify_one();
                 }
                 Some(Ok(_)) => {}
@@ -80,27 +78,26 @@ impl Listener {
     /// whatever was inserted meanwhile).
     pub(super) async fn run(
         self,
-        url: ConnectionUrl,
-        component: String,
+        database: Database,
         channel: String,
         wake: Arc<Notify>,
-        telemetry: PollTelemetry,
+        metrics: PollMetrics,
     ) {
         let mut listener = self;
         let mut backoff = Backoff::default();
         loop {
-            let error = listener.forward(&wake, &telemetry).await;
-            telemetry.error(error.kind());
+            let error = listener.forward(&wake, &metrics).await;
+            metrics.error(error.kind());
             tracing::warn!(
                 error = %chain(&error),
                 "lost the notification connection; reconnecting, polling continues on the interval"
             );
             listener = loop {
                 tokio::time::sleep(backoff.next_delay()).await;
-                match Listener::start(&url, &component, &channel).await {
+                match Listener::start(&database, &channel).await {
                     Ok(listener) => break listener,
                     Err(error) => {
-                        telemetry.error(error.kind());
+                        metrics.error(error.kind());
                         tracing::warn!(error = %chain(&error), "cannot listen for notifications");
                     }
                 }

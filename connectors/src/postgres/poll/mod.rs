@@ -99,11 +99,16 @@
 mod batch;
 mod config;
 mod listen;
+mod metrics;
 mod source;
 
 pub use batch::{Ctid, CtidError, LockedBatch, PolledRow, Poller};
 pub use config::{
     DEFAULT_AGGREGATE_COLUMN, DEFAULT_BATCH_SIZE, DEFAULT_INTERVAL, DEFAULT_MAX_BATCHES_IN_FLIGHT,
     DEFAULT_POSITION_COLUMN, DEFAULT_PUBLISHED_COLUMN, DEFAULT_TABLE, PollConfig,
+};
+pub use metrics::{
+    ABANDONED_ROWS, BATCHES, DEFERRED_ROWS, ERRORS, MARKED_ROWS, NOTIFICATIONS, OPEN_BATCHES,
+    POLLED_ROWS, QUERY_DURATION,
 };
 pub use source::PollSource;

@@ -15,28 +15,30 @@ use tracing::Instrument;
 use super::batch::{Ctid, Poller};
 use super::config::PollConfig;
 use super::listen::Listener;
+use super::metrics::PollMetrics;
+use crate::backoff::Backoff;
 use crate::postgres::cleanup::{Cleanup, Delivered};
-use crate::postgres::connection::{Backoff, DbError, connect};
-use crate::postgres::telemetry::{CleanupTelemetry, PollTelemetry};
+use crate::postgres::connect::Database;
 
 /// The running `postgres_poll` source.
 #[derive(Debug)]
 pub struct PollSource {
     config: PollConfig,
+    database: Database,
 }
 
 impl PollSource {
-    /// A source with `config` (validated).
-    pub fn new(config: PollConfig) -> Self {
-        PollSource { config }
+    /// A source with `config` (validated), polling `database` (parsed from its `url`).
+    pub fn new(config: PollConfig, database: Database) -> Self {
+        PollSource { config, database }
     }
 }
 
 impl Source for PollSource {
     async fn run(self, mut cx: SourceContext) -> Result<(), Error> {
         let shutdown = cx.shutdown().clone();
-        let telemetry = PollTelemetry::new(cx.id());
-        let Some(started) = start(&self.config, cx.id(), &telemetry, &shutdown).await? else {
+        let metrics = PollMetrics::new(cx.id());
+        let Some(started) = start(&self, &metrics, &shutdown).await? else {
             return Ok(());
         };
         let Started {
@@ -48,25 +50,13 @@ impl Source for PollSource {
         let mut tasks = JoinSet::new();
         let wake = Arc::new(Notify::new());
         if let (Some(listener), Some(channel)) = (listener, &self.config.notify_channel) {
-            tasks.spawn(
-                listener
-                    .run(
-                        self.config.url.clone(),
-                        cx.id().to_owned(),
-                        channel.clone(),
-                        Arc::clone(&wake),
-                        telemetry.clone(),
-                    )
-                    .in_current_span(),
-            );
+            let wake = Arc::clone(&wake);
+            let run = listener.run(self.database.clone(), channel.clone(), wake, metrics);
+            tasks.spawn(run.in_current_span());
         }
         if let Some(cleanup) = cleanup {
-            let telemetry = CleanupTelemetry::new(cx.id());
-            tasks.spawn(
-                cleanup
-                    .run(self.config.url.clone(), cx.id().to_owned(), telemetry)
-                    .in_current_span(),
-            );
+            let run = cleanup.run(self.database.clone(), cx.id().to_owned());
+            tasks.spawn(run.in_current_span());
         }
         cx.set_ready(true);
         tracing::info!(
@@ -91,19 +81,18 @@ struct Started {
 /// Connects, checks the table and starts listening, retrying with backoff while the server is
 /// unreachable; `None` if shutdown came first. A table that does not fit fails at once.
 async fn start(
-    config: &PollConfig,
-    id: &str,
-    telemetry: &PollTelemetry,
+    source: &PollSource,
+    metrics: &PollMetrics,
     shutdown: &Shutdown,
 ) -> Result<Option<Started>, Error> {
     let mut backoff = Backoff::default();
     loop {
-        let error = match try_start(config, id, telemetry).await {
+        let error = match try_start(source, metrics).await {
             Ok(started) => return Ok(Some(started)),
-            Err(error) if error.kind().is_retryable() => error,
-            Err(error) => return Err(error.into()),
+            Err(error) if error.is_retryable() => error,
+            Err(error) => return Err(error),
         };
-        telemetry.error(error.kind());
+        metrics.error(error.kind());
         tracing::warn!(error = %chain(&error), "cannot start polling; retrying");
         tokio::select! {
             () = shutdown.requested() => return Ok(None),
@@ -112,12 +101,9 @@ async fn start(
     }
 }
 
-async fn try_start(
-    config: &PollConfig,
-    id: &str,
-    telemetry: &PollTelemetry,
-) -> Result<Started, DbError> {
-    let client = connect(&config.url, id).await?;
+async fn try_start(source: &PollSource, metrics: &PollMetrics) -> Result<Started, Error> {
+    let config = &source.config;
+    let client = source.database.connect().await?;
     let poller = Poller::prepare(&client, config).await?;
     let cleanup = match &config.cleanup {
         Some(cleanup) => {
@@ -130,15 +116,15 @@ async fn try_start(
     };
     // Listening before the source reports ready: from then on, no insert goes unnoticed.
     let listener = match &config.notify_channel {
-        Some(channel) => Some(Listener::start(&config.url, id, channel).await?),
+        Some(channel) => Some(Listener::start(&source.database, channel).await?),
         None => None,
     };
     Ok(Started {
         relay: Relay {
             config: config.clone(),
-            component: id.to_owned(),
+            database: source.database.clone(),
             poller,
-            telemetry: telemetry.clone(),
+            metrics: metrics.clone(),
             idle: vec![client],
             open: VecDeque::new(),
             next_position: 1,
@@ -181,9 +167,9 @@ enum Wake {
 /// batch's position.
 struct Relay {
     config: PollConfig,
-    component: String,
+    database: Database,
     poller: Poller,
-    telemetry: PollTelemetry,
+    metrics: PollMetrics,
     idle: Vec<Client>,
     open: VecDeque<OpenBatch>,
     next_position: u64,
@@ -250,7 +236,7 @@ impl Relay {
     async fn poll(&mut self, cx: &mut SourceContext) -> Result<Polled, Error> {
         let client = match self.idle.pop().filter(|c| !c.is_closed()) {
             Some(client) => client,
-            None => match connect(&self.config.url, &self.component).await {
+            None => match self.database.connect().await {
                 Ok(client) => client,
                 Err(error) => return self.failed(cx, error),
             },
@@ -260,9 +246,9 @@ impl Relay {
         let in_flight = self.open.iter().flat_map(|batch| &batch.rows);
         let batch = match self.poller.lock_batch(&client, position, in_flight).await {
             Ok(batch) => batch,
-            Err(error) => return self.failed(cx, error),
+            Err(error) => return self.failed(cx, error.into()),
         };
-        self.telemetry
+        self.metrics
             .polled(batch.locked(), batch.deferred, started.elapsed());
         self.backoff.reset();
         self.retry_at = None;
@@ -274,7 +260,7 @@ impl Relay {
         if batch.rows.is_empty() {
             match self.poller.release(&client).await {
                 Ok(()) => self.idle.push(client),
-                Err(error) => return self.failed(cx, error),
+                Err(error) => return self.failed(cx, error.into()),
             }
             return Ok(polled);
         }
@@ -294,18 +280,18 @@ impl Relay {
             client,
             rows,
         });
-        self.telemetry.open_batches(self.open.len());
+        self.metrics.open_batches(self.open.len());
         Ok(polled)
     }
 
     /// Handles a failed connect or poll: a retryable failure drops the connection, marks the
     /// source not ready and delays the next poll; any other fails the source.
-    fn failed(&mut self, cx: &SourceContext, error: DbError) -> Result<Polled, Error> {
+    fn failed(&mut self, cx: &SourceContext, error: Error) -> Result<Polled, Error> {
         let kind = error.kind();
         if !kind.is_retryable() {
-            return Err(error.into());
+            return Err(error);
         }
-        self.telemetry.error(kind);
+        self.metrics.error(kind);
         let delay = self.backoff.next_delay();
         tracing::warn!(error = %chain(&error), retry_in = ?delay, "polling failed; reconnecting");
         cx.set_ready(false);
@@ -330,7 +316,7 @@ impl Relay {
                 marked = true;
             }
         }
-        self.telemetry.open_batches(self.open.len());
+        self.metrics.open_batches(self.open.len());
         Ok(marked)
     }
 
@@ -344,15 +330,15 @@ impl Relay {
                         "marking updated a different number of rows than the batch held"
                     );
                 }
-                self.telemetry.marked(batch.rows.len());
+                self.metrics.marked(batch.rows.len());
                 self.idle.push(batch.client);
                 Ok(())
             }
             Err(error) if error.kind().is_retryable() => {
                 // The transaction is gone, and its locks with it: the rows are unmarked and
                 // will be polled again (by this relay or another), delivering them twice.
-                self.telemetry.error(error.kind());
-                self.telemetry.abandoned(batch.rows.len());
+                self.metrics.error(error.kind());
+                self.metrics.abandoned(batch.rows.len());
                 tracing::warn!(
                     rows = batch.rows.len(),
                     error = %chain(&error),
