@@ -13,8 +13,8 @@ use sluice_connectors::postgres::error::DbError;
 use sluice_connectors::postgres::poll::{Ctid, LockedBatch, PollConfig, Poller};
 use sluice_pipeline::component::{BuildContext, DynSink};
 use sluice_pipeline::{
-    Config, ErrorKind, Event, Position, Registry, ShutdownTrigger, Sink, SinkConfig, SinkContext,
-    Validate,
+    Config, ErrorKind, Event, Finding, Level, Position, Registry, ShutdownTrigger, Sink,
+    SinkConfig, SinkContext, SourceConfig, Validate,
 };
 use sluice_tests::TestDb;
 use tokio_postgres::Client;
@@ -301,6 +301,42 @@ async fn a_table_that_does_not_fit_is_a_config_error_naming_the_fix() {
         assert_eq!(error.kind(), ErrorKind::Config, "{extra}");
         assert!(error.to_string().contains(expected), "{extra}: {error}");
     }
+}
+
+#[tokio::test]
+async fn the_live_check_names_what_is_missing_and_the_statement_that_adds_it() {
+    let db = TestDb::create("test_poll_check");
+    db.execute(SCHEMA);
+    let config = config(&db, "notify_channel = \"sluice_outbox\"");
+    let levels = |findings: Vec<Finding>| -> Vec<(Level, String)> {
+        findings.into_iter().map(|f| (f.level, f.message)).collect()
+    };
+    let all_ok = levels(config.check().await);
+    assert!(
+        all_ok.iter().all(|(level, _)| *level == Level::Ok),
+        "{all_ok:?}"
+    );
+    assert_eq!(all_ok.len(), 5, "{all_ok:?}");
+
+    db.execute("DROP INDEX outbox_unpublished_by_aggregate; DROP TRIGGER outbox_notify ON outbox");
+    let warned: Vec<_> = levels(config.check().await)
+        .into_iter()
+        .filter(|(level, _)| *level == Level::Warn)
+        .map(|(_, message)| message)
+        .collect();
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(warned[0].contains(
+        "run `CREATE INDEX ON \"public\".\"outbox\" (\"aggregateid\", \"seq\") WHERE \"published_at\" IS NULL`"
+    ), "{warned:?}");
+    assert!(warned[1].contains("no insert trigger"), "{warned:?}");
+
+    db.execute("DROP TABLE outbox");
+    let failed = levels(config.check().await);
+    assert_eq!(failed.last().unwrap().0, Level::Fail, "{failed:?}");
+    assert!(
+        failed.last().unwrap().1.contains("does not exist"),
+        "{failed:?}"
+    );
 }
 
 #[tokio::test]

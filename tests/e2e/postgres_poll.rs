@@ -124,7 +124,9 @@ fn unpublished(db: &TestDb) -> usize {
 /// locks its aggregate, as an application updating the aggregate's row does, so an aggregate's
 /// rows commit in the order they are numbered. Returns when all are committed.
 fn write(url: &str, writers: usize, transactions: usize, aggregates: usize) {
-    let database = Database::parse(url).unwrap();
+    // Named apart from the relay's sessions, which a test cuts.
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let database = Database::parse(&format!("{url}{separator}application_name=writer")).unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let mut tasks = tokio::task::JoinSet::new();
@@ -263,6 +265,39 @@ fn kill_9_mid_stream_loses_nothing_and_marks_only_what_was_delivered() {
     stop(running);
     let delivered: BTreeSet<i64> = delivered(&out).into_iter().map(|(seq, _)| seq).collect();
     assert_eq!(delivered, all, "every row delivered (some twice)");
+}
+
+#[test]
+fn losing_every_connection_mid_stream_costs_duplicates_at_most() {
+    let db = TestDb::create("test_poll_e2e_reconnect");
+    db.execute(SCHEMA);
+    let dir = Scratch::new("poll-reconnect");
+    let out = dir.join("out.jsonl");
+    let settings = format!("batch_size = 20\ninterval = \"50ms\"\nnotify_channel = \"{CHANNEL}\"");
+    let relay = Relay::new(&dir, &db, "a", &out, &settings);
+    let running = relay.start();
+    let writing = write_in_background(&db, 4, 80, 10);
+    wait_for("some rows delivered", || {
+        (delivered(&out).len() >= 100).then_some(())
+    })
+    .unwrap();
+    // Every session of the relay: idle, holding open batches, listening.
+    let cut = db
+        .value(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{}' AND application_name = 'sluice'",
+            db.name
+        ))
+        .unwrap();
+    assert_ne!(cut, "0", "the relay's sessions are named sluice");
+    writing.join().unwrap();
+    let all = wait_all_delivered(&db, &out);
+    wait_ready(relay.api).unwrap();
+    let errors = relay.metric("sluice_postgres_poll_errors_total").unwrap();
+    assert!(errors >= 1.0, "the lost connections were counted");
+    stop(running);
+    let delivered: BTreeSet<i64> = delivered(&out).into_iter().map(|(seq, _)| seq).collect();
+    assert_eq!(delivered, all);
 }
 
 #[test]

@@ -38,6 +38,10 @@ impl Database {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
+        if config.get_application_name().is_none() {
+            // As replication sessions do: `pg_stat_activity` shows whose sessions these are.
+            config.application_name("sluice");
+        }
         Ok(Database { config })
     }
 

@@ -98,6 +98,11 @@ impl Table {
         })
     }
 
+    /// The table's oid.
+    pub fn oid(&self) -> u32 {
+        self.oid
+    }
+
     /// `schema.table`, unquoted: how events and logs name it.
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.schema, self.name)

@@ -2,8 +2,10 @@
 //! the rules checked before anything connects.
 
 use serde::Deserialize;
-use sluice_pipeline::component::{BuildContext, DynSource};
-use sluice_pipeline::{Error, ErrorKind, FieldError, HumanDuration, SourceConfig, Validate};
+use sluice_pipeline::component::{BoxFuture, BuildContext, DynSource};
+use sluice_pipeline::{
+    Error, ErrorKind, FieldError, Finding, HumanDuration, SourceConfig, Validate,
+};
 
 use super::source::PollSource;
 use crate::postgres::cleanup::CleanupConfig;
@@ -144,6 +146,10 @@ impl SourceConfig for PollConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
         let database = Database::parse(&self.url).map_err(|m| Error::new(ErrorKind::Config, m))?;
         Ok(Box::new(PollSource::new(self.clone(), database)))
+    }
+
+    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(super::check::check(self))
     }
 }
 

@@ -97,6 +97,7 @@
 //! commits.
 
 mod batch;
+mod check;
 mod config;
 mod listen;
 mod metrics;
