@@ -29,8 +29,9 @@
 //! Row events as [`crate::postgres::row`] describes them: `event_type` `insert`, every column
 //! in `fields` in PostgreSQL's text format, the `sluice.table` header. The `id` is the row's
 //! position column. A row whose position is NULL or negative, or with a column that cannot be
-//! read as text, is quarantined with the reason; quarantined counts as delivered, so it is
-//! marked too.
+//! read as text (the whole poll then fails on the server, and the batch is read again row by
+//! row to isolate it), is quarantined with the reason; quarantined counts as delivered, so it
+//! is marked too.
 //!
 //! The event *position* (what the checkpoint counts) is the number of the batch within this
 //! run, not the position column. A source must never emit a position below one it emitted
@@ -68,24 +69,23 @@
 //! (the `(aggregate, position) WHERE published IS NULL` index) finds its first row outside the
 //! batch and outside the relay's own open batches; batch rows before it are admitted.
 //!
-//! Why that keeps order: take rows `r1 < r2` of one aggregate, and a poll whose snapshot admits
-//! `r2`. If `r1` was unpublished in that snapshot, it was in the batch (emitted just before
-//! `r2`) or in one of this relay's earlier open batches (emitted before, and marked before,
-//! since batches commit in order). If it was published, the relay that published it had its
-//! event acknowledged before committing the mark, so before the snapshot, so before `r2` is
-//! emitted. If it was not yet committed at all, it commits after `r2` did, and in commit
-//! order it comes after `r2`. In every case `r2` is delivered after `r1` was, or after it in
-//! one stream. This needs the application to commit an aggregate's rows in the order it
-//! numbers them, which holds whenever it serializes writes per aggregate (updating the
-//! aggregate's own row in the same transaction does) — and without that, no relay can know
-//! the order. Rows whose aggregate is NULL have no order to keep.
+//! Why that keeps order: take rows `r1 < r2` of one aggregate, and a poll whose snapshot
+//! admits `r2`. In that snapshot `r1` is either
+//! - unpublished: then it is in the same batch (emitted just before `r2`) or in one of this
+//!   relay's earlier open batches (emitted before `r2`, into the same ordered stream, and
+//!   marked first since batches commit in order);
+//! - published: the relay that marked it had its event acknowledged before committing the mark,
+//!   so before the snapshot, so before `r2` is emitted;
+//! - not visible: it committed after `r2`. An application that serializes writes per aggregate
+//!   (updating the aggregate's own row in the same transaction does) never does that; without
+//!   such serialization the two rows have no order any relay could know.
 //!
-//! The same holds with several batches in flight in one relay, and between relays no matter
-//! how they interleave: unlike transaction-scoped advisory locks taken while scanning
-//! (`pg_try_advisory_xact_lock(hashtext(aggregateid))` in the `WHERE`), where relay B can fail
-//! the lock on row 5, see relay A commit, then take the lock on row 6 within one scan, the
-//! check compares rows, not lock timing. A hot aggregate is delivered by one relay at a time,
-//! one batch after another; relays share the work across aggregates.
+//! So `r2` never overtakes `r1`, with any number of relays and batches in flight, however they
+//! interleave. Rows whose aggregate is NULL have no order to keep. Advisory locks on the
+//! aggregate taken while scanning, the usual alternative, have a window inside one scan where a
+//! relay fails the lock on row 5, sees it released, and takes it for row 6; the check compares
+//! rows, not lock timing (`docs/adr/0006-polling-positions-and-aggregate-order.md`). A hot
+//! aggregate is delivered by one relay at a time; relays share the work across aggregates.
 //!
 //! # Polling
 //!
