@@ -368,7 +368,7 @@ struct Statements {
     /// After it, up to the columns the poll returns.
     poll_middle: String,
     /// After the columns.
-    poll_tail: String,
+    poll_tail: &'static str,
     /// The position column, as the poll returns it for [`Columns::Position`].
     position: String,
     /// Up to the `ctid` of the row to read.
@@ -384,48 +384,62 @@ impl Statements {
         let aggregate = quote_ident(&config.aggregate_column);
         let limit = config.batch_size;
         // `batch` locks the next unpublished rows in position order, skipping rows other
-        // transactions hold. `blocked` finds, per aggregate in the batch, its first unpublished
-        // row that is neither in the batch nor in flight in this relay (the lateral walks the
-        // aggregate's unpublished rows in position order and stops there). A batch row is
-        // admitted when it comes before that row. NULL positions and aggregates compare as
-        // unknown: such rows are admitted (and quarantined for a NULL position).
+        // transactions hold. `known` is what may precede a batch row: the batch and the
+        // relay's rows in flight. `first_skipped` is the first unpublished row up to the
+        // batch's last that is not known (one walk of the position index): batch rows before
+        // it are admitted, and when there is none (a relay draining alone) nothing more is
+        // done. Otherwise `blocked` finds, for each aggregate with batch rows after it, the
+        // aggregate's first unpublished row that is not known (a walk of the aggregate's rows
+        // in position order), and its batch rows before that one are admitted. NULL positions
+        // and aggregates compare as unknown: such rows are admitted (and a NULL position is
+        // quarantined).
         let poll_head = format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; \
              WITH batch AS MATERIALIZED ( \
-                 SELECT o.ctid AS sluice_ctid, o AS sluice_row \
+                 SELECT o.ctid AS sluice_ctid, o.{position} AS sluice_position, \
+                        o.{aggregate} AS sluice_aggregate, o AS sluice_row \
                  FROM {table} o \
                  WHERE o.{published} IS NULL \
                  ORDER BY o.{position} \
                  LIMIT {limit} \
                  FOR UPDATE OF o SKIP LOCKED \
              ), \
+             known AS MATERIALIZED ( \
+                 SELECT sluice_ctid FROM batch UNION ALL SELECT unnest('"
+        );
+        let poll_middle = format!(
+            "'::tid[]) \
+             ), \
+             first_skipped AS ( \
+                 SELECT p.{position} AS sluice_position \
+                 FROM {table} p \
+                 WHERE p.{published} IS NULL \
+                   AND p.{position} <= (SELECT max(sluice_position) FROM batch) \
+                   AND p.ctid NOT IN (SELECT sluice_ctid FROM known) \
+                 ORDER BY p.{position} \
+                 LIMIT 1 \
+             ), \
              blocked AS ( \
                  SELECT a.sluice_aggregate, f.sluice_position AS first_outside \
-                 FROM (SELECT DISTINCT (b.sluice_row).{aggregate} AS sluice_aggregate \
-                       FROM batch b) a \
+                 FROM (SELECT DISTINCT b.sluice_aggregate FROM batch b \
+                       WHERE b.sluice_position > (SELECT sluice_position FROM first_skipped)) a \
                  CROSS JOIN LATERAL ( \
                      SELECT p.{position} AS sluice_position \
                      FROM {table} p \
                      WHERE p.{aggregate} = a.sluice_aggregate \
                        AND p.{published} IS NULL \
-                       AND p.ctid NOT IN (SELECT sluice_ctid FROM batch \
-                                          UNION ALL SELECT unnest('"
-        );
-        let poll_middle = format!(
-            "'::tid[])) \
+                       AND p.ctid NOT IN (SELECT sluice_ctid FROM known) \
                      ORDER BY p.{position} \
                      LIMIT 1 \
                  ) f \
              ) \
              SELECT b.sluice_ctid, \
-                    coalesce((b.sluice_row).{position} < k.first_outside, true), \
+                    coalesce(b.sluice_position < k.first_outside, true), \
                     (b.sluice_row)."
         );
-        let poll_tail = format!(
-            " FROM batch b \
-             LEFT JOIN blocked k ON k.sluice_aggregate = (b.sluice_row).{aggregate} \
-             ORDER BY (b.sluice_row).{position}"
-        );
+        let poll_tail = " FROM batch b \
+             LEFT JOIN blocked k ON k.sluice_aggregate = b.sluice_aggregate \
+             ORDER BY b.sluice_position";
         let read_row_head = format!(
             "SAVEPOINT sluice_row; SELECT o.ctid, true, o.* FROM {table} o WHERE o.ctid = '"
         );
@@ -453,7 +467,7 @@ impl Statements {
             in_flight,
             &self.poll_middle,
             columns,
-            &self.poll_tail,
+            self.poll_tail,
         ]
         .concat()
     }

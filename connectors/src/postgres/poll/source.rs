@@ -65,7 +65,7 @@ impl Source for PollSource {
             cleanup = self.config.cleanup.is_some(),
             "polling the outbox"
         );
-        relay.relay(&mut cx, &shutdown, &wake).await?;
+        relay.run(&mut cx, &shutdown, &wake).await?;
         tasks.abort_all();
         relay.finish(&mut cx).await
     }
@@ -180,7 +180,7 @@ struct Relay {
 
 impl Relay {
     /// Polls, emits and marks until shutdown is requested.
-    async fn relay(
+    async fn run(
         &mut self,
         cx: &mut SourceContext,
         shutdown: &Shutdown,
