@@ -10,7 +10,7 @@ use std::path::Path;
 
 use sluice_connectors::postgres::connect::Database;
 use sluice_connectors::postgres::error::DbError;
-use sluice_connectors::postgres::poll::{Ctid, LockedBatch, PollConfig, Poller};
+use sluice_connectors::postgres::poll::{Ctid, LockedBatch, PollConfig, Poller, Session};
 use sluice_pipeline::component::{BuildContext, DynSink};
 use sluice_pipeline::{
     Config, ErrorKind, Event, Finding, Level, Position, Registry, ShutdownTrigger, Sink,
@@ -28,6 +28,14 @@ fn config(db: &TestDb, extra: &str) -> PollConfig {
 
 async fn connect(db: &TestDb) -> Client {
     Database::parse(&db.url).unwrap().connect().await.unwrap()
+}
+
+/// A relay with `extra` settings, and a connection of its own.
+async fn relay(db: &TestDb, extra: &str) -> (Poller, Session) {
+    let client = connect(db).await;
+    let poller = Poller::resolve(&client, &config(db, extra)).await.unwrap();
+    let session = poller.session(client).await.unwrap();
+    (poller, session)
 }
 
 /// Inserts one row per aggregate named, in order, each in its own transaction.
@@ -77,13 +85,8 @@ async fn six_rows(db: &TestDb) -> Client {
 async fn two_relays_get_disjoint_rows_and_an_aggregate_waits_for_its_earlier_rows() {
     let db = TestDb::create("test_poll_two_relays");
     let setup = six_rows(&db).await;
-    let (a, b) = (connect(&db).await, connect(&db).await);
-    let relay_a = Poller::prepare(&a, &config(&db, "batch_size = 2"))
-        .await
-        .unwrap();
-    let relay_b = Poller::prepare(&b, &config(&db, "batch_size = 10"))
-        .await
-        .unwrap();
+    let (relay_a, a) = relay(&db, "batch_size = 2").await;
+    let (relay_b, b) = relay(&db, "batch_size = 10").await;
 
     let first = relay_a.lock_batch(&a, Position(1), []).await.unwrap();
     assert_eq!(ids(&first), ["1", "2"]);
@@ -110,10 +113,8 @@ async fn two_relays_get_disjoint_rows_and_an_aggregate_waits_for_its_earlier_row
 async fn a_relays_own_open_batches_do_not_hold_back_its_next_batch() {
     let db = TestDb::create("test_poll_own_batches");
     let _setup = six_rows(&db).await;
-    let (one, two) = (connect(&db).await, connect(&db).await);
-    let relay = Poller::prepare(&one, &config(&db, "batch_size = 2"))
-        .await
-        .unwrap();
+    let (relay, one) = relay(&db, "batch_size = 2").await;
+    let two = relay.session(connect(&db).await).await.unwrap();
     let first = relay.lock_batch(&one, Position(1), []).await.unwrap();
     assert_eq!(ids(&first), ["1", "2"]);
 
@@ -132,8 +133,8 @@ async fn a_relays_own_open_batches_do_not_hold_back_its_next_batch() {
 async fn a_row_committed_late_with_a_lower_position_is_still_polled() {
     let db = TestDb::create("test_poll_late_commit");
     db.execute(SCHEMA);
-    let (early, late, poll) = (connect(&db).await, connect(&db).await, connect(&db).await);
-    let relay = Poller::prepare(&poll, &config(&db, "")).await.unwrap();
+    let (early, late) = (connect(&db).await, connect(&db).await);
+    let (relay, poll) = relay(&db, "").await;
     early.batch_execute("BEGIN").await.unwrap();
     insert(&early, &["x"]).await; // takes seq 1, commits last
     insert(&late, &["y"]).await; // seq 2
@@ -163,8 +164,8 @@ async fn rows_become_row_events_with_every_column_as_text() {
         )
         .await
         .unwrap();
-    let relay = Poller::prepare(&client, &config(&db, "")).await.unwrap();
-    let batch = relay.lock_batch(&client, Position(7), []).await.unwrap();
+    let (relay, session) = relay(&db, "").await;
+    let batch = relay.lock_batch(&session, Position(7), []).await.unwrap();
     let row = &batch.rows[0];
     assert!(row.problem.is_none());
     let event = &row.event;
@@ -209,9 +210,8 @@ async fn bad_rows_carry_the_reason_to_quarantine_them_and_are_marked_like_the_re
              (3, E'\\xff\\xfe', 'c', 'Created', '{}'),
              (4, 'order', 'd', 'Created', '{}');",
     );
-    let client = connect(&db).await;
-    let relay = Poller::prepare(&client, &config(&db, "")).await.unwrap();
-    let batch = relay.lock_batch(&client, Position(1), []).await.unwrap();
+    let (relay, session) = relay(&db, "").await;
+    let batch = relay.lock_batch(&session, Position(1), []).await.unwrap();
     let seen: Vec<_> = batch
         .rows
         .iter()
@@ -247,8 +247,9 @@ async fn bad_rows_carry_the_reason_to_quarantine_them_and_are_marked_like_the_re
     assert_eq!(seen[2], ("4".into(), None));
     assert!(seen[3].0.starts_with("ctid("), "{seen:?}");
     assert_eq!(seen[3].1.as_deref(), Some("position column seq is null"));
-    assert_eq!(relay.mark(&client, &ctids(&batch)).await.unwrap(), 4);
-    let unpublished = client
+    assert_eq!(relay.mark(&session, &ctids(&batch)).await.unwrap(), 4);
+    let unpublished = session
+        .client()
         .query_one(
             "SELECT count(*) FROM outbox WHERE published_at IS NULL",
             &[],
@@ -269,7 +270,7 @@ async fn a_table_that_does_not_fit_is_a_config_error_naming_the_fix() {
     );
     let client = connect(&db).await;
     let refused = async |extra: &str| -> DbError {
-        Poller::prepare(&client, &config(&db, extra))
+        Poller::resolve(&client, &config(&db, extra))
             .await
             .unwrap_err()
     };
@@ -360,7 +361,7 @@ async fn a_missing_privilege_names_the_grant() {
     let config: PollConfig =
         sluice_pipeline::config::deserialize(toml::from_str(&format!("url = {url:?}")).unwrap())
             .unwrap();
-    let error = Poller::prepare(&client, &config).await.unwrap_err();
+    let error = Poller::resolve(&client, &config).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(
         error

@@ -4,8 +4,10 @@
 //!
 //! Every statement goes through PostgreSQL's simple query protocol, so each step is one round
 //! trip (`BEGIN` travels with the poll, `COMMIT` with the mark) and every column arrives in
-//! PostgreSQL's own text format whatever its type. The only values written into the SQL are
-//! numbers and `ctid`s that sluice formats itself; names are quoted identifiers.
+//! PostgreSQL's own text format whatever its type. The poll and the mark are prepared once per
+//! connection ([`Session`]) and executed by name, so they are not planned again for every batch.
+//! The only values written into the SQL are numbers and `ctid`s that sluice formats itself;
+//! names are quoted identifiers.
 
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
@@ -92,6 +94,24 @@ impl LockedBatch {
     }
 }
 
+/// A connection with the poll and mark statements prepared on it ([`Poller::session`]).
+#[derive(Debug)]
+pub struct Session {
+    client: Client,
+}
+
+impl Session {
+    /// The connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the connection is lost.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
 /// The statements of polling one outbox table, checked against the catalog.
 #[derive(Debug, Clone)]
 pub struct Poller {
@@ -104,7 +124,7 @@ pub struct Poller {
 impl Poller {
     /// Resolves the configured table and checks that it has the columns and the privileges
     /// polling needs.
-    pub async fn prepare(client: &Client, config: &PollConfig) -> Result<Poller, DbError> {
+    pub async fn resolve(client: &Client, config: &PollConfig) -> Result<Poller, DbError> {
         let table = Table::resolve(client, &config.table).await?;
         table.require_column(
             "position_column",
@@ -134,7 +154,16 @@ impl Poller {
         &self.table
     }
 
-    /// Begins a transaction on `client` and locks the next batch of unpublished rows, skipping
+    /// Prepares the poll and mark statements on `client`.
+    pub async fn session(&self, client: Client) -> Result<Session, DbError> {
+        client
+            .batch_execute(&self.statements.prepare)
+            .await
+            .map_err(DbError::statement("preparing the poll statements"))?;
+        Ok(Session { client })
+    }
+
+    /// Begins a transaction on `session` and locks the next batch of unpublished rows, skipping
     /// rows other transactions hold. A locked row is admitted (returned as an event at
     /// `position`) only if every unpublished row of its aggregate with a lower position is in
     /// this batch or in `in_flight`: rows of this relay's own open batches, which were emitted
@@ -144,22 +173,20 @@ impl Poller {
     /// acknowledged, or [`Poller::release`].
     pub async fn lock_batch<'a>(
         &self,
-        client: &Client,
+        session: &Session,
         position: Position,
         in_flight: impl IntoIterator<Item = &'a Ctid>,
     ) -> Result<LockedBatch, DbError> {
         let in_flight = tid_array(in_flight);
         let doing = "polling a batch";
-        match client
-            .simple_query(&self.statements.poll(&in_flight, Columns::All))
-            .await
-        {
+        let client = &session.client;
+        match client.simple_query(&Statements::poll(&in_flight)).await {
             Ok(messages) => self.read(messages, position),
             Err(error) if unreadable(&error) => {
                 tracing::warn!(
                     "a polled row cannot be read; reading the batch row by row to quarantine it"
                 );
-                self.release(client).await?;
+                self.release(session).await?;
                 self.lock_row_by_row(client, position, &in_flight).await
             }
             Err(error) => Err(DbError::statement(doing)(error)),
@@ -177,7 +204,7 @@ impl Poller {
     ) -> Result<LockedBatch, DbError> {
         let doing = "polling a batch row by row";
         let messages = client
-            .simple_query(&self.statements.poll(in_flight, Columns::Position))
+            .simple_query(&self.statements.poll_positions(in_flight))
             .await
             .map_err(DbError::statement(doing))?;
         let mut batch = self.read(messages, position)?;
@@ -209,17 +236,20 @@ impl Poller {
 
     /// Marks `rows` published and commits the batch's transaction. Returns how many rows the
     /// update touched.
-    pub async fn mark(&self, client: &Client, rows: &[Ctid]) -> Result<u64, DbError> {
-        let messages = client
-            .simple_query(&self.statements.mark(rows))
+    pub async fn mark(&self, session: &Session, rows: &[Ctid]) -> Result<u64, DbError> {
+        let messages = session
+            .client
+            .simple_query(&Statements::mark(rows))
             .await
             .map_err(DbError::statement("marking rows published"))?;
+        // Completions come for SET, UPDATE and COMMIT, in that order.
         messages
             .iter()
-            .find_map(|m| match m {
+            .filter_map(|m| match m {
                 SimpleQueryMessage::CommandComplete(n) => Some(*n),
                 _ => None,
             })
+            .nth(1)
             .ok_or_else(|| DbError::Unexpected {
                 doing: "marking rows published",
                 detail: "no command completion".to_owned(),
@@ -227,8 +257,9 @@ impl Poller {
     }
 
     /// Ends the batch's transaction without marking anything, releasing its rows.
-    pub async fn release(&self, client: &Client) -> Result<(), DbError> {
-        client
+    pub async fn release(&self, session: &Session) -> Result<(), DbError> {
+        session
+            .client
             .batch_execute("ROLLBACK")
             .await
             .map_err(DbError::statement("releasing a batch"))
@@ -349,32 +380,19 @@ fn unreadable(error: &tokio_postgres::Error) -> bool {
 /// Undoes a failed [`Statements::read_row`], keeping the batch's locks.
 const ROLLBACK_ROW: &str = "ROLLBACK TO SAVEPOINT sluice_row; RELEASE SAVEPOINT sluice_row";
 
-/// Which of a polled row's columns a poll returns.
-#[derive(Clone, Copy, Debug)]
-enum Columns {
-    /// Every column: the usual poll.
-    All,
-    /// Only the position column, when some row cannot be read.
-    Position,
-}
-
 /// The SQL text of one table's statements, with the parts where a call's values go. Every
 /// statement that returns rows returns the same shape: `ctid`, whether the row is admitted
 /// (`t`), then the row's columns.
 #[derive(Debug, Clone)]
 struct Statements {
-    /// Up to the `tid[]` literal of the relay's in-flight rows.
-    poll_head: String,
-    /// After it, up to the columns the poll returns.
-    poll_middle: String,
-    /// After the columns.
-    poll_tail: &'static str,
-    /// The position column, as the poll returns it for [`Columns::Position`].
-    position: String,
+    /// `PREPARE`s the poll (`sluice_poll`, taking the `tid[]` of the relay's in-flight rows)
+    /// and the mark (`sluice_mark`, taking the `tid[]` of the rows to mark).
+    prepare: String,
+    /// The poll returning only the position column, with the in-flight rows as a literal:
+    /// up to the literal, and after it.
+    poll_positions: (String, String),
     /// Up to the `ctid` of the row to read.
     read_row_head: String,
-    /// Up to the `tid[]` literal of the rows to mark.
-    mark_head: String,
 }
 
 impl Statements {
@@ -393,9 +411,8 @@ impl Statements {
         // in position order), and its batch rows before that one are admitted. NULL positions
         // and aggregates compare as unknown: such rows are admitted (and a NULL position is
         // quarantined).
-        let poll_head = format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; \
-             WITH batch AS MATERIALIZED ( \
+        let head = format!(
+            "WITH batch AS MATERIALIZED ( \
                  SELECT o.ctid AS sluice_ctid, o.{position} AS sluice_position, \
                         o.{aggregate} AS sluice_aggregate, o AS sluice_row \
                  FROM {table} o \
@@ -405,10 +422,10 @@ impl Statements {
                  FOR UPDATE OF o SKIP LOCKED \
              ), \
              known AS MATERIALIZED ( \
-                 SELECT sluice_ctid FROM batch UNION ALL SELECT unnest('"
+                 SELECT sluice_ctid FROM batch UNION ALL SELECT unnest("
         );
-        let poll_middle = format!(
-            "'::tid[]) \
+        let middle = format!(
+            ") \
              ), \
              first_skipped AS ( \
                  SELECT p.{position} AS sluice_position \
@@ -437,39 +454,37 @@ impl Statements {
                     coalesce(b.sluice_position < k.first_outside, true), \
                     (b.sluice_row)."
         );
-        let poll_tail = " FROM batch b \
+        let tail = " FROM batch b \
              LEFT JOIN blocked k ON k.sluice_aggregate = b.sluice_aggregate \
              ORDER BY b.sluice_position";
         let read_row_head = format!(
             "SAVEPOINT sluice_row; SELECT o.ctid, true, o.* FROM {table} o WHERE o.ctid = '"
         );
         // `statement_timestamp()`, not `now()`: `now()` is when the batch was polled.
-        let mark_head =
-            format!("UPDATE {table} SET {published} = statement_timestamp() WHERE ctid = ANY('");
+        let prepare = format!(
+            "PREPARE sluice_poll(tid[]) AS {head}$1::tid[]{middle}*{tail}; \
+             PREPARE sluice_mark(tid[]) AS \
+             UPDATE {table} SET {published} = statement_timestamp() WHERE ctid = ANY($1)"
+        );
         Statements {
-            poll_head,
-            poll_middle,
-            poll_tail,
-            position,
+            prepare,
+            poll_positions: (
+                format!("BEGIN ISOLATION LEVEL READ COMMITTED; {head}'"),
+                format!("'::tid[]{middle}{position}{tail}"),
+            ),
             read_row_head,
-            mark_head,
         }
     }
 
-    /// Locks a batch; `in_flight` is a `tid[]` literal from [`tid_array`].
-    fn poll(&self, in_flight: &str, columns: Columns) -> String {
-        let columns = match columns {
-            Columns::All => "*",
-            Columns::Position => &self.position,
-        };
-        [
-            &self.poll_head,
-            in_flight,
-            &self.poll_middle,
-            columns,
-            self.poll_tail,
-        ]
-        .concat()
+    /// Begins a batch and locks it; `in_flight` is a `tid[]` literal from [`tid_array`].
+    fn poll(in_flight: &str) -> String {
+        format!("BEGIN ISOLATION LEVEL READ COMMITTED; EXECUTE sluice_poll('{in_flight}')")
+    }
+
+    /// [`Statements::poll`] returning only positions, for reading the batch row by row.
+    fn poll_positions(&self, in_flight: &str) -> String {
+        let (head, tail) = &self.poll_positions;
+        [head, in_flight, tail].concat()
     }
 
     /// Reads one locked row in a savepoint, so that failing to read it spares the batch.
@@ -480,8 +495,15 @@ impl Statements {
         )
     }
 
-    fn mark(&self, rows: &[Ctid]) -> String {
-        [&self.mark_head, &tid_array(rows), "'::tid[]); COMMIT"].concat()
+    /// Marks `rows` and commits, asynchronously: the commit does not wait for the WAL flush,
+    /// which keeps the relay's commits from competing with the application's for it. A server
+    /// crash may lose the last marks, and their rows are delivered again: never a loss, since
+    /// the events were acknowledged before.
+    fn mark(rows: &[Ctid]) -> String {
+        format!(
+            "SET LOCAL synchronous_commit = off; EXECUTE sluice_mark('{}'); COMMIT",
+            tid_array(rows)
+        )
     }
 }
 
@@ -545,19 +567,35 @@ mod tests {
         let statements = Statements::new("\"app\".\"outbox\"", &config);
         let a: Ctid = "(0,1)".parse().unwrap();
         let b: Ctid = "(3,2)".parse().unwrap();
-        let poll = statements.poll(&tid_array([&a, &b]), Columns::All);
+        let prepare = &statements.prepare;
         assert!(
-            poll.starts_with("BEGIN ISOLATION LEVEL READ COMMITTED;"),
-            "{poll}"
+            prepare.starts_with("PREPARE sluice_poll(tid[]) AS WITH batch"),
+            "{prepare}"
         );
-        assert!(poll.contains("ORDER BY o.\"Seq\" LIMIT 7 FOR UPDATE OF o SKIP LOCKED"));
-        assert!(poll.contains("o.\"sent \"\"at\"\"\" IS NULL"), "{poll}");
+        assert!(prepare.contains("ORDER BY o.\"Seq\" LIMIT 7 FOR UPDATE OF o SKIP LOCKED"));
         assert!(
-            poll.contains(r#"unnest('{"(0,1)","(3,2)"}'::tid[])"#),
-            "{poll}"
+            prepare.contains("o.\"sent \"\"at\"\"\" IS NULL"),
+            "{prepare}"
         );
-        assert!(poll.contains("(b.sluice_row).* FROM batch b"), "{poll}");
-        let positions = statements.poll(&tid_array([]), Columns::Position);
+        assert!(prepare.contains("unnest($1::tid[])"), "{prepare}");
+        assert!(
+            prepare.contains("(b.sluice_row).* FROM batch b"),
+            "{prepare}"
+        );
+        assert!(prepare.ends_with(
+            "PREPARE sluice_mark(tid[]) AS UPDATE \"app\".\"outbox\" \
+             SET \"sent \"\"at\"\"\" = statement_timestamp() WHERE ctid = ANY($1)"
+        ));
+        assert_eq!(
+            Statements::poll(&tid_array([&a, &b])),
+            r#"BEGIN ISOLATION LEVEL READ COMMITTED; EXECUTE sluice_poll('{"(0,1)","(3,2)"}')"#
+        );
+        assert_eq!(
+            Statements::mark(&[a]),
+            r#"SET LOCAL synchronous_commit = off; EXECUTE sluice_mark('{"(0,1)"}'); COMMIT"#
+        );
+        let positions = statements.poll_positions(&tid_array([]));
+        assert!(positions.starts_with("BEGIN ISOLATION LEVEL READ COMMITTED; WITH batch"));
         assert!(positions.contains("unnest('{}'::tid[])"), "{positions}");
         assert!(
             positions.contains("(b.sluice_row).\"Seq\" FROM batch b"),
@@ -567,11 +605,6 @@ mod tests {
             statements.read_row(b),
             "SAVEPOINT sluice_row; SELECT o.ctid, true, o.* FROM \"app\".\"outbox\" o \
              WHERE o.ctid = '(3,2)'; RELEASE SAVEPOINT sluice_row"
-        );
-        assert_eq!(
-            statements.mark(&[a]),
-            "UPDATE \"app\".\"outbox\" SET \"sent \"\"at\"\"\" = statement_timestamp() \
-             WHERE ctid = ANY('{\"(0,1)\"}'::tid[]); COMMIT"
         );
     }
 }

@@ -23,7 +23,7 @@ pub(super) async fn check(config: &PollConfig) -> Vec<Finding> {
         Err(e) => return vec![Finding::fail(format!("cannot connect: {}", chain(&e)))],
     };
     let mut findings = vec![Finding::ok(format!("connected to {database}"))];
-    let poller = match Poller::prepare(&client, config).await {
+    let poller = match Poller::resolve(&client, config).await {
         Ok(poller) => poller,
         Err(e) => {
             findings.push(Finding::fail(chain(&e)));

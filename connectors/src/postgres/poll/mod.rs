@@ -47,7 +47,8 @@
 //! Each batch is one transaction on a connection of its own: `BEGIN`, lock and read the batch,
 //! emit it, and keep the transaction open. When the checkpoint reaches the batch's number,
 //! `UPDATE … SET published_at = statement_timestamp() WHERE ctid = ANY(…)` and `COMMIT`, in
-//! one round trip, batches in order. While the transaction is open its row locks keep other
+//! one round trip, batches in order. The commit is asynchronous (`synchronous_commit = off`):
+//! a server crash may lose the last marks, which only means delivering those rows again. While the transaction is open its row locks keep other
 //! relays off those rows, and the rows' `ctid`s cannot change. Nothing else ever sets the
 //! column. So a crash (of sluice, of its connection, of the server) at any point leaves every
 //! row whose event was not acknowledged unmarked and unlocked, and it is polled again: events
@@ -103,7 +104,7 @@ mod listen;
 mod metrics;
 mod source;
 
-pub use batch::{Ctid, CtidError, LockedBatch, PolledRow, Poller};
+pub use batch::{Ctid, CtidError, LockedBatch, PolledRow, Poller, Session};
 pub use config::{
     DEFAULT_AGGREGATE_COLUMN, DEFAULT_BATCH_SIZE, DEFAULT_INTERVAL, DEFAULT_MAX_BATCHES_IN_FLIGHT,
     DEFAULT_POSITION_COLUMN, DEFAULT_PUBLISHED_COLUMN, DEFAULT_TABLE, PollConfig,

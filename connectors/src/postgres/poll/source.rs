@@ -9,10 +9,9 @@ use sluice_pipeline::error::chain;
 use sluice_pipeline::{Error, Output, Position, Shutdown, Source, SourceContext};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
-use tokio_postgres::Client;
 use tracing::Instrument;
 
-use super::batch::{Ctid, Poller};
+use super::batch::{Ctid, Poller, Session};
 use super::config::PollConfig;
 use super::listen::Listener;
 use super::metrics::PollMetrics;
@@ -104,7 +103,7 @@ async fn start(
 async fn try_start(source: &PollSource, metrics: &PollMetrics) -> Result<Started, Error> {
     let config = &source.config;
     let client = source.database.connect().await?;
-    let poller = Poller::prepare(&client, config).await?;
+    let poller = Poller::resolve(&client, config).await?;
     let cleanup = match &config.cleanup {
         Some(cleanup) => {
             let delivered = Delivered::Published {
@@ -119,13 +118,14 @@ async fn try_start(source: &PollSource, metrics: &PollMetrics) -> Result<Started
         Some(channel) => Some(Listener::start(&source.database, channel).await?),
         None => None,
     };
+    let session = poller.session(client).await?;
     Ok(Started {
         relay: Relay {
             config: config.clone(),
             database: source.database.clone(),
             poller,
             metrics: metrics.clone(),
-            idle: vec![client],
+            idle: vec![session],
             open: VecDeque::new(),
             next_position: 1,
             backoff: Backoff::default(),
@@ -140,7 +140,7 @@ async fn try_start(source: &PollSource, metrics: &PollMetrics) -> Result<Started
 /// rows' locks, and the rows to mark.
 struct OpenBatch {
     position: Position,
-    client: Client,
+    session: Session,
     rows: Vec<Ctid>,
 }
 
@@ -170,7 +170,7 @@ struct Relay {
     database: Database,
     poller: Poller,
     metrics: PollMetrics,
-    idle: Vec<Client>,
+    idle: Vec<Session>,
     open: VecDeque<OpenBatch>,
     next_position: u64,
     backoff: Backoff,
@@ -234,17 +234,17 @@ impl Relay {
 
     /// Locks and emits one batch. Only a failure that retrying cannot fix is returned.
     async fn poll(&mut self, cx: &mut SourceContext) -> Result<Polled, Error> {
-        let client = match self.idle.pop().filter(|c| !c.is_closed()) {
-            Some(client) => client,
-            None => match self.database.connect().await {
-                Ok(client) => client,
+        let session = match self.idle.pop().filter(|s| !s.is_closed()) {
+            Some(session) => session,
+            None => match self.connect().await {
+                Ok(session) => session,
                 Err(error) => return self.failed(cx, error),
             },
         };
         let position = Position(self.next_position);
         let started = Instant::now();
         let in_flight = self.open.iter().flat_map(|batch| &batch.rows);
-        let batch = match self.poller.lock_batch(&client, position, in_flight).await {
+        let batch = match self.poller.lock_batch(&session, position, in_flight).await {
             Ok(batch) => batch,
             Err(error) => return self.failed(cx, error.into()),
         };
@@ -258,8 +258,8 @@ impl Relay {
             deferred: batch.deferred > 0,
         };
         if batch.rows.is_empty() {
-            match self.poller.release(&client).await {
-                Ok(()) => self.idle.push(client),
+            match self.poller.release(&session).await {
+                Ok(()) => self.idle.push(session),
                 Err(error) => return self.failed(cx, error.into()),
             }
             return Ok(polled);
@@ -277,11 +277,17 @@ impl Relay {
         cx.emit(out).await?;
         self.open.push_back(OpenBatch {
             position,
-            client,
+            session,
             rows,
         });
         self.metrics.open_batches(self.open.len());
         Ok(polled)
+    }
+
+    /// A new connection, ready for polling.
+    async fn connect(&self) -> Result<Session, Error> {
+        let client = self.database.connect().await?;
+        Ok(self.poller.session(client).await?)
     }
 
     /// Handles a failed connect or poll: a retryable failure drops the connection, marks the
@@ -321,7 +327,7 @@ impl Relay {
     }
 
     async fn mark(&mut self, batch: OpenBatch) -> Result<(), Error> {
-        match self.poller.mark(&batch.client, &batch.rows).await {
+        match self.poller.mark(&batch.session, &batch.rows).await {
             Ok(updated) => {
                 if updated != batch.rows.len() as u64 {
                     tracing::warn!(
@@ -331,7 +337,7 @@ impl Relay {
                     );
                 }
                 self.metrics.marked(batch.rows.len());
-                self.idle.push(batch.client);
+                self.idle.push(batch.session);
                 Ok(())
             }
             Err(error) if error.kind().is_retryable() => {
