@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::ack::{Budget, Tracker};
+use crate::api;
 use crate::component::{
     BoxFuture, BuildContext, DynSink, DynSource, DynTransform, Output, SinkContext, SourceContext,
 };
@@ -26,7 +27,6 @@ use crate::health::{Health, ReadyFlag};
 use crate::metrics::{ComponentMetrics, SourceMetrics, error_counter, quarantined_counter};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::topology::consumers;
-use crate::api;
 
 /// The id of the built-in quarantine file sink.
 pub const QUARANTINE_FILE_ID: &str = "_quarantine";

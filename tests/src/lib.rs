@@ -354,22 +354,31 @@ fn query(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
     Ok(rows)
 }
 
-/// Runs `sql` with the simple query protocol on a fresh connection.
+/// Runs `sql` with the simple query protocol on a fresh connection, on a thread of its own so
+/// that sync and async tests can both call it.
 fn pg(
     url: &str,
     sql: &str,
-    read: impl FnOnce(Vec<tokio_postgres::SimpleQueryMessage>),
+    read: impl FnOnce(Vec<tokio_postgres::SimpleQueryMessage>) + Send,
 ) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let messages = client.simple_query(sql).await?;
-        read(messages);
-        drop(client);
-        let _ = driver.await;
-        Ok(())
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let (client, connection) =
+                        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                    let driver = tokio::spawn(connection);
+                    let messages = client.simple_query(sql).await?;
+                    read(messages);
+                    drop(client);
+                    let _ = driver.await;
+                    Ok(())
+                })
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
