@@ -34,15 +34,15 @@ impl Inbox {
 
     /// Creates the table if it does not exist.
     pub async fn create(&self, client: &Client) -> Result<(), Error> {
+        let index = self.table.replace(['"', '.'], "");
         client
             .batch_execute(&format!(
                 "CREATE TABLE IF NOT EXISTS {t} (
                     message_id  text        PRIMARY KEY,
                     received_at timestamptz NOT NULL DEFAULT now()
                 );
-                CREATE INDEX IF NOT EXISTS {i} ON {t} (received_at)",
+                CREATE INDEX IF NOT EXISTS \"{index}_received_at\" ON {t} (received_at)",
                 t = self.table,
-                i = format!("\"{}_received_at\"", self.table.replace(['"', '.'], ""))
             ))
             .await
             .map_err(Error::database("creating the inbox table"))
