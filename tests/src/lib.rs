@@ -208,11 +208,28 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T
     }
 }
 
-/// Waits until `/ready` answers 200.
-pub fn wait_ready(address: SocketAddr) -> Result<()> {
-    wait_for("/ready to answer 200", || {
-        matches!(http_get(address, "/ready"), Ok((200, _))).then_some(())
-    })
+impl Running {
+    /// Waits until `/ready` at `address` answers 200; fails at once, with the log, if the
+    /// process exits first.
+    pub fn wait_ready(&mut self, address: SocketAddr) -> Result<()> {
+        let mut exited = None;
+        let ready = wait_for("/ready to answer 200", || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                return Some(false);
+            }
+            matches!(http_get(address, "/ready"), Ok((200, _))).then_some(true)
+        });
+        match (ready, exited) {
+            (Ok(true), _) => Ok(()),
+            (_, Some(status)) => bail!(
+                "sluice exited ({status}) before it was ready; log:\n{}",
+                self.log()
+            ),
+            (Err(e), _) => bail!("{e}; log:\n{}", self.log()),
+            (Ok(false), None) => unreachable!("false is returned only when the process exited"),
+        }
+    }
 }
 
 /// Scrapes `/metrics` into `series (name{labels})` → value.

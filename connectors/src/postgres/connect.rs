@@ -3,9 +3,15 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use sluice_pipeline::{Error, ErrorKind};
 use tokio_postgres::config::{Host, SslMode};
+
+/// How long connecting may take unless the URL says (`connect_timeout=`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time before TCP keepalives probe a silent connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// Where a PostgreSQL database is and how to log in, parsed from a URL
 /// (`postgres://user:password@host:port/dbname`) or a key-value string
@@ -18,7 +24,7 @@ pub struct Database {
 impl Database {
     /// Parses `url`; the error says what is wrong with it (never echoing a password).
     pub fn parse(url: &str) -> Result<Self, String> {
-        let config = tokio_postgres::Config::from_str(url)
+        let mut config = tokio_postgres::Config::from_str(url)
             .map_err(|e| format!("not a PostgreSQL connection URL: {e}"))?;
         if config.get_hosts().is_empty() {
             return Err("the URL names no host (write postgres://user@host:port/dbname)".into());
@@ -28,6 +34,10 @@ impl Database {
                 "sslmode=require is not supported yet: sluice connects to PostgreSQL without TLS (use a local or tunnelled connection)".into(),
             );
         }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(KEEPALIVE_IDLE);
         Ok(Database { config })
     }
 

@@ -39,7 +39,9 @@ struct Projection {
 impl Handler for Projection {
     async fn handle(&mut self, tx: &Transaction<'_>, message: &Message) -> Result<(), BoxError> {
         let event: serde_json::Value = serde_json::from_slice(&message.body)?;
-        let customer = event["customer"].as_str().ok_or("no customer in the event")?;
+        let customer = event["customer"]
+            .as_str()
+            .ok_or("no customer in the event")?;
         let total = event["total"].as_f64().ok_or("no total in the event")?;
         tx.execute(
             "INSERT INTO customer_totals (customer, orders, total) VALUES ($1, 1, $2) \
@@ -49,7 +51,8 @@ impl Handler for Projection {
         )
         .await?;
         if let Some(committed) = event["committed_us"].as_i64() {
-            self.latency_us.store(now_micros() - committed, Ordering::Relaxed);
+            self.latency_us
+                .store(now_micros() - committed, Ordering::Relaxed);
         }
         Ok(())
     }

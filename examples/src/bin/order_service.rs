@@ -42,7 +42,9 @@ async fn main() -> Result<()> {
         .context("connecting to the database")?;
     tokio::spawn(driver);
     if args.init {
-        db.batch_execute(SCHEMA).await.context("creating the tables")?;
+        db.batch_execute(SCHEMA)
+            .await
+            .context("creating the tables")?;
     }
     let insert_order = db
         .prepare("INSERT INTO orders (customer, total) VALUES ($1, $2) RETURNING id")
@@ -62,7 +64,10 @@ async fn main() -> Result<()> {
         let customer = format!("customer-{}", written % args.customers);
         let total = 10.0 + (written % 90) as f64;
         let tx = db.transaction().await?;
-        let order: i64 = tx.query_one(&insert_order, &[&customer, &total]).await?.get(0);
+        let order: i64 = tx
+            .query_one(&insert_order, &[&customer, &total])
+            .await?
+            .get(0);
         let payload = serde_json::json!({
             "order": order,
             "customer": customer,
@@ -70,7 +75,8 @@ async fn main() -> Result<()> {
             "seq": written,
             "committed_us": now_micros(),
         });
-        tx.execute(&insert_event, &[&customer, &payload.to_string()]).await?;
+        tx.execute(&insert_event, &[&customer, &payload.to_string()])
+            .await?;
         tx.commit().await?;
         written += 1;
         if reported.0.elapsed() >= Duration::from_secs(1) {
