@@ -1,4 +1,15 @@
-//! Example apps that go with the pipeline configs in this folder (`*.toml`).
+//! The example apps of the outbox demo, and the pipeline configs beside them (`*.toml`).
 //!
-//! The configs run with `sluice run examples/<name>.toml`. The order service and the
-//! idempotent consumer of the outbox demo will live here as binaries.
+//! - `order-service` writes an order row and an outbox row in one transaction, at a steady
+//!   rate: `INSERT INTO orders …; INSERT INTO outbox …; COMMIT`.
+//! - `order-consumer` consumes the events from RabbitMQ with the consumer kit, applying each
+//!   order exactly once to a projection in its own database, and reports what it sees.
+//!
+//! The SQL they use is in `sql/`; `scripts/demo.sh` runs them with sluice between them.
+
+/// Microseconds since the Unix epoch, as the apps stamp and compare times.
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use crate::sluice;
-use sluice_tests::{Scratch, free_port, http_get, metric, metrics, wait_for, wait_ready};
+use sluice_tests::{Scratch, free_port, http_get, metric, metrics, wait_for};
 
 #[test]
 fn health_ready_and_metrics_are_served() {
@@ -31,7 +31,7 @@ fn health_ready_and_metrics_are_served() {
         ),
     );
     let mut running = sluice().spawn(&config);
-    wait_ready(api).unwrap();
+    running.wait_ready(api).unwrap();
     assert_eq!(http_get(api, "/health").unwrap(), (200, "ok\n".to_owned()));
     let m = wait_for("events through every stage", || {
         let m = metrics(api).ok()?;

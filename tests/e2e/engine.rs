@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
 use crate::sluice;
-use sluice_tests::{
-    Scratch, free_port, json_lines, metric, metrics, saved_checkpoint, wait_for, wait_ready,
-};
+use sluice_tests::{Scratch, free_port, json_lines, metric, metrics, saved_checkpoint, wait_for};
 
 fn ids(path: &std::path::Path) -> Vec<u64> {
     json_lines(path)
@@ -88,7 +86,7 @@ fn sigterm_drains_in_flight_events_and_records_the_checkpoint() {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let config = generator_to_file(&dir, "rate = 5000\nbatch_size = 50", Some(api));
     let mut running = sluice().spawn(&config);
-    wait_ready(api).unwrap();
+    running.wait_ready(api).unwrap();
     wait_for("some events delivered", || {
         let m = metrics(api).ok()?;
         let n = metric(
@@ -137,7 +135,7 @@ fn a_second_signal_exits_at_once_without_passing_delivery() {
         ),
     );
     let mut running = sluice().spawn(&config);
-    wait_ready(api).unwrap();
+    running.wait_ready(api).unwrap();
     wait_for("the budget to fill", || {
         let m = metrics(api).ok()?;
         (metric(
@@ -203,7 +201,7 @@ fn a_slow_sink_bounds_events_in_flight_and_memory() {
         ),
     );
     let mut running = sluice().spawn(&config);
-    wait_ready(api).unwrap();
+    running.wait_ready(api).unwrap();
     let (peak, acked) = wait_for("most events acknowledged", || {
         let m = metrics(api).ok()?;
         let received = metric(

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::sluice;
-use sluice_tests::{
-    Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for, wait_ready,
-};
+use sluice_tests::{Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for};
 
 const OUTBOX: &str = "
     CREATE TABLE outbox (
@@ -88,8 +86,10 @@ impl Cdc {
     }
 
     fn start(&self) -> Running {
-        let running = sluice().spawn(&self.config);
-        wait_ready(self.api).unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+        let mut running = sluice().spawn(&self.config);
+        running
+            .wait_ready(self.api)
+            .unwrap_or_else(|e| panic!("{e}"));
         running
     }
 

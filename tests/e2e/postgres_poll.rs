@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::sluice;
 use sluice_connectors::postgres::connect::Database;
-use sluice_tests::{
-    Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for, wait_ready,
-};
+use sluice_tests::{Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for};
 
 const SCHEMA: &str = include_str!("../../examples/sql/outbox-poll.sql");
 /// The channel the schema's trigger notifies.
@@ -58,8 +56,8 @@ impl Relay {
     }
 
     fn start(&self) -> Running {
-        let running = sluice().spawn(&self.config);
-        wait_ready(self.api).unwrap();
+        let mut running = sluice().spawn(&self.config);
+        running.wait_ready(self.api).unwrap();
         running
     }
 
@@ -213,9 +211,9 @@ fn two_relays_share_a_table_without_duplicates_or_reordering() {
         Relay::new(&dir, &db, "a", &out, &settings),
         Relay::new(&dir, &db, "b", &out, &settings),
     );
-    let (running_a, running_b) = (sluice().spawn(&a.config), sluice().spawn(&b.config));
-    wait_ready(a.api).unwrap();
-    wait_ready(b.api).unwrap();
+    let (mut running_a, mut running_b) = (sluice().spawn(&a.config), sluice().spawn(&b.config));
+    running_a.wait_ready(a.api).unwrap();
+    running_b.wait_ready(b.api).unwrap();
     write(&db.url, 10, 40, 8);
     let all = wait_all_delivered(&db, &out);
     let marked_a = a.metric("sluice_postgres_poll_marked_rows_total").unwrap();
@@ -275,7 +273,7 @@ fn losing_every_connection_mid_stream_costs_duplicates_at_most() {
     let out = dir.join("out.jsonl");
     let settings = format!("batch_size = 20\ninterval = \"50ms\"\nnotify_channel = \"{CHANNEL}\"");
     let relay = Relay::new(&dir, &db, "a", &out, &settings);
-    let running = relay.start();
+    let mut running = relay.start();
     let writing = write_in_background(&db, 4, 80, 10);
     wait_for("some rows delivered", || {
         (delivered(&out).len() >= 100).then_some(())
@@ -292,7 +290,7 @@ fn losing_every_connection_mid_stream_costs_duplicates_at_most() {
     assert_ne!(cut, "0", "the relay's sessions are named sluice");
     writing.join().unwrap();
     let all = wait_all_delivered(&db, &out);
-    wait_ready(relay.api).unwrap();
+    running.wait_ready(relay.api).unwrap();
     let errors = relay.metric("sluice_postgres_poll_errors_total").unwrap();
     assert!(errors >= 1.0, "the lost connections were counted");
     stop(running);

@@ -208,11 +208,28 @@ pub fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T
     }
 }
 
-/// Waits until `/ready` answers 200.
-pub fn wait_ready(address: SocketAddr) -> Result<()> {
-    wait_for("/ready to answer 200", || {
-        matches!(http_get(address, "/ready"), Ok((200, _))).then_some(())
-    })
+impl Running {
+    /// Waits until `/ready` at `address` answers 200; fails at once, with the log, if the
+    /// process exits first.
+    pub fn wait_ready(&mut self, address: SocketAddr) -> Result<()> {
+        let mut exited = None;
+        let ready = wait_for("/ready to answer 200", || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                exited = Some(status);
+                return Some(false);
+            }
+            matches!(http_get(address, "/ready"), Ok((200, _))).then_some(true)
+        });
+        match (ready, exited) {
+            (Ok(true), _) => Ok(()),
+            (_, Some(status)) => bail!(
+                "sluice exited ({status}) before it was ready; log:\n{}",
+                self.log()
+            ),
+            (Err(e), _) => bail!("{e}; log:\n{}", self.log()),
+            (Ok(false), None) => unreachable!("false is returned only when the process exited"),
+        }
+    }
 }
 
 /// Scrapes `/metrics` into `series (name{labels})` → value.
@@ -360,8 +377,8 @@ fn query(url: &str, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
     Ok(rows)
 }
 
-/// Runs `sql` with the simple query protocol on a fresh connection, on a thread and runtime
-/// of its own (so that async tests can use a [`TestDb`] too).
+/// Runs `sql` with the simple query protocol on a fresh connection, on a thread of its own so
+/// that sync and async tests can both call it.
 fn pg(
     url: &str,
     sql: &str,
@@ -369,27 +386,22 @@ fn pg(
 ) -> Result<()> {
     std::thread::scope(|scope| {
         scope
-            .spawn(|| pg_here(url, sql, read))
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async {
+                    let (client, connection) =
+                        tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                    let driver = tokio::spawn(connection);
+                    let messages = client.simple_query(sql).await?;
+                    read(messages);
+                    drop(client);
+                    let _ = driver.await;
+                    Ok(())
+                })
+            })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn pg_here(
-    url: &str,
-    sql: &str,
-    read: impl FnOnce(Vec<tokio_postgres::SimpleQueryMessage>),
-) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let messages = client.simple_query(sql).await?;
-        read(messages);
-        drop(client);
-        let _ = driver.await;
-        Ok(())
     })
 }

@@ -10,9 +10,10 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{Client, Connection, Socket};
 
-/// How long connecting may take when the URL sets no `connect_timeout`: a host that drops
-/// packets must not hold a component for the minutes TCP would wait.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting may take unless the URL says (`connect_timeout=`).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle time before TCP keepalives probe a silent connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 
 /// Where a PostgreSQL database is and how to log in, parsed from a URL
 /// (`postgres://user:password@host:port/dbname`) or a key-value string
@@ -36,8 +37,9 @@ impl Database {
             );
         }
         if config.get_connect_timeout().is_none() {
-            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+            config.connect_timeout(CONNECT_TIMEOUT);
         }
+        config.keepalives_idle(KEEPALIVE_IDLE);
         if config.get_application_name().is_none() {
             // As replication sessions do: `pg_stat_activity` shows whose sessions these are.
             config.application_name("sluice");
