@@ -6,6 +6,7 @@ use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
 use sluice_connectors::outbox::OutboxConfig;
 use sluice_connectors::postgres::cdc::PostgresCdcConfig;
+use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_pipeline::Registry;
 
@@ -15,6 +16,7 @@ pub fn registry() -> Registry {
     registry
         .source::<GeneratorConfig>("generator")
         .source::<PostgresCdcConfig>("postgres_cdc")
+        .source::<PollConfig>("postgres_poll")
         .transform::<OutboxConfig>("outbox")
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")

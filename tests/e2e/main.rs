@@ -9,6 +9,7 @@ mod cli;
 mod config_errors;
 mod engine;
 mod postgres_cdc;
+mod postgres_poll;
 
 use sluice_tests::Binary;
 

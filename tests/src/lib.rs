@@ -291,6 +291,12 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `sluice_<test>_<pid>_<n>`.
     pub fn create(test: &str) -> Self {
+        Self::create_with(test, "")
+    }
+
+    /// Creates `sluice_<test>_<pid>_<n>` with `CREATE DATABASE` `options`, such as
+    /// `ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`.
+    pub fn create_with(test: &str, options: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let admin_url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -312,7 +318,7 @@ impl TestDb {
         };
         pg(
             &db.admin_url,
-            &format!("CREATE DATABASE {}", db.name),
+            &format!("CREATE DATABASE {} {options}", db.name),
             |_| (),
         )
         .unwrap();

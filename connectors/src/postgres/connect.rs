@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use sluice_pipeline::{Error, ErrorKind};
 use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::tls::NoTlsStream;
+use tokio_postgres::{Client, Connection, Socket};
 
 /// How long connecting may take unless the URL says (`connect_timeout=`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,22 +40,31 @@ impl Database {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives_idle(KEEPALIVE_IDLE);
+        if config.get_application_name().is_none() {
+            // As replication sessions do: `pg_stat_activity` shows whose sessions these are.
+            config.application_name("sluice");
+        }
         Ok(Database { config })
     }
 
     /// Opens an ordinary SQL session; its connection runs on its own task.
-    pub async fn connect(&self) -> Result<tokio_postgres::Client, Error> {
-        let (client, connection) = self
-            .config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| connect_error(format!("connecting to {self}"), e))?;
+    pub async fn connect(&self) -> Result<Client, Error> {
+        let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgresql connection ended");
             }
         });
         Ok(client)
+    }
+
+    /// Opens an SQL session and hands back its connection, for a caller that drives it itself
+    /// (to receive `LISTEN` notifications with [`Connection::poll_message`]).
+    pub async fn connect_raw(&self) -> Result<(Client, Connection<Socket, NoTlsStream>), Error> {
+        self.config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|e| connect_error(format!("connecting to {self}"), e))
     }
 
     /// Settings for a replication session on `slot` with `publication`.

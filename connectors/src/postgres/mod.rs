@@ -4,8 +4,15 @@
 //! - [`connect`]: connection URLs, SQL and replication sessions.
 //! - [`pgoutput`]: sluice's own decoder of PostgreSQL's logical replication protocol.
 //! - [`row`]: the row event both sources emit and the `outbox` transform reads.
+//! - [`poll`]: the `postgres_poll` source (polling); [`cleanup`]: deletes delivered rows.
+//! - [`error`], [`table`]: SQL failures and which are retried; the table as the catalog
+//!   describes it.
 
 pub mod cdc;
+pub mod cleanup;
 pub mod connect;
+pub mod error;
 pub mod pgoutput;
+pub mod poll;
 pub mod row;
+pub mod table;
