@@ -10,7 +10,8 @@
 //! - `payload`: empty for rows; the content of a logical decoding message;
 //! - `id`: stable for the row's place in the source (`<commit LSN>/<ordinal>` for CDC, the
 //!   position column for polling); the `outbox` transform replaces it with the outbox `id`;
-//! - `meta`: the source position (commit LSN, or the polling position column), commit time and
+//! - `meta`: the source position (the commit LSN for CDC; for polling the batch number, see
+//!   `docs/adr/0006-polling-positions-and-aggregate-order.md`), commit time and
 //!   transaction id where the source knows them.
 
 use sluice_pipeline::{Event, Fields, Position, Text};
