@@ -461,3 +461,42 @@ fn check_reports_what_the_server_lacks_with_remedies() {
         "{text}"
     );
 }
+
+#[test]
+fn cleanup_deletes_rows_confirmed_delivered_past_the_retention() {
+    let cdc = Cdc::new(
+        "cdc_cleanup",
+        OUTBOX,
+        "[sources.outbox.cleanup]\nretention = \"1s\"\ninterval = \"100ms\"",
+    );
+    let mut running = cdc.start();
+    // Rows written "ten seconds ago" (as if the relay had been down), then delivered now.
+    cdc.db.execute(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload, created_at)
+         SELECT 'order', 'a', 'Old', jsonb_build_object('seq', g), now() - interval '10 seconds'
+         FROM generate_series(1, 10) g",
+    );
+    wait_for_lines(&cdc.out(), 10, &running);
+    wait_for("the delivered old rows to be deleted", || {
+        (cdc.db.value("SELECT count(*) FROM outbox").as_deref() == Some("0")).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    cdc.insert(1, 5, 100);
+    wait_for_lines(&cdc.out(), 15, &running);
+    let m = metrics(cdc.api).unwrap();
+    assert_eq!(
+        metric(
+            &m,
+            "sluice_postgres_cleanup_deleted_rows_total",
+            &[("component_id", "outbox")]
+        ),
+        Some(10.0)
+    );
+    assert_eq!(
+        cdc.db.value("SELECT count(*) FROM outbox").as_deref(),
+        Some("5"),
+        "rows within the retention stay"
+    );
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success());
+}

@@ -5,6 +5,7 @@ use sluice_pipeline::component::{BoxFuture, BuildContext, DynSource};
 use sluice_pipeline::{Error, FieldError, Finding, HumanDuration, SourceConfig, Validate};
 
 use super::source::PostgresCdc;
+use crate::postgres::cleanup::CleanupConfig;
 use crate::postgres::connect::Database;
 
 /// Default for [`PostgresCdcConfig::tables`].
@@ -17,6 +18,8 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1024;
 pub const DEFAULT_LAG_INTERVAL: HumanDuration = HumanDuration::from_secs(5);
 /// Default for [`PostgresCdcConfig::replay_order_by`].
 pub const DEFAULT_REPLAY_ORDER_BY: &str = "created_at";
+/// Default for [`PostgresCdcConfig::created_column`].
+pub const DEFAULT_CREATED_COLUMN: &str = "created_at";
 /// Prefix of the logical decoding messages sluice writes as heartbeats.
 pub const HEARTBEAT_PREFIX: &str = "sluice.heartbeat";
 
@@ -77,6 +80,13 @@ pub struct PostgresCdcConfig {
     /// How often to measure the slot's lag (`pg_current_wal_lsn() - confirmed_flush_lsn`).
     #[serde(default = "default_lag_interval")]
     pub lag_interval: HumanDuration,
+    /// The column holding each row's creation time (set by the inserting transaction), which
+    /// the cleanup compares with the commit time of the last confirmed transaction.
+    #[serde(default = "default_created_column")]
+    pub created_column: String,
+    /// Delete delivered rows after a retention window (`[sources.ID.cleanup]`); see
+    /// `docs/outbox-cleanup.md`.
+    pub cleanup: Option<CleanupConfig>,
 }
 
 /// A row operation.
@@ -122,6 +132,9 @@ fn default_max_batch_events() -> usize {
 }
 fn default_lag_interval() -> HumanDuration {
     DEFAULT_LAG_INTERVAL
+}
+fn default_created_column() -> String {
+    DEFAULT_CREATED_COLUMN.to_owned()
 }
 
 /// Whether `name` is a valid replication slot name (PostgreSQL's rule).
@@ -185,6 +198,9 @@ impl Validate for PostgresCdcConfig {
         }
         if self.max_batch_events == 0 {
             return Err(FieldError::new("max_batch_events", "must be at least 1"));
+        }
+        if let Some(cleanup) = &self.cleanup {
+            cleanup.validate().map_err(|e| e.within("cleanup"))?;
         }
         Ok(())
     }

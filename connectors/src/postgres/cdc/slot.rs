@@ -11,6 +11,7 @@ use tokio_postgres::Client;
 
 use super::config::{HEARTBEAT_PREFIX, PostgresCdcConfig, Recover};
 use crate::postgres::connect::{quote_ident, quote_table, split_table};
+use crate::postgres::error::classify;
 use crate::postgres::pgoutput::Lsn;
 
 /// Where streaming starts, and whether rows must be replayed first.
@@ -24,16 +25,7 @@ pub(crate) struct Start {
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
     let context = context.into();
-    move |e| {
-        // A server that answered with an error is a config or privilege problem; anything else
-        // (a dropped connection) may pass.
-        let kind = if e.as_db_error().is_some() {
-            ErrorKind::Config
-        } else {
-            ErrorKind::Connect
-        };
-        Error::new(kind, context).with_source(e)
-    }
+    move |e| Error::new(classify(&e), context).with_source(e)
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn, Error> {

@@ -2,7 +2,7 @@
 //! stream), reconnection, and the stream itself — decoding, batching and confirming.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
@@ -10,17 +10,21 @@ use sluice_pipeline::error::chain;
 use sluice_pipeline::{
     Error, ErrorKind, Event, Fields, Output, Position, Source, SourceContext, Text,
 };
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
 
 use super::config::{HEARTBEAT_PREFIX, Operation, PostgresCdcConfig};
 use super::metrics::CdcMetrics;
 use super::slot;
 use crate::backoff::Backoff;
+use crate::postgres::cleanup::{Cleanup, Delivered};
 use crate::postgres::connect::Database;
 use crate::postgres::pgoutput::{
-    Column, Decoder, Lsn, Message, PgTimestamp, ProtocolVersion, Relation, TupleData,
+    self as pgoutput, Column, Decoder, Lsn, Message, PgTimestamp, ProtocolVersion, TupleData,
 };
 use crate::postgres::row::{self, MESSAGE_PREFIX_HEADER};
+use crate::postgres::table::Table;
 
 /// How long shutdown waits for the final confirmation to be sent, beyond `status_interval`.
 const FINAL_CONFIRM_GRACE: Duration = Duration::from_secs(1);
@@ -74,6 +78,7 @@ impl Source for PostgresCdc {
                 }
                 Err(error) => {
                     cx.set_ready(false);
+                    stream.cleanups.iter().for_each(JoinHandle::abort);
                     cx.drain().await;
                     stream.confirm(&mut cx, client.as_ref());
                     return Err(error);
@@ -87,6 +92,7 @@ impl Source for PostgresCdc {
             stream.flush_confirmation(&client).await;
             let _ = client.shutdown().await;
         }
+        stream.cleanups.iter().for_each(JoinHandle::abort);
         tracing::info!(confirmed = %stream.confirmed, "postgres_cdc stopped");
         Ok(())
     }
@@ -106,6 +112,18 @@ impl PostgresCdc {
         let sql = self.database.connect().await?;
         let start = slot::prepare(&sql, &self.config).await?;
         stream.confirmed = stream.confirmed.max(start.lsn);
+        if let (Some(cleanup), true) = (&self.config.cleanup, stream.cleanups.is_empty()) {
+            for table in &self.tables {
+                let table = Table::resolve(&sql, table).await?;
+                let delivered = Delivered::CreatedBefore {
+                    column: self.config.created_column.clone(),
+                    confirmed: stream.confirmed_commit.subscribe(),
+                };
+                let cleanup = Cleanup::prepare(&sql, &table, delivered, cleanup).await?;
+                let run = cleanup.run(self.database.clone(), cx.id().to_owned());
+                stream.cleanups.push(tokio::spawn(run));
+            }
+        }
         if start.replay {
             self.replay(cx, stream, start.lsn).await?;
             slot::replay_done(&sql, &self.config).await?;
@@ -227,7 +245,7 @@ fn replication_error(context: &'static str) -> impl Fn(pgwire_replication::PgWir
 
 /// A relation (table) as its last Relation message described it.
 #[derive(Debug)]
-struct Table {
+struct Relation {
     name: Text,
     columns: Vec<Text>,
     /// Whether its rows become events (it is one of the configured tables).
@@ -239,7 +257,7 @@ struct Table {
 struct Transaction {
     commit: Lsn,
     xid: u32,
-    commit_time: Option<std::time::SystemTime>,
+    commit_time: Option<SystemTime>,
     /// Events read from it so far.
     events: u32,
 }
@@ -256,14 +274,19 @@ struct Stream {
     slot: String,
     metrics: CdcMetrics,
     decoder: Decoder,
-    relations: HashMap<u32, Table>,
+    relations: HashMap<u32, Relation>,
     transaction: Option<Transaction>,
     /// Events read and not yet emitted (the tail of the stream).
     pending: Output,
     /// Whether the last emission left its position open (a transaction emitted in parts).
     open: bool,
-    /// Emitted positions not yet passed by the checkpoint, each with the LSN that confirms it.
-    awaiting: VecDeque<(Lsn, Lsn)>,
+    /// Emitted positions not yet passed by the checkpoint, each with the LSN that confirms it
+    /// and its transaction's commit time.
+    awaiting: VecDeque<(Lsn, Lsn, Option<SystemTime>)>,
+    /// The commit time of the last confirmed transaction, for the cleanup.
+    confirmed_commit: watch::Sender<Option<SystemTime>>,
+    /// The running cleanups, one per table.
+    cleanups: Vec<JoinHandle<()>>,
     /// The furthest position read with nothing after it left to deliver (a keepalive, the end
     /// of a transaction without events, a heartbeat): confirmable once nothing is in flight.
     seen: Lsn,
@@ -290,6 +313,8 @@ impl Stream {
             pending: Output::default(),
             open: false,
             awaiting: VecDeque::new(),
+            confirmed_commit: watch::channel(None).0,
+            cleanups: Vec::new(),
             seen: Lsn(0),
             confirmed: Lsn(0),
         }
@@ -395,7 +420,9 @@ impl Stream {
                 }
                 let end = Lsn(end_lsn.as_u64());
                 match self.transaction.take() {
-                    Some(t) if t.events > 0 => self.awaiting.push_back((t.commit, end)),
+                    Some(t) if t.events > 0 => {
+                        self.awaiting.push_back((t.commit, end, t.commit_time));
+                    }
                     _ => self.seen = self.seen.max(end),
                 }
             }
@@ -419,8 +446,7 @@ impl Stream {
             Message::Update(update) => (update.relation_id, Operation::Update, update.new),
             Message::Delete(delete) => {
                 let old = match delete.old {
-                    crate::postgres::pgoutput::OldTuple::Key(t)
-                    | crate::postgres::pgoutput::OldTuple::Full(t) => t,
+                    pgoutput::OldTuple::Key(t) | pgoutput::OldTuple::Full(t) => t,
                 };
                 (delete.relation_id, Operation::Delete, old)
             }
@@ -438,12 +464,12 @@ impl Stream {
         self.row(relation_id, operation, tuple, data);
     }
 
-    fn relation(&mut self, relation: Relation) {
+    fn relation(&mut self, relation: pgoutput::Relation) {
         let name = format!("{}.{}", relation.namespace, relation.name);
         let included = self.tables.contains(&name);
         self.relations.insert(
             relation.id,
-            Table {
+            Relation {
                 name: Text::from(name),
                 columns: relation.columns.into_iter().map(|c| c.name).collect(),
                 included,
@@ -531,7 +557,7 @@ impl Stream {
             }
         } else {
             self.metrics.events.increment(1);
-            self.awaiting.push_back((lsn, lsn));
+            self.awaiting.push_back((lsn, lsn, None));
             Event::new(format!("{lsn}/0"), Position(lsn.0), Bytes::new())
         };
         event.event_type = row::MESSAGE;
@@ -596,12 +622,23 @@ impl Stream {
     fn confirm(&mut self, cx: &mut SourceContext, client: Option<&ReplicationClient>) {
         let checkpoint = cx.checkpoint().map(|p| Lsn(p.0));
         let mut target = self.confirmed;
-        while let Some(&(position, confirms)) = self.awaiting.front() {
+        let mut committed = None;
+        while let Some(&(position, confirms, commit_time)) = self.awaiting.front() {
             if checkpoint.is_none_or(|c| c < position) {
                 break;
             }
             target = target.max(confirms);
+            committed = commit_time.or(committed);
             self.awaiting.pop_front();
+        }
+        if let Some(time) = committed {
+            self.confirmed_commit.send_if_modified(|last| {
+                let newer = last.is_none_or(|l| l < time);
+                if newer {
+                    *last = Some(time);
+                }
+                newer
+            });
         }
         if self.awaiting.is_empty() && self.pending.is_empty() && self.transaction.is_none() {
             target = target.max(self.seen);
