@@ -500,3 +500,60 @@ fn cleanup_deletes_rows_confirmed_delivered_past_the_retention() {
     running.signal("TERM");
     assert!(running.wait().unwrap().success());
 }
+
+#[test]
+fn table_less_outbox_messages_become_events() {
+    let cdc = Cdc::new("cdc_messages", OUTBOX, "message_prefixes = [\"outbox\"]");
+    let config = std::fs::read_to_string(&cdc.config).unwrap().replace(
+        "inputs = [\"outbox\"]",
+        "inputs = [\"outbox\"]\nmessage_prefix = \"outbox\"",
+    );
+    std::fs::write(&cdc.config, config).unwrap();
+    let mut running = cdc.start();
+    cdc.db.execute(
+        r#"BEGIN;
+           SELECT pg_logical_emit_message(true, 'outbox', '{"id": "m-1", "aggregatetype": "order", "aggregateid": "7", "type": "OrderPaid", "payload": {"seq": 1}}');
+           SELECT pg_logical_emit_message(true, 'elsewhere', 'ignored');
+           INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', '7', 'OrderShipped', '{"seq": 2}');
+           COMMIT;"#,
+    );
+    let out = wait_for_lines(&cdc.out(), 2, &running);
+    assert_eq!(out[0]["id"], "m-1");
+    assert_eq!(out[0]["type"], "OrderPaid");
+    assert_eq!(out[0]["key"], "7");
+    assert_eq!(out[1]["type"], "OrderShipped");
+    assert_eq!(
+        out[0]["position"], out[1]["position"],
+        "one transaction, one position"
+    );
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success());
+}
+
+#[test]
+fn heartbeats_move_the_slot_of_an_idle_database() {
+    let confirmed = |cdc: &Cdc| {
+        let m = metrics(cdc.api).ok()?;
+        metric(
+            &m,
+            "sluice_postgres_cdc_confirmed_lsn",
+            &[("component_id", "outbox")],
+        )
+    };
+    let cdc = Cdc::new("cdc_heartbeat", OUTBOX, "heartbeat = \"100ms\"");
+    let mut running = cdc.start();
+    let first = wait_for("a first confirmation", || confirmed(&cdc)).unwrap();
+    // Nothing writes to this database: the heartbeats do, and the slot follows them.
+    wait_for("heartbeats written and confirmed", || {
+        let m = metrics(cdc.api).ok()?;
+        let beats = metric(
+            &m,
+            "sluice_postgres_cdc_heartbeats_total",
+            &[("component_id", "outbox")],
+        )?;
+        (beats >= 3.0 && confirmed(&cdc)? > first).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success());
+}

@@ -19,6 +19,8 @@ pub const LAG: &str = "sluice_postgres_cdc_replication_lag_bytes";
 pub const LAST_COMMIT: &str = "sluice_postgres_cdc_last_commit_timestamp_seconds";
 /// The LSN last confirmed to PostgreSQL.
 pub const CONFIRMED_LSN: &str = "sluice_postgres_cdc_confirmed_lsn";
+/// Heartbeat messages written.
+pub const HEARTBEATS: &str = "sluice_postgres_cdc_heartbeats_total";
 /// Reconnections of the replication stream.
 pub const RECONNECTS: &str = "sluice_postgres_cdc_reconnects_total";
 
@@ -34,6 +36,7 @@ pub(crate) struct CdcMetrics {
     pub last_commit: Gauge,
     pub confirmed: Gauge,
     pub reconnects: Counter,
+    pub heartbeats: Counter,
 }
 
 impl CdcMetrics {
@@ -49,6 +52,7 @@ impl CdcMetrics {
             last_commit: gauge!(LAST_COMMIT, &labels),
             confirmed: gauge!(CONFIRMED_LSN, &labels),
             reconnects: counter!(RECONNECTS, &labels),
+            heartbeats: counter!(HEARTBEATS, &labels),
         }
     }
 }

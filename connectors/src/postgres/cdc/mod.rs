@@ -25,7 +25,7 @@ mod source;
 
 pub use config::{HEARTBEAT_PREFIX, Operation, PostgresCdcConfig, Recover};
 pub use metrics::{
-    BYTES, CONFIRMED_LSN, DECODE_ERRORS, EVENTS, IGNORED, LAG, LAST_COMMIT, RECONNECTS,
+    BYTES, CONFIRMED_LSN, DECODE_ERRORS, EVENTS, HEARTBEATS, IGNORED, LAG, LAST_COMMIT, RECONNECTS,
     TRANSACTIONS,
 };
 pub use source::PostgresCdc;

@@ -368,7 +368,10 @@ impl Stream {
                     self.flush(cx).await?;
                     self.confirm(cx, Some(client));
                 }
-                Some(_) = async { Some(heartbeat.as_mut()?.tick().await) } => slot::heartbeat(sql).await?,
+                Some(_) = async { Some(heartbeat.as_mut()?.tick().await) } => {
+                    slot::heartbeat(sql).await?;
+                    self.metrics.heartbeats.increment(1);
+                }
                 _ = lag.tick() => {
                     if let Some(bytes) = slot::lag_bytes(sql, &self.slot).await? {
                         self.metrics.lag.set(bytes as f64);
