@@ -1,38 +1,72 @@
 #!/usr/bin/env bash
-# The main job, end to end: starts the local services, builds sluice, runs the demo pipeline
-# and prints what flows through it every second until it finishes (or Ctrl-C, which drains).
+# The outbox demo, end to end: starts the local services, builds sluice and the example apps,
+# then an order service commits orders (business row + outbox row in one transaction), sluice
+# relays the outbox from the WAL to RabbitMQ, and an idempotent consumer applies each order
+# exactly once. Prints what flows every second, then checks that every order arrived once.
+#   ORDERS=6000 RATE=200 scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+ORDERS=${ORDERS:-6000}
+RATE=${RATE:-200}
 eval "$(bash scripts/services.sh up)"
 command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 
-echo "[demo] building sluice (release)" >&2
-cargo build --release --quiet --bin sluice
+log() { echo "[demo] $*" >&2; }
+log "building sluice and the example apps (release)"
+cargo build --release --quiet -p sluice -p sluice-examples
 
-config=examples/generator.toml
-export SLUICE_DATA=${SLUICE_DATA:-target/demo-data}
-export SLUICE_API=${SLUICE_API:-127.0.0.1:9464}
-rm -rf "$SLUICE_DATA"
-echo "[demo] sluice run $config (data in $SLUICE_DATA, metrics on http://$SLUICE_API/metrics)" >&2
-target/release/sluice run "$config" &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid' INT TERM
-
-value() { # value METRICS NAME COMPONENT
-    awk -v n="$2" -v c="component_id=\"$3\"" '$1 ~ "^"n"\\{" && index($1, c) {v=$2} END {printf "%d", v}' <<<"$1"
-}
-last=0
-while kill -0 "$pid" 2>/dev/null; do
-    sleep 1
-    m=$(curl -fsS "http://$SLUICE_API/metrics" 2>/dev/null) || continue
-    sent=$(value "$m" sluice_component_sent_events_total orders)
-    written=$(value "$m" sluice_component_received_events_total file)
-    dropped=$(value "$m" sluice_component_dropped_events_total not_key_0)
-    checkpoint=$(value "$m" sluice_source_checkpoint_position orders)
-    printf '[demo] generated %8d  written %8d (%5d/s)  filtered out %6d  checkpoint %8d\n' \
-        "$sent" "$written" "$((written - last))" "$dropped" "$checkpoint" >&2
-    last=$written
+# A fresh start every time: the demo's databases, slot and queue are its own.
+server=${DATABASE_URL%/*}
+export SLUICE_API=${SLUICE_API:-127.0.0.1:9464} SLUICE_DATA=target/demo-data
+psql -q "$DATABASE_URL" -c "SELECT pg_drop_replication_slot('sluice_demo') FROM pg_replication_slots WHERE slot_name = 'sluice_demo' AND NOT active" >/dev/null
+for db in sluice_demo sluice_demo_consumer; do
+    psql -q "$DATABASE_URL" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
 done
-wait "$pid"
-echo "[demo] done: $(wc -l <"$SLUICE_DATA/orders.jsonl") events in $SLUICE_DATA/orders.jsonl, checkpoint $(cat "$SLUICE_DATA/checkpoints/orders.json")" >&2
+rabbitmqctl -q delete_queue orders >/dev/null 2>&1 || true
+rm -rf "$SLUICE_DATA"
+export DATABASE_URL=$server/sluice_demo CONSUMER_DATABASE_URL=$server/sluice_demo_consumer
+psql -q "$DATABASE_URL" -f examples/sql/order-service.sql
+
+pids=()
+cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+log "sluice run examples/outbox-demo.toml (metrics on http://$SLUICE_API/metrics)"
+target/release/sluice run examples/outbox-demo.toml 2> >(sed 's/^/[sluice] /' >&2) &
+pids+=($!)
+until curl -fsS "http://$SLUICE_API/ready" >/dev/null 2>&1; do
+    kill -0 "${pids[0]}" 2>/dev/null || { log "sluice exited"; exit 1; }
+    sleep 0.2
+done
+target/release/order-consumer --queue orders &
+pids+=($!)
+log "order-service: $ORDERS orders at $RATE/s"
+target/release/order-service --count "$ORDERS" --rate "$RATE" &
+service=$!
+
+metric() { awk -v n="$2" '$1 ~ "^"n"[{ ]" {v+=$2} END {printf "%d", v}' <<<"$1"; }
+applied() { psql -tAq "$CONSUMER_DATABASE_URL" -c "SELECT coalesce(sum(orders), 0) FROM customer_totals" 2>/dev/null || echo 0; }
+report() {
+    local m
+    m=$(curl -fsS "http://$SLUICE_API/metrics" 2>/dev/null) || return 0
+    log "read from WAL $(metric "$m" sluice_postgres_cdc_events_total)  confirmed by RabbitMQ $(metric "$m" sluice_rabbitmq_confirmed_total)  slot lag $(metric "$m" sluice_postgres_cdc_replication_lag_bytes) bytes  applied by the consumer $(applied)"
+}
+while kill -0 "$service" 2>/dev/null; do
+    sleep 1
+    report
+done
+wait "$service"
+deadline=$((SECONDS + 60))
+until [ "$(applied)" -ge "$ORDERS" ] || [ $SECONDS -ge $deadline ]; do sleep 0.5; done
+report
+
+committed=$(psql -tAq "$DATABASE_URL" -c "SELECT count(*) FROM orders")
+outbox=$(psql -tAq "$DATABASE_URL" -c "SELECT count(*) FROM outbox")
+total=$(applied)
+log "orders committed: $committed; outbox rows: $outbox; orders applied exactly once by the consumer: $total"
+if [ "$total" -ne "$committed" ]; then
+    log "MISMATCH: the consumer applied $total of $committed orders"
+    exit 1
+fi
+log "every order arrived exactly once"
