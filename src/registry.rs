@@ -4,6 +4,7 @@
 use sluice_connectors::blackhole::BlackholeSinkConfig;
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::generator::GeneratorConfig;
+use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_pipeline::Registry;
 
@@ -15,6 +16,7 @@ pub fn registry() -> Registry {
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")
+        .sink::<RabbitmqSinkConfig>("rabbitmq")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry
 }
