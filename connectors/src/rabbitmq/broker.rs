@@ -147,11 +147,17 @@ impl Broker {
         }
     }
 
-    /// Ready with the error once lapin reports the connection failed.
+    /// Ready with the error once lapin reports that the connection failed.
     pub fn poll_failure(&mut self, cx: &mut Context<'_>) -> Poll<lapin::Error> {
         loop {
             match self.events.poll_next_unpin(cx) {
-                Poll::Ready(Some(lapin::Event::Error(error))) => return Poll::Ready(error),
+                // lapin reports a closed channel here too (the control channel after a failed
+                // existence check); publishing channels report theirs through their confirms.
+                Poll::Ready(Some(lapin::Event::Error(error))) => {
+                    if !self.connection.status().connected() {
+                        return Poll::Ready(error);
+                    }
+                }
                 Poll::Ready(Some(lapin::Event::ConnectionBlocked(reason))) => {
                     tracing::warn!(%reason, "the broker blocked publishing (resource alarm)");
                 }
