@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config_errors;
 mod engine;
+mod rabbitmq;
 
 use sluice_tests::Binary;
 

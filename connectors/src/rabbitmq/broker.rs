@@ -266,6 +266,19 @@ fn is_not_found(error: &lapin::Error) -> bool {
         if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
 }
 
+/// A lapin error as the cause of a sluice error. lapin's message already ends with its own
+/// cause, so this hides that cause from the chain rather than print it twice.
+#[derive(Debug)]
+pub(crate) struct AmqpError(pub lapin::Error);
+
+impl std::fmt::Display for AmqpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for AmqpError {}
+
 /// The one place that says which lapin errors are worth retrying: refusals and mismatches in
 /// what was asked for are configuration errors, broken frames are protocol errors, and
 /// everything else (I/O, a closed connection, a missed heartbeat, a forced close) is a

@@ -29,7 +29,7 @@ use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use tokio::time::Sleep;
 
 use super::avro::AvroEncoder;
-use super::broker::{Broker, ExchangeState, error_kind, exchange_kind};
+use super::broker::{AmqpError, Broker, ExchangeState, error_kind, exchange_kind};
 use super::config::{Encoding, RabbitmqSinkConfig};
 use super::lane::{Lane, Outcome, Purpose, Record, Settled};
 use super::message::MessageBuilder;
@@ -274,7 +274,7 @@ impl Relay {
     async fn try_connect(&mut self) -> Result<(), Error> {
         let lapin_error = |context: &str| {
             let context = context.to_owned();
-            move |e: lapin::Error| Error::new(error_kind(&e), context).with_source(e)
+            move |e: lapin::Error| Error::new(error_kind(&e), context).with_source(AmqpError(e))
         };
         let broker = Broker::connect(
             &self.uri,
@@ -313,7 +313,7 @@ impl Relay {
             )),
             Err(error) => Err(
                 Error::new(error_kind(&error), "checking the quarantine exchange")
-                    .with_source(error),
+                    .with_source(AmqpError(error)),
             ),
         }
     }
@@ -683,7 +683,7 @@ impl Relay {
     fn teardown(&mut self, error: lapin::Error, cx: &SinkContext) {
         cx.set_ready(false);
         self.metrics.reconnects.increment(1);
-        tracing::warn!(error = %chain(&error), unsettled = self.in_flight, "lost the connection to RabbitMQ; reconnecting");
+        tracing::warn!(%error, unsettled = self.in_flight, "lost the connection to RabbitMQ; reconnecting");
         // Answers that arrived before the failure still count (no waking needed: the lanes
         // are about to be detached).
         let mut task = Context::from_waker(Waker::noop());
