@@ -19,24 +19,31 @@ use std::time::Instant;
 use bytes::Bytes;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
-use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::types::AMQPValue;
+use lapin::{Channel, Confirmation, PublisherConfirm};
 use sluice_pipeline::{Event, Text};
+
+use super::message::Message;
 
 /// What a publish attempt comes to.
 type Confirm = lapin::Result<Confirmation>;
-type Publishing = Pin<Box<dyn Future<Output = Confirm> + Send>>;
+/// A `basic_publish` whose frames lapin has not written yet (a large future, so boxed and
+/// kept only until then).
+type Sending = Pin<Box<dyn Future<Output = lapin::Result<PublisherConfirm>> + Send>>;
 
 /// Why a record is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Purpose {
     /// Delivering the event where the config routes it.
     Deliver,
-    /// Delivering the event to the quarantine exchange, for this reason.
-    Quarantine(String),
+    /// Delivering the event to the quarantine exchange, for `reason`; `returned`: the broker
+    /// returned the delivery, so the quarantined copy keeps its body and properties.
+    Quarantine { reason: String, returned: bool },
 }
 
-/// An event on its way to the broker, with everything needed to publish it again.
+/// An event on its way to the broker. It holds no message: the message is built from the event
+/// for the first attempt and built again for any later one, which keeps what stays in flight
+/// small.
 #[derive(Debug)]
 pub(crate) struct Record {
     /// Order of acceptance by the sink; a lane republishes in this order.
@@ -47,15 +54,20 @@ pub(crate) struct Record {
     pub key: Text,
     /// The lane the key hashes to.
     pub lane: usize,
-    pub exchange: ShortString,
-    pub routing_key: ShortString,
-    pub properties: BasicProperties,
-    pub body: Bytes,
     pub purpose: Purpose,
     /// Nacks so far.
     pub nacks: u32,
-    /// Set when the broker returned the message as unroutable: the reason.
-    pub returned: Option<String>,
+    /// Set when the broker returned the message as unroutable (boxed: rare and large).
+    pub returned: Option<Box<Returned>>,
+}
+
+/// A message the broker returned, as it came back.
+#[derive(Debug)]
+pub(crate) struct Returned {
+    /// For a person: why.
+    pub reason: String,
+    /// The message (exchange, routing key, properties, body) as published.
+    pub message: Message,
 }
 
 /// How the broker answered one publish.
@@ -66,7 +78,7 @@ pub(crate) enum Outcome {
     /// `basic.nack`: the broker could not take it; it may succeed later.
     Nacked,
     /// `basic.return` (then `basic.ack`): no queue took it.
-    Returned(String),
+    Returned(Box<Returned>),
     /// The channel or connection failed before an answer: the message may or may not be on
     /// the broker.
     Failed(lapin::Error),
@@ -81,9 +93,11 @@ pub(crate) struct Settled {
 }
 
 enum State {
-    /// Frames queued, answer pending.
-    Waiting(Publishing),
-    /// Failed at once (boxed: an answer can hold a whole returned message).
+    /// Frames queued, not yet written.
+    Sending(Sending),
+    /// Frames written, answer pending.
+    Confirming(PublisherConfirm),
+    /// Failed before an answer (boxed: an answer can hold a whole returned message).
     Done(Box<Confirm>),
 }
 
@@ -98,6 +112,8 @@ struct InFlight {
 pub(crate) struct Lane {
     channel: Option<Arc<Channel>>,
     in_flight: VecDeque<InFlight>,
+    /// How many of `in_flight`, from the front, are past [`State::Sending`].
+    sent: usize,
     /// Answered, awaiting the return barrier.
     observed: Vec<(Record, Instant, Confirm)>,
 }
@@ -108,37 +124,37 @@ impl Lane {
         self.channel = Some(Arc::new(channel));
     }
 
-    /// Publishes `record` after everything published on this lane before. Returns at once:
-    /// the frames are queued for lapin's I/O thread in this call, the answer comes through
-    /// [`Lane::poll_settled`].
-    pub fn publish(&mut self, record: Record, now: Instant) {
+    /// Publishes `record` as `message` after everything published on this lane before.
+    /// Returns at once: the frames are queued for lapin's I/O thread in this call, the answer
+    /// comes through [`Lane::poll_settled`].
+    pub fn publish(&mut self, record: Record, message: Message, now: Instant) {
         let state = match &self.channel {
             Some(channel) => {
                 let channel = Arc::clone(channel);
-                let exchange = record.exchange.clone();
-                let routing_key = record.routing_key.clone();
-                let body = record.body.clone();
-                let properties = record.properties.clone();
-                let mut publishing: Publishing = Box::pin(async move {
+                let Message {
+                    exchange,
+                    routing_key,
+                    properties,
+                    body,
+                } = message;
+                let mut sending: Sending = Box::pin(async move {
                     let options = BasicPublishOptions {
                         mandatory: true,
                         immediate: false,
                     };
                     channel
                         .basic_publish(exchange, routing_key, options, &body, properties)
-                        .await?
                         .await
                 });
                 // The first poll queues the frames and takes the delivery tag, so publishes
                 // reach the wire in the order of these calls. Nothing needs waking yet: the
-                // front of the lane is polled with the task's waker.
-                match publishing
-                    .as_mut()
-                    .poll(&mut Context::from_waker(Waker::noop()))
-                {
-                    Poll::Ready(answer) => State::Done(Box::new(answer)),
-                    Poll::Pending => State::Waiting(publishing),
-                }
+                // lane is polled with the task's waker in `poll_settled`.
+                sending_state(
+                    sending
+                        .as_mut()
+                        .poll(&mut Context::from_waker(Waker::noop())),
+                    sending,
+                )
             }
             None => State::Done(Box::new(Err(lapin::ErrorKind::InvalidConnectionState(
                 lapin::ConnectionState::Closed,
@@ -164,6 +180,7 @@ impl Lane {
     /// included. Reading until a barrier brings nothing new settles exactly the messages whose
     /// returns are known.
     pub fn poll_settled(&mut self, cx: &mut Context<'_>, out: &mut Vec<Settled>) -> bool {
+        self.advance(cx);
         while self.read_front(cx) {
             self.barrier();
         }
@@ -171,8 +188,8 @@ impl Lane {
         for (mut record, published_at, answer) in self.observed.drain(..) {
             let outcome = match (answer, record.returned.take()) {
                 (Err(error), _) => Outcome::Failed(error),
-                (Ok(Confirmation::Ack(_) | Confirmation::Nack(_)), Some(reason)) => {
-                    Outcome::Returned(reason)
+                (Ok(Confirmation::Ack(_) | Confirmation::Nack(_)), Some(returned)) => {
+                    Outcome::Returned(returned)
                 }
                 (Ok(Confirmation::Ack(_)), None) => Outcome::Confirmed,
                 (Ok(Confirmation::Nack(_)), None) => Outcome::Nacked,
@@ -193,19 +210,43 @@ impl Lane {
         moved
     }
 
+    /// Moves messages whose frames are written from [`State::Sending`] to
+    /// [`State::Confirming`], in order (lapin writes them in order), freeing their futures.
+    fn advance(&mut self, cx: &mut Context<'_>) {
+        while let Some(flight) = self.in_flight.get_mut(self.sent) {
+            if let State::Sending(sending) = &mut flight.state {
+                match sending.as_mut().poll(cx) {
+                    Poll::Ready(result) => flight.state = sent_state(result),
+                    Poll::Pending => break,
+                }
+            }
+            self.sent += 1;
+        }
+    }
+
     /// Reads answered messages off the front; whether there were any.
     fn read_front(&mut self, cx: &mut Context<'_>) -> bool {
         let mut read = false;
         while let Some(front) = self.in_flight.front_mut() {
-            let mut answer = match &mut front.state {
-                State::Done(answer) => {
-                    std::mem::replace(&mut **answer, Ok(Confirmation::NotRequested))
+            let answer = loop {
+                match &mut front.state {
+                    State::Sending(sending) => match sending.as_mut().poll(cx) {
+                        Poll::Ready(result) => front.state = sent_state(result),
+                        Poll::Pending => break None,
+                    },
+                    State::Confirming(confirm) => match Pin::new(confirm).poll(cx) {
+                        Poll::Ready(answer) => break Some(answer),
+                        Poll::Pending => break None,
+                    },
+                    State::Done(answer) => {
+                        break Some(std::mem::replace(
+                            &mut **answer,
+                            Ok(Confirmation::NotRequested),
+                        ));
+                    }
                 }
-                State::Waiting(publishing) => match publishing.as_mut().poll(cx) {
-                    Poll::Ready(answer) => answer,
-                    Poll::Pending => break,
-                },
             };
+            let Some(mut answer) = answer else { break };
             let Some(InFlight {
                 mut record,
                 published_at,
@@ -214,6 +255,7 @@ impl Lane {
             else {
                 break;
             };
+            self.sent = self.sent.saturating_sub(1);
             if let Ok(Confirmation::Ack(returned) | Confirmation::Nack(returned)) = &mut answer
                 && let Some(message) = returned.take()
             {
@@ -225,31 +267,47 @@ impl Lane {
         read
     }
 
-    /// Finds the message `returned` is about among the unsettled ones and marks it.
+    /// Finds the message `returned` is about among the unsettled ones (by the event id in its
+    /// `id` header) and marks it.
     fn mark_returned(&mut self, carrier: &mut Record, returned: BasicReturnMessage) {
+        let BasicReturnMessage {
+            delivery,
+            reply_code,
+            reply_text,
+        } = returned;
         let reason = format!(
-            "unroutable: exchange {:?} has no route for routing key {:?} ({} {})",
-            returned.delivery.exchange.as_str(),
-            returned.delivery.routing_key.as_str(),
-            returned.reply_code,
-            returned.reply_text
+            "unroutable: exchange {:?} has no route for routing key {:?} ({reply_code} {reply_text})",
+            delivery.exchange.as_str(),
+            delivery.routing_key.as_str(),
         );
-        let id = returned.delivery.properties.message_id().clone();
-        let matches = |record: &Record| {
-            record.returned.is_none()
-                && record.properties.message_id() == &id
-                && record.exchange == returned.delivery.exchange
-                && record.routing_key == returned.delivery.routing_key
+        let id = match delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("id"))
+        {
+            Some(AMQPValue::LongString(id)) => id.as_bytes().to_vec(),
+            _ => Vec::new(),
         };
         let target = std::iter::once(carrier)
             .chain(self.observed.iter_mut().map(|(r, _, _)| r))
             .chain(self.in_flight.iter_mut().map(|f| &mut f.record))
-            .filter(|r| matches(r))
+            .filter(|r| r.returned.is_none() && r.event.id.as_bytes()[..] == id[..])
             .min_by_key(|r| r.seq);
         match target {
-            Some(record) => record.returned = Some(reason),
+            Some(record) => {
+                record.returned = Some(Box::new(Returned {
+                    reason,
+                    message: Message {
+                        exchange: delivery.exchange,
+                        routing_key: delivery.routing_key,
+                        properties: delivery.properties,
+                        body: Bytes::from(delivery.data),
+                    },
+                }));
+            }
             None => tracing::error!(
-                message_id = ?id.as_ref().map(ShortString::as_str),
+                event_id = %String::from_utf8_lossy(&id),
                 "the broker returned a message that is no longer in flight; it may have been counted as delivered"
             ),
         }
@@ -269,10 +327,27 @@ impl Lane {
     /// order: after a failure, none of them is known to be on the broker.
     pub fn detach(&mut self) -> Vec<Record> {
         self.channel = None;
+        self.sent = 0;
         self.observed
             .drain(..)
             .map(|(r, _, _)| r)
             .chain(self.in_flight.drain(..).map(|f| f.record))
             .collect()
+    }
+}
+
+/// The state of a message after its first poll.
+fn sending_state(poll: Poll<lapin::Result<PublisherConfirm>>, sending: Sending) -> State {
+    match poll {
+        Poll::Ready(result) => sent_state(result),
+        Poll::Pending => State::Sending(sending),
+    }
+}
+
+/// The state of a message whose frames lapin has written (or failed to).
+fn sent_state(result: lapin::Result<PublisherConfirm>) -> State {
+    match result {
+        Ok(confirm) => State::Confirming(confirm),
+        Err(error) => State::Done(Box::new(Err(error))),
     }
 }

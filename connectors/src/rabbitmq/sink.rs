@@ -31,8 +31,8 @@ use tokio::time::Sleep;
 use super::avro::AvroEncoder;
 use super::broker::{AmqpError, Broker, ExchangeState, error_kind, exchange_kind};
 use super::config::{Encoding, RabbitmqSinkConfig};
-use super::lane::{Lane, Outcome, Purpose, Record, Settled};
-use super::message::MessageBuilder;
+use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
+use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
 
 /// The running `rabbitmq` sink.
@@ -326,14 +326,23 @@ impl Relay {
         let mut records = unsent.into_iter();
         let now = Instant::now();
         while let Some(record) = records.next() {
-            match self.exchange_state(&record).await {
+            let message = match self.message_for(&record) {
+                Ok(message) => message,
+                Err(reason) => {
+                    self.reject_record(record, reason, now);
+                    continue;
+                }
+            };
+            match self
+                .exchange_state(&message.exchange, &record.purpose)
+                .await
+            {
                 Ok(ExchangeState::Ready) => {
                     self.metrics.republished.increment(1);
-                    self.publish(record, now);
+                    self.publish(record, message, now);
                 }
                 Ok(ExchangeState::Missing) => {
-                    let reason = missing_exchange(&record.exchange);
-                    self.requarantine(record, reason, false);
+                    self.requarantine(record, missing_exchange(&message.exchange), None);
                 }
                 Err(error) => {
                     self.unsent.push(record);
@@ -345,21 +354,48 @@ impl Relay {
         Ok(())
     }
 
-    /// Whether a record's exchange exists on this connection (the quarantine exchange is
-    /// checked once per connection).
-    async fn exchange_state(&mut self, record: &Record) -> lapin::Result<ExchangeState> {
+    /// Whether `exchange` exists on this connection (the quarantine exchange is checked once
+    /// per connection).
+    async fn exchange_state(
+        &mut self,
+        exchange: &ShortString,
+        purpose: &Purpose,
+    ) -> lapin::Result<ExchangeState> {
         let Some(broker) = &mut self.broker else {
             return Err(
                 lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into(),
             );
         };
-        match record.purpose {
+        match purpose {
             Purpose::Deliver => {
                 broker
-                    .ensure_exchange(&record.exchange, self.declare_as.as_ref())
+                    .ensure_exchange(exchange, self.declare_as.as_ref())
                     .await
             }
-            Purpose::Quarantine(_) => Ok(ExchangeState::Ready),
+            Purpose::Quarantine { .. } => Ok(ExchangeState::Ready),
+        }
+    }
+
+    /// The message `record` is published as: built from its event for every attempt.
+    fn message_for(&self, record: &Record) -> Result<Message, String> {
+        let event = &record.event;
+        match &record.purpose {
+            Purpose::Deliver => self.builder.build(event).map_err(|r| r.reason),
+            Purpose::Quarantine { reason, returned } => {
+                let published = if *returned {
+                    self.builder.build(event).ok()
+                } else {
+                    None
+                };
+                let routing_key = match &published {
+                    Some(message) => message.routing_key.clone(),
+                    None => self.builder.routing_key_or_empty(event),
+                };
+                let published = published.as_ref().map(|m| (&m.properties, m.body.clone()));
+                self.builder
+                    .quarantine(event, reason, routing_key, published)
+                    .ok_or_else(|| format!("{reason} (and there is no quarantine exchange)"))
+            }
         }
     }
 
@@ -370,11 +406,9 @@ impl Relay {
             let Some(event) = self.incoming.pop_front() else {
                 break;
             };
-            let seq = self.next_seq;
-            self.next_seq += 1;
             let key = ordering_key(&event);
             let lane = self.lane_of(&key);
-            let (message, purpose) = match self.builder.build(&event) {
+            let (mut message, mut purpose) = match self.builder.build(&event) {
                 Ok(message) => (message, Purpose::Deliver),
                 Err(rejection) => {
                     let routing_key = self.builder.routing_key_or_empty(&event);
@@ -386,7 +420,7 @@ impl Relay {
                         })
                         .flatten();
                     match message {
-                        Some(message) => (message, Purpose::Quarantine(rejection.reason)),
+                        Some(message) => (message, quarantine(rejection.reason)),
                         None => {
                             self.rejects.push((event, Text::from(rejection.reason)));
                             continue;
@@ -394,56 +428,45 @@ impl Relay {
                     }
                 }
             };
-            let mut record = Record {
-                seq,
-                event,
-                key,
-                lane,
-                exchange: message.exchange,
-                routing_key: message.routing_key,
-                properties: message.properties,
-                body: message.body,
-                purpose,
-                nacks: 0,
-                returned: None,
-            };
-            match self.exchange_state(&record).await {
+            match self.exchange_state(&message.exchange, &purpose).await {
                 Ok(ExchangeState::Ready) => {}
                 Ok(ExchangeState::Missing) => {
-                    let reason = missing_exchange(&record.exchange);
-                    let routing_key = record.routing_key.clone();
-                    match self
-                        .builder
-                        .quarantine(&record.event, &reason, routing_key, None)
-                    {
-                        Some(message) => {
-                            record = Record {
-                                exchange: message.exchange,
-                                routing_key: message.routing_key,
-                                properties: message.properties,
-                                body: message.body,
-                                purpose: Purpose::Quarantine(reason),
-                                ..record
-                            };
+                    let reason = missing_exchange(&message.exchange);
+                    let routing_key = message.routing_key.clone();
+                    match self.builder.quarantine(&event, &reason, routing_key, None) {
+                        Some(quarantined) => {
+                            message = quarantined;
+                            purpose = quarantine(reason);
                         }
                         None => {
-                            self.rejects.push((record.event, Text::from(reason)));
+                            self.rejects.push((event, Text::from(reason)));
                             continue;
                         }
                     }
                 }
                 Err(error) => {
-                    self.incoming.push_front(record.event);
+                    self.incoming.push_front(event);
                     self.failure = Some(error);
                     break;
                 }
             }
-            self.admit(record, now);
+            let record = Record {
+                seq: self.next_seq,
+                event,
+                key,
+                lane,
+                purpose,
+                nacks: 0,
+                returned: None,
+            };
+            self.next_seq += 1;
+            self.admit(record, message, now);
         }
     }
 
-    /// Publishes a new record, or holds it behind its key's earlier ones.
-    fn admit(&mut self, record: Record, now: Instant) {
+    /// Publishes a new record as `message`, or holds it behind its key's earlier ones (its
+    /// message is built again when it is released).
+    fn admit(&mut self, record: Record, message: Message, now: Instant) {
         let limit = self.config.max_in_flight_per_key;
         let state = self.keys.entry(record.key.clone()).or_default();
         if state.blocking > 0
@@ -454,14 +477,22 @@ impl Relay {
             return;
         }
         state.in_flight += 1;
-        self.publish(record, now);
+        self.publish(record, message, now);
     }
 
-    fn publish(&mut self, record: Record, now: Instant) {
+    fn publish(&mut self, record: Record, message: Message, now: Instant) {
         self.metrics.published.increment(1);
         self.in_flight += 1;
         let lane = record.lane;
-        self.lanes[lane].publish(record, now);
+        self.lanes[lane].publish(record, message, now);
+    }
+
+    /// Publishes a record whose first message is gone (released, retried): built anew.
+    fn send(&mut self, record: Record, now: Instant) {
+        match self.message_for(&record) {
+            Ok(message) => self.publish(record, message, now),
+            Err(reason) => self.reject_record(record, reason, now),
+        }
     }
 
     fn lane_of(&self, key: &Text) -> usize {
@@ -495,11 +526,13 @@ impl Relay {
         let now = Instant::now();
         let wall = SystemTime::now();
         let mut confirmed = 0;
+        // Taken and put back so that its capacity is reused.
+        let mut settled = std::mem::take(&mut self.settled);
         for Settled {
             record,
             published_at,
             outcome,
-        } in std::mem::take(&mut self.settled)
+        } in settled.drain(..)
         {
             self.in_flight -= 1;
             match outcome {
@@ -515,9 +548,10 @@ impl Relay {
                     }
                     self.delivered(record, now);
                 }
-                Outcome::Returned(reason) => {
+                Outcome::Returned(returned) => {
                     self.metrics.returned.increment(1);
-                    self.requarantine(record, reason, true);
+                    let Returned { reason, message } = *returned;
+                    self.requarantine(record, reason, Some(message));
                 }
                 Outcome::Nacked => {
                     self.metrics.nacked.increment(1);
@@ -531,6 +565,7 @@ impl Relay {
                 }
             }
         }
+        self.settled = settled;
         if confirmed > 0 {
             self.metrics.confirmed.increment(confirmed);
             self.reconnect.failures = 0;
@@ -539,7 +574,7 @@ impl Relay {
 
     /// A record the broker holds: its event is done.
     fn delivered(&mut self, record: Record, now: Instant) {
-        if let Purpose::Quarantine(reason) = &record.purpose {
+        if let Purpose::Quarantine { reason, .. } = &record.purpose {
             self.metrics.quarantined.increment(1);
             tracing::warn!(event_id = %record.event.id, %reason, "event quarantined to the quarantine exchange");
         }
@@ -551,41 +586,44 @@ impl Relay {
 
     /// Sends a record to the quarantine exchange with `reason` (it keeps its place as its
     /// key's record in flight), or to the pipeline's quarantine when there is no exchange for
-    /// it. `published`: the broker has seen the message, so the quarantined copy keeps its
-    /// body and properties.
-    fn requarantine(&mut self, record: Record, reason: String, published: bool) {
+    /// it. `returned`: the message as the broker returned it, whose body and properties the
+    /// quarantined copy keeps.
+    fn requarantine(&mut self, record: Record, reason: String, returned: Option<Message>) {
         let now = Instant::now();
-        let message = match &record.purpose {
-            Purpose::Deliver => self.builder.quarantine(
-                &record.event,
-                &reason,
-                record.routing_key.clone(),
-                published.then(|| (&record.properties, record.body.clone())),
-            ),
-            Purpose::Quarantine(_) => None,
+        if let Purpose::Quarantine { reason: first, .. } = &record.purpose {
+            let reason = format!("{first}; then the quarantine exchange: {reason}");
+            return self.reject_record(record, reason, now);
+        }
+        let routing_key = match &returned {
+            Some(message) => message.routing_key.clone(),
+            None => self.builder.routing_key_or_empty(&record.event),
         };
-        let Some(message) = message else {
-            let reason = match &record.purpose {
-                Purpose::Quarantine(first) => {
-                    format!("{first}; then the quarantine exchange: {reason}")
-                }
-                Purpose::Deliver => reason,
-            };
-            let key = record.key.clone();
-            let was_nacked = record.nacks > 0;
-            self.rejects.push((record.event, Text::from(reason)));
-            self.key_settled(&key, was_nacked, now);
-            return;
-        };
-        let record = Record {
-            exchange: message.exchange,
-            routing_key: message.routing_key,
-            properties: message.properties,
-            body: message.body,
-            purpose: Purpose::Quarantine(reason),
-            ..record
-        };
-        self.publish(record, now);
+        let published = returned.as_ref().map(|m| (&m.properties, m.body.clone()));
+        let quarantined = self
+            .builder
+            .quarantine(&record.event, &reason, routing_key, published);
+        match quarantined {
+            Some(message) => {
+                let record = Record {
+                    purpose: Purpose::Quarantine {
+                        reason,
+                        returned: returned.is_some(),
+                    },
+                    returned: None,
+                    ..record
+                };
+                self.publish(record, message, now);
+            }
+            None => self.reject_record(record, reason, now),
+        }
+    }
+
+    /// Sends a record's event to the pipeline's quarantine; its key moves on.
+    fn reject_record(&mut self, record: Record, reason: String, now: Instant) {
+        let key = record.key.clone();
+        let was_nacked = record.nacks > 0;
+        self.rejects.push((record.event, Text::from(reason)));
+        self.key_settled(&key, was_nacked, now);
     }
 
     /// A nacked record waits out its backoff, and its key is held back until it is settled.
@@ -633,7 +671,7 @@ impl Relay {
             };
             for record in records {
                 self.metrics.republished.increment(1);
-                self.publish(record, now);
+                self.send(record, now);
             }
         }
         self.arm_retry();
@@ -675,7 +713,7 @@ impl Relay {
             self.keys.remove(key);
         }
         for record in release {
-            self.publish(record, now);
+            self.send(record, now);
         }
     }
 
@@ -723,6 +761,13 @@ impl Relay {
 /// that), its id, which orders it with nothing else.
 fn missing_exchange(exchange: &ShortString) -> String {
     format!("exchange {:?} does not exist", exchange.as_str())
+}
+
+fn quarantine(reason: String) -> Purpose {
+    Purpose::Quarantine {
+        reason,
+        returned: false,
+    }
 }
 
 fn ordering_key(event: &Event) -> Text {
