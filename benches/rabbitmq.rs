@@ -9,9 +9,11 @@
 //! uses, so that its CPU time and peak RSS are its own (lapin's I/O thread included); scenarios
 //! are interleaved over several rounds and reported as medians, since the machine is shared:
 //! - `lapin-W`: one channel in confirm mode, persistent messages with a `message_id`, up to `W`
-//!   unconfirmed, the generator's payloads; the best of them is the baseline;
+//!   unconfirmed, the generator's payloads; the best plain one is the baseline;
+//! - `lapin-W-sluice`: the same with the properties and headers sluice sends, and `mandatory`
+//!   (the same job on the broker's side: its persistence cost grows with the message);
 //! - `sluice`: the generator and the sink with its defaults (2 channels, window 1024);
-//! - `sluice-Nch`: the same with `N` channels.
+//! - `sluice-Nch`, `sluice-wW`: the same with `N` channels, or a window of `W`.
 //!
 //! Every scenario checks at the end that its queue holds exactly the events sent.
 
@@ -25,19 +27,19 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use sluice_connectors::generator::{Generator, GeneratorConfig};
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_pipeline::{Config, Registry, ShutdownTrigger};
 
 const SCENARIOS: [&str; 6] = [
-    "lapin-256",
     "lapin-1024",
     "lapin-4096",
+    "lapin-1024-sluice",
+    "lapin-4096-sluice",
     "sluice",
     "sluice-1ch",
-    "sluice-4ch",
 ];
 const BATCH: u64 = 1024;
 const EXCHANGE: &str = "bench";
@@ -95,19 +97,19 @@ fn main() {
     let baseline = SCENARIOS
         .iter()
         .zip(&medians)
-        .filter(|(name, _)| name.starts_with("lapin"))
+        .filter(|(name, _)| name.starts_with("lapin") && !name.ends_with("-sluice"))
         .map(|(_, m)| m.events_per_sec)
         .fold(0.0, f64::max);
     println!(
         "\nrabbitmq benchmark: {events} persistent, confirmed events per run, median of {runs} runs"
     );
     println!(
-        "{:<11} {:>12} {:>14} {:>15} {:>13}",
+        "{:<18} {:>12} {:>14} {:>15} {:>13}",
         "scenario", "events/s", "vs best lapin", "CPU-s per 100k", "peak RSS MiB"
     );
     for (name, m) in SCENARIOS.iter().zip(&medians) {
         println!(
-            "{:<11} {:>12.0} {:>14.2} {:>15.2} {:>13.1}",
+            "{:<18} {:>12.0} {:>14.2} {:>15.2} {:>13.1}",
             name,
             m.events_per_sec,
             m.events_per_sec / baseline,
@@ -160,19 +162,30 @@ fn child(scenario: &str, events: u64, url: &str) {
     let cpu_before = cpu_time_ns();
     let started = Instant::now();
     match scenario {
-        "sluice" => sluice(&runtime, url, events, 2, &data),
         other if other.starts_with("lapin-") => {
-            let window = other["lapin-".len()..].parse().unwrap();
-            runtime.block_on(lapin_publisher(url, events, window));
+            // lapin-<W>[-sluice]: window W; with `-sluice`, the properties and headers sluice
+            // sends, and `mandatory`.
+            let mut parts = other["lapin-".len()..].split('-');
+            let window = parts.next().unwrap().parse().unwrap();
+            let same = parts.next() == Some("sluice");
+            runtime.block_on(lapin_publisher(url, events, window, same));
         }
-        other => match other
-            .strip_prefix("sluice-")
-            .and_then(|n| n.strip_suffix("ch"))
-            .and_then(|n| n.parse().ok())
-        {
-            Some(channels) => sluice(&runtime, url, events, channels, &data),
-            None => panic!("unknown scenario {other}"),
-        },
+        other => {
+            // sluice[-<N>ch][-w<W>]: N channels (default 2), window W (default 1024).
+            let mut channels = 2;
+            let mut window = 1024;
+            for part in other.split('-').skip(1) {
+                if let Some(n) = part.strip_suffix("ch") {
+                    channels = n.parse().unwrap();
+                } else if let Some(w) = part.strip_prefix('w') {
+                    window = w.parse().unwrap();
+                } else {
+                    panic!("unknown scenario {other}");
+                }
+            }
+            assert!(other.starts_with("sluice"), "unknown scenario {other}");
+            sluice(&runtime, url, events, channels, window, &data);
+        }
     }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = cpu_time_ns() - cpu_before;
@@ -245,7 +258,7 @@ fn generator_config() -> GeneratorConfig {
 
 /// The baseline: the generator's events published the way lapin's documentation does it,
 /// with a window of confirms.
-async fn lapin_publisher(url: &str, events: u64, window: usize) {
+async fn lapin_publisher(url: &str, events: u64, window: usize, as_sluice: bool) {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -260,14 +273,32 @@ async fn lapin_publisher(url: &str, events: u64, window: usize) {
     while next <= events {
         let n = BATCH.min(events - next + 1);
         for event in generator.events(next..next + n) {
-            let properties = BasicProperties::default()
+            let mut properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_message_id(event.id.as_str().into());
+            if as_sluice {
+                let mut headers = FieldTable::default();
+                for (name, value) in [
+                    ("id", event.id.as_str()),
+                    ("type", event.event_type.as_str()),
+                    ("aggregateid", event.key.as_deref().unwrap_or_default()),
+                ] {
+                    headers.insert(name.into(), AMQPValue::LongString(value.into()));
+                }
+                properties = properties
+                    .with_type(event.event_type.as_str().into())
+                    .with_app_id("sluice".into())
+                    .with_content_type("application/json".into())
+                    .with_headers(headers);
+            }
             let confirm = channel
                 .basic_publish(
                     EXCHANGE.into(),
                     ROUTING_KEY.into(),
-                    BasicPublishOptions::default(),
+                    BasicPublishOptions {
+                        mandatory: as_sluice,
+                        immediate: false,
+                    },
                     &event.payload,
                     properties,
                 )
@@ -292,6 +323,7 @@ fn sluice(
     url: &str,
     events: u64,
     channels: usize,
+    window: usize,
     data: &std::path::Path,
 ) {
     let text = format!(
@@ -308,6 +340,7 @@ fn sluice(
         url = "{url}"
         exchange = "{EXCHANGE}"
         channels = {channels}
+        confirm_window = {window}
         "#,
         data = data.display()
     );
