@@ -12,125 +12,65 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Command;
+mod support;
+
 use std::time::Instant;
 
 use sluice_connectors::blackhole::BlackholeSinkConfig;
 use sluice_connectors::generator::{Generator, GeneratorConfig};
 use sluice_pipeline::{Config, Registry, ShutdownTrigger};
+use support::{Args, Sample};
 
 const SCENARIOS: [&str; 3] = ["bare", "blackhole", "pipeline"];
 const BATCH: u64 = 1024;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let option = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let events: u64 = option("--events").map_or(2_000_000, |v| v.parse().unwrap());
-    if let Some(scenario) = option("--scenario") {
+    let args = Args::from_env();
+    let events: u64 = args.number("--events", 2_000_000);
+    if let Some(scenario) = args.option("--scenario") {
         child(&scenario, events);
         return;
     }
-    // `cargo bench` passes --bench; test runners that list or run every target do not, and a
-    // benchmark is not a test.
-    if !args.iter().any(|a| a == "--bench") {
+    if !args.is_bench_run() {
         return;
     }
-    let runs: usize = option("--runs").map_or(5, |v| v.parse().unwrap());
-    let json_path = option("--json").unwrap_or_else(|| "target/bench-engine.json".into());
-
-    let exe = std::env::current_exe().unwrap();
-    let mut results: Vec<Vec<Sample>> = vec![Vec::new(); SCENARIOS.len()];
-    for round in 0..runs {
-        for (i, scenario) in SCENARIOS.iter().enumerate() {
-            let out = Command::new(&exe)
-                .args(["--scenario", scenario, "--events", &events.to_string()])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{scenario}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let sample: Sample = serde_json::from_slice(&out.stdout).unwrap();
-            eprintln!(
-                "round {round} {scenario}: {:.0} events/s",
-                sample.events_per_sec
-            );
-            results[i].push(sample);
-        }
-    }
-
-    let medians: Vec<Sample> = results.iter().map(|s| median(s)).collect();
-    let floor = medians[0].events_per_sec;
-    println!("\nengine benchmark: {events} events per run, median of {runs} runs, one core each");
-    println!(
-        "{:<10} {:>14} {:>10} {:>14} {:>13} {:>10}",
-        "scenario", "events/s", "vs bare", "cpu ns/event", "peak RSS MiB", "checkpoint"
+    let runs = args.number("--runs", 5);
+    let json_path = args
+        .option("--json")
+        .unwrap_or_else(|| "target/bench-engine.json".into());
+    let medians = support::rounds(&SCENARIOS, runs, &["--events".into(), events.to_string()]);
+    let title = format!(
+        "engine benchmark: {events} events per run, median of {runs} runs, one core each; baseline: bare"
     );
-    for (name, m) in SCENARIOS.iter().zip(&medians) {
-        println!(
-            "{:<10} {:>14.0} {:>10.2} {:>14.0} {:>13.1} {:>10}",
-            name,
-            m.events_per_sec,
-            m.events_per_sec / floor,
-            m.cpu_ns_per_event,
-            m.peak_rss_kib as f64 / 1024.0,
-            m.checkpoint.map_or("-".into(), |c| c.to_string()),
-        );
-    }
-    let json = serde_json::json!({
-        "events": events,
-        "runs": runs,
-        "scenarios": SCENARIOS.iter().zip(&medians).map(|(name, m)| serde_json::json!({
-            "scenario": name,
-            "events_per_sec": m.events_per_sec,
-            "ratio_to_bare": m.events_per_sec / floor,
-            "cpu_ns_per_event": m.cpu_ns_per_event,
-            "peak_rss_kib": m.peak_rss_kib,
-        })).collect::<Vec<_>>(),
-    });
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
-    println!("(written to {json_path})");
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-struct Sample {
-    events_per_sec: f64,
-    cpu_ns_per_event: f64,
-    peak_rss_kib: u64,
-    checkpoint: Option<u64>,
-}
-
-fn median(samples: &[Sample]) -> Sample {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.events_per_sec.total_cmp(&b.events_per_sec));
-    sorted[sorted.len() / 2].clone()
+    support::table(
+        &title,
+        &SCENARIOS,
+        &medians,
+        medians[0].events_per_sec,
+        &json_path,
+    );
 }
 
 fn child(scenario: &str, events: u64) {
     let data = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
-    let cpu_before = cpu_time_ns();
+    let pid = std::process::id();
+    let cpu_before = support::cpu_time_ns(pid);
     let started = Instant::now();
-    let checkpoint = match scenario {
+    match scenario {
         "bare" => bare(events),
-        "blackhole" | "pipeline" => engine(scenario, events, &data),
+        "blackhole" | "pipeline" => {
+            let checkpoint = engine(scenario, events, &data);
+            assert_eq!(
+                checkpoint,
+                Some(events),
+                "{scenario}: every event acknowledged"
+            );
+        }
         other => panic!("unknown scenario {other}"),
-    };
-    let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_time_ns() - cpu_before;
+    }
+    let sample = Sample::measure(events, started, pid, cpu_before);
     let _ = std::fs::remove_dir_all(&data);
-    let sample = Sample {
-        events_per_sec: events as f64 / elapsed,
-        cpu_ns_per_event: cpu as f64 / events as f64,
-        peak_rss_kib: peak_rss_kib(),
-        checkpoint,
-    };
-    println!("{}", serde_json::to_string(&sample).unwrap());
+    sample.report();
 }
 
 fn generator_config() -> GeneratorConfig {
@@ -138,7 +78,7 @@ fn generator_config() -> GeneratorConfig {
 }
 
 /// The floor: the same events built in the same batches and dropped.
-fn bare(events: u64) -> Option<u64> {
+fn bare(events: u64) {
     let generator = Generator::new(generator_config(), "gen");
     let mut next = 1;
     let mut bytes = 0;
@@ -150,7 +90,6 @@ fn bare(events: u64) -> Option<u64> {
         next += n;
     }
     std::hint::black_box(bytes);
-    None
 }
 
 fn engine(scenario: &str, events: u64, data: &std::path::Path) -> Option<u64> {
@@ -206,26 +145,4 @@ fn engine(scenario: &str, events: u64, data: &std::path::Path) -> Option<u64> {
         .load()
         .unwrap()
         .map(|p| p.0)
-}
-
-/// User + system CPU time of this process, from /proc/self/stat (clock ticks of 10 ms).
-fn cpu_time_ns() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks * 10_000_000
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }

@@ -7,6 +7,7 @@ use sluice_connectors::generator::GeneratorConfig;
 use sluice_connectors::outbox::OutboxConfig;
 use sluice_connectors::postgres::cdc::PostgresCdcConfig;
 use sluice_connectors::postgres::poll::PollConfig;
+use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_pipeline::Registry;
 
@@ -21,6 +22,7 @@ pub fn registry() -> Registry {
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")
+        .sink::<RabbitmqSinkConfig>("rabbitmq")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry
 }

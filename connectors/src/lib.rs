@@ -4,6 +4,7 @@
 //! - [`outbox`]: the outbox event router, from rows to events.
 //! - [`generator`]: synthetic events with deterministic ids, for demos, tests and benchmarks.
 //! - [`file`](mod@file), [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
+//! - [`rabbitmq`]: RabbitMQ, persistent and confirmed, in order per key.
 //! - [`codec`]: encodings shared by sinks; [`backoff`]: delays between reconnections.
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
@@ -16,4 +17,5 @@ pub mod file;
 pub mod generator;
 pub mod outbox;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod stdout;

@@ -10,6 +10,7 @@ mod config_errors;
 mod engine;
 mod postgres_cdc;
 mod postgres_poll;
+mod rabbitmq;
 
 use sluice_tests::Binary;
 

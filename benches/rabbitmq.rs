@@ -1,0 +1,292 @@
+//! RabbitMQ drain throughput: generator → `rabbitmq` sink through the engine (persistent,
+//! confirmed), side by side in the same run with a minimal lapin publisher doing the same job.
+//!
+//! Run: `cargo bench --bench rabbitmq` (options: `-- --events N --runs N --json PATH`), with
+//! RabbitMQ up (`scripts/services.sh up`) and `rabbitmqctl` on the PATH; `AMQP_URL` names the
+//! broker. The bench owns a virtual host for the run.
+//!
+//! Each scenario runs in a child process (this program re-executed) on the runtime the binary
+//! uses, so that its CPU time and peak RSS are its own (lapin's I/O thread included); scenarios
+//! are interleaved over several rounds and reported as medians, since the machine is shared:
+//! - `lapin-W`: one channel in confirm mode, persistent messages with a `message_id`, up to `W`
+//!   unconfirmed, the generator's payloads; the best plain one is the baseline;
+//! - `lapin-W-sluice`: the same with the properties and headers sluice sends, and `mandatory`
+//!   (the same job on the broker's side: its persistence cost grows with the message);
+//! - `sluice`: the generator and the sink with its defaults (2 channels, window 1024);
+//! - `sluice-Nch`, `sluice-wW`: the same with `N` channels, or a window of `W`.
+//!
+//! Every scenario checks at the end that its queue holds exactly the events sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::VecDeque;
+use std::process::Command;
+use std::time::Instant;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use sluice_connectors::generator::{Generator, GeneratorConfig};
+use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
+use sluice_pipeline::{Config, Registry, ShutdownTrigger};
+use support::{Args, Sample};
+
+const SCENARIOS: [&str; 6] = [
+    "lapin-1024",
+    "lapin-4096",
+    "lapin-1024-sluice",
+    "lapin-4096-sluice",
+    "sluice",
+    "sluice-1ch",
+];
+const BATCH: u64 = 1024;
+const EXCHANGE: &str = "bench";
+const ROUTING_KEY: &str = "generated";
+
+fn main() {
+    let args = Args::from_env();
+    let events: u64 = args.number("--events", 200_000);
+    if let (Some(scenario), Some(url)) = (args.option("--scenario"), args.option("--url")) {
+        child(&scenario, events, &url);
+        return;
+    }
+    if !args.is_bench_run() {
+        return;
+    }
+    let runs = args.number("--runs", 3);
+    let json_path = args
+        .option("--json")
+        .unwrap_or_else(|| "target/bench-rabbitmq.json".into());
+
+    let vhost = format!("sluice-bench-{}", std::process::id());
+    rabbitmqctl(&["add_vhost", &vhost]);
+    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let base = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let authority = base.rsplit_once('/').map_or(base.as_str(), |(a, _)| a);
+    let url = format!("{authority}/{vhost}");
+    let extra = ["--events".into(), events.to_string(), "--url".into(), url];
+    let medians = support::rounds(&SCENARIOS, runs, &extra);
+    rabbitmqctl(&["delete_vhost", &vhost]);
+
+    let baseline = SCENARIOS
+        .iter()
+        .zip(&medians)
+        .filter(|(name, _)| name.starts_with("lapin") && !name.ends_with("-sluice"))
+        .map(|(_, m)| m.events_per_sec)
+        .fold(0.0, f64::max);
+    let title = format!(
+        "rabbitmq benchmark: {events} persistent, confirmed events per run, median of {runs} runs; baseline: the best plain lapin publisher"
+    );
+    support::table(&title, &SCENARIOS, &medians, baseline, &json_path);
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let status = Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(status.success(), "rabbitmqctl {args:?} failed");
+}
+
+fn child(scenario: &str, events: u64, url: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let queue = format!("q-{}", std::process::id());
+    runtime.block_on(declare(url, &queue));
+    let data = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
+    let pid = std::process::id();
+    let cpu_before = support::cpu_time_ns(pid);
+    let started = Instant::now();
+    match scenario {
+        other if other.starts_with("lapin-") => {
+            // lapin-<W>[-sluice]: window W; with `-sluice`, the properties and headers sluice
+            // sends, and `mandatory`.
+            let mut parts = other["lapin-".len()..].split('-');
+            let window = parts.next().unwrap().parse().unwrap();
+            let same = parts.next() == Some("sluice");
+            runtime.block_on(lapin_publisher(url, events, window, same));
+        }
+        other => {
+            // sluice[-<N>ch][-w<W>]: N channels (default 2), window W (default 1024).
+            let mut channels = 2;
+            let mut window = 1024;
+            for part in other.split('-').skip(1) {
+                if let Some(n) = part.strip_suffix("ch") {
+                    channels = n.parse().unwrap();
+                } else if let Some(w) = part.strip_prefix('w') {
+                    window = w.parse().unwrap();
+                } else {
+                    panic!("unknown scenario {other}");
+                }
+            }
+            assert!(other.starts_with("sluice"), "unknown scenario {other}");
+            sluice(&runtime, url, events, channels, window, &data);
+        }
+    }
+    let sample = Sample::measure(events, started, pid, cpu_before);
+    let _ = std::fs::remove_dir_all(&data);
+    let held = runtime.block_on(delete(url, &queue));
+    assert_eq!(held, events, "{scenario}: the queue holds every event once");
+    sample.report();
+}
+
+async fn declare(url: &str, queue: &str) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Direct,
+            durable,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, FieldTable::default())
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            EXCHANGE.into(),
+            ROUTING_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}
+
+/// Deletes the queue and returns how many messages it held.
+async fn delete(url: &str, queue: &str) -> u64 {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    u64::from(
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+    )
+}
+
+fn generator_config() -> GeneratorConfig {
+    sluice_pipeline::config::deserialize(toml::Value::Table(toml::Table::new())).unwrap()
+}
+
+/// The baseline: the generator's events published the way lapin's documentation does it,
+/// with a window of confirms.
+async fn lapin_publisher(url: &str, events: u64, window: usize, as_sluice: bool) {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let generator = Generator::new(generator_config(), "gen");
+    let mut pending = VecDeque::with_capacity(window);
+    let mut next = 1;
+    while next <= events {
+        let n = BATCH.min(events - next + 1);
+        for event in generator.events(next..next + n) {
+            let mut properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(event.id.as_str().into());
+            if as_sluice {
+                let mut headers = FieldTable::default();
+                for (name, value) in [
+                    ("id", event.id.as_str()),
+                    ("type", event.event_type.as_str()),
+                    ("aggregateid", event.key.as_deref().unwrap_or_default()),
+                ] {
+                    headers.insert(name.into(), AMQPValue::LongString(value.into()));
+                }
+                properties = properties
+                    .with_type(event.event_type.as_str().into())
+                    .with_app_id("sluice".into())
+                    .with_content_type("application/json".into())
+                    .with_headers(headers);
+            }
+            let confirm = channel
+                .basic_publish(
+                    EXCHANGE.into(),
+                    ROUTING_KEY.into(),
+                    BasicPublishOptions {
+                        mandatory: as_sluice,
+                        immediate: false,
+                    },
+                    &event.payload,
+                    properties,
+                )
+                .await
+                .unwrap();
+            pending.push_back(confirm);
+            while pending.len() >= window {
+                let confirmation = pending.pop_front().unwrap().await.unwrap();
+                assert!(matches!(confirmation, Confirmation::Ack(None)));
+            }
+        }
+        next += n;
+    }
+    for confirm in pending {
+        assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)));
+    }
+    connection.close(200, "done".into()).await.unwrap();
+}
+
+fn sluice(
+    runtime: &tokio::runtime::Runtime,
+    url: &str,
+    events: u64,
+    channels: usize,
+    window: usize,
+    data: &std::path::Path,
+) {
+    let text = format!(
+        r#"
+        [pipeline]
+        data_dir = "{data}"
+        [sources.gen]
+        type = "generator"
+        count = {events}
+        batch_size = {BATCH}
+        [sinks.broker]
+        type = "rabbitmq"
+        inputs = ["gen"]
+        url = "{url}"
+        exchange = "{EXCHANGE}"
+        channels = {channels}
+        confirm_window = {window}
+        "#,
+        data = data.display()
+    );
+    let mut registry = Registry::new();
+    registry
+        .source::<GeneratorConfig>("generator")
+        .sink::<RabbitmqSinkConfig>("rabbitmq");
+    let config = Config::parse(&text, "bench.toml".as_ref(), &registry, &|_| None).unwrap();
+    let trigger = ShutdownTrigger::new();
+    runtime
+        .block_on(sluice_pipeline::run(&config, trigger.subscribe()))
+        .unwrap();
+}

@@ -1,0 +1,586 @@
+//! The `rabbitmq` sink's settings: the documentation of every option, its defaults, and the
+//! checks that need no I/O.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use lapin::uri::{AMQPScheme, AMQPUri};
+use serde::{Deserialize, Deserializer};
+use sluice_pipeline::component::{BuildContext, DynSink};
+use sluice_pipeline::{Error, FieldError, HumanDuration, SinkConfig, Validate};
+
+use super::sink::RabbitmqSink;
+use super::template::Template;
+
+/// Default for [`RabbitmqSinkConfig::confirm_window`].
+pub const DEFAULT_CONFIRM_WINDOW: usize = 1024;
+/// Default for [`RabbitmqSinkConfig::channels`].
+pub const DEFAULT_CHANNELS: usize = 2;
+/// Default for [`RabbitmqSinkConfig::routing_key`].
+pub const DEFAULT_ROUTING_KEY: &str = "{type}";
+/// Default for [`RabbitmqSinkConfig::max_payload_bytes`]: well below RabbitMQ's default
+/// `max_message_size` (128 MiB), which closes the channel of a publisher that exceeds it.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
+/// Default for [`RabbitmqSinkConfig::backoff_initial`].
+pub const DEFAULT_BACKOFF_INITIAL: HumanDuration = HumanDuration::from_millis(100);
+/// Default for [`RabbitmqSinkConfig::backoff_max`].
+pub const DEFAULT_BACKOFF_MAX: HumanDuration = HumanDuration::from_secs(10);
+/// Default for [`RabbitmqSinkConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::from_secs(10);
+/// Content type of the `json` codec when none is configured.
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+/// Content type of the `avro` codec when none is configured (the Avro specification's).
+pub const AVRO_CONTENT_TYPE: &str = "avro/binary";
+/// The longest AMQP short string (exchange and queue names, routing keys, header names).
+pub const MAX_SHORT_STRING: usize = 255;
+/// Most publishing channels.
+const MAX_CHANNELS: usize = 256;
+
+/// Config of the `rabbitmq` sink. See `docs/rabbitmq.md` for the message format and the
+/// delivery and ordering guarantees.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitmqSinkConfig {
+    /// The broker: `amqp://user:password@host:port/vhost`, the vhost URL-encoded (`%2f` is
+    /// `/`). Query parameters such as `heartbeat=10` or `frame_max=131072` go to the client.
+    /// The password is never logged or printed.
+    pub url: AmqpUrl,
+    /// The exchange each message is published to, as a template over event values
+    /// (`"outbox.{aggregatetype}"`). Empty (the default) is the default exchange, which
+    /// routes to the queue named by the routing key.
+    #[serde(default)]
+    pub exchange: Template,
+    /// The routing key, as a template over event values.
+    #[serde(default = "default_routing_key")]
+    pub routing_key: Template,
+    /// When set, each exchange the `exchange` template produces is declared (durable, of
+    /// this type: `direct`, `fanout`, `topic`, `headers` or a plugin's type) before its first
+    /// message. When unset, such exchanges must already exist, and an event for a missing one
+    /// is quarantined with the reason.
+    pub exchange_type: Option<String>,
+    /// Exchanges, queues and bindings to declare on every (re)connection, before publishing.
+    #[serde(default)]
+    pub declare: Declare,
+    /// Most messages published and not yet confirmed, over all channels. Input is read while
+    /// fewer are in flight, so a busy sink batches and an idle one publishes at once.
+    #[serde(default = "default_confirm_window")]
+    pub confirm_window: usize,
+    /// Publishing channels. Each event goes to the channel its key hashes to, so the events of
+    /// one key keep their order while different keys are published in parallel.
+    #[serde(default = "default_channels")]
+    pub channels: usize,
+    /// Most messages of one key in flight at once; unset, only `confirm_window` limits them.
+    /// Set it to 1 for strict per-key order even when the broker nacks a message (see the
+    /// documentation on ordering).
+    pub max_in_flight_per_key: Option<usize>,
+    /// The `content_type` property; default `application/json` (codec `json`) or
+    /// `avro/binary` (codec `avro`). With a JSON content type (`application/json` or any
+    /// `+json` type), a payload that is not JSON is quarantined.
+    pub content_type: Option<String>,
+    /// Extra message headers: header name → template over event values. They are added after
+    /// the event's own headers and replace any of the same name. An event without a value
+    /// for one of them is quarantined.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Template>,
+    /// An exchange that receives quarantined events (unroutable, malformed, without a key),
+    /// with the reason in the `sluice.quarantine.reason` header. It must exist (declare it in
+    /// `declare`, or set `exchange_type`). Unset, or for payloads larger than
+    /// `max_payload_bytes`, quarantined events go to the pipeline's quarantine.
+    pub quarantine_exchange: Option<String>,
+    /// Quarantine events without a key ("NULL aggregate id"). With `false`, such events are
+    /// published unordered.
+    #[serde(default = "default_true")]
+    pub require_key: bool,
+    /// Payloads larger than this are quarantined to the pipeline's quarantine instead of being
+    /// published. Keep it at or below the broker's `max_message_size`.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// How the message body is made from the event payload.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// Publish in CloudEvents binary mode: `ce-*` headers describe the event, the body is
+    /// the data.
+    pub cloudevents: Option<CloudEventsConfig>,
+    /// First wait before retrying a nacked message or reconnecting; it doubles on each
+    /// failure in a row.
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial: HumanDuration,
+    /// Longest wait between retries.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: HumanDuration,
+    /// How long connecting (TCP, AMQP handshake) may take before it counts as failed.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+}
+
+fn default_routing_key() -> Template {
+    // The default is a valid template; parsing it cannot fail.
+    Template::parse(DEFAULT_ROUTING_KEY).unwrap_or_default()
+}
+fn default_confirm_window() -> usize {
+    DEFAULT_CONFIRM_WINDOW
+}
+fn default_channels() -> usize {
+    DEFAULT_CHANNELS
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_payload_bytes() -> usize {
+    DEFAULT_MAX_PAYLOAD_BYTES
+}
+fn default_backoff_initial() -> HumanDuration {
+    DEFAULT_BACKOFF_INITIAL
+}
+fn default_backoff_max() -> HumanDuration {
+    DEFAULT_BACKOFF_MAX
+}
+fn default_connect_timeout() -> HumanDuration {
+    DEFAULT_CONNECT_TIMEOUT
+}
+
+/// The topology declared on each connection.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Declare {
+    /// Exchanges, declared first.
+    #[serde(default)]
+    pub exchanges: Vec<ExchangeDeclaration>,
+    /// Queues, declared next.
+    #[serde(default)]
+    pub queues: Vec<QueueDeclaration>,
+    /// Bindings of queues to exchanges, declared last.
+    #[serde(default)]
+    pub bindings: Vec<BindingDeclaration>,
+}
+
+/// An exchange to declare.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangeDeclaration {
+    /// Its name.
+    pub name: String,
+    /// Its type: `direct`, `fanout`, `topic`, `headers` or a plugin's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Survives a broker restart.
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// Deleted once its last binding is removed.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Only other exchanges may publish to it.
+    #[serde(default)]
+    pub internal: bool,
+    /// Optional arguments, such as `alternate-exchange`.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, Argument>,
+}
+
+/// A queue to declare.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDeclaration {
+    /// Its name.
+    pub name: String,
+    /// Survives a broker restart (with its persistent messages).
+    #[serde(default = "default_true")]
+    pub durable: bool,
+    /// Used by this connection only and deleted when it closes.
+    #[serde(default)]
+    pub exclusive: bool,
+    /// Deleted once its last consumer goes away.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Optional arguments, such as `x-queue-type = "quorum"` or `x-max-length = 100000`.
+    #[serde(default)]
+    pub arguments: BTreeMap<String, Argument>,
+}
+
+/// A binding to declare.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BindingDeclaration {
+    /// The exchange.
+    pub exchange: String,
+    /// The queue.
+    pub queue: String,
+    /// The binding key (a pattern for topic exchanges).
+    #[serde(default)]
+    pub routing_key: String,
+    /// Optional arguments (for headers exchanges, the headers to match).
+    #[serde(default)]
+    pub arguments: BTreeMap<String, Argument>,
+}
+
+/// A declaration argument's value.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum Argument {
+    /// `true` or `false`.
+    Bool(bool),
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+    /// A string.
+    String(String),
+}
+
+/// How the message body is made from the event payload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "codec", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Encoding {
+    /// The payload as stored (the outbox's JSON), unchanged.
+    #[default]
+    Json,
+    /// The JSON payload encoded as one Avro datum of a schema; a payload that does not fit
+    /// the schema is quarantined.
+    Avro {
+        /// The schema, as JSON (`.avsc`), read when the sink starts.
+        schema_file: PathBuf,
+        /// When set, each body starts with the Confluent wire-format header: a zero byte and
+        /// this schema id as a 4-byte big-endian number.
+        confluent_schema_id: Option<u32>,
+    },
+}
+
+/// CloudEvents binary mode.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudEventsConfig {
+    /// The `ce-source` attribute, as a template over event values (`"/orders/{aggregatetype}"`).
+    pub source: Template,
+}
+
+/// An AMQP URL whose password never appears in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    /// Wraps `url` (not checked until validation).
+    pub fn new(url: impl Into<String>) -> Self {
+        AmqpUrl(url.into())
+    }
+
+    /// Parses the URL, with a message that does not repeat it (it holds a password).
+    pub fn parse(&self) -> Result<AMQPUri, String> {
+        AMQPUri::from_str(&self.0).map_err(|reason| {
+            if reason.contains(&self.0) {
+                "is not a valid AMQP URL".to_owned()
+            } else {
+                format!("is not a valid AMQP URL: {reason}")
+            }
+        })
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parse() {
+            Ok(uri) => write!(
+                f,
+                "\"{}://{}@{}:{}/{}\"",
+                uri.scheme,
+                uri.authority.userinfo.username,
+                uri.authority.host,
+                uri.authority.port,
+                uri.vhost
+            ),
+            Err(_) => f.write_str("\"<invalid url>\""),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AmqpUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(AmqpUrl)
+    }
+}
+
+/// Whether `content_type` is a JSON media type (`application/json`, `…+json`, parameters
+/// ignored).
+pub(crate) fn is_json(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == JSON_CONTENT_TYPE || essence.ends_with("+json")
+}
+
+impl RabbitmqSinkConfig {
+    /// The content type messages carry.
+    pub fn effective_content_type(&self) -> &str {
+        match (&self.content_type, &self.encoding) {
+            (Some(content_type), _) => content_type,
+            (None, Encoding::Json) => JSON_CONTENT_TYPE,
+            (None, Encoding::Avro { .. }) => AVRO_CONTENT_TYPE,
+        }
+    }
+}
+
+fn short_name(path: &str, name: &str) -> Result<(), FieldError> {
+    if name.len() > MAX_SHORT_STRING {
+        return Err(FieldError::new(
+            path,
+            format!("must be at most {MAX_SHORT_STRING} bytes long (AMQP short string)"),
+        ));
+    }
+    Ok(())
+}
+
+fn declared_name(path: String, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() {
+        return Err(FieldError::new(path, "must not be empty"));
+    }
+    short_name(&path, name)
+}
+
+impl Validate for RabbitmqSinkConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        let uri = self.url.parse().map_err(|m| FieldError::new("url", m))?;
+        if uri.scheme == AMQPScheme::AMQPS {
+            return Err(FieldError::new(
+                "url",
+                "amqps:// (TLS) is not supported by this build of sluice; use amqp://",
+            ));
+        }
+        if let Some(exchange) = self.exchange.constant() {
+            short_name("exchange", exchange)?;
+        }
+        if let Some(key) = self.routing_key.constant() {
+            short_name("routing_key", key)?;
+        }
+        if self.exchange_type.as_deref() == Some("") {
+            return Err(FieldError::new("exchange_type", "must not be empty"));
+        }
+        if !(1..=1_000_000).contains(&self.confirm_window) {
+            return Err(FieldError::new(
+                "confirm_window",
+                "must be between 1 and 1000000 messages",
+            ));
+        }
+        if !(1..=MAX_CHANNELS).contains(&self.channels) {
+            return Err(FieldError::new(
+                "channels",
+                format!("must be between 1 and {MAX_CHANNELS}"),
+            ));
+        }
+        if self.max_in_flight_per_key == Some(0) {
+            return Err(FieldError::new(
+                "max_in_flight_per_key",
+                "must be at least 1 (omit it for no per-key limit)",
+            ));
+        }
+        if let Some(content_type) = &self.content_type {
+            if content_type.is_empty() {
+                return Err(FieldError::new("content_type", "must not be empty"));
+            }
+            short_name("content_type", content_type)?;
+        }
+        for name in self.headers.keys() {
+            declared_name(format!("headers.{name}"), name)?;
+        }
+        if let Some(exchange) = &self.quarantine_exchange {
+            declared_name("quarantine_exchange".into(), exchange)?;
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(FieldError::new("max_payload_bytes", "must be at least 1"));
+        }
+        if let Encoding::Avro { schema_file, .. } = &self.encoding
+            && schema_file.as_os_str().is_empty()
+        {
+            return Err(FieldError::new("encoding.schema_file", "must not be empty"));
+        }
+        if self.backoff_initial.get().is_zero() {
+            return Err(FieldError::new("backoff_initial", "must be longer than 0s"));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(FieldError::new(
+                "backoff_max",
+                "must be at least backoff_initial",
+            ));
+        }
+        if self.connect_timeout.get().is_zero() {
+            return Err(FieldError::new("connect_timeout", "must be longer than 0s"));
+        }
+        self.declare.validate()
+    }
+}
+
+impl Declare {
+    fn validate(&self) -> Result<(), FieldError> {
+        for (i, exchange) in self.exchanges.iter().enumerate() {
+            let path = format!("declare.exchanges[{i}]");
+            declared_name(format!("{path}.name"), &exchange.name)?;
+            if exchange.name.starts_with("amq.") {
+                return Err(FieldError::new(
+                    format!("{path}.name"),
+                    "names starting with `amq.` are reserved by the broker",
+                ));
+            }
+            if exchange.kind.is_empty() {
+                return Err(FieldError::new(format!("{path}.type"), "must not be empty"));
+            }
+        }
+        for (i, queue) in self.queues.iter().enumerate() {
+            declared_name(format!("declare.queues[{i}].name"), &queue.name)?;
+        }
+        for (i, binding) in self.bindings.iter().enumerate() {
+            let path = format!("declare.bindings[{i}]");
+            declared_name(format!("{path}.exchange"), &binding.exchange)?;
+            declared_name(format!("{path}.queue"), &binding.queue)?;
+            short_name(&format!("{path}.routing_key"), &binding.routing_key)?;
+        }
+        Ok(())
+    }
+}
+
+impl SinkConfig for RabbitmqSinkConfig {
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
+        Ok(Box::new(RabbitmqSink::new(self.clone())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RabbitmqSinkConfig, FieldError> {
+        let value: toml::Value = toml::from_str(text).unwrap();
+        let config: RabbitmqSinkConfig = sluice_pipeline::config::deserialize(value)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn a_url_alone_is_enough() {
+        let c = parse(r#"url = "amqp://guest:guest@127.0.0.1:5672/%2f""#).unwrap();
+        assert_eq!(c.exchange.as_str(), "");
+        assert_eq!(c.routing_key.as_str(), "{type}");
+        assert_eq!(c.confirm_window, DEFAULT_CONFIRM_WINDOW);
+        assert_eq!(c.channels, DEFAULT_CHANNELS);
+        assert_eq!(c.encoding, Encoding::Json);
+        assert_eq!(c.effective_content_type(), "application/json");
+        assert!(c.require_key);
+    }
+
+    #[test]
+    fn every_section_parses() {
+        let c = parse(
+            r##"
+            url = "amqp://u:p@localhost/v"
+            exchange = "outbox.{aggregatetype}"
+            routing_key = "{type}.{key}"
+            exchange_type = "topic"
+            confirm_window = 100
+            channels = 4
+            max_in_flight_per_key = 1
+            headers = { tenant = "{tenant}" }
+            quarantine_exchange = "sluice.quarantine"
+            encoding = { codec = "avro", schema_file = "order.avsc", confluent_schema_id = 7 }
+            cloudevents = { source = "/orders/{aggregatetype}" }
+            backoff_initial = "50ms"
+            backoff_max = "5s"
+            [[declare.exchanges]]
+            name = "outbox.order"
+            type = "topic"
+            arguments = { "alternate-exchange" = "ae" }
+            [[declare.queues]]
+            name = "orders"
+            arguments = { "x-queue-type" = "quorum", "x-max-length" = 10, "x-single-active-consumer" = true }
+            [[declare.bindings]]
+            exchange = "outbox.order"
+            queue = "orders"
+            routing_key = "#"
+            "##,
+        )
+        .unwrap();
+        assert_eq!(
+            c.encoding,
+            Encoding::Avro {
+                schema_file: "order.avsc".into(),
+                confluent_schema_id: Some(7)
+            }
+        );
+        assert_eq!(c.effective_content_type(), AVRO_CONTENT_TYPE);
+        assert_eq!(
+            c.declare.queues[0].arguments["x-max-length"],
+            Argument::Int(10)
+        );
+        assert_eq!(
+            c.declare.queues[0].arguments["x-single-active-consumer"],
+            Argument::Bool(true)
+        );
+        assert!(c.declare.exchanges[0].durable);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = r#"url = "amqp://localhost""#;
+        for (extra, path, words) in [
+            ("exchange = \"x.{a\"", "exchange", "is not closed"),
+            ("channels = 0", "channels", "between 1 and 256"),
+            ("confirm_window = 0", "confirm_window", "between 1"),
+            (
+                "max_in_flight_per_key = 0",
+                "max_in_flight_per_key",
+                "at least 1",
+            ),
+            (
+                "backoff_max = \"1ms\"",
+                "backoff_max",
+                "at least backoff_initial",
+            ),
+            ("nonsense = 1", "", "unknown field `nonsense`"),
+            (
+                "encoding = { codec = \"xml\" }",
+                "encoding",
+                "unknown variant `xml`",
+            ),
+            (
+                "[[declare.exchanges]]\nname = \"amq.x\"\ntype = \"direct\"",
+                "declare.exchanges[0].name",
+                "reserved",
+            ),
+            (
+                "[[declare.bindings]]\nexchange = \"e\"\nqueue = \"\"",
+                "declare.bindings[0].queue",
+                "must not be empty",
+            ),
+        ] {
+            let error = parse(&format!("{base}\n{extra}")).unwrap_err();
+            assert!(error.path.starts_with(path), "{extra}: {error}");
+            assert!(error.message.contains(words), "{extra}: {error}");
+        }
+        let long = "k".repeat(256);
+        let error = parse(&format!("{base}\nrouting_key = \"{long}\"")).unwrap_err();
+        assert_eq!(error.path, "routing_key");
+    }
+
+    #[test]
+    fn urls_are_checked_without_echoing_the_password() {
+        let error = parse(r#"url = "amqps://u:secret@localhost/""#).unwrap_err();
+        assert!(error.message.contains("TLS"), "{error}");
+        let error = parse(r#"url = "nope:secret""#).unwrap_err();
+        assert_eq!(error.path, "url");
+        assert!(!error.message.contains("secret"), "{error}");
+        let c = parse(r#"url = "amqp://u:secret@localhost:5672/%2f""#).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret"), "{shown}");
+        assert!(shown.contains("amqp://u@localhost:5672//"), "{shown}");
+    }
+
+    #[test]
+    fn json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/cloudevents+json"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("avro/binary"));
+    }
+}

@@ -1,0 +1,64 @@
+//! The `rabbitmq` sink's metric names, in one place, and the handles it records them with.
+//!
+//! Every series carries the labels of [`sluice_pipeline::metrics::labels`] (`component_kind`,
+//! `component_id`). Counters are incremented once per settled group of messages, not once per
+//! message, and latencies are histograms in seconds.
+
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
+use sluice_pipeline::metrics::labels;
+
+/// Messages handed to the broker (`basic.publish`), first attempts and re-sends alike.
+pub const PUBLISHED: &str = "sluice_rabbitmq_published_messages_total";
+/// Messages the broker confirmed (`basic.ack`), including quarantine publishes.
+pub const CONFIRMED: &str = "sluice_rabbitmq_confirmed_messages_total";
+/// Negative confirms (`basic.nack`); each is retried with backoff.
+pub const NACKED: &str = "sluice_rabbitmq_nacked_messages_total";
+/// Messages the broker returned as unroutable (`basic.return`).
+pub const RETURNED: &str = "sluice_rabbitmq_returned_messages_total";
+/// Messages published again: after a nack, or after a lost connection left them unconfirmed.
+pub const REPUBLISHED: &str = "sluice_rabbitmq_republished_messages_total";
+/// Events delivered to the quarantine exchange (confirmed there).
+pub const QUARANTINED: &str = "sluice_rabbitmq_quarantined_messages_total";
+/// Connections lost (or refused) and attempted again.
+pub const RECONNECTS: &str = "sluice_rabbitmq_reconnects_total";
+/// Messages published and not yet confirmed.
+pub const IN_FLIGHT: &str = "sluice_rabbitmq_in_flight_messages";
+/// Time from `basic.publish` to the broker's confirm.
+pub const CONFIRM_LATENCY: &str = "sluice_rabbitmq_confirm_latency_seconds";
+/// Time from the source's commit to the broker's confirm (events whose source knows its
+/// commit time).
+pub const COMMIT_TO_CONFIRM_LATENCY: &str = "sluice_rabbitmq_commit_to_confirm_latency_seconds";
+
+/// The sink's metric handles, registered once.
+#[derive(Debug, Clone)]
+pub(crate) struct RabbitmqMetrics {
+    pub published: Counter,
+    pub confirmed: Counter,
+    pub nacked: Counter,
+    pub returned: Counter,
+    pub republished: Counter,
+    pub quarantined: Counter,
+    pub reconnects: Counter,
+    pub in_flight: Gauge,
+    pub confirm_latency: Histogram,
+    pub commit_to_confirm_latency: Histogram,
+}
+
+impl RabbitmqMetrics {
+    /// Registers the handles of sink `id`.
+    pub fn new(id: &str) -> Self {
+        let labels = labels("sink", id);
+        RabbitmqMetrics {
+            published: counter!(PUBLISHED, &labels),
+            confirmed: counter!(CONFIRMED, &labels),
+            nacked: counter!(NACKED, &labels),
+            returned: counter!(RETURNED, &labels),
+            republished: counter!(REPUBLISHED, &labels),
+            quarantined: counter!(QUARANTINED, &labels),
+            reconnects: counter!(RECONNECTS, &labels),
+            in_flight: gauge!(IN_FLIGHT, &labels),
+            confirm_latency: histogram!(CONFIRM_LATENCY, &labels),
+            commit_to_confirm_latency: histogram!(COMMIT_TO_CONFIRM_LATENCY, &labels),
+        }
+    }
+}

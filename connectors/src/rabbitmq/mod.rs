@@ -1,0 +1,38 @@
+//! `rabbitmq`: publishes events to RabbitMQ, persistent and confirmed, in order per key.
+//!
+//! ```toml
+//! [sinks.broker]
+//! type = "rabbitmq"
+//! inputs = ["events"]
+//! url = "${AMQP_URL}"
+//! exchange = "outbox.{aggregatetype}"
+//! routing_key = "{type}"
+//! quarantine_exchange = "sluice.quarantine"
+//! ```
+//!
+//! An event is acknowledged only once the broker confirms its message; an unroutable message
+//! is quarantined (and acknowledged once the quarantine has it); a nacked one is retried with
+//! backoff while its key waits; after a lost connection everything unconfirmed is published
+//! again, in order, before anything new. `docs/rabbitmq.md` documents every setting, the
+//! message format and the guarantees.
+//!
+//! - [`config`]: the settings.
+//! - `message`, `avro`, `cloudevents`: from an event to a message.
+//! - `lane`: one publishing channel and its messages in flight.
+//! - `broker`: the connection, the topology, lapin's errors.
+//! - `sink`: the running sink.
+//! - [`metrics`]: metric names.
+
+mod avro;
+mod broker;
+mod cloudevents;
+pub mod config;
+mod lane;
+mod message;
+pub mod metrics;
+mod sink;
+mod template;
+
+pub use config::RabbitmqSinkConfig;
+pub use sink::RabbitmqSink;
+pub use template::{Missing, Template, TemplateError};

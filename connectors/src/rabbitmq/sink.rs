@@ -1,0 +1,775 @@
+//! The running `rabbitmq` sink: reads events, publishes each on the lane its key hashes to,
+//! settles it on the broker's answer, and keeps going across nacks and lost connections.
+//!
+//! Bookkeeping per key (kept only for keys with something in flight, held back or waiting):
+//! - `in_flight`: its records published and not yet settled;
+//! - `blocking`: its records that were nacked and are not yet settled; while there are any,
+//!   the key's later events are held back, so no event published after a nack overtakes the
+//!   retried one;
+//! - `held`: its events waiting, in order, behind `blocking` or `max_in_flight_per_key`;
+//! - `retrying`: its nacked records waiting out their backoff.
+//!
+//! After a lost connection every unsettled record is published again, each lane in the order
+//! the records were first accepted, before anything new; the events of a key therefore reach
+//! the queue in commit order, with duplicates of any that had arrived but were not confirmed.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use lapin::ExchangeKind;
+use lapin::types::ShortString;
+use lapin::uri::AMQPUri;
+use sluice_pipeline::error::chain;
+use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
+use tokio::time::Sleep;
+
+use super::avro::AvroEncoder;
+use super::broker::{AmqpError, Broker, ExchangeState, error_kind, exchange_kind};
+use super::config::{Encoding, RabbitmqSinkConfig};
+use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
+use super::message::{Message, MessageBuilder};
+use super::metrics::RabbitmqMetrics;
+
+/// The running `rabbitmq` sink.
+#[derive(Debug)]
+pub struct RabbitmqSink {
+    config: RabbitmqSinkConfig,
+    uri: AMQPUri,
+}
+
+impl RabbitmqSink {
+    /// A sink for a validated `config` (no I/O).
+    pub fn new(config: RabbitmqSinkConfig) -> Result<Self, Error> {
+        let uri = config
+            .url
+            .parse()
+            .map_err(|message| Error::new(ErrorKind::Config, format!("url {message}")))?;
+        Ok(RabbitmqSink { config, uri })
+    }
+}
+
+impl Sink for RabbitmqSink {
+    async fn run(self, mut cx: SinkContext) -> Result<(), Error> {
+        let avro = match &self.config.encoding {
+            Encoding::Avro {
+                schema_file,
+                confluent_schema_id,
+            } => Some(AvroEncoder::load(schema_file, *confluent_schema_id)?),
+            Encoding::Json => None,
+        };
+        let builder = MessageBuilder::new(&self.config, avro, cx.id());
+        let mut relay = Relay::new(self.config, self.uri, builder, cx.id());
+        let result = relay.run(&mut cx).await;
+        cx.set_ready(false);
+        relay.metrics.in_flight.set(0.0);
+        result
+    }
+}
+
+/// What woke the relay up.
+enum Wake {
+    /// Lanes have settled records.
+    Settled,
+    /// Nacked records are due to be retried.
+    RetryDue,
+    /// The connection failed.
+    Lost(lapin::Error),
+}
+
+/// The bookkeeping of one key (see the module documentation).
+#[derive(Debug, Default)]
+struct KeyState {
+    in_flight: usize,
+    blocking: usize,
+    held: VecDeque<Record>,
+    retrying: Vec<Record>,
+    retry_at: Option<Instant>,
+}
+
+impl KeyState {
+    fn is_idle(&self) -> bool {
+        self.in_flight == 0
+            && self.blocking == 0
+            && self.held.is_empty()
+            && self.retrying.is_empty()
+    }
+}
+
+/// Doubling waits between `initial` and `max`.
+#[derive(Debug)]
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    /// The wait after the `n`th failure in a row (`n` ≥ 1).
+    fn after(&self, n: u32) -> Duration {
+        let doubled = self
+            .initial
+            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
+        doubled.min(self.max)
+    }
+
+    /// Counts a failure and returns how long to wait.
+    fn failed(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        self.after(self.failures)
+    }
+}
+
+/// The sink's state while it runs.
+struct Relay {
+    uri: AMQPUri,
+    name: String,
+    config: RabbitmqSinkConfig,
+    builder: MessageBuilder,
+    declare_as: Option<ExchangeKind>,
+    metrics: RabbitmqMetrics,
+    broker: Option<Broker>,
+    lanes: Vec<Lane>,
+    keys: HashMap<Text, KeyState>,
+    /// Keys with records waiting out a backoff.
+    retrying: HashSet<Text>,
+    retry_timer: Pin<Box<Sleep>>,
+    retry_at: Option<Instant>,
+    /// Received, not yet turned into records.
+    incoming: VecDeque<Event>,
+    /// Unsettled when the connection failed: published first on the next one.
+    unsent: Vec<Record>,
+    /// For the pipeline's quarantine, sent after each step.
+    rejects: Vec<(Event, Text)>,
+    settled: Vec<Settled>,
+    /// A failure seen while settling, handled once the rest is settled.
+    failure: Option<lapin::Error>,
+    next_seq: u64,
+    /// Records published and not yet settled, over all lanes.
+    in_flight: usize,
+    reconnect: Backoff,
+    connected_once: bool,
+}
+
+impl Relay {
+    fn new(config: RabbitmqSinkConfig, uri: AMQPUri, builder: MessageBuilder, id: &str) -> Self {
+        Relay {
+            uri,
+            name: id.to_owned(),
+            builder,
+            declare_as: config.exchange_type.as_deref().map(exchange_kind),
+            metrics: RabbitmqMetrics::new(id),
+            broker: None,
+            lanes: (0..config.channels).map(|_| Lane::default()).collect(),
+            keys: HashMap::new(),
+            retrying: HashSet::new(),
+            retry_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            retry_at: None,
+            incoming: VecDeque::new(),
+            unsent: Vec::new(),
+            rejects: Vec::new(),
+            settled: Vec::new(),
+            failure: None,
+            next_seq: 0,
+            in_flight: 0,
+            reconnect: Backoff {
+                initial: config.backoff_initial.get(),
+                max: config.backoff_max.get(),
+                failures: 0,
+            },
+            connected_once: false,
+            config,
+        }
+    }
+
+    async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
+        let mut input_open = true;
+        loop {
+            if self.broker.is_none() {
+                if !input_open && self.is_idle() {
+                    break;
+                }
+                self.connect(cx).await?;
+            }
+            self.accept_pending().await;
+            if let Some(error) = self.failure.take() {
+                self.teardown(error, cx);
+            }
+            self.flush_rejects(cx).await;
+            self.metrics.in_flight.set(self.in_flight as f64);
+            if self.broker.is_none() {
+                continue;
+            }
+            if !input_open && self.is_idle() {
+                break;
+            }
+            let room = self.in_flight + self.incoming.len() < self.config.confirm_window;
+            let input = tokio::select! {
+                wake = poll_fn(|task| self.poll_wake(task)) => Err(wake),
+                batch = cx.next(), if input_open && room => Ok(batch),
+            };
+            match input {
+                Ok(Some(batch)) => {
+                    self.incoming.extend(batch);
+                    while self.in_flight + self.incoming.len() < self.config.confirm_window {
+                        let Some(batch) = cx.try_next() else { break };
+                        self.incoming.extend(batch);
+                    }
+                }
+                Ok(None) => input_open = false,
+                Err(Wake::Settled) => self.settle(),
+                Err(Wake::RetryDue) => self.retry_due(),
+                Err(Wake::Lost(error)) => self.failure = Some(error),
+            }
+            if let Some(error) = self.failure.take() {
+                self.teardown(error, cx);
+            }
+            self.flush_rejects(cx).await;
+        }
+        if let Some(broker) = self.broker.take() {
+            broker.close().await;
+        }
+        Ok(())
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight == 0
+            && self.keys.is_empty()
+            && self.incoming.is_empty()
+            && self.unsent.is_empty()
+    }
+
+    /// Connects, waiting out the backoff, and publishes what the last connection left
+    /// unsettled. Fails only if the very first attempt meets an error retrying cannot fix.
+    async fn connect(&mut self, cx: &SinkContext) -> Result<(), Error> {
+        loop {
+            if self.connected_once || self.reconnect.failures > 0 {
+                let wait = self.reconnect.after(self.reconnect.failures.max(1));
+                tokio::time::sleep(wait).await;
+            }
+            let error = match self.try_connect().await {
+                Ok(()) => {
+                    tracing::info!(republished = self.in_flight, "connected to RabbitMQ");
+                    self.connected_once = true;
+                    cx.set_ready(true);
+                    return Ok(());
+                }
+                Err(error) => error,
+            };
+            if !self.connected_once && !error.is_retryable() {
+                return Err(error);
+            }
+            self.detach_all();
+            self.broker = None;
+            self.metrics.reconnects.increment(1);
+            let wait = self.reconnect.failed();
+            tracing::warn!(error = %chain(&error), retry_in = ?wait, "cannot connect to RabbitMQ");
+        }
+    }
+
+    async fn try_connect(&mut self) -> Result<(), Error> {
+        let lapin_error = |context: &str| {
+            let context = context.to_owned();
+            move |e: lapin::Error| Error::new(error_kind(&e), context).with_source(AmqpError(e))
+        };
+        let broker = Broker::connect(
+            &self.uri,
+            &self.name,
+            self.config.connect_timeout.get(),
+            &self.config.declare,
+            &mut self.lanes,
+        )
+        .await
+        .map_err(lapin_error("connecting to RabbitMQ"))?;
+        self.broker = Some(broker);
+        self.ensure_quarantine_exchange().await?;
+        self.publish_unsent().await.map_err(lapin_error(
+            "publishing again what the last connection left unconfirmed",
+        ))
+    }
+
+    /// Checks (or declares) the quarantine exchange; a missing one is a configuration error.
+    async fn ensure_quarantine_exchange(&mut self) -> Result<(), Error> {
+        let (Some(exchange), Some(broker)) = (
+            self.builder.quarantine_exchange().cloned(),
+            &mut self.broker,
+        ) else {
+            return Ok(());
+        };
+        match broker
+            .ensure_exchange(&exchange, self.declare_as.as_ref())
+            .await
+        {
+            Ok(ExchangeState::Ready) => Ok(()),
+            Ok(ExchangeState::Missing) => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "quarantine_exchange {exchange:?} does not exist: declare it in `declare.exchanges` or set `exchange_type`"
+                ),
+            )),
+            Err(error) => Err(
+                Error::new(error_kind(&error), "checking the quarantine exchange")
+                    .with_source(AmqpError(error)),
+            ),
+        }
+    }
+
+    /// Publishes the records the last connection left unsettled, each lane in acceptance
+    /// order, before anything new.
+    async fn publish_unsent(&mut self) -> Result<(), lapin::Error> {
+        let mut unsent = std::mem::take(&mut self.unsent);
+        unsent.sort_by_key(|r| r.seq);
+        let mut records = unsent.into_iter();
+        let now = Instant::now();
+        while let Some(record) = records.next() {
+            let message = match self.message_for(&record) {
+                Ok(message) => message,
+                Err(reason) => {
+                    self.reject_record(record, reason, now);
+                    continue;
+                }
+            };
+            match self
+                .exchange_state(&message.exchange, &record.purpose)
+                .await
+            {
+                Ok(ExchangeState::Ready) => {
+                    self.metrics.republished.increment(1);
+                    self.publish(record, message, now);
+                }
+                Ok(ExchangeState::Missing) => {
+                    self.requarantine(record, missing_exchange(&message.exchange), None);
+                }
+                Err(error) => {
+                    self.unsent.push(record);
+                    self.unsent.extend(records);
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `exchange` exists on this connection (the quarantine exchange is checked once
+    /// per connection).
+    async fn exchange_state(
+        &mut self,
+        exchange: &ShortString,
+        purpose: &Purpose,
+    ) -> lapin::Result<ExchangeState> {
+        let Some(broker) = &mut self.broker else {
+            return Err(
+                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into(),
+            );
+        };
+        match purpose {
+            Purpose::Deliver => {
+                broker
+                    .ensure_exchange(exchange, self.declare_as.as_ref())
+                    .await
+            }
+            Purpose::Quarantine { .. } => Ok(ExchangeState::Ready),
+        }
+    }
+
+    /// The message `record` is published as: built from its event for every attempt.
+    fn message_for(&self, record: &Record) -> Result<Message, String> {
+        let event = &record.event;
+        match &record.purpose {
+            Purpose::Deliver => self.builder.build(event).map_err(|r| r.reason),
+            Purpose::Quarantine { reason, returned } => {
+                let published = if *returned {
+                    self.builder.build(event).ok()
+                } else {
+                    None
+                };
+                let routing_key = match &published {
+                    Some(message) => message.routing_key.clone(),
+                    None => self.builder.routing_key_or_empty(event),
+                };
+                let published = published.as_ref().map(|m| (&m.properties, m.body.clone()));
+                self.builder
+                    .quarantine(event, reason, routing_key, published)
+                    .ok_or_else(|| format!("{reason} (and there is no quarantine exchange)"))
+            }
+        }
+    }
+
+    /// Turns received events into records and publishes or holds them.
+    async fn accept_pending(&mut self) {
+        let now = Instant::now();
+        while self.broker.is_some() {
+            let Some(event) = self.incoming.pop_front() else {
+                break;
+            };
+            let key = ordering_key(&event);
+            let lane = self.lane_of(&key);
+            let (mut message, mut purpose) = match self.builder.build(&event) {
+                Ok(message) => (message, Purpose::Deliver),
+                Err(rejection) => {
+                    let routing_key = self.builder.routing_key_or_empty(&event);
+                    let message = rejection
+                        .to_exchange
+                        .then(|| {
+                            self.builder
+                                .quarantine(&event, &rejection.reason, routing_key, None)
+                        })
+                        .flatten();
+                    match message {
+                        Some(message) => (message, quarantine(rejection.reason)),
+                        None => {
+                            self.rejects.push((event, Text::from(rejection.reason)));
+                            continue;
+                        }
+                    }
+                }
+            };
+            match self.exchange_state(&message.exchange, &purpose).await {
+                Ok(ExchangeState::Ready) => {}
+                Ok(ExchangeState::Missing) => {
+                    let reason = missing_exchange(&message.exchange);
+                    let routing_key = message.routing_key.clone();
+                    match self.builder.quarantine(&event, &reason, routing_key, None) {
+                        Some(quarantined) => {
+                            message = quarantined;
+                            purpose = quarantine(reason);
+                        }
+                        None => {
+                            self.rejects.push((event, Text::from(reason)));
+                            continue;
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.incoming.push_front(event);
+                    self.failure = Some(error);
+                    break;
+                }
+            }
+            let record = Record {
+                seq: self.next_seq,
+                event,
+                key,
+                lane,
+                purpose,
+                nacks: 0,
+                returned: None,
+            };
+            self.next_seq += 1;
+            self.admit(record, message, now);
+        }
+    }
+
+    /// Publishes a new record as `message`, or holds it behind its key's earlier ones (its
+    /// message is built again when it is released).
+    fn admit(&mut self, record: Record, message: Message, now: Instant) {
+        let limit = self.config.max_in_flight_per_key;
+        let state = self.keys.entry(record.key.clone()).or_default();
+        if state.blocking > 0
+            || !state.held.is_empty()
+            || limit.is_some_and(|limit| state.in_flight >= limit)
+        {
+            state.held.push_back(record);
+            return;
+        }
+        state.in_flight += 1;
+        self.publish(record, message, now);
+    }
+
+    fn publish(&mut self, record: Record, message: Message, now: Instant) {
+        self.metrics.published.increment(1);
+        self.in_flight += 1;
+        let lane = record.lane;
+        self.lanes[lane].publish(record, message, now);
+    }
+
+    /// Publishes a record whose first message is gone (released, retried): built anew.
+    fn send(&mut self, record: Record, now: Instant) {
+        match self.message_for(&record) {
+            Ok(message) => self.publish(record, message, now),
+            Err(reason) => self.reject_record(record, reason, now),
+        }
+    }
+
+    fn lane_of(&self, key: &Text) -> usize {
+        let mut hasher = DefaultHasher::new();
+        key.as_str().hash(&mut hasher);
+        (hasher.finish() % self.lanes.len() as u64) as usize
+    }
+
+    /// Polls for what the relay waits on: lost connection, settled records, due retries.
+    fn poll_wake(&mut self, task: &mut Context<'_>) -> Poll<Wake> {
+        if let Some(broker) = &mut self.broker
+            && let Poll::Ready(error) = broker.poll_failure(task)
+        {
+            return Poll::Ready(Wake::Lost(error));
+        }
+        let mut settled = false;
+        for lane in &mut self.lanes {
+            settled |= lane.poll_settled(task, &mut self.settled);
+        }
+        if settled {
+            return Poll::Ready(Wake::Settled);
+        }
+        if self.retry_at.is_some() && self.retry_timer.as_mut().poll(task).is_ready() {
+            return Poll::Ready(Wake::RetryDue);
+        }
+        Poll::Pending
+    }
+
+    /// Acts on every settled record.
+    fn settle(&mut self) {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut confirmed = 0;
+        // Taken and put back so that its capacity is reused.
+        let mut settled = std::mem::take(&mut self.settled);
+        for Settled {
+            record,
+            published_at,
+            outcome,
+        } in settled.drain(..)
+        {
+            self.in_flight -= 1;
+            match outcome {
+                Outcome::Confirmed => {
+                    confirmed += 1;
+                    self.metrics
+                        .confirm_latency
+                        .record(now.saturating_duration_since(published_at));
+                    if let Some(commit) = record.event.meta.commit_time
+                        && let Ok(latency) = wall.duration_since(commit)
+                    {
+                        self.metrics.commit_to_confirm_latency.record(latency);
+                    }
+                    self.delivered(record, now);
+                }
+                Outcome::Returned(returned) => {
+                    self.metrics.returned.increment(1);
+                    let Returned { reason, message } = *returned;
+                    self.requarantine(record, reason, Some(message));
+                }
+                Outcome::Nacked => {
+                    self.metrics.nacked.increment(1);
+                    self.nacked(record, now);
+                }
+                Outcome::Failed(error) => {
+                    self.unsent.push(record);
+                    if self.failure.is_none() {
+                        self.failure = Some(error);
+                    }
+                }
+            }
+        }
+        self.settled = settled;
+        if confirmed > 0 {
+            self.metrics.confirmed.increment(confirmed);
+            self.reconnect.failures = 0;
+        }
+    }
+
+    /// A record the broker holds: its event is done.
+    fn delivered(&mut self, record: Record, now: Instant) {
+        if let Purpose::Quarantine { reason, .. } = &record.purpose {
+            self.metrics.quarantined.increment(1);
+            tracing::warn!(event_id = %record.event.id, %reason, "event quarantined to the quarantine exchange");
+        }
+        let key = record.key.clone();
+        let was_nacked = record.nacks > 0;
+        record.event.ack();
+        self.key_settled(&key, was_nacked, now);
+    }
+
+    /// Sends a record to the quarantine exchange with `reason` (it keeps its place as its
+    /// key's record in flight), or to the pipeline's quarantine when there is no exchange for
+    /// it. `returned`: the message as the broker returned it, whose body and properties the
+    /// quarantined copy keeps.
+    fn requarantine(&mut self, record: Record, reason: String, returned: Option<Message>) {
+        let now = Instant::now();
+        if let Purpose::Quarantine { reason: first, .. } = &record.purpose {
+            let reason = format!("{first}; then the quarantine exchange: {reason}");
+            return self.reject_record(record, reason, now);
+        }
+        let routing_key = match &returned {
+            Some(message) => message.routing_key.clone(),
+            None => self.builder.routing_key_or_empty(&record.event),
+        };
+        let published = returned.as_ref().map(|m| (&m.properties, m.body.clone()));
+        let quarantined = self
+            .builder
+            .quarantine(&record.event, &reason, routing_key, published);
+        match quarantined {
+            Some(message) => {
+                let record = Record {
+                    purpose: Purpose::Quarantine {
+                        reason,
+                        returned: returned.is_some(),
+                    },
+                    returned: None,
+                    ..record
+                };
+                self.publish(record, message, now);
+            }
+            None => self.reject_record(record, reason, now),
+        }
+    }
+
+    /// Sends a record's event to the pipeline's quarantine; its key moves on.
+    fn reject_record(&mut self, record: Record, reason: String, now: Instant) {
+        let key = record.key.clone();
+        let was_nacked = record.nacks > 0;
+        self.rejects.push((record.event, Text::from(reason)));
+        self.key_settled(&key, was_nacked, now);
+    }
+
+    /// A nacked record waits out its backoff, and its key is held back until it is settled.
+    fn nacked(&mut self, mut record: Record, now: Instant) {
+        let key = record.key.clone();
+        record.nacks += 1;
+        let wait = self.reconnect.after(record.nacks);
+        tracing::warn!(event_id = %record.event.id, nacks = record.nacks, retry_in = ?wait, "the broker nacked a message; retrying");
+        let due = now + wait;
+        let state = self.keys.entry(key.clone()).or_default();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if record.nacks == 1 {
+            state.blocking += 1;
+        }
+        state.retry_at = Some(state.retry_at.map_or(due, |at| at.max(due)));
+        let at = state.retrying.partition_point(|r| r.seq < record.seq);
+        state.retrying.insert(at, record);
+        self.retrying.insert(key);
+        self.arm_retry();
+    }
+
+    /// Republishes the nacked records whose backoff is over, each key's in acceptance order.
+    fn retry_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<Text> = self
+            .retrying
+            .iter()
+            .filter(|key| {
+                self.keys
+                    .get(*key)
+                    .and_then(|s| s.retry_at)
+                    .is_none_or(|at| at <= now)
+            })
+            .cloned()
+            .collect();
+        for key in due {
+            self.retrying.remove(&key);
+            let records = match self.keys.get_mut(&key) {
+                Some(state) => {
+                    state.retry_at = None;
+                    state.in_flight += state.retrying.len();
+                    std::mem::take(&mut state.retrying)
+                }
+                None => Vec::new(),
+            };
+            for record in records {
+                self.metrics.republished.increment(1);
+                self.send(record, now);
+            }
+        }
+        self.arm_retry();
+    }
+
+    fn arm_retry(&mut self) {
+        let next = self
+            .retrying
+            .iter()
+            .filter_map(|key| self.keys.get(key)?.retry_at)
+            .min();
+        if let Some(at) = next
+            && self.retry_at != Some(at)
+        {
+            self.retry_timer.as_mut().reset(at.into());
+        }
+        self.retry_at = next;
+    }
+
+    /// One of `key`'s records is settled: release what it held back.
+    fn key_settled(&mut self, key: &Text, was_nacked: bool, now: Instant) {
+        let limit = self.config.max_in_flight_per_key;
+        let Some(state) = self.keys.get_mut(key) else {
+            return;
+        };
+        state.in_flight = state.in_flight.saturating_sub(1);
+        if was_nacked {
+            state.blocking = state.blocking.saturating_sub(1);
+        }
+        let mut release = Vec::new();
+        while state.blocking == 0 && limit.is_none_or(|limit| state.in_flight < limit) {
+            let Some(record) = state.held.pop_front() else {
+                break;
+            };
+            state.in_flight += 1;
+            release.push(record);
+        }
+        if state.is_idle() {
+            self.keys.remove(key);
+        }
+        for record in release {
+            self.send(record, now);
+        }
+    }
+
+    /// The connection is gone: settle what was answered, keep the rest for the next one.
+    fn teardown(&mut self, error: lapin::Error, cx: &SinkContext) {
+        cx.set_ready(false);
+        self.metrics.reconnects.increment(1);
+        tracing::warn!(%error, unsettled = self.in_flight, "lost the connection to RabbitMQ; reconnecting");
+        // Answers that arrived before the failure still count (no waking needed: the lanes
+        // are about to be detached).
+        let mut task = Context::from_waker(Waker::noop());
+        for lane in &mut self.lanes {
+            lane.poll_settled(&mut task, &mut self.settled);
+        }
+        self.settle();
+        self.failure = None;
+        self.detach_all();
+        for state in self.keys.values_mut() {
+            state.in_flight += state.retrying.len();
+            state.retry_at = None;
+            self.unsent.append(&mut state.retrying);
+        }
+        self.retrying.clear();
+        self.retry_at = None;
+        self.broker = None;
+    }
+
+    /// Takes every unsettled record off the lanes into `unsent`.
+    fn detach_all(&mut self) {
+        for lane in &mut self.lanes {
+            let records = lane.detach();
+            self.in_flight -= records.len();
+            self.unsent.extend(records);
+        }
+    }
+
+    async fn flush_rejects(&mut self, cx: &SinkContext) {
+        if !self.rejects.is_empty() {
+            cx.reject(std::mem::take(&mut self.rejects)).await;
+        }
+    }
+}
+
+/// The key that orders an event: its key, or for an event without one (when the config allows
+/// that), its id, which orders it with nothing else.
+fn missing_exchange(exchange: &ShortString) -> String {
+    format!("exchange {:?} does not exist", exchange.as_str())
+}
+
+fn quarantine(reason: String) -> Purpose {
+    Purpose::Quarantine {
+        reason,
+        returned: false,
+    }
+}
+
+fn ordering_key(event: &Event) -> Text {
+    event.key.clone().unwrap_or_else(|| event.id.clone())
+}

@@ -1,0 +1,737 @@
+//! The `rabbitmq` sink against a real RabbitMQ, driven by whole pipelines run in-process: a
+//! `scripted` source (defined here) emits exactly the events each case needs — outbox-shaped
+//! ones with fields, headers, commit times, and broken ones — and the sink publishes them.
+//!
+//! Each test owns a virtual host (created and deleted with `rabbitmqctl`) and a scratch data
+//! directory. The broker is `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`), as
+//! `scripts/services.sh up` provides it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_connectors::file::FileSinkConfig;
+use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
+use sluice_pipeline::component::{BuildContext, DynSource};
+use sluice_pipeline::{
+    Config, Error, Event, FieldError, Position, Registry, ShutdownTrigger, Source, SourceConfig,
+    SourceContext, Validate,
+};
+use sluice_tests::rabbitmq::{Reader, Received, Vhost, rabbitmqctl_patiently, vhost_url};
+use sluice_tests::{Scratch, free_port, json_lines, metric, metrics, saved_checkpoint};
+
+/// One event the `scripted` source emits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ev {
+    id: String,
+    key: Option<String>,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    fields: BTreeMap<String, String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    payload: String,
+    commit_ms: Option<u64>,
+}
+
+impl Ev {
+    /// An outbox-shaped event of aggregate `key` (type `order`) with payload `{"key", "n"}`.
+    fn order(key: &str, n: u64) -> Ev {
+        Ev {
+            id: format!("{key}-{n}"),
+            key: Some(key.to_owned()),
+            kind: "OrderChanged".into(),
+            fields: BTreeMap::from([("aggregatetype".into(), "order".into())]),
+            payload: serde_json::json!({"key": key, "n": n}).to_string(),
+            commit_ms: Some(1_700_000_000_000 + n),
+            ..Ev::default()
+        }
+    }
+
+    fn with_field(mut self, name: &str, value: &str) -> Ev {
+        self.fields.insert(name.into(), value.into());
+        self
+    }
+}
+
+/// Config of the `scripted` source: emits `events` in batches, then, if `gate` is set, keeps
+/// emitting numbered copies of the last one until that file exists, then `after_gate` more;
+/// records its checkpoint when everything is answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScriptedConfig {
+    events: Vec<Ev>,
+    #[serde(default = "default_batch")]
+    batch: usize,
+    pace_ms: Option<u64>,
+    gate: Option<PathBuf>,
+    #[serde(default)]
+    after_gate: usize,
+}
+
+fn default_batch() -> usize {
+    50
+}
+
+impl Validate for ScriptedConfig {
+    fn validate(&self) -> Result<(), FieldError> {
+        Ok(())
+    }
+}
+
+impl SourceConfig for ScriptedConfig {
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
+        Ok(Box::new(Scripted(self.clone())))
+    }
+}
+
+struct Scripted(ScriptedConfig);
+
+fn event(ev: &Ev, position: u64) -> Event {
+    let mut event = Event::new(
+        ev.id.as_str(),
+        Position(position),
+        Bytes::from(ev.payload.clone()),
+    );
+    event.key = ev.key.as_deref().map(Into::into);
+    event.event_type = ev.kind.as_str().into();
+    for (name, value) in &ev.fields {
+        event.fields.set(name.as_str(), Some(value.as_str().into()));
+    }
+    for (name, value) in &ev.headers {
+        event
+            .headers
+            .set(name.as_str(), Some(value.as_str().into()));
+    }
+    event.meta.commit_time = ev
+        .commit_ms
+        .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+    event
+}
+
+impl Source for Scripted {
+    async fn run(self, mut cx: SourceContext) -> Result<(), Error> {
+        cx.set_ready(true);
+        let config = self.0;
+        let pace = config.pace_ms.map(Duration::from_millis);
+        let mut position = 0;
+        let emit = |events: &[Ev], position: &mut u64| {
+            events
+                .iter()
+                .map(|ev| {
+                    *position += 1;
+                    event(ev, *position)
+                })
+                .collect::<Vec<_>>()
+        };
+        for chunk in config.events.chunks(config.batch) {
+            let batch = emit(chunk, &mut position);
+            cx.emit(batch).await?;
+            if let Some(pace) = pace {
+                tokio::time::sleep(pace).await;
+            }
+        }
+        if let (Some(gate), Some(last)) = (&config.gate, config.events.last()) {
+            let mut extra = 0usize;
+            let mut after = None;
+            while after.is_none_or(|after| extra < after) {
+                if after.is_none() && gate.exists() {
+                    after = Some(extra + config.after_gate);
+                }
+                let mut ev = last.clone();
+                extra += 1;
+                let n = config.events.len() + extra;
+                ev.id = format!("{}-x{n}", ev.key.as_deref().unwrap_or("none"));
+                ev.payload = serde_json::json!({"key": ev.key, "n": n}).to_string();
+                let batch = emit(std::slice::from_ref(&ev), &mut position);
+                cx.emit(batch).await?;
+                tokio::time::sleep(pace.unwrap_or(Duration::from_millis(1))).await;
+            }
+        }
+        if let Some(checkpoint) = cx.drain().await {
+            cx.checkpoint_store().save(checkpoint).unwrap();
+        }
+        Ok(())
+    }
+}
+
+/// A pipeline `scripted` → `rabbitmq` in `dir`, with the sink settings `sink` (TOML).
+fn pipeline(dir: &Scratch, source: &ScriptedConfig, sink: &str, api: Option<SocketAddr>) -> Config {
+    let mut registry = Registry::new();
+    registry
+        .source::<ScriptedConfig>("scripted")
+        .sink::<RabbitmqSinkConfig>("rabbitmq")
+        .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
+    let mut source = toml::Table::try_from(source).unwrap();
+    source.insert("type".into(), "scripted".into());
+    let mut sink: toml::Table = toml::from_str(sink).unwrap();
+    sink.insert("type".into(), "rabbitmq".into());
+    sink.insert("inputs".into(), toml::Value::Array(vec!["events".into()]));
+    let table = |key: &str, value: toml::Value| {
+        let mut table = toml::Table::new();
+        table.insert(key.into(), value);
+        toml::Value::Table(table)
+    };
+    let mut doc = toml::Table::new();
+    let data = dir.join("data").display().to_string();
+    doc.insert("pipeline".into(), table("data_dir", data.into()));
+    if let Some(api) = api {
+        doc.insert("api".into(), table("address", api.to_string().into()));
+    }
+    doc.insert("sources".into(), table("events", source.into()));
+    doc.insert("sinks".into(), table("broker", sink.into()));
+    let text = toml::to_string(&doc).unwrap();
+    Config::parse(&text, &dir.join("pipeline.toml"), &registry, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+fn scripted(events: Vec<Ev>) -> ScriptedConfig {
+    ScriptedConfig {
+        events,
+        batch: default_batch(),
+        pace_ms: None,
+        gate: None,
+        after_gate: 0,
+    }
+}
+
+async fn run(config: &Config) -> Result<(), sluice_pipeline::runtime::RunError> {
+    let trigger = ShutdownTrigger::new();
+    sluice_pipeline::run(config, trigger.subscribe()).await
+}
+
+fn quarantined_file(dir: &Scratch) -> Vec<serde_json::Value> {
+    json_lines(&dir.join("data/quarantine.jsonl"))
+}
+
+/// Checks that, per key, the first delivery of each event comes in event order, and returns
+/// the distinct ids delivered.
+fn assert_key_order(messages: &[Received]) -> Vec<String> {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    for m in messages {
+        let id = m.message_id.clone().unwrap();
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        ids.push(id);
+        let body = m.json();
+        let key = body["key"].as_str().unwrap().to_owned();
+        let n = body["n"].as_u64().unwrap();
+        if let Some(previous) = last.insert(key.clone(), n) {
+            assert!(previous < n, "key {key}: {n} arrived after {previous}");
+        }
+    }
+    ids
+}
+
+fn sorted(mut ids: Vec<String>) -> Vec<String> {
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_every_event_once_persistent_and_in_key_order() {
+    let vhost = Vhost::create("deliver").unwrap();
+    let dir = Scratch::new("rabbitmq-deliver");
+    let keys = ["a", "b", "c", "d", "e", "f", "g"];
+    let mut events: Vec<Ev> = (0..2000u64)
+        .map(|n| Ev::order(keys[(n * 7 / 3) as usize % keys.len()], n))
+        .collect();
+    events[5].headers.insert(
+        "traceparent".into(),
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+    );
+    let sink = format!(
+        r##"
+        url = "{url}"
+        exchange = "outbox.{{aggregatetype}}"
+        exchange_type = "topic"
+        routing_key = "{{type}}.{{key}}"
+        channels = 4
+        confirm_window = 64
+        headers = {{ tenant = "acme-{{key}}" }}
+        [[declare.queues]]
+        name = "orders"
+        [[declare.bindings]]
+        exchange = "outbox.order"
+        queue = "orders"
+        routing_key = "#"
+        [[declare.exchanges]]
+        name = "outbox.order"
+        type = "topic"
+        "##,
+        url = vhost.url()
+    );
+    let config = pipeline(&dir, &scripted(events.clone()), &sink, None);
+    run(&config).await.unwrap();
+
+    let messages = Reader::new(vhost.url()).take_ready("orders").await.unwrap();
+    assert_eq!(messages.len(), events.len(), "every event exactly once");
+    let ids = assert_key_order(&messages);
+    assert_eq!(
+        sorted(ids),
+        sorted(events.iter().map(|e| e.id.clone()).collect())
+    );
+    for m in &messages {
+        let n = m.json()["n"].as_u64().unwrap();
+        let key = m.json()["key"].as_str().unwrap().to_owned();
+        assert_eq!(m.exchange, "outbox.order");
+        assert_eq!(m.routing_key, format!("OrderChanged.{key}"));
+        assert_eq!(m.delivery_mode, Some(2), "persistent");
+        assert_eq!(m.kind.as_deref(), Some("OrderChanged"));
+        assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        assert_eq!(m.app_id.as_deref(), Some("sluice"));
+        assert_eq!(m.timestamp, Some(1_700_000_000 + n / 1000));
+        assert_eq!(m.header("id"), m.message_id.as_deref());
+        assert_eq!(m.header("type"), Some("OrderChanged"));
+        assert_eq!(m.header("aggregateid"), Some(key.as_str()));
+        assert_eq!(m.header("aggregatetype"), Some("order"));
+        assert_eq!(m.header("tenant"), Some(format!("acme-{key}").as_str()));
+    }
+    let traced = messages
+        .iter()
+        .find(|m| m.message_id == Some(events[5].id.clone()))
+        .unwrap();
+    assert_eq!(
+        traced.header("traceparent"),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert!(quarantined_file(&dir).is_empty());
+    assert_eq!(saved_checkpoint(&dir.join("data"), "events"), Some(2000));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantines_what_cannot_be_delivered_and_the_rest_flows() {
+    let vhost = Vhost::create("quarantine").unwrap();
+    let dir = Scratch::new("rabbitmq-quarantine");
+    let mut events = Vec::new();
+    let mut bad = BTreeMap::new();
+    for n in 0..60u64 {
+        let key = if n % 2 == 0 { "k1" } else { "k2" };
+        let mut ev = Ev::order(key, n);
+        let reason = match n {
+            7 => {
+                ev = ev.with_field("route", "nowhere");
+                Some(
+                    "unroutable: exchange \"outbox.order\" has no route for routing key \"nowhere\" (312 NO_ROUTE)",
+                )
+            }
+            13 => {
+                ev.payload = "{\"key\": \"k2\", oops".into();
+                Some("payload is not JSON")
+            }
+            20 => {
+                ev.key = None;
+                Some("NULL aggregate id")
+            }
+            31 => {
+                ev.fields.remove("aggregatetype");
+                Some(
+                    "exchange template \"outbox.{aggregatetype}\": the event has no value for {aggregatetype}",
+                )
+            }
+            42 => {
+                ev = ev.with_field("aggregatetype", "ghost");
+                Some("exchange \"outbox.ghost\" does not exist")
+            }
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            bad.insert(ev.id.clone(), reason);
+        }
+        events.push(ev);
+    }
+    let mut big = Ev::order("k1", 1000);
+    big.payload = serde_json::json!({"key": "k1", "n": 1000, "pad": "x".repeat(5000)}).to_string();
+    events.push(big);
+    let sink = format!(
+        r##"
+        url = "{url}"
+        exchange = "outbox.{{aggregatetype}}"
+        routing_key = "{{route}}"
+        channels = 3
+        quarantine_exchange = "sluice.quarantine"
+        max_payload_bytes = 4096
+        [[declare.exchanges]]
+        name = "outbox.order"
+        type = "direct"
+        [[declare.exchanges]]
+        name = "sluice.quarantine"
+        type = "fanout"
+        [[declare.queues]]
+        name = "orders"
+        [[declare.queues]]
+        name = "quarantined"
+        [[declare.bindings]]
+        exchange = "outbox.order"
+        queue = "orders"
+        routing_key = "orders"
+        [[declare.bindings]]
+        exchange = "sluice.quarantine"
+        queue = "quarantined"
+        "##,
+        url = vhost.url()
+    );
+    for ev in &mut events {
+        ev.fields
+            .entry("route".into())
+            .or_insert_with(|| "orders".into());
+    }
+    let config = pipeline(&dir, &scripted(events.clone()), &sink, None);
+    run(&config).await.unwrap();
+
+    let mut reader = Reader::new(vhost.url());
+    let delivered = reader.take_ready("orders").await.unwrap();
+    let ids = assert_key_order(&delivered);
+    let expected: Vec<String> = events
+        .iter()
+        .filter(|e| !bad.contains_key(&e.id) && e.payload.len() < 4096)
+        .map(|e| e.id.clone())
+        .collect();
+    assert_eq!(sorted(ids), sorted(expected), "everything else delivered");
+
+    let quarantined = reader.take_ready("quarantined").await.unwrap();
+    assert_eq!(
+        quarantined.len(),
+        bad.len(),
+        "{:?}",
+        quarantined
+            .iter()
+            .map(|m| (&m.message_id, m.header("sluice.quarantine.reason")))
+            .collect::<Vec<_>>()
+    );
+    for m in &quarantined {
+        let id = m.message_id.clone().unwrap_or_default();
+        let expected = bad
+            .get(&id)
+            .unwrap_or_else(|| panic!("unexpected quarantined message {id}"));
+        let reason = m.header("sluice.quarantine.reason").unwrap();
+        assert!(reason.starts_with(expected), "{id}: {reason}");
+        assert_eq!(m.header("sluice.quarantine.component"), Some("broker"));
+        assert_eq!(m.delivery_mode, Some(2));
+        let original = events.iter().find(|e| e.id == id).unwrap();
+        assert_eq!(
+            m.body,
+            original.payload.as_bytes(),
+            "{id}: the body as stored"
+        );
+        if id == "k2-7" {
+            assert_eq!(
+                m.routing_key, "nowhere",
+                "an unroutable message keeps its routing key"
+            );
+            assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        }
+    }
+
+    let file = quarantined_file(&dir);
+    assert_eq!(file.len(), 1, "{file:?}");
+    assert_eq!(file[0]["id"], "k1-1000");
+    assert_eq!(
+        file[0]["headers"]["sluice.quarantine.reason"],
+        format!(
+            "payload of {} bytes is larger than max_payload_bytes (4096)",
+            events.last().unwrap().payload.len()
+        )
+    );
+    assert_eq!(
+        saved_checkpoint(&dir.join("data"), "events"),
+        Some(events.len() as u64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_quarantine_exchange_returns_go_to_the_pipeline_quarantine() {
+    let vhost = Vhost::create("returns").unwrap();
+    let dir = Scratch::new("rabbitmq-returns");
+    let events: Vec<Ev> = (0..10).map(|n| Ev::order("k", n)).collect();
+    // The default exchange routes by queue name; only "known" exists.
+    let sink = format!(
+        r#"
+        url = "{url}"
+        routing_key = "{{queue}}"
+        [[declare.queues]]
+        name = "known"
+        "#,
+        url = vhost.url()
+    );
+    let events: Vec<Ev> = events
+        .into_iter()
+        .map(|e| {
+            let queue = if e.id.ends_with('3') {
+                "unknown"
+            } else {
+                "known"
+            };
+            e.with_field("queue", queue)
+        })
+        .collect();
+    run(&pipeline(&dir, &scripted(events), &sink, None))
+        .await
+        .unwrap();
+    let delivered = Reader::new(vhost.url()).take_ready("known").await.unwrap();
+    assert_eq!(delivered.len(), 9);
+    let file = quarantined_file(&dir);
+    assert_eq!(file.len(), 1);
+    assert_eq!(file[0]["id"], "k-3");
+    assert_eq!(
+        file[0]["headers"]["sluice.quarantine.reason"],
+        "unroutable: exchange \"\" has no route for routing key \"unknown\" (312 NO_ROUTE)"
+    );
+    assert_eq!(saved_checkpoint(&dir.join("data"), "events"), Some(10));
+}
+
+const ORDER_SCHEMA: &str = r#"{
+    "type": "record", "name": "Order", "namespace": "shop",
+    "fields": [{"name": "key", "type": "string"}, {"name": "n", "type": "long"}]
+}"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn avro_bodies_carry_the_confluent_header_and_cloudevents_headers() {
+    let vhost = Vhost::create("avro").unwrap();
+    let dir = Scratch::new("rabbitmq-avro");
+    let schema_path = dir.write("order.avsc", ORDER_SCHEMA);
+    let mut events: Vec<Ev> = (0..5).map(|n| Ev::order("k", n)).collect();
+    events[2].payload = r#"{"n": 2}"#.into();
+    let sink = format!(
+        r#"
+        url = "{url}"
+        routing_key = "orders"
+        quarantine_exchange = "q"
+        encoding = {{ codec = "avro", schema_file = "{schema}", confluent_schema_id = 42 }}
+        cloudevents = {{ source = "/shop/{{aggregatetype}}" }}
+        [[declare.exchanges]]
+        name = "q"
+        type = "fanout"
+        [[declare.queues]]
+        name = "orders"
+        [[declare.queues]]
+        name = "quarantined"
+        [[declare.bindings]]
+        exchange = "q"
+        queue = "quarantined"
+        "#,
+        url = vhost.url(),
+        schema = schema_path.display()
+    );
+    run(&pipeline(&dir, &scripted(events), &sink, None))
+        .await
+        .unwrap();
+    let mut reader = Reader::new(vhost.url());
+    let delivered = reader.take_ready("orders").await.unwrap();
+    assert_eq!(delivered.len(), 4);
+    let schema = apache_avro::Schema::parse_str(ORDER_SCHEMA).unwrap();
+    let decoder = apache_avro::reader::datum::GenericDatumReader::builder(&schema)
+        .build()
+        .unwrap();
+    for m in &delivered {
+        assert_eq!(m.content_type.as_deref(), Some("avro/binary"));
+        assert_eq!(&m.body[..5], &[0, 0, 0, 0, 42], "Confluent header");
+        let value = decoder.read_value(&mut &m.body[5..]).unwrap();
+        let apache_avro::types::Value::Record(fields) = value else {
+            panic!("{value:?}")
+        };
+        assert_eq!(fields[0].1, apache_avro::types::Value::String("k".into()));
+        let id = m.message_id.clone().unwrap();
+        assert_eq!(
+            fields[1].1,
+            apache_avro::types::Value::Long(id[2..].parse().unwrap())
+        );
+        assert_eq!(m.header("ce-specversion"), Some("1.0"));
+        assert_eq!(m.header("ce-id"), Some(id.as_str()));
+        assert_eq!(m.header("ce-source"), Some("/shop/order"));
+        assert_eq!(m.header("ce-type"), Some("OrderChanged"));
+        assert_eq!(m.header("ce-subject"), Some("k"));
+        assert!(
+            m.header("ce-time")
+                .unwrap()
+                .starts_with("2023-11-14T22:13:20.00")
+        );
+    }
+    let quarantined = reader.take_ready("quarantined").await.unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(
+        quarantined[0].header("sluice.quarantine.reason"),
+        Some("payload does not fit the Avro schema \"shop.Order\": field \"key\" is missing")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nacked_event_is_retried_and_holds_back_only_its_key() {
+    let vhost = Vhost::create("nack").unwrap();
+    let dir = Scratch::new("rabbitmq-nack");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // Key "slow" goes to a queue that takes one message at a time and rejects (nacks) the
+    // rest; key "fast" goes to a roomy queue.
+    let mut events = Vec::new();
+    for n in 0..25u64 {
+        let (key, queue) = if n % 5 == 0 {
+            ("slow", "tight")
+        } else {
+            ("fast", "roomy")
+        };
+        events.push(Ev::order(key, n).with_field("queue", queue));
+    }
+    let sink = format!(
+        r#"
+        url = "{url}"
+        routing_key = "{{queue}}"
+        max_in_flight_per_key = 1
+        backoff_initial = "20ms"
+        backoff_max = "100ms"
+        [[declare.queues]]
+        name = "tight"
+        arguments = {{ "x-max-length" = 1, "x-overflow" = "reject-publish" }}
+        [[declare.queues]]
+        name = "roomy"
+        "#,
+        url = vhost.url()
+    );
+    let config = pipeline(&dir, &scripted(events), &sink, Some(api));
+    let running = tokio::spawn(async move { run(&config).await });
+
+    let mut reader = Reader::new(vhost.url());
+    // Every "fast" event arrives while "slow" is stuck behind its full queue.
+    let fast = reader.take_at_least("roomy", 20).await.unwrap();
+    assert_eq!(fast.len(), 20);
+    assert_key_order(&fast);
+    let nacked = sluice_tests::wait_for("a nack", || {
+        let m = metrics(api).ok()?;
+        metric(
+            &m,
+            "sluice_rabbitmq_nacked_messages_total",
+            &[("component_id", "broker")],
+        )
+        .filter(|n| *n > 0.0)
+    })
+    .unwrap();
+    assert!(nacked > 0.0);
+    assert_eq!(reader.ready("tight").await.unwrap(), 1);
+
+    // Taking one at a time lets the retries through, in order.
+    let mut slow = Vec::new();
+    while slow.len() < 5 {
+        slow.extend(reader.take_at_least("tight", 1).await.unwrap());
+    }
+    let ids: Vec<_> = slow.iter().map(|m| m.message_id.clone().unwrap()).collect();
+    assert_eq!(ids, ["slow-0", "slow-5", "slow-10", "slow-15", "slow-20"]);
+    running.await.unwrap().unwrap();
+    assert_eq!(saved_checkpoint(&dir.join("data"), "events"), Some(25));
+}
+
+/// Closes the connections to virtual host `vhost` whose client named itself `name`.
+fn close_connections(vhost: &str, name: &str) -> usize {
+    let listing =
+        rabbitmqctl_patiently(&["list_connections", "pid", "vhost", "client_properties"]).unwrap();
+    let mut closed = 0;
+    for line in listing.lines() {
+        let mut columns = line.splitn(3, '\t');
+        if let (Some(pid), Some(host), Some(properties)) =
+            (columns.next(), columns.next(), columns.next())
+            && host == vhost
+            && properties.contains(&format!("\"{name}\""))
+        {
+            rabbitmqctl_patiently(&["close_connection", pid, "closed by a sluice test"]).unwrap();
+            closed += 1;
+        }
+    }
+    closed
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_connection_is_reopened_and_nothing_is_lost() {
+    let vhost = Vhost::create("reconnect").unwrap();
+    let dir = Scratch::new("rabbitmq-reconnect");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let keys = ["a", "b", "c", "d", "e"];
+    let events: Vec<Ev> = (0..1000u64)
+        .map(|n| Ev::order(keys[n as usize % 5], n))
+        .collect();
+    let gate = dir.join("gate");
+    let source = ScriptedConfig {
+        events,
+        batch: 20,
+        pace_ms: Some(2),
+        gate: Some(gate.clone()),
+        after_gate: 300,
+    };
+    let sink = format!(
+        r#"
+        url = "{url}"
+        routing_key = "orders"
+        channels = 3
+        backoff_initial = "50ms"
+        [[declare.queues]]
+        name = "orders"
+        "#,
+        url = vhost.url()
+    );
+    let config = pipeline(&dir, &source, &sink, Some(api));
+    let running = tokio::spawn(async move { run(&config).await });
+    let mut reader = Reader::new(vhost.url());
+    while reader.ready("orders").await.unwrap() < 500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let closed = tokio::task::spawn_blocking({
+        let name = vhost.name().to_owned();
+        move || close_connections(&name, "sluice broker")
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 1, "the sink has one connection");
+    let reconnects = tokio::task::spawn_blocking(move || {
+        sluice_tests::wait_for("the sink to reconnect", || {
+            let m = metrics(api).ok()?;
+            let ready = metric(&m, "sluice_component_ready", &[("component_id", "broker")])?;
+            let reconnects = metric(
+                &m,
+                "sluice_rabbitmq_reconnects_total",
+                &[("component_id", "broker")],
+            )?;
+            (ready == 1.0 && reconnects >= 1.0).then_some(reconnects)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(reconnects >= 1.0);
+    std::fs::write(&gate, b"").unwrap();
+    running.await.unwrap().unwrap();
+
+    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
+    assert!(checkpoint >= 1300, "{checkpoint}");
+    let messages = reader.take_ready("orders").await.unwrap();
+    let ids = assert_key_order(&messages);
+    assert_eq!(
+        ids.len() as u64,
+        checkpoint,
+        "every event delivered (duplicates aside)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_vhost_fails_the_sink_at_start() {
+    let dir = Scratch::new("rabbitmq-novhost");
+    let url = vhost_url("sluice-no-such-vhost");
+    let sink = format!("url = \"{url}\"\nrouting_key = \"q\"");
+    let error = run(&pipeline(
+        &dir,
+        &scripted(vec![Ev::order("k", 1)]),
+        &sink,
+        None,
+    ))
+    .await
+    .unwrap_err();
+    let text = sluice_pipeline::error::chain(&error);
+    assert!(text.contains("connecting to RabbitMQ"), "{text}");
+    assert!(saved_checkpoint(&dir.join("data"), "events").is_none());
+}
