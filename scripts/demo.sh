@@ -50,7 +50,7 @@ applied() { psql -tAq "$CONSUMER_DATABASE_URL" -c "SELECT coalesce(sum(orders), 
 report() {
     local m
     m=$(curl -fsS "http://$SLUICE_API/metrics" 2>/dev/null) || return 0
-    log "read from WAL $(metric "$m" sluice_postgres_cdc_events_total)  confirmed by RabbitMQ $(metric "$m" sluice_rabbitmq_confirmed_total)  slot lag $(metric "$m" sluice_postgres_cdc_replication_lag_bytes) bytes  applied by the consumer $(applied)"
+    log "read from WAL $(metric "$m" sluice_postgres_cdc_events_total)  confirmed by RabbitMQ $(metric "$m" sluice_rabbitmq_confirmed_messages_total)  slot lag $(metric "$m" sluice_postgres_cdc_replication_lag_bytes) bytes  applied by the consumer $(applied)"
 }
 while kill -0 "$service" 2>/dev/null; do
     sleep 1
@@ -61,6 +61,9 @@ deadline=$((SECONDS + 60))
 until [ "$(applied)" -ge "$ORDERS" ] || [ $SECONDS -ge $deadline ]; do sleep 0.5; done
 report
 
+m=$(curl -fsS "http://$SLUICE_API/metrics")
+quantile() { awk -v q="$1" '$1 ~ /^sluice_rabbitmq_commit_to_confirm_latency_seconds\{/ && index($1, "quantile=\""q"\"") {printf "%.1f", $2 * 1000}' <<<"$m"; }
+log "commit -> broker confirm: p50 $(quantile 0.5) ms, p99 $(quantile 0.99) ms (sluice_rabbitmq_commit_to_confirm_latency_seconds)"
 committed=$(psql -tAq "$DATABASE_URL" -c "SELECT count(*) FROM orders")
 outbox=$(psql -tAq "$DATABASE_URL" -c "SELECT count(*) FROM outbox")
 total=$(applied)

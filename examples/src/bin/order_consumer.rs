@@ -44,7 +44,7 @@ impl Handler for Projection {
             .ok_or("no customer in the event")?;
         let total = event["total"].as_f64().ok_or("no total in the event")?;
         tx.execute(
-            "INSERT INTO customer_totals (customer, orders, total) VALUES ($1, 1, $2) \
+            "INSERT INTO customer_totals (customer, orders, total) VALUES ($1, 1, $2::float8) \
              ON CONFLICT (customer) DO UPDATE SET orders = customer_totals.orders + 1, \
              total = customer_totals.total + EXCLUDED.total",
             &[&customer, &total],

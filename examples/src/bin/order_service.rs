@@ -47,7 +47,7 @@ async fn main() -> Result<()> {
             .context("creating the tables")?;
     }
     let insert_order = db
-        .prepare("INSERT INTO orders (customer, total) VALUES ($1, $2) RETURNING id")
+        .prepare("INSERT INTO orders (customer, total) VALUES ($1, $2::float8) RETURNING id")
         .await?;
     let insert_event = db
         .prepare(
