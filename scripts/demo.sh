@@ -26,7 +26,7 @@ done
 rabbitmqctl -q delete_queue orders >/dev/null 2>&1 || true
 rm -rf "$SLUICE_DATA"
 export DATABASE_URL=$server/sluice_demo CONSUMER_DATABASE_URL=$server/sluice_demo_consumer
-psql -q "$DATABASE_URL" -f examples/sql/order-service.sql
+psql -q "$DATABASE_URL" -f examples/sql/orders.sql -f examples/sql/outbox.sql
 
 pids=()
 cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }

@@ -27,12 +27,15 @@ struct Args {
     /// Number of customers; each customer's orders are one aggregate, delivered in order.
     #[arg(long, default_value_t = 50)]
     customers: u64,
-    /// Create the tables (examples/sql/order-service.sql) if they are missing.
+    /// Create the tables (examples/sql/orders.sql and outbox.sql) if they are missing.
     #[arg(long)]
     init: bool,
 }
 
-const SCHEMA: &str = include_str!("../../sql/order-service.sql");
+const SCHEMA: &str = concat!(
+    include_str!("../../sql/orders.sql"),
+    include_str!("../../sql/outbox.sql")
+);
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {

@@ -6,7 +6,8 @@ use sluice_pipeline::Finding;
 use tokio_postgres::Client;
 
 use super::config::PostgresCdcConfig;
-use crate::postgres::connect::{Database, quote_ident, quote_table, split_table};
+use super::slot::publication_sql;
+use crate::postgres::connect::{Database, quote_ident, split_table};
 
 /// Columns of the outbox contract (Debezium's defaults), checked when the table has them.
 const OUTBOX_COLUMNS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "type", "payload"];
@@ -118,6 +119,11 @@ async fn server(
             .map(|r| r.get(0))
             .collect();
         let missing: Vec<&String> = tables.iter().filter(|t| !published.contains(t)).collect();
+        let listed = missing
+            .iter()
+            .map(|t| t.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         findings.push(match (missing.is_empty(), config.create) {
             (true, _) => Finding::ok(format!(
                 "publication {} covers {}",
@@ -125,39 +131,26 @@ async fn server(
                 tables.join(", ")
             )),
             (false, true) => Finding::warn(format!(
-                "publication {} lacks {}: sluice will add them (create = true)",
+                "publication {} lacks {listed}: sluice will add them (create = true)",
                 config.publication,
-                missing
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
             )),
             (false, false) => Finding::fail(format!(
-                "publication {} lacks {}: run `ALTER PUBLICATION {} ADD TABLE {}`",
+                "publication {} lacks {listed}: run `{}`",
                 config.publication,
-                missing
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                quote_ident(&config.publication),
-                missing
-                    .iter()
-                    .map(|t| quote_table(t))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                publication_sql(
+                    "ALTER PUBLICATION",
+                    &config.publication,
+                    "ADD TABLE",
+                    &missing
+                )
             )),
         });
     } else {
-        let create = format!(
-            "CREATE PUBLICATION {} FOR TABLE {}",
-            quote_ident(&config.publication),
-            tables
-                .iter()
-                .map(|t| quote_table(t))
-                .collect::<Vec<_>>()
-                .join(", ")
+        let create = publication_sql(
+            "CREATE PUBLICATION",
+            &config.publication,
+            "FOR TABLE",
+            &tables,
         );
         findings.push(if config.create {
             Finding::warn(format!(

@@ -49,6 +49,23 @@ fn replay_mark(slot: &str) -> String {
     format!("sluice: slot {slot}, replay pending")
 }
 
+/// `<verb> "publication" <clause> "schema"."table", …`: the statement that creates a
+/// publication for `tables` (`CREATE PUBLICATION`, `FOR TABLE`) or adds them to it
+/// (`ALTER PUBLICATION`, `ADD TABLE`).
+pub(crate) fn publication_sql(
+    verb: &str,
+    publication: &str,
+    clause: &str,
+    tables: &[impl AsRef<str>],
+) -> String {
+    let tables: Vec<String> = tables.iter().map(|t| quote_table(t.as_ref())).collect();
+    format!(
+        "{verb} {} {clause} {}",
+        quote_ident(publication),
+        tables.join(", ")
+    )
+}
+
 /// Makes sure the publication covers the tables and the slot exists, recreating a lost slot
 /// when `recover = "replay"`; returns where to start.
 pub(crate) async fn prepare(sql: &Client, config: &PostgresCdcConfig) -> Result<Start, Error> {
@@ -63,14 +80,11 @@ pub(crate) async fn prepare(sql: &Client, config: &PostgresCdcConfig) -> Result<
     let comment: Option<String> = match &publication {
         Some(row) => row.get(0),
         None => {
-            let create = format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(&config.publication),
-                tables
-                    .iter()
-                    .map(|t| quote_table(t))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            let create = publication_sql(
+                "CREATE PUBLICATION",
+                &config.publication,
+                "FOR TABLE",
+                &tables,
             );
             if !config.create {
                 return Err(Error::new(
@@ -186,14 +200,11 @@ async fn add_missing_tables(
     if missing.is_empty() {
         return Ok(());
     }
-    let alter = format!(
-        "ALTER PUBLICATION {} ADD TABLE {}",
-        quote_ident(&config.publication),
-        missing
-            .iter()
-            .map(|t| quote_table(t))
-            .collect::<Vec<_>>()
-            .join(", ")
+    let alter = publication_sql(
+        "ALTER PUBLICATION",
+        &config.publication,
+        "ADD TABLE",
+        &missing,
     );
     if !config.create {
         return Err(Error::new(
