@@ -29,7 +29,13 @@ export DATABASE_URL=$server/sluice_demo CONSUMER_DATABASE_URL=$server/sluice_dem
 psql -q "$DATABASE_URL" -f examples/sql/orders.sql -f examples/sql/outbox.sql
 
 pids=()
-cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null || true; }
+# On the way out: stop the processes, and drop the slot so that it holds no WAL (the databases
+# stay, to look at: sluice_demo and sluice_demo_consumer).
+cleanup() {
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    wait "${pids[@]}" 2>/dev/null || true
+    psql -q "$DATABASE_URL" -c "SELECT pg_drop_replication_slot('sluice_demo') FROM pg_replication_slots WHERE slot_name = 'sluice_demo' AND NOT active" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT INT TERM
 
 log "sluice run examples/outbox-demo.toml (metrics on http://$SLUICE_API/metrics)"
