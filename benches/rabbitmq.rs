@@ -21,19 +21,15 @@
 
 mod support;
 
-use std::collections::VecDeque;
-use std::process::Command;
 use std::time::Instant;
 
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
-};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 use sluice_connectors::generator::{Generator, GeneratorConfig};
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_pipeline::{Config, Registry, ShutdownTrigger};
+use sluice_tests::rabbitmq::Vhost;
+use support::broker::{self, BATCH, Message, Route};
 use support::{Args, Sample};
 
 const SCENARIOS: [&str; 6] = [
@@ -44,7 +40,6 @@ const SCENARIOS: [&str; 6] = [
     "sluice",
     "sluice-1ch",
 ];
-const BATCH: u64 = 1024;
 const EXCHANGE: &str = "bench";
 const ROUTING_KEY: &str = "generated";
 
@@ -63,16 +58,15 @@ fn main() {
         .option("--json")
         .unwrap_or_else(|| "target/bench-rabbitmq.json".into());
 
-    let vhost = format!("sluice-bench-{}", std::process::id());
-    rabbitmqctl(&["add_vhost", &vhost]);
-    rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
-    let base = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let authority = base.rsplit_once('/').map_or(base.as_str(), |(a, _)| a);
-    let url = format!("{authority}/{vhost}");
-    let extra = ["--events".into(), events.to_string(), "--url".into(), url];
+    let vhost = Vhost::create("bench-rabbitmq").unwrap();
+    let extra = [
+        "--events".into(),
+        events.to_string(),
+        "--url".into(),
+        vhost.url().to_owned(),
+    ];
     let medians = support::rounds(&SCENARIOS, runs, &extra);
-    rabbitmqctl(&["delete_vhost", &vhost]);
+    drop(vhost);
 
     let baseline = SCENARIOS
         .iter()
@@ -86,19 +80,16 @@ fn main() {
     support::table(&title, &SCENARIOS, &medians, baseline, &json_path);
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let status = Command::new("rabbitmqctl")
-        .arg("-q")
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(status.success(), "rabbitmqctl {args:?} failed");
-}
-
 fn child(scenario: &str, events: u64, url: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let queue = format!("q-{}", std::process::id());
-    runtime.block_on(declare(url, &queue));
+    let route = Route {
+        exchange: EXCHANGE.into(),
+        kind: ExchangeKind::Direct,
+        queue: format!("q-{}", std::process::id()),
+        binding_key: ROUTING_KEY.into(),
+        routing_key: ROUTING_KEY.into(),
+    };
+    runtime.block_on(route.declare(url));
     let data = std::env::temp_dir().join(format!("sluice-bench-{}", std::process::id()));
     let pid = std::process::id();
     let cpu_before = support::cpu_time_ns(pid);
@@ -110,7 +101,7 @@ fn child(scenario: &str, events: u64, url: &str) {
             let mut parts = other["lapin-".len()..].split('-');
             let window = parts.next().unwrap().parse().unwrap();
             let same = parts.next() == Some("sluice");
-            runtime.block_on(lapin_publisher(url, events, window, same));
+            runtime.block_on(lapin_publisher(url, &route, events, window, same));
         }
         other => {
             // sluice[-<N>ch][-w<W>]: N channels (default 2), window W (default 1024).
@@ -131,127 +122,51 @@ fn child(scenario: &str, events: u64, url: &str) {
     }
     let sample = Sample::measure(events, started, pid, cpu_before);
     let _ = std::fs::remove_dir_all(&data);
-    let held = runtime.block_on(delete(url, &queue));
+    let held = runtime.block_on(route.delete_queue(url));
     assert_eq!(held, events, "{scenario}: the queue holds every event once");
     sample.report();
-}
-
-async fn declare(url: &str, queue: &str) {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Direct,
-            durable,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.into(), durable, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            EXCHANGE.into(),
-            ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-}
-
-/// Deletes the queue and returns how many messages it held.
-async fn delete(url: &str, queue: &str) -> u64 {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    u64::from(
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await
-            .unwrap(),
-    )
 }
 
 fn generator_config() -> GeneratorConfig {
     sluice_pipeline::config::deserialize(toml::Value::Table(toml::Table::new())).unwrap()
 }
 
-/// The baseline: the generator's events published the way lapin's documentation does it,
-/// with a window of confirms.
-async fn lapin_publisher(url: &str, events: u64, window: usize, as_sluice: bool) {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
+/// The baseline: the generator's events published by the minimal lapin publisher (one
+/// channel), plain or with what sluice sends.
+async fn lapin_publisher(url: &str, route: &Route, events: u64, window: usize, as_sluice: bool) {
     let generator = Generator::new(generator_config(), "gen");
-    let mut pending = VecDeque::with_capacity(window);
-    let mut next = 1;
-    while next <= events {
-        let n = BATCH.min(events - next + 1);
-        for event in generator.events(next..next + n) {
-            let mut properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(event.id.as_str().into());
-            if as_sluice {
-                let mut headers = FieldTable::default();
-                for (name, value) in [
-                    ("id", event.id.as_str()),
-                    ("type", event.event_type.as_str()),
-                    ("aggregateid", event.key.as_deref().unwrap_or_default()),
-                ] {
-                    headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    broker::publish(url, route, events, window, 1, move |range| {
+        generator
+            .events(range)
+            .into_iter()
+            .map(|event| {
+                let mut properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(event.id.as_str().into());
+                if as_sluice {
+                    let mut headers = FieldTable::default();
+                    for (name, value) in [
+                        ("id", event.id.as_str()),
+                        ("type", event.event_type.as_str()),
+                        ("aggregateid", event.key.as_deref().unwrap_or_default()),
+                    ] {
+                        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+                    }
+                    properties = properties
+                        .with_type(event.event_type.as_str().into())
+                        .with_app_id("sluice".into())
+                        .with_content_type("application/json".into())
+                        .with_headers(headers);
                 }
-                properties = properties
-                    .with_type(event.event_type.as_str().into())
-                    .with_app_id("sluice".into())
-                    .with_content_type("application/json".into())
-                    .with_headers(headers);
-            }
-            let confirm = channel
-                .basic_publish(
-                    EXCHANGE.into(),
-                    ROUTING_KEY.into(),
-                    BasicPublishOptions {
-                        mandatory: as_sluice,
-                        immediate: false,
-                    },
-                    &event.payload,
+                Message {
                     properties,
-                )
-                .await
-                .unwrap();
-            pending.push_back(confirm);
-            while pending.len() >= window {
-                let confirmation = pending.pop_front().unwrap().await.unwrap();
-                assert!(matches!(confirmation, Confirmation::Ack(None)));
-            }
-        }
-        next += n;
-    }
-    for confirm in pending {
-        assert!(matches!(confirm.await.unwrap(), Confirmation::Ack(None)));
-    }
-    connection.close(200, "done".into()).await.unwrap();
+                    body: event.payload.to_vec(),
+                    mandatory: as_sluice,
+                }
+            })
+            .collect()
+    })
+    .await;
 }
 
 fn sluice(

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each benchmark uses the part it needs
 
+pub mod broker;
+
 use std::process::Command;
 use std::time::Instant;
 
@@ -72,21 +74,10 @@ impl Sample {
 /// Runs every scenario `runs` times, interleaved, each in a child process (this program with
 /// `--scenario NAME` and `extra` arguments), and returns the median sample of each.
 pub fn rounds(scenarios: &[&str], runs: usize, extra: &[String]) -> Vec<Sample> {
-    let exe = std::env::current_exe().expect("the benchmark's own path");
     let mut results: Vec<Vec<Sample>> = vec![Vec::new(); scenarios.len()];
     for round in 0..runs {
         for (i, scenario) in scenarios.iter().enumerate() {
-            let out = Command::new(&exe)
-                .args(["--scenario", scenario])
-                .args(extra)
-                .output()
-                .expect("run the scenario");
-            assert!(
-                out.status.success(),
-                "{scenario}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let sample: Sample = serde_json::from_slice(&out.stdout).expect("a sample");
+            let sample = child(scenario, extra);
             eprintln!(
                 "round {round} {scenario}: {:.0} events/s, {:.2} CPU-s per 100k",
                 sample.events_per_sec, sample.cpu_s_per_100k
@@ -97,6 +88,23 @@ pub fn rounds(scenarios: &[&str], runs: usize, extra: &[String]) -> Vec<Sample> 
     results.iter().map(|s| median(s)).collect()
 }
 
+/// Runs one scenario in a child process (this program with `--scenario NAME` and `extra`
+/// arguments) and returns the sample it reports.
+pub fn child(scenario: &str, extra: &[String]) -> Sample {
+    let exe = std::env::current_exe().expect("the benchmark's own path");
+    let out = Command::new(&exe)
+        .args(["--scenario", scenario])
+        .args(extra)
+        .output()
+        .expect("run the scenario");
+    assert!(
+        out.status.success(),
+        "{scenario}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("a sample")
+}
+
 /// The sample with the median throughput.
 pub fn median(samples: &[Sample]) -> Sample {
     let mut sorted = samples.to_vec();
@@ -104,23 +112,83 @@ pub fn median(samples: &[Sample]) -> Sample {
     sorted[sorted.len() / 2].clone()
 }
 
-/// Prints the table of `samples` with their ratio to `baseline` events/s, and writes it as JSON.
-pub fn table(title: &str, scenarios: &[&str], samples: &[Sample], baseline: f64, json_path: &str) {
+/// One line of a throughput table.
+pub struct Row<'a> {
+    /// The scenario's name.
+    pub scenario: &'a str,
+    /// Its median sample.
+    pub sample: &'a Sample,
+    /// The baseline's events/s it is compared with, if any.
+    pub baseline: Option<f64>,
+    /// What the figure should reach, with whether it does (empty: no target).
+    pub target: String,
+}
+
+/// Prints a table of rows: events/s, ratio to the row's baseline, CPU and peak RSS, and the
+/// target column when any row has one.
+pub fn print_table(title: &str, rows: &[Row]) {
+    let targets = rows.iter().any(|r| !r.target.is_empty());
     println!("\n{title}");
     println!(
-        "{:<20} {:>12} {:>12} {:>15} {:>13}",
-        "scenario", "events/s", "vs baseline", "CPU-s per 100k", "peak RSS MiB"
+        "{:<24} {:>12} {:>12} {:>15} {:>13}{}",
+        "scenario",
+        "events/s",
+        "vs baseline",
+        "CPU-s per 100k",
+        "peak RSS MiB",
+        if targets { "  target" } else { "" }
     );
-    for (name, m) in scenarios.iter().zip(samples) {
+    for row in rows {
+        let ratio = row.baseline.map_or_else(
+            || "-".to_owned(),
+            |b| format!("{:.2}", row.sample.events_per_sec / b),
+        );
+        // A sample without a peak RSS measured no process (an external baseline).
+        let measured = row.sample.peak_rss_kib > 0;
+        let (cpu, rss) = if measured {
+            (
+                format!("{:.2}", row.sample.cpu_s_per_100k),
+                format!("{:.1}", row.sample.peak_rss_kib as f64 / 1024.0),
+            )
+        } else {
+            ("-".to_owned(), "-".to_owned())
+        };
         println!(
-            "{:<20} {:>12.0} {:>12.2} {:>15.2} {:>13.1}",
-            name,
-            m.events_per_sec,
-            m.events_per_sec / baseline,
-            m.cpu_s_per_100k,
-            m.peak_rss_kib as f64 / 1024.0,
+            "{:<24} {:>12.0} {:>12} {:>15} {:>13}{}",
+            row.scenario,
+            row.sample.events_per_sec,
+            ratio,
+            cpu,
+            rss,
+            if targets {
+                format!("  {}", row.target)
+            } else {
+                String::new()
+            }
         );
     }
+}
+
+/// Writes `value` as pretty JSON to `path` and says so.
+pub fn write_json(path: &str, value: &serde_json::Value) {
+    std::fs::write(path, serde_json::to_vec_pretty(value).unwrap_or_default())
+        .expect("write the JSON file");
+    println!("(written to {path})");
+}
+
+/// Prints the table of `samples` with their ratio to `baseline` events/s, and writes it as JSON.
+pub fn table(title: &str, scenarios: &[&str], samples: &[Sample], baseline: f64, json_path: &str) {
+    let rows: Vec<Row> = scenarios
+        .iter()
+        .zip(samples)
+        .map(|(scenario, sample)| Row {
+            scenario,
+            sample,
+            baseline: Some(baseline),
+            target: String::new(),
+        })
+        .collect();
+    print_table(title, &rows);
     let json = serde_json::json!({
         "title": title,
         "scenarios": scenarios.iter().zip(samples).map(|(name, m)| serde_json::json!({
@@ -131,12 +199,7 @@ pub fn table(title: &str, scenarios: &[&str], samples: &[Sample], baseline: f64,
             "peak_rss_kib": m.peak_rss_kib,
         })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        json_path,
-        serde_json::to_vec_pretty(&json).unwrap_or_default(),
-    )
-    .expect("write the JSON file");
-    println!("(written to {json_path})");
+    write_json(json_path, &json);
 }
 
 /// User + system CPU time of process `pid`, from /proc (clock ticks of 10 ms).
