@@ -15,9 +15,9 @@ use super::sink::RabbitmqSink;
 use super::template::Template;
 
 /// Default for [`RabbitmqSinkConfig::confirm_window`].
-pub const DEFAULT_CONFIRM_WINDOW: usize = 1024;
+pub const DEFAULT_CONFIRM_WINDOW: usize = 4096;
 /// Default for [`RabbitmqSinkConfig::channels`].
-pub const DEFAULT_CHANNELS: usize = 2;
+pub const DEFAULT_CHANNELS: usize = 1;
 /// Default for [`RabbitmqSinkConfig::routing_key`].
 pub const DEFAULT_ROUTING_KEY: &str = "{type}";
 /// Default for [`RabbitmqSinkConfig::max_payload_bytes`]: well below RabbitMQ's default

@@ -100,9 +100,9 @@ pub struct ApiConfig {
 /// Default for [`PipelineSettings::data_dir`].
 pub const DEFAULT_DATA_DIR: &str = "sluice-data";
 /// Default for [`PipelineSettings::max_in_flight_events`].
-pub const DEFAULT_MAX_IN_FLIGHT_EVENTS: usize = 100_000;
+pub const DEFAULT_MAX_IN_FLIGHT_EVENTS: usize = 10_000;
 /// Default for [`PipelineSettings::max_in_flight_bytes`].
-pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: usize = 16 * 1024 * 1024;
 /// Default for [`PipelineSettings::channel_capacity`].
 pub const DEFAULT_CHANNEL_CAPACITY: usize = 16;
 
