@@ -10,9 +10,9 @@
 //! are interleaved over several rounds and reported as medians, since the machine is shared:
 //! - `lapin-W`: one channel in confirm mode, persistent messages with a `message_id`, up to `W`
 //!   unconfirmed, the generator's payloads; the best plain one is the baseline;
-//! - `lapin-W-sluice`: the same with the properties and headers sluice sends, and `mandatory`
-//!   (the same job on the broker's side: its persistence cost grows with the message);
-//! - `sluice`: the generator and the sink with its defaults (2 channels, window 1024);
+//! - `lapin-W-sluice`: the same with the properties sluice sends, and `mandatory` (the same
+//!   job on the broker's side);
+//! - `sluice`: the generator and the sink with its defaults (1 channel, window 4096);
 //! - `sluice-Nch`, `sluice-wW`: the same with `N` channels, or a window of `W`.
 //!
 //! Every scenario checks at the end that its queue holds exactly the events sent.
@@ -23,10 +23,9 @@ mod support;
 
 use std::time::Instant;
 
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, ExchangeKind};
 use sluice_connectors::generator::{Generator, GeneratorConfig};
-use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
+use sluice_connectors::rabbitmq::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, RabbitmqSinkConfig};
 use sluice_pipeline::{Config, Registry, ShutdownTrigger};
 use sluice_tests::rabbitmq::Vhost;
 use support::broker::{self, BATCH, Message, Route};
@@ -38,7 +37,7 @@ const SCENARIOS: [&str; 6] = [
     "lapin-1024-sluice",
     "lapin-4096-sluice",
     "sluice",
-    "sluice-1ch",
+    "sluice-2ch",
 ];
 const EXCHANGE: &str = "bench";
 const ROUTING_KEY: &str = "generated";
@@ -96,17 +95,17 @@ fn child(scenario: &str, events: u64, url: &str) {
     let started = Instant::now();
     match scenario {
         other if other.starts_with("lapin-") => {
-            // lapin-<W>[-sluice]: window W; with `-sluice`, the properties and headers sluice
-            // sends, and `mandatory`.
+            // lapin-<W>[-sluice]: window W; with `-sluice`, the properties sluice sends, and
+            // `mandatory`.
             let mut parts = other["lapin-".len()..].split('-');
             let window = parts.next().unwrap().parse().unwrap();
             let same = parts.next() == Some("sluice");
             runtime.block_on(lapin_publisher(url, &route, events, window, same));
         }
         other => {
-            // sluice[-<N>ch][-w<W>]: N channels (default 2), window W (default 1024).
-            let mut channels = 2;
-            let mut window = 1024;
+            // sluice[-<N>ch][-w<W>]: N channels, window W (the sink's defaults otherwise).
+            let mut channels = DEFAULT_CHANNELS;
+            let mut window = DEFAULT_CONFIRM_WINDOW;
             for part in other.split('-').skip(1) {
                 if let Some(n) = part.strip_suffix("ch") {
                     channels = n.parse().unwrap();
@@ -144,19 +143,11 @@ async fn lapin_publisher(url: &str, route: &Route, events: u64, window: usize, a
                     .with_delivery_mode(2)
                     .with_message_id(event.id.as_str().into());
                 if as_sluice {
-                    let mut headers = FieldTable::default();
-                    for (name, value) in [
-                        ("id", event.id.as_str()),
-                        ("type", event.event_type.as_str()),
-                        ("aggregateid", event.key.as_deref().unwrap_or_default()),
-                    ] {
-                        headers.insert(name.into(), AMQPValue::LongString(value.into()));
-                    }
                     properties = properties
                         .with_type(event.event_type.as_str().into())
+                        .with_correlation_id(event.key.as_deref().unwrap_or_default().into())
                         .with_app_id("sluice".into())
-                        .with_content_type("application/json".into())
-                        .with_headers(headers);
+                        .with_content_type("application/json".into());
                 }
                 Message {
                     properties,

@@ -3,12 +3,12 @@
 //!
 //! | outbox column | becomes |
 //! |---|---|
-//! | `id` | the event id (AMQP `message_id`, the dedupe key) and header `id` |
-//! | `aggregatetype` | field and header `aggregatetype` (for routing templates) |
-//! | `aggregateid` | the ordering key, field and header `aggregateid` |
-//! | `type` | the event type and header `type` |
+//! | `id` | the event id (AMQP `message_id`, the dedupe key) |
+//! | `aggregatetype` | field `aggregatetype` (for routing templates) |
+//! | `aggregateid` | the ordering key (AMQP `correlation_id`), and field `aggregateid` |
+//! | `type` | the event type (AMQP `type`) |
 //! | `payload` | the body, the JSON bytes as stored |
-//! | `traceparent`, and columns listed in `headers` | headers |
+//! | `traceparent`, and columns listed in `headers` | headers, when not NULL |
 //!
 //! A row without one of these columns, with a NULL or empty one, or whose payload is not JSON
 //! goes to the quarantine with the reason. Updates and deletes of outbox rows are not events:
@@ -144,10 +144,8 @@ pub struct Outbox {
     headers: Vec<(String, Text)>,
 }
 
-const ID: Text = Text::from_static("id");
 const AGGREGATE_TYPE: Text = Text::from_static("aggregatetype");
 const AGGREGATE_ID: Text = Text::from_static("aggregateid");
-const TYPE: Text = Text::from_static("type");
 
 /// The parts of an outbox event, wherever they came from.
 struct Parts {
@@ -309,11 +307,7 @@ impl Transform for Outbox {
         for mut event in events {
             match self.route(&event) {
                 Ok(Some(parts)) => {
-                    let mut headers = Fields::with_capacity(4 + parts.extra.len());
-                    headers.push(ID, Some(parts.id.clone()));
-                    headers.push(AGGREGATE_TYPE, Some(parts.aggregate_type.clone()));
-                    headers.push(AGGREGATE_ID, Some(parts.aggregate_id.clone()));
-                    headers.push(TYPE, Some(parts.event_type.clone()));
+                    let mut headers = Fields::with_capacity(parts.extra.len());
                     for (name, value) in parts.extra {
                         headers.set(name, Some(value));
                     }
@@ -400,16 +394,15 @@ mod tests {
             .collect();
         assert_eq!(
             headers,
-            [
-                ("id", "6f1c…-uuid"),
-                ("aggregatetype", "order"),
-                ("aggregateid", "42"),
-                ("type", "OrderCreated"),
-                ("tenant", "acme"),
-                ("traceparent", "00-abc-def-01"),
-            ]
-            .map(|(a, b)| (a.to_owned(), b.to_owned()))
+            [("tenant", "acme"), ("traceparent", "00-abc-def-01")]
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
         );
+        let mut columns = good();
+        columns.retain(|(n, _)| *n != "tenant_id");
+        columns.push(("tenant_id", None));
+        let (kept, _, _) = run(&mut o, vec![row(&columns)]).await;
+        let names: Vec<&str> = kept[0].headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["traceparent"], "a NULL column is no header");
     }
 
     #[tokio::test]

@@ -79,7 +79,9 @@ pub struct Message {
     pub exchange: String,
     /// Its routing key.
     pub routing_key: String,
-    /// Headers with text values (`aggregatetype`, `aggregateid`, `traceparent`, …).
+    /// The AMQP `correlation_id`: the event's key, the outbox `aggregateid`.
+    pub key: Option<String>,
+    /// Headers with text values (such as `traceparent`).
     pub headers: BTreeMap<String, String>,
     /// The body.
     pub body: Vec<u8>,
@@ -292,6 +294,10 @@ fn message(delivery: &lapin::message::Delivery) -> Option<Message> {
         event_type: properties.kind().as_ref().map(ToString::to_string),
         exchange: delivery.exchange.to_string(),
         routing_key: delivery.routing_key.to_string(),
+        key: properties
+            .correlation_id()
+            .as_ref()
+            .map(ToString::to_string),
         headers,
         body: delivery.data.clone(),
         redelivered: delivery.redelivered,

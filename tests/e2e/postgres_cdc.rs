@@ -177,7 +177,7 @@ fn ten_thousand_rows_in_a_thousand_transactions_arrive_once_in_commit_order() {
     let first = &out[0];
     assert_eq!(first["key"], "agg-0");
     assert_eq!(first["type"], "OrderCreated");
-    assert_eq!(first["headers"]["aggregatetype"], "order");
+    assert_eq!(first["fields"]["aggregatetype"], "order");
     // The slot follows delivery: once everything is written, it is confirmed past it.
     wait_for("the slot to be confirmed past the last commit", || {
         (cdc.slot_lag() < 64 * 1024).then_some(())

@@ -114,9 +114,9 @@ fn generated_events_arrive_once_persistent_and_in_key_order() {
         assert_eq!(m.routing_key, "generated");
         assert_eq!(m.kind.as_deref(), Some("generated"));
         assert_eq!(m.content_type.as_deref(), Some("application/json"));
-        assert_eq!(m.header("id"), m.message_id.as_deref());
-        assert_eq!(m.header("aggregateid"), Some(key.as_str()));
+        assert_eq!(m.correlation_id.as_deref(), Some(key.as_str()));
         assert_eq!(m.header("origin"), Some(format!("gen/{key}").as_str()));
+        assert_eq!(m.headers.len(), 1, "identity travels in properties");
     }
     let log = running.log();
     assert!(log.contains("connected to RabbitMQ"), "{log}");
@@ -330,6 +330,7 @@ while True:
         "delivery_mode": properties.delivery_mode,
         "content_type": properties.content_type,
         "app_id": properties.app_id,
+        "correlation_id": properties.correlation_id,
         "headers": headers,
         "body": json.loads(body),
     }))
@@ -394,8 +395,7 @@ fn a_python_pika_consumer_reads_the_messages() {
         assert_eq!(m["content_type"], "application/json");
         assert_eq!(m["app_id"], "sluice");
         assert_eq!(m["routing_key"], "generated");
-        assert_eq!(m["headers"]["id"], format!("gen-{seq}"));
-        assert_eq!(m["headers"]["aggregateid"], key);
+        assert_eq!(m["correlation_id"], key);
         if let Some(previous) = last.insert(key.to_owned(), seq) {
             assert!(previous < seq, "{key}: {seq} after {previous}");
         }

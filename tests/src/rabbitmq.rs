@@ -152,6 +152,8 @@ pub struct Received {
     pub timestamp: Option<u64>,
     /// The `app_id` property.
     pub app_id: Option<String>,
+    /// The `correlation_id` property (sluice: the event's key, the aggregate id).
+    pub correlation_id: Option<String>,
     /// Headers with text values (`None` for a void value).
     pub headers: BTreeMap<String, Option<String>>,
     /// The body.
@@ -180,6 +182,7 @@ impl Received {
             content_type: text(p.content_type()),
             timestamp: *p.timestamp(),
             app_id: text(p.app_id()),
+            correlation_id: text(p.correlation_id()),
             headers,
             body,
         }

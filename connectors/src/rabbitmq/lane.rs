@@ -19,7 +19,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
-use lapin::types::AMQPValue;
 use lapin::{Channel, Confirmation, PublisherConfirm};
 use sluice_pipeline::{Event, Text};
 
@@ -267,8 +266,8 @@ impl Lane {
         read
     }
 
-    /// Finds the message `returned` is about among the unsettled ones (by the event id in its
-    /// `id` header) and marks it.
+    /// Finds the message `returned` is about among the unsettled ones (by the event id, its
+    /// `message_id`) and marks it.
     fn mark_returned(&mut self, carrier: &mut Record, returned: BasicReturnMessage) {
         let BasicReturnMessage {
             delivery,
@@ -280,15 +279,12 @@ impl Lane {
             delivery.exchange.as_str(),
             delivery.routing_key.as_str(),
         );
-        let id = match delivery
+        let id = delivery
             .properties
-            .headers()
+            .message_id()
             .as_ref()
-            .and_then(|h| h.inner().get("id"))
-        {
-            Some(AMQPValue::LongString(id)) => id.as_bytes().to_vec(),
-            _ => Vec::new(),
-        };
+            .map(|id| id.as_str().as_bytes().to_vec())
+            .unwrap_or_default();
         let target = std::iter::once(carrier)
             .chain(self.observed.iter_mut().map(|(r, _, _)| r))
             .chain(self.in_flight.iter_mut().map(|f| &mut f.record))

@@ -2,11 +2,13 @@
 //! headers, and the body in the configured encoding — or the reason the event cannot be
 //! published and must be quarantined.
 //!
-//! Every message is persistent (`delivery_mode = 2`) and carries `message_id` = event id,
-//! `type` = event type, `timestamp` = commit time (when known), `app_id` = `sluice`, the
-//! configured `content_type`, and headers `id`, `type`, `aggregateid` (the key),
-//! `aggregatetype` (when the event has that field), then the event's own headers (such as a
-//! W3C `traceparent` the outbox maps from a column), then the configured extra headers.
+//! Every message is persistent (`delivery_mode = 2`) and carries its identity in properties:
+//! `message_id` = event id, `type` = event type, `correlation_id` = the key (the aggregate id),
+//! `timestamp` = commit time (when known), `app_id` = `sluice` and the configured
+//! `content_type`. Headers carry only what properties cannot: the event's own headers (such as
+//! a W3C `traceparent` the outbox maps from a column), then the configured extra headers, then
+//! the CloudEvents attributes on request. A message with no header has no header table at all:
+//! the broker's cost per message grows with every header (ADR 0008).
 
 use std::time::UNIX_EPOCH;
 
@@ -184,6 +186,7 @@ impl MessageBuilder {
         let routing_key = self.routing_key.render(event)?;
         let message_id = short(&event.id, "event id")?;
         let kind = short(&event.event_type, "event type")?;
+        let key = event.key.as_ref().map(|k| short(k, "key")).transpose()?;
         let body = match &self.codec {
             Codec::Json { check: false } => event.payload.clone(),
             Codec::Json { check: true } => {
@@ -212,9 +215,11 @@ impl MessageBuilder {
             })?;
             cloudevents::add_headers(&mut headers, event, source);
         }
-        let properties = common_properties(event, Some(message_id), Some(kind))
-            .with_content_type(self.content_type.clone())
-            .with_headers(headers);
+        let properties = with_headers(
+            common_properties(event, Some(message_id), Some(kind), key)
+                .with_content_type(self.content_type.clone()),
+            headers,
+        );
         Ok(Message {
             exchange,
             routing_key,
@@ -238,12 +243,15 @@ impl MessageBuilder {
         let (mut properties, body) = match published {
             Some((properties, body)) => (properties.clone(), body),
             None => {
-                let properties = common_properties(
-                    event,
-                    short(&event.id, "").ok(),
-                    short(&event.event_type, "").ok(),
-                )
-                .with_headers(base_headers_lenient(event));
+                let properties = with_headers(
+                    common_properties(
+                        event,
+                        short(&event.id, "").ok(),
+                        short(&event.event_type, "").ok(),
+                        event.key.as_ref().and_then(|k| short(k, "").ok()),
+                    ),
+                    base_headers_lenient(event),
+                );
                 (properties, event.payload.clone())
             }
         };
@@ -278,6 +286,7 @@ fn common_properties(
     event: &Event,
     message_id: Option<ShortString>,
     kind: Option<ShortString>,
+    key: Option<ShortString>,
 ) -> BasicProperties {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
@@ -287,6 +296,9 @@ fn common_properties(
     }
     if let Some(kind) = kind {
         properties = properties.with_type(kind);
+    }
+    if let Some(key) = key {
+        properties = properties.with_correlation_id(key);
     }
     if let Some(time) = event.meta.commit_time
         && let Ok(since) = time.duration_since(UNIX_EPOCH)
@@ -300,23 +312,19 @@ fn text(value: &Text) -> AMQPValue {
     AMQPValue::LongString(value.as_bytes().to_vec().into())
 }
 
-fn standard_headers(event: &Event) -> FieldTable {
-    let mut headers = FieldTable::default();
-    headers.insert(ShortString::from("id"), text(&event.id));
-    headers.insert(ShortString::from("type"), text(&event.event_type));
-    if let Some(key) = &event.key {
-        headers.insert(ShortString::from("aggregateid"), text(key));
+/// `properties` with `headers`, unless there are none: an empty table still costs the broker.
+fn with_headers(properties: BasicProperties, headers: FieldTable) -> BasicProperties {
+    if headers.inner().is_empty() {
+        properties
+    } else {
+        properties.with_headers(headers)
     }
-    if let Some(aggregate_type) = event.fields.text("aggregatetype") {
-        headers.insert(ShortString::from("aggregatetype"), text(aggregate_type));
-    }
-    headers
 }
 
-/// The standard headers and the event's own; an event header name too long for AMQP is an
-/// error, since dropping it would lose data silently.
+/// The event's own headers; a name too long for AMQP is an error, since dropping the header
+/// would lose data silently.
 fn base_headers(event: &Event) -> Result<FieldTable, String> {
-    let mut headers = standard_headers(event);
+    let mut headers = FieldTable::default();
     for (name, value) in event.headers.iter() {
         let name = ShortString::try_new(name.as_str()).map_err(|_| {
             format!("an event header name is longer than {MAX_SHORT_STRING} bytes, the AMQP limit")
@@ -329,7 +337,7 @@ fn base_headers(event: &Event) -> Result<FieldTable, String> {
 /// [`base_headers`] for a message that is quarantined anyway: headers that cannot be carried
 /// are left out.
 fn base_headers_lenient(event: &Event) -> FieldTable {
-    let mut headers = standard_headers(event);
+    let mut headers = FieldTable::default();
     for (name, value) in event.headers.iter() {
         if let Ok(name) = ShortString::try_new(name.as_str()) {
             headers.insert(name, value.map_or(AMQPValue::Void, text));
@@ -396,14 +404,30 @@ mod tests {
             p.content_type().as_ref().unwrap().as_str(),
             "application/json"
         );
-        assert_eq!(header_text(p, "id"), "id-1");
-        assert_eq!(header_text(p, "type"), "OrderCreated");
-        assert_eq!(header_text(p, "aggregateid"), "order-9");
-        assert_eq!(header_text(p, "aggregatetype"), "order");
+        assert_eq!(p.correlation_id().as_ref().unwrap().as_str(), "order-9");
+        for standard in ["id", "type", "aggregateid", "aggregatetype"] {
+            assert!(header(p, standard).is_none(), "{standard} is a property");
+        }
         assert!(header_text(p, "traceparent").starts_with("00-0af7"));
         assert_eq!(header(p, "nullable"), Some(&AMQPValue::Void));
         assert_eq!(header_text(p, "tenant"), "t-order-9");
         assert!(header(p, "ce-id").is_none());
+    }
+
+    #[test]
+    fn a_message_without_headers_has_no_header_table() {
+        let mut e = event();
+        e.headers = Default::default();
+        let p = builder("").build(&e).unwrap().properties;
+        assert!(p.headers().is_none());
+        e.key = Some("k".repeat(256).into());
+        assert!(
+            builder("")
+                .build(&e)
+                .unwrap_err()
+                .reason
+                .starts_with("key is longer")
+        );
     }
 
     #[test]
@@ -481,7 +505,11 @@ mod tests {
             header_text(&m.properties, QUARANTINE_COMPONENT_HEADER),
             "broker"
         );
-        assert_eq!(header_text(&m.properties, "aggregateid"), "order-9");
+        assert_eq!(
+            m.properties.correlation_id().as_ref().unwrap().as_str(),
+            "order-9"
+        );
+        assert!(header_text(&m.properties, "traceparent").starts_with("00-0af7"));
 
         let published = b.build(&event()).unwrap();
         let m = b

@@ -33,6 +33,6 @@ pub mod metrics;
 mod sink;
 mod template;
 
-pub use config::RabbitmqSinkConfig;
+pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, RabbitmqSinkConfig};
 pub use sink::RabbitmqSink;
 pub use template::{Missing, Template, TemplateError};
