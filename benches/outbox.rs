@@ -29,8 +29,8 @@
 //! - `cdc-blackhole-B`: the same into `blackhole`: decoding alone, against `recvlogical-B`;
 //! - `poll-rabbitmq`: sluice drains N unpublished rows of a `postgres_poll` table (reloaded
 //!   before each run) into RabbitMQ, against the broker ceiling;
-//! - `latency-S-R` (S: `cdc`, `poll` or `poll-notify`, R: `2000` events/s or `half` the broker ceiling of the
-//!   first round): this program commits single-row outbox transactions at rate R on an
+//! - `latency-S-R` (S: `cdc`, `poll` or `poll-notify`; R: `2000` events/s, or `half` the broker
+//!   ceiling of the first round): this program commits single-row outbox transactions at rate R on an
 //!   absolute schedule for `--latency-secs`, while a consumer on the queue timestamps each
 //!   message; commit→receive is the time from the COMMIT returning to the message arriving
 //!   (same process, same clock, matched by `message_id` = the row's id), after a warm-up of

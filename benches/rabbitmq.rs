@@ -12,7 +12,7 @@
 //!   unconfirmed, the generator's payloads; the best plain one is the baseline;
 //! - `lapin-W-sluice`: the same with the properties sluice sends, and `mandatory` (the same
 //!   job on the broker's side);
-//! - `sluice`: the generator and the sink with its defaults (1 channel, window 4096);
+//! - `sluice`: the generator and the sink with its defaults (1 channel, window 2048);
 //! - `sluice-Nch`, `sluice-wW`: the same with `N` channels, or a window of `W`.
 //!
 //! Every scenario checks at the end that its queue holds exactly the events sent.

@@ -15,7 +15,7 @@ use super::sink::RabbitmqSink;
 use super::template::Template;
 
 /// Default for [`RabbitmqSinkConfig::confirm_window`].
-pub const DEFAULT_CONFIRM_WINDOW: usize = 4096;
+pub const DEFAULT_CONFIRM_WINDOW: usize = 2048;
 /// Default for [`RabbitmqSinkConfig::channels`].
 pub const DEFAULT_CHANNELS: usize = 1;
 /// Default for [`RabbitmqSinkConfig::routing_key`].
