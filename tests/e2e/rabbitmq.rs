@@ -90,6 +90,42 @@ fn pipeline(
 }
 
 #[test]
+fn bindings_may_name_the_exchange_that_exchange_type_declares() {
+    let vhost = Vhost::create("e2e-declared").unwrap();
+    let dir = Scratch::new("rabbitmq-declared");
+    let config = dir.write(
+        "pipeline.toml",
+        &format!(
+            r#"
+            [pipeline]
+            data_dir = "{data}"
+            [sources.gen]
+            type = "generator"
+            count = 100
+            [sinks.broker]
+            type = "rabbitmq"
+            inputs = ["gen"]
+            url = "{url}"
+            exchange = "orders"
+            exchange_type = "direct"
+            [[sinks.broker.declare.queues]]
+            name = "orders"
+            [[sinks.broker.declare.bindings]]
+            exchange = "orders"
+            queue = "orders"
+            routing_key = "generated"
+            "#,
+            data = dir.join("data").display(),
+            url = vhost.url(),
+        ),
+    );
+    let mut running = sluice().spawn(&config);
+    let status = running.wait().unwrap();
+    assert!(status.success(), "{}", running.log());
+    assert_eq!(take_ready(&vhost, "orders").len(), 100);
+}
+
+#[test]
 fn generated_events_arrive_once_persistent_and_in_key_order() {
     let vhost = Vhost::create("e2e-order").unwrap();
     let dir = Scratch::new("rabbitmq-order");

@@ -321,6 +321,36 @@ impl RabbitmqSinkConfig {
             (None, Encoding::Avro { .. }) => AVRO_CONTENT_TYPE,
         }
     }
+
+    /// What each connection declares: `declare`, preceded — when `exchange_type` is set — by
+    /// the exchanges known before the first event (a constant `exchange`, the
+    /// `quarantine_exchange`) that `declare` does not list, so its bindings may name them.
+    pub fn topology(&self) -> Declare {
+        let mut topology = self.declare.clone();
+        if let Some(kind) = &self.exchange_type {
+            let known = [
+                self.exchange.constant(),
+                self.quarantine_exchange.as_deref(),
+            ];
+            let missing: Vec<ExchangeDeclaration> = known
+                .into_iter()
+                .flatten()
+                .filter(|name| {
+                    !name.is_empty() && !topology.exchanges.iter().any(|e| e.name == *name)
+                })
+                .map(|name| ExchangeDeclaration {
+                    name: name.to_owned(),
+                    kind: kind.clone(),
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: BTreeMap::new(),
+                })
+                .collect();
+            topology.exchanges.splice(0..0, missing);
+        }
+        topology
+    }
 }
 
 fn short_name(path: &str, name: &str) -> Result<(), FieldError> {
@@ -467,6 +497,37 @@ mod tests {
         assert_eq!(c.encoding, Encoding::Json);
         assert_eq!(c.effective_content_type(), "application/json");
         assert!(c.require_key);
+    }
+
+    #[test]
+    fn exchanges_the_sink_declares_itself_come_before_the_bindings() {
+        let names = |c: &RabbitmqSinkConfig| -> Vec<(String, String)> {
+            c.topology()
+                .exchanges
+                .into_iter()
+                .map(|e| (e.name, e.kind))
+                .collect()
+        };
+        let url = r#"url = "amqp://localhost""#;
+        let c = parse(&format!(
+            "{url}\nexchange = \"orders\"\nexchange_type = \"direct\"\nquarantine_exchange = \"q\"\n\
+             [[declare.exchanges]]\nname = \"q\"\ntype = \"fanout\""
+        ))
+        .unwrap();
+        assert_eq!(
+            names(&c),
+            [("orders", "direct"), ("q", "fanout")].map(|(n, k)| (n.to_owned(), k.to_owned()))
+        );
+        let templated = parse(&format!(
+            "{url}\nexchange = \"outbox.{{aggregatetype}}\"\nexchange_type = \"topic\""
+        ))
+        .unwrap();
+        assert!(names(&templated).is_empty(), "known only per event");
+        let undeclared = parse(&format!("{url}\nexchange = \"orders\"")).unwrap();
+        assert!(
+            names(&undeclared).is_empty(),
+            "without exchange_type, they must exist"
+        );
     }
 
     #[test]

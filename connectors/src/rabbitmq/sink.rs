@@ -280,7 +280,7 @@ impl Relay {
             &self.uri,
             &self.name,
             self.config.connect_timeout.get(),
-            &self.config.declare,
+            &self.config.topology(),
             &mut self.lanes,
         )
         .await
