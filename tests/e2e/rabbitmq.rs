@@ -47,9 +47,22 @@ fn in_key_order(messages: &[Received]) -> BTreeSet<u64> {
 }
 
 /// A pipeline from the generator (`source` settings) to the `rabbitmq` sink `broker`
-/// (`sink` settings), publishing to exchange `orders` (direct), whose queue `orders` takes
-/// routing key `generated`.
+/// (`sink` settings), publishing to exchange `orders` (direct, declared), whose queue `orders`
+/// takes routing key `generated`.
 fn pipeline(
+    dir: &Scratch,
+    vhost: &Vhost,
+    source: &str,
+    sink: &str,
+    api: Option<SocketAddr>,
+) -> std::path::PathBuf {
+    let sink =
+        format!("{sink}\n[[sinks.broker.declare.exchanges]]\nname = \"orders\"\ntype = \"direct\"");
+    pipeline_binding_orders(dir, vhost, source, &sink, api)
+}
+
+/// [`pipeline`] without declaring the exchange: only its queue and binding are declared.
+fn pipeline_binding_orders(
     dir: &Scratch,
     vhost: &Vhost,
     source: &str,
@@ -73,9 +86,6 @@ fn pipeline(
             url = "{url}"
             exchange = "orders"
             {sink}
-            [[sinks.broker.declare.exchanges]]
-            name = "orders"
-            type = "direct"
             [[sinks.broker.declare.queues]]
             name = "orders"
             [[sinks.broker.declare.bindings]]
@@ -93,31 +103,12 @@ fn pipeline(
 fn bindings_may_name_the_exchange_that_exchange_type_declares() {
     let vhost = Vhost::create("e2e-declared").unwrap();
     let dir = Scratch::new("rabbitmq-declared");
-    let config = dir.write(
-        "pipeline.toml",
-        &format!(
-            r#"
-            [pipeline]
-            data_dir = "{data}"
-            [sources.gen]
-            type = "generator"
-            count = 100
-            [sinks.broker]
-            type = "rabbitmq"
-            inputs = ["gen"]
-            url = "{url}"
-            exchange = "orders"
-            exchange_type = "direct"
-            [[sinks.broker.declare.queues]]
-            name = "orders"
-            [[sinks.broker.declare.bindings]]
-            exchange = "orders"
-            queue = "orders"
-            routing_key = "generated"
-            "#,
-            data = dir.join("data").display(),
-            url = vhost.url(),
-        ),
+    let config = pipeline_binding_orders(
+        &dir,
+        &vhost,
+        "count = 100",
+        "exchange_type = \"direct\"",
+        None,
     );
     let mut running = sluice().spawn(&config);
     let status = running.wait().unwrap();
