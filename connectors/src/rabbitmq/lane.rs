@@ -22,7 +22,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{Channel, Confirmation, PublisherConfirm};
 use sluice_pipeline::{Event, Text};
 
-use super::message::Message;
+use super::message::{self, Message};
 
 /// What a publish attempt comes to.
 type Confirm = lapin::Result<Confirmation>;
@@ -266,8 +266,8 @@ impl Lane {
         read
     }
 
-    /// Finds the message `returned` is about among the unsettled ones (by the event id, its
-    /// `message_id`) and marks it.
+    /// Finds the message `returned` is about among the unsettled ones (by the event id it
+    /// carries, see [`message::event_id`]) and marks it.
     fn mark_returned(&mut self, carrier: &mut Record, returned: BasicReturnMessage) {
         let BasicReturnMessage {
             delivery,
@@ -279,12 +279,7 @@ impl Lane {
             delivery.exchange.as_str(),
             delivery.routing_key.as_str(),
         );
-        let id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|id| id.as_str().as_bytes().to_vec())
-            .unwrap_or_default();
+        let id = message::event_id(&delivery.properties);
         let target = std::iter::once(carrier)
             .chain(self.observed.iter_mut().map(|(r, _, _)| r))
             .chain(self.in_flight.iter_mut().map(|f| &mut f.record))

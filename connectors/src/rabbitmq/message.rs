@@ -27,6 +27,8 @@ use super::template::Template;
 const PERSISTENT: u8 = 2;
 /// The `app_id` of every message.
 const APP_ID: &str = "sluice";
+/// The header that carries an event id too long for `message_id` (quarantined messages only).
+const ID_HEADER: &str = "id";
 /// The quarantine reason of an event without a key.
 pub(crate) const NULL_KEY_REASON: &str = "NULL aggregate id";
 
@@ -243,14 +245,20 @@ impl MessageBuilder {
         let (mut properties, body) = match published {
             Some((properties, body)) => (properties.clone(), body),
             None => {
+                let message_id = short(&event.id, "").ok();
+                let mut headers = base_headers_lenient(event);
+                if message_id.is_none() {
+                    // An id too long for `message_id` still identifies a returned message.
+                    headers.insert(ShortString::from(ID_HEADER), text(&event.id));
+                }
                 let properties = with_headers(
                     common_properties(
                         event,
-                        short(&event.id, "").ok(),
+                        message_id,
                         short(&event.event_type, "").ok(),
                         event.key.as_ref().and_then(|k| short(k, "").ok()),
                     ),
-                    base_headers_lenient(event),
+                    headers,
                 );
                 (properties, event.payload.clone())
             }
@@ -271,6 +279,19 @@ impl MessageBuilder {
             properties,
             body,
         })
+    }
+}
+
+/// The event id a published message carries: its `message_id`, or the id header of a
+/// quarantined event whose id is too long for one (empty if neither).
+pub(crate) fn event_id(properties: &BasicProperties) -> Vec<u8> {
+    match (properties.message_id(), properties.headers()) {
+        (Some(id), _) => id.as_str().as_bytes().to_vec(),
+        (None, Some(headers)) => match headers.inner().get(ID_HEADER) {
+            Some(AMQPValue::LongString(id)) => id.as_bytes().to_vec(),
+            _ => Vec::new(),
+        },
+        (None, None) => Vec::new(),
     }
 }
 
@@ -510,6 +531,11 @@ mod tests {
             "order-9"
         );
         assert!(header_text(&m.properties, "traceparent").starts_with("00-0af7"));
+        assert_eq!(event_id(&m.properties), b"id-1");
+        let mut long = event();
+        long.id = "x".repeat(256).into();
+        let m = b.quarantine(&long, "id too long", ShortString::from("rk"), None);
+        assert_eq!(event_id(&m.unwrap().properties), long.id.as_bytes()[..]);
 
         let published = b.build(&event()).unwrap();
         let m = b
