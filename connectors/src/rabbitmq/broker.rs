@@ -1,24 +1,22 @@
-//! The connection to RabbitMQ: connecting, declaring the configured topology, opening the
-//! publishing channels, making sure exchanges exist before messages go to them, noticing a
-//! lost connection, and classifying lapin's errors.
+//! The connection to RabbitMQ as the sink uses it: connecting, declaring the configured
+//! topology, opening the publishing channels, making sure exchanges exist before messages go to
+//! them, publishing, and turning the broker's frames into answers for the lanes.
 
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::{Stream, StreamExt};
-use lapin::options::{
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use sluice_pipeline::ErrorKind;
+use amq_protocol::frame::AMQPFrame;
+use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
+use amq_protocol::uri::AMQPUri;
+use bytes::Bytes;
 
 use super::config::{Argument, Declare};
-use super::lane::Lane;
+use super::lane::{Lane, Returned};
+use super::message::Message;
+use super::wire::{ChannelId, Wire, WireError, short, unexpected};
 
 /// How long an exchange found missing is taken as missing before it is checked again.
 const MISSING_EXCHANGE_RECHECK: Duration = Duration::from_secs(1);
@@ -26,6 +24,10 @@ const MISSING_EXCHANGE_RECHECK: Duration = Duration::from_secs(1);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most exchange names remembered as existing (templates could produce many).
 const MAX_KNOWN_EXCHANGES: usize = 10_000;
+/// The channel for declarations and existence checks; never for publishing.
+const CONTROL: ChannelId = 1;
+/// The channel of the first lane; lane `i` publishes on `FIRST_LANE + i`.
+const FIRST_LANE: ChannelId = 2;
 
 /// Whether an exchange can take messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,12 +38,45 @@ pub(crate) enum ExchangeState {
     Missing,
 }
 
+/// What the broker answered on a publishing channel.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// `basic.ack` (`ack`) or `basic.nack` of `tag`, and of every earlier tag if `multiple`.
+    Confirm {
+        lane: usize,
+        tag: u64,
+        multiple: bool,
+        ack: bool,
+    },
+    /// `basic.return` with its content: a message no queue took.
+    Return {
+        lane: usize,
+        returned: Box<Returned>,
+    },
+}
+
+/// A `basic.return` whose content is still arriving.
+struct Returning {
+    channel: ChannelId,
+    reason: String,
+    exchange: ShortString,
+    routing_key: ShortString,
+    properties: Option<amq_protocol::protocol::BasicProperties>,
+    size: u64,
+    body: Vec<u8>,
+}
+
 /// A live connection with its control channel.
 pub(crate) struct Broker {
-    connection: Connection,
-    /// For declarations and existence checks; never for publishing.
-    control: Channel,
-    events: Pin<Box<dyn Stream<Item = lapin::Event> + Send>>,
+    wire: Wire,
+    /// Parsed, not yet handled (kept to reuse its allocation).
+    frames: Vec<AMQPFrame>,
+    answers: Vec<Answer>,
+    returning: Vec<Returning>,
+    lanes: usize,
+    /// The channel a call waits on, and its reply once it comes.
+    awaiting: Option<ChannelId>,
+    reply: Option<Result<AMQPClass, WireError>>,
     known: HashSet<ShortString>,
     missing: HashMap<ShortString, Instant>,
 }
@@ -54,48 +89,48 @@ impl Broker {
         timeout: Duration,
         declare: &Declare,
         lanes: &mut [Lane],
-    ) -> lapin::Result<Broker> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(format!("sluice {name}").into());
-        let connection =
-            match tokio::time::timeout(timeout, Connection::connect_uri(uri.clone(), properties))
-                .await
-            {
-                Ok(connection) => connection?,
-                Err(_) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("connecting took longer than {timeout:?}"),
-                    )
-                    .into());
-                }
-            };
-        let events = Box::pin(connection.events_listener());
-        let control = connection.create_channel().await?;
-        declare_topology(&control, declare).await?;
-        for lane in lanes.iter_mut() {
-            let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            lane.attach(channel);
-        }
+    ) -> Result<Broker, WireError> {
+        let channels = FIRST_LANE - 1 + lanes.len() as ChannelId;
+        let wire = Wire::open(uri, name, timeout, channels).await?;
         let mut known = HashSet::new();
         // The default exchange always exists and cannot be declared.
         known.insert(ShortString::default());
-        known.extend(
+        let mut broker = Broker {
+            wire,
+            frames: Vec::new(),
+            answers: Vec::new(),
+            returning: Vec::new(),
+            lanes: 0,
+            awaiting: None,
+            reply: None,
+            known,
+            missing: HashMap::new(),
+        };
+        broker.open_channel(CONTROL).await?;
+        broker.declare_topology(declare).await?;
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            let channel = FIRST_LANE + i as ChannelId;
+            broker.open_channel(channel).await?;
+            let select = confirm::AMQPMethod::Select(confirm::Select { nowait: false });
+            broker.call(channel, AMQPClass::Confirm(select)).await?;
+            lane.attach();
+        }
+        broker.lanes = lanes.len();
+        broker.known.extend(
             declare
                 .exchanges
                 .iter()
                 .filter_map(|e| ShortString::try_new(e.name.as_str()).ok()),
         );
-        Ok(Broker {
-            connection,
-            control,
-            events,
-            known,
-            missing: HashMap::new(),
-        })
+        Ok(broker)
+    }
+
+    async fn open_channel(&mut self, channel: ChannelId) -> Result<(), WireError> {
+        let open = channel::AMQPMethod::Open(channel::Open {});
+        match self.call(channel, AMQPClass::Channel(open)).await? {
+            AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => Ok(()),
+            other => Err(unexpected("channel.open-ok", &other)),
+        }
     }
 
     /// Makes sure `exchange` exists: declares it as `kind` when given (durable), otherwise
@@ -103,8 +138,8 @@ impl Broker {
     pub async fn ensure_exchange(
         &mut self,
         exchange: &ShortString,
-        kind: Option<&ExchangeKind>,
-    ) -> lapin::Result<ExchangeState> {
+        kind: Option<&ShortString>,
+    ) -> Result<ExchangeState, WireError> {
         if self.known.contains(exchange) {
             return Ok(ExchangeState::Ready);
         }
@@ -114,22 +149,19 @@ impl Broker {
             }
             self.missing.remove(exchange);
         }
-        let options = ExchangeDeclareOptions {
+        let declare = exchange::Declare {
+            exchange: exchange.clone(),
+            kind: kind.cloned().unwrap_or_else(|| "direct".into()),
             passive: kind.is_none(),
             durable: true,
-            ..ExchangeDeclareOptions::default()
+            auto_delete: false,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::default(),
         };
-        let result = self
-            .control
-            .exchange_declare(
-                exchange.clone(),
-                kind.cloned().unwrap_or_default(),
-                options,
-                FieldTable::default(),
-            )
-            .await;
-        match result {
-            Ok(()) => {
+        let declare = AMQPClass::Exchange(exchange::AMQPMethod::Declare(declare));
+        match self.call(CONTROL, declare).await {
+            Ok(_) => {
                 if self.known.len() >= MAX_KNOWN_EXCHANGES {
                     self.known.clear();
                     self.known.insert(ShortString::default());
@@ -137,9 +169,9 @@ impl Broker {
                 self.known.insert(exchange.clone());
                 Ok(ExchangeState::Ready)
             }
-            Err(error) if is_not_found(&error) => {
+            Err(error) if error.is_not_found() => {
                 // The broker closes a channel whose passive declaration fails.
-                self.control = self.connection.create_channel().await?;
+                self.open_channel(CONTROL).await?;
                 self.missing.insert(exchange.clone(), Instant::now());
                 Ok(ExchangeState::Missing)
             }
@@ -147,107 +179,272 @@ impl Broker {
         }
     }
 
-    /// Ready with the error once lapin reports that the connection failed.
-    pub fn poll_failure(&mut self, cx: &mut Context<'_>) -> Poll<lapin::Error> {
-        loop {
-            match self.events.poll_next_unpin(cx) {
-                // lapin reports a closed channel here too (the control channel after a failed
-                // existence check); publishing channels report theirs through their confirms.
-                Poll::Ready(Some(lapin::Event::Error(error))) => {
-                    if !self.connection.status().connected() {
-                        return Poll::Ready(error);
+    async fn declare_topology(&mut self, declare: &Declare) -> Result<(), WireError> {
+        for e in &declare.exchanges {
+            let method = exchange::AMQPMethod::Declare(exchange::Declare {
+                exchange: short(&e.name)?,
+                kind: short(&e.kind)?,
+                passive: false,
+                durable: e.durable,
+                auto_delete: e.auto_delete,
+                internal: e.internal,
+                nowait: false,
+                arguments: arguments(&e.arguments)?,
+            });
+            self.call(CONTROL, AMQPClass::Exchange(method)).await?;
+        }
+        for q in &declare.queues {
+            let method = queue::AMQPMethod::Declare(queue::Declare {
+                queue: short(&q.name)?,
+                passive: false,
+                durable: q.durable,
+                exclusive: q.exclusive,
+                auto_delete: q.auto_delete,
+                nowait: false,
+                arguments: arguments(&q.arguments)?,
+            });
+            self.call(CONTROL, AMQPClass::Queue(method)).await?;
+        }
+        for b in &declare.bindings {
+            let method = queue::AMQPMethod::Bind(queue::Bind {
+                queue: short(&b.queue)?,
+                exchange: short(&b.exchange)?,
+                routing_key: short(&b.routing_key)?,
+                nowait: false,
+                arguments: arguments(&b.arguments)?,
+            });
+            self.call(CONTROL, AMQPClass::Queue(method)).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `method` on `channel` and waits for the broker's reply there; a `channel.close`
+    /// in reply becomes the error it reports. Answers to publishes that arrive meanwhile are
+    /// kept for [`Broker::poll`].
+    async fn call(
+        &mut self,
+        channel: ChannelId,
+        method: AMQPClass,
+    ) -> Result<AMQPClass, WireError> {
+        self.awaiting = Some(channel);
+        self.reply = None;
+        let reply = match self.wire.send(channel, method) {
+            Ok(()) => {
+                poll_fn(|cx| {
+                    if let Err(error) = self.poll_frames(cx) {
+                        return Poll::Ready(Err(error));
                     }
-                }
-                Poll::Ready(Some(lapin::Event::ConnectionBlocked(reason))) => {
-                    tracing::warn!(%reason, "the broker blocked publishing (resource alarm)");
-                }
-                Poll::Ready(Some(lapin::Event::ConnectionUnblocked)) => {
-                    tracing::info!("the broker unblocked publishing");
-                }
-                Poll::Ready(Some(_)) => {}
-                Poll::Ready(None) => {
-                    return Poll::Ready(
-                        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)
-                            .into(),
-                    );
-                }
-                Poll::Pending => return Poll::Pending,
+                    match self.reply.take() {
+                        Some(reply) => Poll::Ready(reply),
+                        None => Poll::Pending,
+                    }
+                })
+                .await
+            }
+            Err(error) => Err(error),
+        };
+        self.awaiting = None;
+        reply
+    }
+
+    /// Queues the frames of `message` on `lane`'s channel (`mandatory`, so that an unroutable
+    /// message comes back); [`Broker::poll`] writes them.
+    pub fn publish(&mut self, lane: usize, message: &Message) -> Result<(), WireError> {
+        self.wire.publish(
+            FIRST_LANE + lane as ChannelId,
+            message.exchange.as_str(),
+            message.routing_key.as_str(),
+            true,
+            &message.properties,
+            &message.body,
+        )
+    }
+
+    /// Writes what is queued and reads what arrived; registers `cx` to be woken when there is
+    /// more to do. Fails when the connection cannot go on; answers that arrived before the
+    /// failure are in [`Broker::answers`] all the same.
+    pub fn poll(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
+        self.poll_frames(cx)
+    }
+
+    /// The answers read so far, in the order they came.
+    pub fn answers(&mut self) -> std::vec::Drain<'_, Answer> {
+        self.answers.drain(..)
+    }
+
+    fn poll_frames(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
+        let mut frames = std::mem::take(&mut self.frames);
+        let polled = self.wire.poll_io(cx, &mut frames);
+        let mut handled = Ok(());
+        for frame in frames.drain(..) {
+            handled = self.on_frame(frame);
+            if handled.is_err() {
+                break;
             }
         }
+        frames.clear();
+        self.frames = frames;
+        polled.and(handled)
+    }
+
+    fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {
+        match frame {
+            AMQPFrame::Method(channel, method) => self.on_method(channel, method),
+            AMQPFrame::Header(channel, header) => {
+                let returning = self.returning_on(channel)?;
+                returning.size = header.body_size;
+                returning.properties = Some(header.properties);
+                self.complete_return(channel);
+                Ok(())
+            }
+            AMQPFrame::Body(channel, data) => {
+                let returning = self.returning_on(channel)?;
+                returning.body.extend_from_slice(&data);
+                self.complete_return(channel);
+                Ok(())
+            }
+            other => Err(WireError::Protocol(format!("unexpected frame {other:?}"))),
+        }
+    }
+
+    fn on_method(&mut self, channel: ChannelId, method: AMQPClass) -> Result<(), WireError> {
+        match method {
+            AMQPClass::Basic(basic::AMQPMethod::Ack(ack)) => {
+                let lane = self.lane_of(channel)?;
+                self.answers.push(Answer::Confirm {
+                    lane,
+                    tag: ack.delivery_tag,
+                    multiple: ack.multiple,
+                    ack: true,
+                });
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Nack(nack)) => {
+                let lane = self.lane_of(channel)?;
+                self.answers.push(Answer::Confirm {
+                    lane,
+                    tag: nack.delivery_tag,
+                    multiple: nack.multiple,
+                    ack: false,
+                });
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Return(r)) => {
+                self.lane_of(channel)?;
+                let reason = format!(
+                    "unroutable: exchange {:?} has no route for routing key {:?} ({} {})",
+                    r.exchange.as_str(),
+                    r.routing_key.as_str(),
+                    r.reply_code,
+                    r.reply_text.as_str(),
+                );
+                self.returning.push(Returning {
+                    channel,
+                    reason,
+                    exchange: r.exchange,
+                    routing_key: r.routing_key,
+                    properties: None,
+                    size: 0,
+                    body: Vec::new(),
+                });
+            }
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                let close_ok = connection::AMQPMethod::CloseOk(connection::CloseOk {});
+                self.wire.send(0, AMQPClass::Connection(close_ok))?;
+                return Err(WireError::ConnectionClosed {
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                });
+            }
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked)) => {
+                tracing::warn!(reason = %blocked.reason, "the broker blocked publishing (resource alarm)");
+            }
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => {
+                tracing::info!("the broker unblocked publishing");
+            }
+            AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
+                let close_ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});
+                self.wire.send(channel, AMQPClass::Channel(close_ok))?;
+                let error = WireError::ChannelClosed {
+                    channel,
+                    code: close.reply_code,
+                    text: close.reply_text.to_string(),
+                };
+                if self.awaiting == Some(channel) {
+                    self.reply = Some(Err(error));
+                } else {
+                    return Err(error);
+                }
+            }
+            other if self.awaiting == Some(channel) => self.reply = Some(Ok(other)),
+            other => {
+                return Err(WireError::Protocol(format!(
+                    "unexpected {other:?} on channel {channel}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn lane_of(&self, channel: ChannelId) -> Result<usize, WireError> {
+        let lane = usize::from(channel.wrapping_sub(FIRST_LANE));
+        if channel >= FIRST_LANE && lane < self.lanes {
+            Ok(lane)
+        } else {
+            Err(WireError::Protocol(format!(
+                "a publisher confirm or return on channel {channel}, which publishes nothing"
+            )))
+        }
+    }
+
+    fn returning_on(&mut self, channel: ChannelId) -> Result<&mut Returning, WireError> {
+        self.returning
+            .iter_mut()
+            .find(|r| r.channel == channel)
+            .ok_or_else(|| {
+                WireError::Protocol(format!("content on channel {channel} without a method"))
+            })
+    }
+
+    /// Turns the return on `channel` into an answer once its content is complete.
+    fn complete_return(&mut self, channel: ChannelId) {
+        let Some(at) = self.returning.iter().position(|r| {
+            r.channel == channel && r.properties.is_some() && r.body.len() as u64 >= r.size
+        }) else {
+            return;
+        };
+        let r = self.returning.swap_remove(at);
+        let returned = Returned {
+            reason: r.reason,
+            message: Message {
+                exchange: r.exchange,
+                routing_key: r.routing_key,
+                properties: r.properties.unwrap_or_default(),
+                body: Bytes::from(r.body),
+            },
+        };
+        self.answers.push(Answer::Return {
+            lane: usize::from(channel - FIRST_LANE),
+            returned: Box::new(returned),
+        });
     }
 
     /// Closes the connection, waiting a little for the broker to agree.
-    pub async fn close(self) {
-        let closing = self.connection.close(200, "sluice is stopping".into());
+    pub async fn close(mut self) {
+        let close = connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "sluice is stopping".into(),
+            class_id: 0,
+            method_id: 0,
+        });
+        let closing = self.call(0, AMQPClass::Connection(close));
         if let Ok(Err(error)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
-            tracing::debug!(error = %error, "closing the connection failed");
+            tracing::debug!(%error, "closing the connection failed");
         }
     }
-}
-
-async fn declare_topology(channel: &Channel, declare: &Declare) -> lapin::Result<()> {
-    for exchange in &declare.exchanges {
-        let options = ExchangeDeclareOptions {
-            durable: exchange.durable,
-            auto_delete: exchange.auto_delete,
-            internal: exchange.internal,
-            ..ExchangeDeclareOptions::default()
-        };
-        channel
-            .exchange_declare(
-                short(&exchange.name)?,
-                exchange_kind(&exchange.kind),
-                options,
-                arguments(&exchange.arguments)?,
-            )
-            .await?;
-    }
-    for queue in &declare.queues {
-        let options = QueueDeclareOptions {
-            durable: queue.durable,
-            exclusive: queue.exclusive,
-            auto_delete: queue.auto_delete,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(short(&queue.name)?, options, arguments(&queue.arguments)?)
-            .await?;
-    }
-    for binding in &declare.bindings {
-        channel
-            .queue_bind(
-                short(&binding.queue)?,
-                short(&binding.exchange)?,
-                short(&binding.routing_key)?,
-                QueueBindOptions::default(),
-                arguments(&binding.arguments)?,
-            )
-            .await?;
-    }
-    Ok(())
-}
-
-/// An exchange type as lapin names it.
-pub(crate) fn exchange_kind(kind: &str) -> ExchangeKind {
-    match kind {
-        "direct" => ExchangeKind::Direct,
-        "fanout" => ExchangeKind::Fanout,
-        "topic" => ExchangeKind::Topic,
-        "headers" => ExchangeKind::Headers,
-        other => ExchangeKind::Custom(other.to_owned()),
-    }
-}
-
-/// Validation bounds declared names to short strings; this only turns a broken invariant into
-/// an error rather than a panic.
-fn short(name: &str) -> lapin::Result<ShortString> {
-    ShortString::try_new(name)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
 }
 
 fn arguments(
     arguments: &std::collections::BTreeMap<String, Argument>,
-) -> lapin::Result<FieldTable> {
+) -> Result<FieldTable, WireError> {
     let mut table = FieldTable::default();
     for (name, value) in arguments {
         let value = match value {
@@ -261,82 +458,29 @@ fn arguments(
     Ok(table)
 }
 
-fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e)
-        if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND))
-}
-
-/// A lapin error as the cause of a sluice error. lapin's message already ends with its own
-/// cause, so this hides that cause from the chain rather than print it twice.
-#[derive(Debug)]
-pub(crate) struct AmqpError(pub lapin::Error);
-
-impl std::fmt::Display for AmqpError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-impl std::error::Error for AmqpError {}
-
-/// The one place that says which lapin errors are worth retrying: refusals and mismatches in
-/// what was asked for are configuration errors, broken frames are protocol errors, and
-/// everything else (I/O, a closed connection, a missed heartbeat, a forced close) is a
-/// connection error.
-pub(crate) fn error_kind(error: &lapin::Error) -> ErrorKind {
-    use AMQPErrorKind::{Hard, Soft};
-    match error.kind() {
-        lapin::ErrorKind::ProtocolError(e) => match e.kind() {
-            Soft(
-                AMQPSoftError::ACCESSREFUSED
-                | AMQPSoftError::NOTFOUND
-                | AMQPSoftError::PRECONDITIONFAILED,
-            )
-            | Hard(
-                AMQPHardError::NOTALLOWED
-                | AMQPHardError::INVALIDPATH
-                | AMQPHardError::NOTIMPLEMENTED,
-            ) => ErrorKind::Config,
-            Hard(
-                AMQPHardError::FRAMEERROR
-                | AMQPHardError::SYNTAXERROR
-                | AMQPHardError::COMMANDINVALID
-                | AMQPHardError::UNEXPECTEDFRAME
-                | AMQPHardError::CHANNELERROR,
-            ) => ErrorKind::Protocol,
-            _ => ErrorKind::Connect,
-        },
-        lapin::ErrorKind::ParsingError(_)
-        | lapin::ErrorKind::SerialisationError(_)
-        | lapin::ErrorKind::InvalidProtocolVersion(_) => ErrorKind::Protocol,
-        lapin::ErrorKind::AuthProviderError(_) | lapin::ErrorKind::NoDefaultRuntime => {
-            ErrorKind::Config
-        }
-        _ => ErrorKind::Connect,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::protocol::AMQPError;
-
-    fn protocol(kind: AMQPErrorKind) -> lapin::Error {
-        lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "x".into())).into()
-    }
+    use sluice_pipeline::ErrorKind;
 
     #[test]
     fn classifies_errors() {
-        let refused = protocol(AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED));
-        assert_eq!(error_kind(&refused), ErrorKind::Config);
-        let forced = protocol(AMQPErrorKind::Hard(AMQPHardError::CONNECTIONFORCED));
-        assert_eq!(error_kind(&forced), ErrorKind::Connect);
-        let io: lapin::Error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused).into();
-        assert_eq!(error_kind(&io), ErrorKind::Connect);
-        assert!(is_not_found(&protocol(AMQPErrorKind::Soft(
-            AMQPSoftError::NOTFOUND
-        ))));
-        assert!(!is_not_found(&forced));
+        let closed = |code| WireError::ChannelClosed {
+            channel: 1,
+            code,
+            text: "x".into(),
+        };
+        assert_eq!(closed(403).kind(), ErrorKind::Config);
+        assert!(closed(404).is_not_found());
+        assert!(!closed(406).is_not_found());
+        let forced = WireError::ConnectionClosed {
+            code: 320,
+            text: "CONNECTION_FORCED".into(),
+        };
+        assert_eq!(forced.kind(), ErrorKind::Connect);
+        let io = WireError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(io.kind(), ErrorKind::Connect);
+        assert_eq!(WireError::Protocol("x".into()).kind(), ErrorKind::Protocol);
     }
 
     #[test]
@@ -348,10 +492,6 @@ mod tests {
         assert_eq!(
             table.inner().get("x-max-length"),
             Some(&AMQPValue::LongLongInt(5))
-        );
-        assert_eq!(
-            exchange_kind("x-consistent-hash"),
-            ExchangeKind::Custom("x-consistent-hash".into())
         );
     }
 }

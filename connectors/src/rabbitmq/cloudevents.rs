@@ -7,7 +7,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use sluice_pipeline::Event;
 
 /// Adds the CloudEvents attributes of `event` to `headers`; `source` is the rendered source.

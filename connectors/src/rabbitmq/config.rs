@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use lapin::uri::{AMQPScheme, AMQPUri};
+use amq_protocol::uri::{AMQPScheme, AMQPUri};
 use serde::{Deserialize, Deserializer};
 use sluice_pipeline::component::{BuildContext, DynSink};
 use sluice_pipeline::{Error, FieldError, HumanDuration, SinkConfig, Validate};

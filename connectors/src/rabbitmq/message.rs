@@ -12,9 +12,9 @@
 
 use std::time::UNIX_EPOCH;
 
+use amq_protocol::protocol::BasicProperties;
+use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use sluice_pipeline::runtime::{QUARANTINE_COMPONENT_HEADER, QUARANTINE_REASON_HEADER};
 use sluice_pipeline::{Event, Text};
 

@@ -19,7 +19,8 @@
 //! - [`config`]: the settings.
 //! - `message`, `avro`, `cloudevents`: from an event to a message.
 //! - `lane`: one publishing channel and its messages in flight.
-//! - `broker`: the connection, the topology, lapin's errors.
+//! - `wire`: sluice's own AMQP connection: socket, frames, handshake (ADR 0009).
+//! - `broker`: the connection as the sink uses it: topology, exchanges, publishes, answers.
 //! - `sink`: the running sink.
 //! - [`metrics`]: metric names.
 
@@ -32,6 +33,7 @@ mod message;
 pub mod metrics;
 mod sink;
 mod template;
+mod wire;
 
 pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, RabbitmqSinkConfig};
 pub use sink::RabbitmqSink;

@@ -18,22 +18,22 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
-use lapin::ExchangeKind;
-use lapin::types::ShortString;
-use lapin::uri::AMQPUri;
+use amq_protocol::types::ShortString;
+use amq_protocol::uri::AMQPUri;
 use sluice_pipeline::error::chain;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use tokio::time::Sleep;
 
 use super::avro::AvroEncoder;
-use super::broker::{AmqpError, Broker, ExchangeState, error_kind, exchange_kind};
+use super::broker::{Answer, Broker, ExchangeState};
 use super::config::{Encoding, RabbitmqSinkConfig};
 use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
+use super::wire::WireError;
 
 /// The running `rabbitmq` sink.
 #[derive(Debug)]
@@ -78,7 +78,7 @@ enum Wake {
     /// Nacked records are due to be retried.
     RetryDue,
     /// The connection failed.
-    Lost(lapin::Error),
+    Lost(WireError),
 }
 
 /// The bookkeeping of one key (see the module documentation).
@@ -130,7 +130,8 @@ struct Relay {
     name: String,
     config: RabbitmqSinkConfig,
     builder: MessageBuilder,
-    declare_as: Option<ExchangeKind>,
+    /// The type of the exchanges the sink declares itself (`exchange_type`).
+    declare_as: Option<ShortString>,
     metrics: RabbitmqMetrics,
     broker: Option<Broker>,
     lanes: Vec<Lane>,
@@ -147,7 +148,7 @@ struct Relay {
     rejects: Vec<(Event, Text)>,
     settled: Vec<Settled>,
     /// A failure seen while settling, handled once the rest is settled.
-    failure: Option<lapin::Error>,
+    failure: Option<WireError>,
     next_seq: u64,
     /// Records published and not yet settled, over all lanes.
     in_flight: usize,
@@ -161,7 +162,10 @@ impl Relay {
             uri,
             name: id.to_owned(),
             builder,
-            declare_as: config.exchange_type.as_deref().map(exchange_kind),
+            declare_as: config
+                .exchange_type
+                .as_deref()
+                .and_then(|kind| ShortString::try_new(kind).ok()),
             metrics: RabbitmqMetrics::new(id),
             broker: None,
             lanes: (0..config.channels).map(|_| Lane::default()).collect(),
@@ -208,7 +212,10 @@ impl Relay {
                 break;
             }
             let room = self.in_flight + self.incoming.len() < self.config.confirm_window;
+            // Biased: the connection is polled first, so what was just published is written
+            // before more input is taken.
             let input = tokio::select! {
+                biased;
                 wake = poll_fn(|task| self.poll_wake(task)) => Err(wake),
                 batch = cx.next(), if input_open && room => Ok(batch),
             };
@@ -272,9 +279,9 @@ impl Relay {
     }
 
     async fn try_connect(&mut self) -> Result<(), Error> {
-        let lapin_error = |context: &str| {
+        let wire_error = |context: &str| {
             let context = context.to_owned();
-            move |e: lapin::Error| Error::new(error_kind(&e), context).with_source(AmqpError(e))
+            move |e: WireError| Error::new(e.kind(), context).with_source(e)
         };
         let broker = Broker::connect(
             &self.uri,
@@ -284,10 +291,10 @@ impl Relay {
             &mut self.lanes,
         )
         .await
-        .map_err(lapin_error("connecting to RabbitMQ"))?;
+        .map_err(wire_error("connecting to RabbitMQ"))?;
         self.broker = Some(broker);
         self.ensure_quarantine_exchange().await?;
-        self.publish_unsent().await.map_err(lapin_error(
+        self.publish_unsent().await.map_err(wire_error(
             "publishing again what the last connection left unconfirmed",
         ))
     }
@@ -311,16 +318,15 @@ impl Relay {
                     "quarantine_exchange {exchange:?} does not exist: declare it in `declare.exchanges` or set `exchange_type`"
                 ),
             )),
-            Err(error) => Err(
-                Error::new(error_kind(&error), "checking the quarantine exchange")
-                    .with_source(AmqpError(error)),
-            ),
+            Err(error) => {
+                Err(Error::new(error.kind(), "checking the quarantine exchange").with_source(error))
+            }
         }
     }
 
     /// Publishes the records the last connection left unsettled, each lane in acceptance
     /// order, before anything new.
-    async fn publish_unsent(&mut self) -> Result<(), lapin::Error> {
+    async fn publish_unsent(&mut self) -> Result<(), WireError> {
         let mut unsent = std::mem::take(&mut self.unsent);
         unsent.sort_by_key(|r| r.seq);
         let mut records = unsent.into_iter();
@@ -360,11 +366,9 @@ impl Relay {
         &mut self,
         exchange: &ShortString,
         purpose: &Purpose,
-    ) -> lapin::Result<ExchangeState> {
+    ) -> Result<ExchangeState, WireError> {
         let Some(broker) = &mut self.broker else {
-            return Err(
-                lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed).into(),
-            );
+            return Err(WireError::NotConnected);
         };
         match purpose {
             Purpose::Deliver => {
@@ -480,11 +484,25 @@ impl Relay {
         self.publish(record, message, now);
     }
 
+    /// Queues `message` on the record's lane; without a connection, the record waits for
+    /// the next one.
     fn publish(&mut self, record: Record, message: Message, now: Instant) {
-        self.metrics.published.increment(1);
-        self.in_flight += 1;
-        let lane = record.lane;
-        self.lanes[lane].publish(record, message, now);
+        let lane = &mut self.lanes[record.lane];
+        let Some(broker) = self.broker.as_mut().filter(|_| lane.is_attached()) else {
+            self.unsent.push(record);
+            return;
+        };
+        match broker.publish(record.lane, &message) {
+            Ok(()) => {
+                self.metrics.published.increment(1);
+                self.in_flight += 1;
+                lane.push(record, now);
+            }
+            Err(error) => {
+                let reason = format!("cannot be encoded as an AMQP message: {error}");
+                self.reject_record(record, reason, now);
+            }
+        }
     }
 
     /// Publishes a record whose first message is gone (released, retried): built anew.
@@ -503,14 +521,19 @@ impl Relay {
 
     /// Polls for what the relay waits on: lost connection, settled records, due retries.
     fn poll_wake(&mut self, task: &mut Context<'_>) -> Poll<Wake> {
-        if let Some(broker) = &mut self.broker
-            && let Poll::Ready(error) = broker.poll_failure(task)
-        {
-            return Poll::Ready(Wake::Lost(error));
+        if let Some(broker) = &mut self.broker {
+            // Answers that arrived before a failure still count.
+            let polled = broker.poll(task);
+            let answered = broker
+                .answers()
+                .try_for_each(|answer| answer_lane(&mut self.lanes, answer));
+            if let Err(error) = polled.and(answered) {
+                return Poll::Ready(Wake::Lost(error));
+            }
         }
         let mut settled = false;
         for lane in &mut self.lanes {
-            settled |= lane.poll_settled(task, &mut self.settled);
+            settled |= lane.settle(&mut self.settled);
         }
         if settled {
             return Poll::Ready(Wake::Settled);
@@ -556,12 +579,6 @@ impl Relay {
                 Outcome::Nacked => {
                     self.metrics.nacked.increment(1);
                     self.nacked(record, now);
-                }
-                Outcome::Failed(error) => {
-                    self.unsent.push(record);
-                    if self.failure.is_none() {
-                        self.failure = Some(error);
-                    }
                 }
             }
         }
@@ -718,15 +735,13 @@ impl Relay {
     }
 
     /// The connection is gone: settle what was answered, keep the rest for the next one.
-    fn teardown(&mut self, error: lapin::Error, cx: &SinkContext) {
+    fn teardown(&mut self, error: WireError, cx: &SinkContext) {
         cx.set_ready(false);
         self.metrics.reconnects.increment(1);
         tracing::warn!(%error, unsettled = self.in_flight, "lost the connection to RabbitMQ; reconnecting");
-        // Answers that arrived before the failure still count (no waking needed: the lanes
-        // are about to be detached).
-        let mut task = Context::from_waker(Waker::noop());
+        // Answers that arrived before the failure still count.
         for lane in &mut self.lanes {
-            lane.poll_settled(&mut task, &mut self.settled);
+            lane.settle(&mut self.settled);
         }
         self.settle();
         self.failure = None;
@@ -767,6 +782,22 @@ fn quarantine(reason: String) -> Purpose {
     Purpose::Quarantine {
         reason,
         returned: false,
+    }
+}
+
+/// Hands a broker's answer to the lane it is about.
+fn answer_lane(lanes: &mut [Lane], answer: Answer) -> Result<(), WireError> {
+    match answer {
+        Answer::Confirm {
+            lane,
+            tag,
+            multiple,
+            ack,
+        } => lanes[lane].confirm(tag, multiple, ack),
+        Answer::Return { lane, returned } => {
+            lanes[lane].returned(returned);
+            Ok(())
+        }
     }
 }
 

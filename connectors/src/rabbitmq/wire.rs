@@ -1,0 +1,548 @@
+//! sluice's own AMQP 0-9-1 connection: the socket, the frames on it and the handshake.
+//!
+//! The sink publishes thousands of messages a second and needs little of a general client:
+//! a handful of channels in confirm mode, a few declarations, and the broker's answers. So the
+//! frames of each publish are encoded straight into one write buffer that is flushed in as few
+//! writes as the socket takes, and frames are parsed from one read buffer, all on the sink's own
+//! task: no I/O thread, no per-message future, no lock (ADR 0009). The codec of methods,
+//! properties and field tables is `amq-protocol`'s; only the publish, whose cost counts, is
+//! encoded by hand.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use amq_protocol::frame::{AMQPFrame, WriteContext, gen_frame, parse_frame};
+use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, connection, constants};
+use amq_protocol::types::generation::SerializeFn;
+use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::uri::{AMQPUri, SASLMechanism};
+use sluice_pipeline::ErrorKind;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// A channel number.
+pub(crate) type ChannelId = u16;
+
+/// Bytes read from the socket at a time (at least).
+const READ_CHUNK: usize = 64 * 1024;
+/// Every frame: type (1), channel (2), size (4), then the payload and the end octet.
+const FRAME_OVERHEAD: usize = 8;
+/// The frame size asked for when the broker allows any (RabbitMQ's default).
+const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
+
+/// Why the connection cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The broker closed the TCP connection.
+    #[error("the broker closed the connection without a word")]
+    Eof,
+    /// The broker closed the connection with a reason.
+    #[error("the broker closed the connection: {code} {text}")]
+    ConnectionClosed {
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's explanation.
+        text: String,
+    },
+    /// The broker closed a channel with a reason.
+    #[error("the broker closed channel {channel}: {code} {text}")]
+    ChannelClosed {
+        /// Which channel.
+        channel: ChannelId,
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's explanation.
+        text: String,
+    },
+    /// A frame that does not parse, or that makes no sense where it came.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// Nothing came from the broker for two heartbeat intervals.
+    #[error("no frame from the broker for {0:?} (two heartbeat intervals)")]
+    MissedHeartbeats(Duration),
+    /// Connecting took too long.
+    #[error("connecting took longer than {0:?}")]
+    Timeout(Duration),
+    /// Nothing to send on: the connection is gone.
+    #[error("not connected")]
+    NotConnected,
+    /// The connection was refused because of its settings.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The AMQP reply code of "no such exchange or queue".
+const NOT_FOUND: u16 = 404;
+/// AMQP reply codes for which retrying cannot help: access refused, not found, precondition
+/// failed, not allowed, invalid path, not implemented.
+const CONFIG_CODES: [u16; 6] = [403, NOT_FOUND, 406, 530, 402, 540];
+/// AMQP reply codes that mean one side broke the protocol: frame error, syntax error, command
+/// invalid, channel error, unexpected frame.
+const PROTOCOL_CODES: [u16; 5] = [501, 502, 503, 504, 505];
+
+impl WireError {
+    /// The one place that says which failures are worth retrying: refusals and mismatches in
+    /// what was asked for are configuration errors, broken frames are protocol errors, and
+    /// everything else (I/O, a forced close, missed heartbeats) is a connection error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            WireError::ConnectionClosed { code, .. } | WireError::ChannelClosed { code, .. } => {
+                if CONFIG_CODES.contains(code) {
+                    ErrorKind::Config
+                } else if PROTOCOL_CODES.contains(code) {
+                    ErrorKind::Protocol
+                } else {
+                    ErrorKind::Connect
+                }
+            }
+            WireError::Protocol(_) => ErrorKind::Protocol,
+            WireError::Refused(_) => ErrorKind::Config,
+            WireError::Io(_)
+            | WireError::Eof
+            | WireError::MissedHeartbeats(_)
+            | WireError::Timeout(_)
+            | WireError::NotConnected => ErrorKind::Connect,
+        }
+    }
+
+    /// Whether the broker said the thing asked for does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, WireError::ChannelClosed { code, .. } if *code == NOT_FOUND)
+    }
+}
+
+/// The negotiated limits of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    frame_max: usize,
+    heartbeat: Option<Duration>,
+}
+
+/// Heartbeat bookkeeping: a frame goes out when nothing else has for half the interval, and
+/// the connection is dead when nothing has come in for two.
+struct Heartbeat {
+    interval: Duration,
+    timer: Pin<Box<Sleep>>,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+/// An open AMQP connection (the handshake done).
+pub(crate) struct Wire {
+    stream: TcpStream,
+    read: Vec<u8>,
+    /// Where the unparsed bytes of `read` start.
+    read_at: usize,
+    write: Vec<u8>,
+    /// How much of `write` the socket has taken.
+    written: usize,
+    frame_max: usize,
+    heartbeat: Option<Heartbeat>,
+}
+
+impl Wire {
+    /// Connects to the broker at `uri` and opens the connection, in at most `timeout`.
+    /// `name` is shown in the broker's management UI; `channels` is how many channels the
+    /// connection must allow.
+    pub async fn open(
+        uri: &AMQPUri,
+        name: &str,
+        timeout: Duration,
+        channels: u16,
+    ) -> Result<Wire, WireError> {
+        match tokio::time::timeout(timeout, Wire::handshake(uri, name, channels)).await {
+            Ok(result) => result,
+            Err(_) => Err(WireError::Timeout(timeout)),
+        }
+    }
+
+    async fn handshake(uri: &AMQPUri, name: &str, channels: u16) -> Result<Wire, WireError> {
+        if uri.query.auth_mechanism.unwrap_or_default() != SASLMechanism::Plain {
+            return Err(WireError::Refused(
+                "only the PLAIN authentication mechanism is supported (drop auth_mechanism from the url)"
+                    .to_owned(),
+            ));
+        }
+        let authority = &uri.authority;
+        let stream = TcpStream::connect((authority.host.as_str(), authority.port)).await?;
+        stream.set_nodelay(true)?;
+        let mut wire = Wire {
+            stream,
+            read: Vec::with_capacity(READ_CHUNK),
+            read_at: 0,
+            write: Vec::with_capacity(READ_CHUNK),
+            written: 0,
+            frame_max: constants::FRAME_MIN_SIZE as usize,
+            heartbeat: None,
+        };
+        wire.write.extend_from_slice(b"AMQP\x00\x00\x09\x01");
+        let start = match wire.next_method(0).await? {
+            AMQPClass::Connection(connection::AMQPMethod::Start(start)) => start,
+            other => return Err(unexpected("connection.start", &other)),
+        };
+        let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
+        if !mechanisms.split(' ').any(|m| m == "PLAIN") {
+            return Err(WireError::Refused(format!(
+                "the broker does not offer PLAIN authentication (it offers {mechanisms:?})"
+            )));
+        }
+        let user = &authority.userinfo;
+        let response = format!("\0{}\0{}", user.username, user.password);
+        wire.send(0, start_ok(name, response))?;
+        let tune = match wire.next_method(0).await? {
+            AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
+            other => return Err(unexpected("connection.tune", &other)),
+        };
+        let tuning = negotiate(uri, &tune, channels)?;
+        wire.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: channels,
+                frame_max: u32::try_from(tuning.frame_max).unwrap_or(u32::MAX),
+                heartbeat: tuning
+                    .heartbeat
+                    .map_or(0, |h| u16::try_from(h.as_secs()).unwrap_or(u16::MAX)),
+            })),
+        )?;
+        wire.frame_max = tuning.frame_max;
+        wire.send(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: short(&uri.vhost)?,
+            })),
+        )?;
+        match wire.next_method(0).await? {
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => {}
+            other => return Err(unexpected("connection.open-ok", &other)),
+        }
+        let now = Instant::now();
+        wire.heartbeat = tuning.heartbeat.map(|interval| Heartbeat {
+            interval,
+            timer: Box::pin(tokio::time::sleep(interval / 2)),
+            last_read: now,
+            last_write: now,
+        });
+        Ok(wire)
+    }
+
+    /// Queues `method` on `channel`.
+    pub fn send(&mut self, channel: ChannelId, method: AMQPClass) -> Result<(), WireError> {
+        let frame = AMQPFrame::Method(channel, method);
+        self.encode(gen_frame(&frame))
+    }
+
+    /// Queues the frames of one `basic.publish` on `channel`.
+    pub fn publish(
+        &mut self,
+        channel: ChannelId,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
+        properties: &BasicProperties,
+        body: &[u8],
+    ) -> Result<(), WireError> {
+        let start = self.write.len();
+        let b = &mut self.write;
+        // basic.publish: class 60, method 40, reserved ticket, exchange, routing key, bits.
+        b.push(constants::FRAME_METHOD);
+        b.extend_from_slice(&channel.to_be_bytes());
+        let size = 4 + 2 + 1 + exchange.len() + 1 + routing_key.len() + 1;
+        b.extend_from_slice(&(size as u32).to_be_bytes());
+        b.extend_from_slice(&60u16.to_be_bytes());
+        b.extend_from_slice(&40u16.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        put_short(b, exchange)?;
+        put_short(b, routing_key)?;
+        b.push(u8::from(mandatory));
+        b.push(constants::FRAME_END);
+        // The content header: class 60, weight 0, body size, then the properties.
+        b.push(constants::FRAME_HEADER);
+        b.extend_from_slice(&channel.to_be_bytes());
+        let size_at = b.len();
+        b.extend_from_slice(&[0; 4]);
+        b.extend_from_slice(&60u16.to_be_bytes());
+        b.extend_from_slice(&0u16.to_be_bytes());
+        b.extend_from_slice(&(body.len() as u64).to_be_bytes());
+        if let Err(error) = self.encode(basic::gen_properties(properties)) {
+            self.write.truncate(start);
+            return Err(error);
+        }
+        let b = &mut self.write;
+        let size = b.len() - size_at - 4;
+        b[size_at..size_at + 4].copy_from_slice(&(size as u32).to_be_bytes());
+        b.push(constants::FRAME_END);
+        for chunk in body.chunks(self.frame_max - FRAME_OVERHEAD) {
+            b.push(constants::FRAME_BODY);
+            b.extend_from_slice(&channel.to_be_bytes());
+            b.extend_from_slice(&(chunk.len() as u32).to_be_bytes());
+            b.extend_from_slice(chunk);
+            b.push(constants::FRAME_END);
+        }
+        Ok(())
+    }
+
+    /// Writes what is queued, as far as the socket takes it, and parses every complete frame
+    /// that has arrived into `frames`. Registers `cx` to be woken when more can be written or
+    /// read or a heartbeat is due; fails when the connection cannot go on.
+    pub fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut Vec<AMQPFrame>,
+    ) -> Result<(), WireError> {
+        self.poll_heartbeat(cx)?;
+        self.poll_flush(cx)?;
+        self.poll_read(cx, frames)
+    }
+
+    /// Queues a heartbeat when one is due; fails when the broker has gone quiet.
+    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
+        let Some(heartbeat) = &mut self.heartbeat else {
+            return Ok(());
+        };
+        while heartbeat.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now.duration_since(heartbeat.last_read) > heartbeat.interval * 2 {
+                return Err(WireError::MissedHeartbeats(heartbeat.interval * 2));
+            }
+            if now.duration_since(heartbeat.last_write) >= heartbeat.interval / 2
+                && self.write.len() == self.written
+            {
+                self.write.extend_from_slice(&[
+                    constants::FRAME_HEARTBEAT,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    constants::FRAME_END,
+                ]);
+            }
+            let next = tokio::time::Instant::from_std(now + heartbeat.interval / 2);
+            heartbeat.timer.as_mut().reset(next);
+        }
+        Ok(())
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
+        while self.written < self.write.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &self.write[self.written..]) {
+                Poll::Ready(Ok(0)) => return Err(WireError::Eof),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(error)) => return Err(error.into()),
+                Poll::Pending => break,
+            }
+        }
+        if self.written > 0 {
+            if let Some(heartbeat) = &mut self.heartbeat {
+                heartbeat.last_write = Instant::now();
+            }
+            if self.written == self.write.len() {
+                self.write.clear();
+            } else {
+                self.write.drain(..self.written);
+            }
+            self.written = 0;
+        }
+        Ok(())
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        frames: &mut Vec<AMQPFrame>,
+    ) -> Result<(), WireError> {
+        loop {
+            self.parse(frames)?;
+            if self.read_at > 0 {
+                self.read.drain(..self.read_at);
+                self.read_at = 0;
+            }
+            self.read.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.read) {
+                Ok(0) => return Err(WireError::Eof),
+                Ok(_) => {
+                    if let Some(heartbeat) = &mut self.heartbeat {
+                        heartbeat.last_read = Instant::now();
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                    match self.stream.poll_read_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(error)) => return Err(error.into()),
+                        Poll::Pending => return Ok(()),
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Moves every complete frame of the read buffer to `frames`.
+    fn parse(&mut self, frames: &mut Vec<AMQPFrame>) -> Result<(), WireError> {
+        loop {
+            let rest = &self.read[self.read_at..];
+            if rest.len() < FRAME_OVERHEAD - 1 {
+                return Ok(());
+            }
+            let size = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
+            if size > self.frame_max.max(constants::FRAME_MIN_SIZE as usize) {
+                return Err(WireError::Protocol(format!(
+                    "a frame of {size} bytes, larger than the negotiated {}",
+                    self.frame_max
+                )));
+            }
+            let whole = size + FRAME_OVERHEAD;
+            if rest.len() < whole {
+                return Ok(());
+            }
+            let frame = match parse_frame(&rest[..whole]) {
+                Ok((_, frame)) => frame,
+                Err(error) => {
+                    return Err(WireError::Protocol(format!("unparsable frame: {error}")));
+                }
+            };
+            self.read_at += whole;
+            match frame {
+                AMQPFrame::Heartbeat => {}
+                AMQPFrame::ProtocolHeader(version) => {
+                    return Err(WireError::Protocol(format!(
+                        "the broker speaks AMQP {}.{}.{}, not 0.9.1",
+                        version.major, version.minor, version.revision
+                    )));
+                }
+                frame => frames.push(frame),
+            }
+        }
+    }
+
+    /// Waits for the next method on `channel` (during the handshake, when nothing else is
+    /// open). A `connection.close` becomes the error it reports.
+    async fn next_method(&mut self, channel: ChannelId) -> Result<AMQPClass, WireError> {
+        let mut frames = Vec::new();
+        poll_fn(|cx| {
+            self.poll_io(cx, &mut frames)?;
+            if frames.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(Ok::<_, WireError>(()))
+            }
+        })
+        .await?;
+        let mut frames = frames.into_iter();
+        let first = frames.next();
+        if frames.next().is_some() {
+            return Err(WireError::Protocol(
+                "the broker sent more than one frame where one answer was due".to_owned(),
+            ));
+        }
+        match first {
+            Some(AMQPFrame::Method(
+                _,
+                AMQPClass::Connection(connection::AMQPMethod::Close(close)),
+            )) => Err(WireError::ConnectionClosed {
+                code: close.reply_code,
+                text: close.reply_text.to_string(),
+            }),
+            Some(AMQPFrame::Method(on, method)) if on == channel => Ok(method),
+            other => Err(WireError::Protocol(format!(
+                "expected a method on channel {channel}, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs a `cookie-factory` serializer into the write buffer.
+    fn encode(&mut self, serialize: impl SerializeFn<Vec<u8>>) -> Result<(), WireError> {
+        let buffer = std::mem::take(&mut self.write);
+        match serialize(WriteContext::from(buffer)) {
+            Ok(context) => {
+                self.write = context.into_inner().0;
+                Ok(())
+            }
+            Err(error) => Err(WireError::Protocol(format!(
+                "cannot encode a frame: {error}"
+            ))),
+        }
+    }
+}
+
+fn start_ok(name: &str, response: String) -> AMQPClass {
+    let mut capabilities = FieldTable::default();
+    for capability in [
+        "publisher_confirms",
+        "basic.nack",
+        "connection.blocked",
+        "authentication_failure_close",
+    ] {
+        capabilities.insert(capability.into(), AMQPValue::Boolean(true));
+    }
+    let mut properties = FieldTable::default();
+    properties.insert("product".into(), AMQPValue::LongString("sluice".into()));
+    properties.insert(
+        "version".into(),
+        AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
+    );
+    properties.insert(
+        "connection_name".into(),
+        AMQPValue::LongString(format!("sluice {name}").as_str().into()),
+    );
+    properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+        client_properties: properties,
+        mechanism: "PLAIN".into(),
+        response: LongString::from(response.into_bytes()),
+        locale: "en_US".into(),
+    }))
+}
+
+/// The frame size, channel count and heartbeat: the url's where it sets them, within what the
+/// broker allows.
+fn negotiate(uri: &AMQPUri, tune: &connection::Tune, channels: u16) -> Result<Tuning, WireError> {
+    let broker_channels = if tune.channel_max == 0 {
+        u16::MAX
+    } else {
+        tune.channel_max
+    };
+    if broker_channels < channels {
+        return Err(WireError::Refused(format!(
+            "the broker allows {broker_channels} channels per connection and sluice needs {channels}"
+        )));
+    }
+    let wanted = uri.query.frame_max.unwrap_or(DEFAULT_FRAME_MAX);
+    let frame_max = match (wanted, tune.frame_max) {
+        (0, 0) => DEFAULT_FRAME_MAX,
+        (0, broker) => broker,
+        (wanted, 0) => wanted,
+        (wanted, broker) => wanted.min(broker),
+    }
+    .max(constants::FRAME_MIN_SIZE);
+    let heartbeat = uri.query.heartbeat.unwrap_or(tune.heartbeat);
+    Ok(Tuning {
+        frame_max: frame_max as usize,
+        heartbeat: (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat))),
+    })
+}
+
+fn put_short(buffer: &mut Vec<u8>, s: &str) -> Result<(), WireError> {
+    let len = u8::try_from(s.len())
+        .map_err(|_| WireError::Protocol(format!("{s:?} is longer than 255 bytes")))?;
+    buffer.push(len);
+    buffer.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// `name` as a short string, or the error that says why it cannot be one.
+pub(crate) fn short(name: &str) -> Result<ShortString, WireError> {
+    ShortString::try_new(name)
+        .map_err(|_| WireError::Refused(format!("{name:?} is longer than 255 bytes")))
+}
+
+pub(crate) fn unexpected(expected: &str, got: &AMQPClass) -> WireError {
+    WireError::Protocol(format!("expected {expected}, got {got:?}"))
+}
