@@ -22,10 +22,15 @@
 //!   sending N persistent messages, `message_id` only, bodies of the outbox payload's size, on
 //!   C channels with W unconfirmed, to the exchange and queue sluice uses; the best is the
 //!   ceiling;
+//! - `lapin-shaped`: the same publisher sending messages shaped like the ones sluice sends by
+//!   default (a UUID `message_id`, `type`, `correlation_id`, `content_type`, `timestamp`,
+//!   `mandatory`): what the broker itself can take of such messages, shown against the ceiling;
 //! - `recvlogical-B` (baseline, "decode ceiling"): `pg_recvlogical` reading backlog B through
 //!   pgoutput to `/dev/null` up to the backlog's end;
 //! - `cdc-rabbitmq-B`: sluice drains backlog B, `postgres_cdc` → `outbox` → `rabbitmq` (sink
 //!   defaults, persistent and confirmed), against the broker ceiling;
+//! - `cdc-rabbitmq-lean-B`: the same with the sink's `properties = []` (messages carry
+//!   `message_id`, `type` and `delivery_mode` only);
 //! - `cdc-blackhole-B`: the same into `blackhole`: decoding alone, against `recvlogical-B`;
 //! - `poll-rabbitmq`: sluice drains N unpublished rows of a `postgres_poll` table (reloaded
 //!   before each run) into RabbitMQ, against the broker ceiling;
@@ -130,6 +135,8 @@ const POLL_EVERY: Duration = Duration::from_millis(100);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// The broker baselines: (window, channels).
 const LAPIN: [(usize, usize); 4] = [(1024, 1), (4096, 1), (1024, 2), (4096, 2)];
+/// Window and channels of `lapin-shaped`.
+const SHAPED: (usize, usize) = (4096, 1);
 
 /// The issue's targets.
 const CDC_DRAIN_RATIO: f64 = 0.90;
@@ -185,9 +192,16 @@ enum Rate {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scenario {
-    Lapin { window: usize, channels: usize },
+    Lapin {
+        window: usize,
+        channels: usize,
+    },
+    /// The lapin publisher sending messages shaped like sluice's (not a ceiling).
+    LapinShaped,
     Recvlogical(Shape),
     CdcRabbitmq(Shape),
+    /// `cdc-rabbitmq` with the sink's `properties = []`.
+    CdcRabbitmqLean(Shape),
     CdcBlackhole(Shape),
     PollRabbitmq,
     Latency(Live, Rate),
@@ -201,10 +215,12 @@ impl Scenario {
             .iter()
             .map(|&(window, channels)| Scenario::Lapin { window, channels })
             .collect();
+        all.push(Scenario::LapinShaped);
         for shape in [Shape::Single, Shape::Batched] {
             all.extend([
                 Scenario::Recvlogical(shape),
                 Scenario::CdcRabbitmq(shape),
+                Scenario::CdcRabbitmqLean(shape),
                 Scenario::CdcBlackhole(shape),
             ]);
         }
@@ -221,8 +237,10 @@ impl Scenario {
     fn name(self) -> String {
         match self {
             Scenario::Lapin { window, channels } => format!("lapin-w{window}-{channels}ch"),
+            Scenario::LapinShaped => "lapin-shaped".into(),
             Scenario::Recvlogical(shape) => format!("recvlogical-{}", shape.name()),
             Scenario::CdcRabbitmq(shape) => format!("cdc-rabbitmq-{}", shape.name()),
+            Scenario::CdcRabbitmqLean(shape) => format!("cdc-rabbitmq-lean-{}", shape.name()),
             Scenario::CdcBlackhole(shape) => format!("cdc-blackhole-{}", shape.name()),
             Scenario::PollRabbitmq => "poll-rabbitmq".into(),
             Scenario::Latency(live, rate) => format!(
@@ -242,9 +260,10 @@ impl Scenario {
 
     fn backlog(self) -> Option<Shape> {
         match self {
-            Scenario::Recvlogical(s) | Scenario::CdcRabbitmq(s) | Scenario::CdcBlackhole(s) => {
-                Some(s)
-            }
+            Scenario::Recvlogical(s)
+            | Scenario::CdcRabbitmq(s)
+            | Scenario::CdcRabbitmqLean(s)
+            | Scenario::CdcBlackhole(s) => Some(s),
             _ => None,
         }
     }
@@ -466,7 +485,7 @@ impl Bench {
         self.runtime.block_on(route.declare(url));
         let mut latency = None;
         let sample = match scenario {
-            Scenario::Lapin { .. } => {
+            Scenario::Lapin { .. } | Scenario::LapinShaped => {
                 let extra = [
                     "--url".into(),
                     url.to_owned(),
@@ -478,14 +497,20 @@ impl Bench {
                 support::child(&scenario.name(), &extra)
             }
             Scenario::Recvlogical(shape) => self.recvlogical(self.backlog(shape)),
-            Scenario::CdcRabbitmq(shape) | Scenario::CdcBlackhole(shape) => {
+            Scenario::CdcRabbitmq(shape)
+            | Scenario::CdcRabbitmqLean(shape)
+            | Scenario::CdcBlackhole(shape) => {
                 let backlog = self.backlog(shape);
                 let slot = backlog.copy_slot();
                 let source = cdc_source(&backlog.db.url, &slot, PUBLICATION);
-                let sample = if matches!(scenario, Scenario::CdcRabbitmq(_)) {
-                    self.drain(&source, &rabbitmq_sink(url), CONFIRMED)
-                } else {
-                    self.drain(&source, BLACKHOLE_SINK, BLACKHOLE_RECEIVED)
+                let sample = match scenario {
+                    Scenario::CdcRabbitmq(_) => {
+                        self.drain(&source, &rabbitmq_sink(url, ""), CONFIRMED)
+                    }
+                    Scenario::CdcRabbitmqLean(_) => {
+                        self.drain(&source, &rabbitmq_sink(url, LEAN), CONFIRMED)
+                    }
+                    _ => self.drain(&source, BLACKHOLE_SINK, BLACKHOLE_RECEIVED),
                 };
                 drop_slot(&backlog.db, &slot);
                 sample
@@ -496,7 +521,11 @@ impl Bench {
                 self.runtime
                     .block_on(load(&db.url, 1, self.events, self.events, 1));
                 db.execute("VACUUM ANALYZE outbox");
-                self.drain(&poll_source(&db.url, None), &rabbitmq_sink(url), CONFIRMED)
+                self.drain(
+                    &poll_source(&db.url, None),
+                    &rabbitmq_sink(url, ""),
+                    CONFIRMED,
+                )
             }
             Scenario::Latency(live, _) => {
                 let rate = rate.expect("a latency run has a rate");
@@ -592,7 +621,7 @@ impl Bench {
             first..first + orders,
             Arc::clone(&expected),
         ));
-        let mut sluice = Sluice::start(&self.sluice, &source, &rabbitmq_sink(self.vhost.url()));
+        let mut sluice = Sluice::start(&self.sluice, &source, &rabbitmq_sink(self.vhost.url(), ""));
         sluice.running.wait_ready(sluice.api).unwrap();
         let cpu_before = support::cpu_time_ns(sluice.running.pid());
         let (scheduled_at, commits) =
@@ -892,8 +921,9 @@ table = "public.outbox"
     )
 }
 
-/// The `rabbitmq` sink with its defaults, routing as the outbox demo does.
-fn rabbitmq_sink(url: &str) -> String {
+/// The `rabbitmq` sink with its defaults (and `extra` settings), routing as the outbox demo
+/// does.
+fn rabbitmq_sink(url: &str, extra: &str) -> String {
     format!(
         r#"[sinks.broker]
 type = "rabbitmq"
@@ -901,9 +931,13 @@ inputs = ["events"]
 url = "{url}"
 exchange = "outbox.{{aggregatetype}}"
 routing_key = "{{type}}"
+{extra}
 "#
     )
 }
+
+/// The sink settings of `cdc-rabbitmq-lean-B`: messages carry their identity only.
+const LEAN: &str = "properties = []";
 
 const BLACKHOLE_SINK: &str = r#"[sinks.void]
 type = "blackhole"
@@ -982,11 +1016,20 @@ inputs = ["outbox"]
 
 /// The child process of a `lapin-wW-Cch` scenario: publishes and reports its sample.
 fn lapin_child(scenario: &str, url: &str, events: u64, body_bytes: usize) {
-    let (window, channels) = LAPIN
-        .iter()
-        .copied()
-        .find(|&(window, channels)| Scenario::Lapin { window, channels }.name() == scenario)
-        .unwrap_or_else(|| panic!("unknown scenario {scenario}"));
+    let shaped = scenario == Scenario::LapinShaped.name();
+    let (window, channels) = if shaped {
+        SHAPED
+    } else {
+        LAPIN
+            .iter()
+            .copied()
+            .find(|&(window, channels)| Scenario::Lapin { window, channels }.name() == scenario)
+            .unwrap_or_else(|| panic!("unknown scenario {scenario}"))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let pid = std::process::id();
     let cpu_before = support::cpu_time_ns(pid);
@@ -1000,12 +1043,23 @@ fn lapin_child(scenario: &str, url: &str, events: u64, body_bytes: usize) {
         channels,
         move |range| {
             range
-                .map(|i| Message {
-                    properties: BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_message_id(i.to_string().into()),
-                    body: body.clone(),
-                    mandatory: false,
+                .map(|i| {
+                    let minimal = BasicProperties::default().with_delivery_mode(2);
+                    let properties = if shaped {
+                        minimal
+                            .with_message_id(format!("{i:08x}-0000-4000-8000-{i:012x}").into())
+                            .with_type("OrderCreated".into())
+                            .with_correlation_id(format!("order-{}", i % 1000).into())
+                            .with_content_type("application/json".into())
+                            .with_timestamp(now)
+                    } else {
+                        minimal.with_message_id(i.to_string().into())
+                    };
+                    Message {
+                        properties,
+                        body: body.clone(),
+                        mandatory: shaped,
+                    }
                 })
                 .collect()
         },
@@ -1047,11 +1101,15 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         .iter()
         .filter_map(|s| Some((s.name(), median_of(&s.name())?)))
         .collect();
-    let ceiling = medians
+    let ceiling = scenarios
         .iter()
-        .filter(|(name, _)| name.starts_with("lapin"))
-        .map(|(_, m)| m.events_per_sec)
+        .filter(|s| matches!(s, Scenario::Lapin { .. }))
+        .filter_map(|s| medians.get(&s.name()))
+        .map(|m| m.events_per_sec)
         .reduce(f64::max);
+    let shaped = medians
+        .get(&Scenario::LapinShaped.name())
+        .map(|m| m.events_per_sec);
     let decode = |shape: Shape| {
         medians
             .get(&Scenario::Recvlogical(shape).name())
@@ -1070,17 +1128,22 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         }
         let rss = sample.peak_rss_kib as f64 / 1024.0;
         let (baseline, target) = match scenario {
-            Scenario::Lapin { .. } => (ceiling, String::new()),
+            Scenario::Lapin { .. } | Scenario::LapinShaped => (ceiling, String::new()),
             Scenario::Recvlogical(_) => (None, String::new()),
-            Scenario::CdcRabbitmq(_) | Scenario::PollRabbitmq => {
+            Scenario::CdcRabbitmq(_) | Scenario::CdcRabbitmqLean(_) | Scenario::PollRabbitmq => {
                 let ratio = if scenario == Scenario::PollRabbitmq {
                     POLL_DRAIN_RATIO
                 } else {
                     CDC_DRAIN_RATIO
                 };
-                let target = ceiling.map_or_else(String::new, |c| {
+                let mut target = ceiling.map_or_else(String::new, |c| {
                     check("ratio", sample.events_per_sec / c, true, ratio) + "; "
                 });
+                if !matches!(scenario, Scenario::CdcRabbitmqLean(_))
+                    && let Some(shaped) = shaped
+                {
+                    target += &format!("vs lapin-shaped {:.2}; ", sample.events_per_sec / shaped);
+                }
                 (
                     ceiling,
                     target
@@ -1119,7 +1182,7 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         .collect();
     support::print_table(
         &format!(
-            "outbox drains: {events} events per run, median of {runs} rounds; baselines: lapin rows vs the best of them (broker ceiling), cdc-rabbitmq and poll-rabbitmq vs the broker ceiling, cdc-blackhole-B vs recvlogical-B (decode ceiling)"
+            "outbox drains: {events} events per run, median of {runs} rounds; baselines: lapin-wW-Cch rows vs the best of them (broker ceiling); lapin-shaped (sluice's message shape), cdc-rabbitmq* and poll-rabbitmq vs the broker ceiling; cdc-blackhole-B vs recvlogical-B (decode ceiling)"
         ),
         &table,
     );

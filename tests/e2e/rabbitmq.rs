@@ -420,7 +420,7 @@ fn a_python_pika_consumer_reads_the_messages() {
         assert_eq!(m["type"], "generated");
         assert_eq!(m["delivery_mode"], 2);
         assert_eq!(m["content_type"], "application/json");
-        assert_eq!(m["app_id"], "sluice");
+        assert_eq!(m["app_id"], serde_json::Value::Null);
         assert_eq!(m["routing_key"], "generated");
         assert_eq!(m["correlation_id"], key);
         if let Some(previous) = last.insert(key.to_owned(), seq) {

@@ -4,8 +4,8 @@
 //!
 //! Every message is persistent (`delivery_mode = 2`) and carries its identity in properties:
 //! `message_id` = event id, `type` = event type, `correlation_id` = the key (the aggregate id),
-//! `timestamp` = commit time (when known), `app_id` = `sluice` and the configured
-//! `content_type`. Headers carry only what properties cannot: the event's own headers (such as
+//! `timestamp` = commit time (when known) and the configured `content_type`; `properties`
+//! may leave out the last three, whose bytes the broker pays for. Headers carry only what properties cannot: the event's own headers (such as
 //! a W3C `traceparent` the outbox maps from a column), then the configured extra headers, then
 //! the CloudEvents attributes on request. A message with no header has no header table at all:
 //! the broker's cost per message grows with every header (ADR 0008).
@@ -20,13 +20,11 @@ use sluice_pipeline::{Event, Text};
 
 use super::avro::AvroEncoder;
 use super::cloudevents;
-use super::config::{Encoding, MAX_SHORT_STRING, RabbitmqSinkConfig, is_json};
+use super::config::{Encoding, MAX_SHORT_STRING, OptionalProperty, RabbitmqSinkConfig, is_json};
 use super::template::Template;
 
 /// `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;
-/// The `app_id` of every message.
-const APP_ID: &str = "sluice";
 /// The header that carries an event id too long for `message_id` (quarantined messages only).
 const ID_HEADER: &str = "id";
 /// The quarantine reason of an event without a key.
@@ -114,7 +112,13 @@ pub(crate) struct MessageBuilder {
     exchange: Name,
     routing_key: Name,
     headers: Vec<(ShortString, Template)>,
-    content_type: ShortString,
+    /// The `content_type` property, unless `properties` leaves it out.
+    content_type: Option<ShortString>,
+    /// The configured content type, for messages about it.
+    content_type_name: String,
+    /// Whether messages carry `correlation_id` and `timestamp`.
+    correlation_id: bool,
+    timestamp: bool,
     codec: Codec,
     cloudevents_source: Option<Template>,
     require_key: bool,
@@ -145,7 +149,13 @@ impl MessageBuilder {
                     Some((ShortString::try_new(name.as_str()).ok()?, t.clone()))
                 })
                 .collect(),
-            content_type: ShortString::try_new(content_type).unwrap_or_default(),
+            content_type: config
+                .properties
+                .contains(&OptionalProperty::ContentType)
+                .then(|| ShortString::try_new(content_type).unwrap_or_default()),
+            correlation_id: config.properties.contains(&OptionalProperty::CorrelationId),
+            timestamp: config.properties.contains(&OptionalProperty::Timestamp),
+            content_type_name: content_type.to_owned(),
             codec,
             cloudevents_source: config.cloudevents.as_ref().map(|c| c.source.clone()),
             require_key: config.require_key,
@@ -188,14 +198,17 @@ impl MessageBuilder {
         let routing_key = self.routing_key.render(event)?;
         let message_id = short(&event.id, "event id")?;
         let kind = short(&event.event_type, "event type")?;
-        let key = event.key.as_ref().map(|k| short(k, "key")).transpose()?;
+        let key = match &event.key {
+            Some(key) if self.correlation_id => Some(short(key, "key")?),
+            _ => None,
+        };
         let body = match &self.codec {
             Codec::Json { check: false } => event.payload.clone(),
             Codec::Json { check: true } => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(&event.payload).map_err(|e| {
                     Rejection::new(format!(
                         "payload is not JSON ({e}) but the content type is {}",
-                        self.content_type
+                        self.content_type_name
                     ))
                 })?;
                 event.payload.clone()
@@ -217,11 +230,12 @@ impl MessageBuilder {
             })?;
             cloudevents::add_headers(&mut headers, event, source);
         }
-        let properties = with_headers(
-            common_properties(event, Some(message_id), Some(kind), key)
-                .with_content_type(self.content_type.clone()),
-            headers,
-        );
+        let mut properties =
+            common_properties(event, Some(message_id), Some(kind), key, self.timestamp);
+        if let Some(content_type) = &self.content_type {
+            properties = properties.with_content_type(content_type.clone());
+        }
+        let properties = with_headers(properties, headers);
         Ok(Message {
             exchange,
             routing_key,
@@ -257,6 +271,7 @@ impl MessageBuilder {
                         message_id,
                         short(&event.event_type, "").ok(),
                         event.key.as_ref().and_then(|k| short(k, "").ok()),
+                        true,
                     ),
                     headers,
                 );
@@ -308,10 +323,9 @@ fn common_properties(
     message_id: Option<ShortString>,
     kind: Option<ShortString>,
     key: Option<ShortString>,
+    timestamp: bool,
 ) -> BasicProperties {
-    let mut properties = BasicProperties::default()
-        .with_delivery_mode(PERSISTENT)
-        .with_app_id(ShortString::from(APP_ID));
+    let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
     if let Some(id) = message_id {
         properties = properties.with_message_id(id);
     }
@@ -321,7 +335,8 @@ fn common_properties(
     if let Some(key) = key {
         properties = properties.with_correlation_id(key);
     }
-    if let Some(time) = event.meta.commit_time
+    if timestamp
+        && let Some(time) = event.meta.commit_time
         && let Ok(since) = time.duration_since(UNIX_EPOCH)
     {
         properties = properties.with_timestamp(since.as_secs());
@@ -435,6 +450,28 @@ mod tests {
         assert!(header(p, "ce-id").is_none());
     }
 
+    #[test]
+    fn properties_may_be_trimmed_to_the_identity() {
+        let m = builder("properties = []").build(&event()).unwrap();
+        let p = &m.properties;
+        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "id-1");
+        assert_eq!(p.kind().as_ref().unwrap().as_str(), "OrderCreated");
+        assert_eq!(*p.delivery_mode(), Some(2));
+        assert_eq!(p.content_type(), &None);
+        assert_eq!(p.correlation_id(), &None);
+        assert_eq!(p.timestamp(), &None);
+        assert_eq!(p.app_id(), &None);
+        let m = builder("properties = [\"timestamp\"]")
+            .build(&event())
+            .unwrap();
+        assert_eq!(*m.properties.timestamp(), Some(1_700_000_000));
+        assert_eq!(m.properties.correlation_id(), &None);
+        // The content type still decides whether payloads are checked as JSON.
+        let mut bad = event();
+        bad.payload = Bytes::from_static(b"not json");
+        let rejection = builder("properties = []").build(&bad).unwrap_err();
+        assert!(rejection.reason.contains("not JSON"), "{rejection:?}");
+    }
     #[test]
     fn a_message_without_headers_has_no_header_table() {
         let mut e = event();

@@ -35,6 +35,6 @@ mod sink;
 mod template;
 mod wire;
 
-pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, RabbitmqSinkConfig};
+pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, OptionalProperty, RabbitmqSinkConfig};
 pub use sink::RabbitmqSink;
 pub use template::{Missing, Template, TemplateError};
