@@ -17,6 +17,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sluice_connectors::file::FileSinkConfig;
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
+use sluice_connectors::rabbitmq::metrics as rabbitmq_metrics;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::{
     Config, Error, Event, FieldError, Position, Registry, ShutdownTrigger, Source, SourceConfig,
@@ -737,4 +738,160 @@ async fn a_missing_vhost_fails_the_sink_at_start() {
     let text = sluice_pipeline::error::chain(&error);
     assert!(text.contains("connecting to RabbitMQ"), "{text}");
     assert!(saved_checkpoint(&dir.join("data"), "events").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_password_fails_the_sink_at_start_as_a_config_error() {
+    let vhost = Vhost::create("password").unwrap();
+    let dir = Scratch::new("rabbitmq-password");
+    let (_, password) = sluice_tests::rabbitmq::credentials();
+    let url = vhost
+        .url()
+        .replacen(&format!(":{password}@"), ":not-the-password@", 1);
+    assert_ne!(url, vhost.url());
+    let sink = format!("url = \"{url}\"\nrouting_key = \"q\"");
+    let error = run(&pipeline(
+        &dir,
+        &scripted(vec![Ev::order("k", 1)]),
+        &sink,
+        None,
+    ))
+    .await
+    .unwrap_err();
+    let text = sluice_pipeline::error::chain(&error);
+    assert!(text.contains("connecting to RabbitMQ"), "{text}");
+    assert!(
+        text.contains("403"),
+        "the broker's refusal is named: {text}"
+    );
+    assert!(
+        !text.contains("not-the-password"),
+        "the password is not shown: {text}"
+    );
+    assert!(saved_checkpoint(&dir.join("data"), "events").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_larger_than_a_frame_arrive_whole_and_come_back_whole_when_returned() {
+    let vhost = Vhost::create("frames").unwrap();
+    let dir = Scratch::new("rabbitmq-frames");
+    // Frames of 8 KiB (the smallest allowed): each body below spans up to 7 of them.
+    let url = format!("{}?frame_max=8192", vhost.url());
+    let mut events: Vec<Ev> = (0..40u64)
+        .map(|n| {
+            let mut ev = Ev::order(if n % 2 == 0 { "a" } else { "b" }, n);
+            let pad = "p".repeat(1000 * n as usize + 17);
+            ev.payload = serde_json::json!({"key": ev.key, "n": n, "pad": pad}).to_string();
+            ev.with_field("route", "orders")
+        })
+        .collect();
+    events[25] = events[25].clone().with_field("route", "nowhere");
+    let sink = format!(
+        r##"
+        url = "{url}"
+        exchange = "outbox.order"
+        routing_key = "{{route}}"
+        quarantine_exchange = "sluice.quarantine"
+        [[declare.exchanges]]
+        name = "outbox.order"
+        type = "direct"
+        [[declare.exchanges]]
+        name = "sluice.quarantine"
+        type = "fanout"
+        [[declare.queues]]
+        name = "orders"
+        [[declare.queues]]
+        name = "quarantined"
+        [[declare.bindings]]
+        exchange = "outbox.order"
+        queue = "orders"
+        routing_key = "orders"
+        [[declare.bindings]]
+        exchange = "sluice.quarantine"
+        queue = "quarantined"
+        "##
+    );
+    run(&pipeline(&dir, &scripted(events.clone()), &sink, None))
+        .await
+        .unwrap();
+
+    let mut reader = Reader::new(vhost.url());
+    let delivered = reader.take_ready("orders").await.unwrap();
+    assert_key_order(&delivered);
+    assert_eq!(delivered.len(), events.len() - 1);
+    for m in &delivered {
+        let id = m.message_id.clone().unwrap();
+        let original = events.iter().find(|e| e.id == id).unwrap();
+        assert_eq!(m.body, original.payload.as_bytes(), "{id}: the body, whole");
+    }
+    let quarantined = reader.take_ready("quarantined").await.unwrap();
+    assert_eq!(quarantined.len(), 1);
+    let returned = &quarantined[0];
+    assert_eq!(returned.message_id.as_deref(), Some(events[25].id.as_str()));
+    assert!(
+        returned
+            .header("sluice.quarantine.reason")
+            .unwrap()
+            .starts_with("unroutable"),
+        "{:?}",
+        returned.header("sluice.quarantine.reason")
+    );
+    assert_eq!(
+        returned.body,
+        events[25].payload.as_bytes(),
+        "the returned body, whole"
+    );
+    assert!(events[25].payload.len() > 3 * 8192);
+    assert_eq!(
+        saved_checkpoint(&dir.join("data"), "events"),
+        Some(events.len() as u64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_keeps_its_heartbeats() {
+    let vhost = Vhost::create("heartbeat").unwrap();
+    let dir = Scratch::new("rabbitmq-heartbeat");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gate = dir.join("gate");
+    // One event, then one more every 3.5 s: the connection is idle for longer than the
+    // broker waits for a heartbeat (two intervals of 1 s).
+    let source = ScriptedConfig {
+        events: vec![Ev::order("k", 1)],
+        batch: 1,
+        pace_ms: Some(3500),
+        gate: Some(gate.clone()),
+        after_gate: 0,
+    };
+    let sink = format!(
+        r#"
+        url = "{url}?heartbeat=1"
+        routing_key = "orders"
+        [[declare.queues]]
+        name = "orders"
+        "#,
+        url = vhost.url()
+    );
+    let config = pipeline(&dir, &source, &sink, Some(api));
+    let running = tokio::spawn(async move { run(&config).await });
+    let reconnects = tokio::task::spawn_blocking(move || {
+        sluice_tests::wait_for("three events confirmed across two idle gaps", || {
+            let m = metrics(api).ok()?;
+            let broker = [("component_id", "broker")];
+            let confirmed = metric(&m, rabbitmq_metrics::CONFIRMED, &broker)?;
+            let reconnects = metric(&m, rabbitmq_metrics::RECONNECTS, &broker).unwrap_or(0.0);
+            (confirmed >= 3.0).then_some(reconnects)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        reconnects, 0.0,
+        "the broker never dropped the idle connection"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    running.await.unwrap().unwrap();
+    let messages = Reader::new(vhost.url()).take_ready("orders").await.unwrap();
+    assert!(messages.len() >= 3);
 }

@@ -79,7 +79,8 @@ pub struct Message {
     pub exchange: String,
     /// Its routing key.
     pub routing_key: String,
-    /// The AMQP `correlation_id`: the event's key, the outbox `aggregateid`.
+    /// The AMQP `correlation_id`: the event's key, the outbox `aggregateid` (unset when the
+    /// sink's `properties` leaves `correlation_id` out).
     pub key: Option<String>,
     /// Headers with text values (such as `traceparent`).
     pub headers: BTreeMap<String, String>,
