@@ -146,7 +146,6 @@ async fn lapin_publisher(url: &str, route: &Route, events: u64, window: usize, a
                     properties = properties
                         .with_type(event.event_type.as_str().into())
                         .with_correlation_id(event.key.as_deref().unwrap_or_default().into())
-                        .with_app_id("sluice".into())
                         .with_content_type("application/json".into());
                 }
                 Message {

@@ -174,12 +174,6 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_env("SLUICE_LOG").ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    // lapin logs each returned (unroutable) message in full, payload included; the rabbitmq
-    // sink reports returns itself, without payloads.
-    let filter = match "lapin::returned_messages=off".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

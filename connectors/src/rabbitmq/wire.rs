@@ -147,15 +147,19 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    /// Connects to the broker at `uri` and opens the connection, in at most `timeout`.
-    /// `name` is shown in the broker's management UI; `channels` is how many channels the
-    /// connection must allow.
+    /// Connects to the broker at `uri` and opens the connection, in at most `timeout` (or the
+    /// url's `connection_timeout`, in milliseconds). `name` is shown in the broker's management
+    /// UI; `channels` is how many channels the connection must allow.
     pub async fn open(
         uri: &AMQPUri,
         name: &str,
         timeout: Duration,
         channels: u16,
     ) -> Result<Wire, WireError> {
+        let timeout = uri
+            .query
+            .connection_timeout
+            .map_or(timeout, Duration::from_millis);
         match tokio::time::timeout(timeout, Wire::handshake(uri, name, channels)).await {
             Ok(result) => result,
             Err(_) => Err(WireError::Timeout(timeout)),
