@@ -313,6 +313,28 @@ async fn delivers_every_event_once_persistent_and_in_key_order() {
     assert_eq!(saved_checkpoint(&dir.join("data"), "events"), Some(2000));
 }
 
+/// Sink settings: a direct `outbox.order` exchange routing `orders` to queue `orders`, and the
+/// quarantine exchange `sluice.quarantine` feeding queue `quarantined`.
+const QUARANTINE_TOPOLOGY: &str = r#"quarantine_exchange = "sluice.quarantine"
+[[declare.exchanges]]
+name = "outbox.order"
+type = "direct"
+[[declare.exchanges]]
+name = "sluice.quarantine"
+type = "fanout"
+[[declare.queues]]
+name = "orders"
+[[declare.queues]]
+name = "quarantined"
+[[declare.bindings]]
+exchange = "outbox.order"
+queue = "orders"
+routing_key = "orders"
+[[declare.bindings]]
+exchange = "sluice.quarantine"
+queue = "quarantined"
+"#;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn quarantines_what_cannot_be_delivered_and_the_rest_flows() {
     let vhost = Vhost::create("quarantine").unwrap();
@@ -363,25 +385,8 @@ async fn quarantines_what_cannot_be_delivered_and_the_rest_flows() {
         exchange = "outbox.{{aggregatetype}}"
         routing_key = "{{route}}"
         channels = 3
-        quarantine_exchange = "sluice.quarantine"
         max_payload_bytes = 4096
-        [[declare.exchanges]]
-        name = "outbox.order"
-        type = "direct"
-        [[declare.exchanges]]
-        name = "sluice.quarantine"
-        type = "fanout"
-        [[declare.queues]]
-        name = "orders"
-        [[declare.queues]]
-        name = "quarantined"
-        [[declare.bindings]]
-        exchange = "outbox.order"
-        queue = "orders"
-        routing_key = "orders"
-        [[declare.bindings]]
-        exchange = "sluice.quarantine"
-        queue = "quarantined"
+        {QUARANTINE_TOPOLOGY}
         "##,
         url = vhost.url()
     );
@@ -510,19 +515,9 @@ async fn avro_bodies_carry_the_confluent_header_and_cloudevents_headers() {
         r#"
         url = "{url}"
         routing_key = "orders"
-        quarantine_exchange = "q"
         encoding = {{ codec = "avro", schema_file = "{schema}", confluent_schema_id = 42 }}
         cloudevents = {{ source = "/shop/{{aggregatetype}}" }}
-        [[declare.exchanges]]
-        name = "q"
-        type = "fanout"
-        [[declare.queues]]
-        name = "orders"
-        [[declare.queues]]
-        name = "quarantined"
-        [[declare.bindings]]
-        exchange = "q"
-        queue = "quarantined"
+        {QUARANTINE_TOPOLOGY}
         "#,
         url = vhost.url(),
         schema = schema_path.display()
@@ -791,24 +786,7 @@ async fn messages_larger_than_a_frame_arrive_whole_and_come_back_whole_when_retu
         url = "{url}"
         exchange = "outbox.order"
         routing_key = "{{route}}"
-        quarantine_exchange = "sluice.quarantine"
-        [[declare.exchanges]]
-        name = "outbox.order"
-        type = "direct"
-        [[declare.exchanges]]
-        name = "sluice.quarantine"
-        type = "fanout"
-        [[declare.queues]]
-        name = "orders"
-        [[declare.queues]]
-        name = "quarantined"
-        [[declare.bindings]]
-        exchange = "outbox.order"
-        queue = "orders"
-        routing_key = "orders"
-        [[declare.bindings]]
-        exchange = "sluice.quarantine"
-        queue = "quarantined"
+        {QUARANTINE_TOPOLOGY}
         "##
     );
     run(&pipeline(&dir, &scripted(events.clone()), &sink, None))
