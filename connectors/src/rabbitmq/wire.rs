@@ -395,6 +395,13 @@ impl Wire {
             if rest.len() < FRAME_OVERHEAD - 1 {
                 return Ok(());
             }
+            if rest.starts_with(b"AMQP") {
+                // A broker answers a protocol version it does not speak with its own header.
+                return Err(WireError::Protocol(format!(
+                    "the broker does not speak AMQP 0-9-1 (it answered {:?})",
+                    String::from_utf8_lossy(&rest[..rest.len().min(8)])
+                )));
+            }
             let size = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
             if size > self.frame_max.max(constants::FRAME_MIN_SIZE as usize) {
                 return Err(WireError::Protocol(format!(
@@ -413,15 +420,8 @@ impl Wire {
                 }
             };
             self.read_at += whole;
-            match frame {
-                AMQPFrame::Heartbeat => {}
-                AMQPFrame::ProtocolHeader(version) => {
-                    return Err(WireError::Protocol(format!(
-                        "the broker speaks AMQP {}.{}.{}, not 0.9.1",
-                        version.major, version.minor, version.revision
-                    )));
-                }
-                frame => frames.push(frame),
+            if !matches!(frame, AMQPFrame::Heartbeat) {
+                frames.push(frame);
             }
         }
     }
