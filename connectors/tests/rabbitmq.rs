@@ -717,10 +717,10 @@ async fn a_closed_connection_is_reopened_and_nothing_is_lost() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_missing_vhost_fails_the_sink_at_start() {
-    let dir = Scratch::new("rabbitmq-novhost");
-    let url = vhost_url("sluice-no-such-vhost");
+/// Runs one event into a sink at `url` that must fail to start, checks that nothing was
+/// checkpointed, and returns the error as printed.
+async fn start_failure(test: &str, url: &str) -> String {
+    let dir = Scratch::new(test);
     let sink = format!("url = \"{url}\"\nrouting_key = \"q\"");
     let error = run(&pipeline(
         &dir,
@@ -733,28 +733,23 @@ async fn a_missing_vhost_fails_the_sink_at_start() {
     let text = sluice_pipeline::error::chain(&error);
     assert!(text.contains("connecting to RabbitMQ"), "{text}");
     assert!(saved_checkpoint(&dir.join("data"), "events").is_none());
+    text
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_vhost_fails_the_sink_at_start() {
+    start_failure("rabbitmq-novhost", &vhost_url("sluice-no-such-vhost")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_fails_the_sink_at_start_as_a_config_error() {
     let vhost = Vhost::create("password").unwrap();
-    let dir = Scratch::new("rabbitmq-password");
     let (_, password) = sluice_tests::rabbitmq::credentials();
     let url = vhost
         .url()
         .replacen(&format!(":{password}@"), ":not-the-password@", 1);
     assert_ne!(url, vhost.url());
-    let sink = format!("url = \"{url}\"\nrouting_key = \"q\"");
-    let error = run(&pipeline(
-        &dir,
-        &scripted(vec![Ev::order("k", 1)]),
-        &sink,
-        None,
-    ))
-    .await
-    .unwrap_err();
-    let text = sluice_pipeline::error::chain(&error);
-    assert!(text.contains("connecting to RabbitMQ"), "{text}");
+    let text = start_failure("rabbitmq-password", &url).await;
     assert!(
         text.contains("403"),
         "the broker's refusal is named: {text}"
@@ -763,7 +758,6 @@ async fn a_wrong_password_fails_the_sink_at_start_as_a_config_error() {
         !text.contains("not-the-password"),
         "the password is not shown: {text}"
     );
-    assert!(saved_checkpoint(&dir.join("data"), "events").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -100,7 +100,7 @@ impl Broker {
             frames: Vec::new(),
             answers: Vec::new(),
             returning: Vec::new(),
-            lanes: 0,
+            lanes: lanes.len(),
             awaiting: None,
             reply: None,
             known,
@@ -115,7 +115,6 @@ impl Broker {
             broker.call(channel, AMQPClass::Confirm(select)).await?;
             lane.attach();
         }
-        broker.lanes = lanes.len();
         broker.known.extend(
             declare
                 .exchanges
@@ -231,7 +230,7 @@ impl Broker {
         let reply = match self.wire.send(channel, method) {
             Ok(()) => {
                 poll_fn(|cx| {
-                    if let Err(error) = self.poll_frames(cx) {
+                    if let Err(error) = self.poll(cx) {
                         return Poll::Ready(Err(error));
                     }
                     match self.reply.take() {
@@ -264,15 +263,6 @@ impl Broker {
     /// more to do. Fails when the connection cannot go on; answers that arrived before the
     /// failure are in [`Broker::answers`] all the same.
     pub fn poll(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
-        self.poll_frames(cx)
-    }
-
-    /// The answers read so far, in the order they came.
-    pub fn answers(&mut self) -> std::vec::Drain<'_, Answer> {
-        self.answers.drain(..)
-    }
-
-    fn poll_frames(&mut self, cx: &mut Context<'_>) -> Result<(), WireError> {
         let mut frames = std::mem::take(&mut self.frames);
         let polled = self.wire.poll_io(cx, &mut frames);
         let mut handled = Ok(());
@@ -285,6 +275,11 @@ impl Broker {
         frames.clear();
         self.frames = frames;
         polled.and(handled)
+    }
+
+    /// The answers read so far, in the order they came.
+    pub fn answers(&mut self) -> std::vec::Drain<'_, Answer> {
+        self.answers.drain(..)
     }
 
     fn on_frame(&mut self, frame: AMQPFrame) -> Result<(), WireError> {

@@ -87,7 +87,6 @@ struct InFlight {
 /// One channel and its messages in flight.
 #[derive(Default)]
 pub(crate) struct Lane {
-    attached: bool,
     /// The delivery tag the next publish gets.
     next_tag: u64,
     in_flight: VecDeque<InFlight>,
@@ -96,13 +95,7 @@ pub(crate) struct Lane {
 impl Lane {
     /// Starts publishing on a fresh channel (in confirm mode), whose first delivery tag is 1.
     pub fn attach(&mut self) {
-        self.attached = true;
         self.next_tag = 1;
-    }
-
-    /// Whether the lane has a channel to publish on.
-    pub fn is_attached(&self) -> bool {
-        self.attached
     }
 
     /// Records that `record` was just published on this lane's channel, after everything
@@ -185,7 +178,6 @@ impl Lane {
     /// Detaches from the channel and gives back every record not yet settled, in publish
     /// order: after a failure, none of them is known to be on the broker.
     pub fn detach(&mut self) -> Vec<Record> {
-        self.attached = false;
         self.in_flight.drain(..).map(|f| f.record).collect()
     }
 }

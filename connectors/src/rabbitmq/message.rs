@@ -5,9 +5,10 @@
 //! Every message is persistent (`delivery_mode = 2`) and carries its identity in properties:
 //! `message_id` = event id, `type` = event type, `correlation_id` = the key (the aggregate id),
 //! `timestamp` = commit time (when known) and the configured `content_type`; `properties`
-//! may leave out the last three, whose bytes the broker pays for. Headers carry only what properties cannot: the event's own headers (such as
-//! a W3C `traceparent` the outbox maps from a column), then the configured extra headers, then
-//! the CloudEvents attributes on request. A message with no header has no header table at all:
+//! may leave out the last three, whose bytes the broker pays for. Headers carry only what
+//! properties cannot: the event's own headers (such as a W3C `traceparent` the outbox maps
+//! from a column), then the configured extra headers, then the CloudEvents attributes on
+//! request. A message with no header has no header table at all:
 //! the broker's cost per message grows with every header (ADR 0008).
 
 use std::time::UNIX_EPOCH;
@@ -112,11 +113,10 @@ pub(crate) struct MessageBuilder {
     exchange: Name,
     routing_key: Name,
     headers: Vec<(ShortString, Template)>,
-    /// The `content_type` property, unless `properties` leaves it out.
-    content_type: Option<ShortString>,
-    /// The configured content type, for messages about it.
-    content_type_name: String,
-    /// Whether messages carry `correlation_id` and `timestamp`.
+    content_type: ShortString,
+    /// Whether messages carry the optional properties `content_type`, `correlation_id` and
+    /// `timestamp` (the `properties` setting).
+    sends_content_type: bool,
     correlation_id: bool,
     timestamp: bool,
     codec: Codec,
@@ -149,13 +149,10 @@ impl MessageBuilder {
                     Some((ShortString::try_new(name.as_str()).ok()?, t.clone()))
                 })
                 .collect(),
-            content_type: config
-                .properties
-                .contains(&OptionalProperty::ContentType)
-                .then(|| ShortString::try_new(content_type).unwrap_or_default()),
+            content_type: ShortString::try_new(content_type).unwrap_or_default(),
+            sends_content_type: config.properties.contains(&OptionalProperty::ContentType),
             correlation_id: config.properties.contains(&OptionalProperty::CorrelationId),
             timestamp: config.properties.contains(&OptionalProperty::Timestamp),
-            content_type_name: content_type.to_owned(),
             codec,
             cloudevents_source: config.cloudevents.as_ref().map(|c| c.source.clone()),
             require_key: config.require_key,
@@ -208,7 +205,7 @@ impl MessageBuilder {
                 serde_json::from_slice::<serde::de::IgnoredAny>(&event.payload).map_err(|e| {
                     Rejection::new(format!(
                         "payload is not JSON ({e}) but the content type is {}",
-                        self.content_type_name
+                        self.content_type
                     ))
                 })?;
                 event.payload.clone()
@@ -232,8 +229,8 @@ impl MessageBuilder {
         }
         let mut properties =
             common_properties(event, Some(message_id), Some(kind), key, self.timestamp);
-        if let Some(content_type) = &self.content_type {
-            properties = properties.with_content_type(content_type.clone());
+        if self.sends_content_type {
+            properties = properties.with_content_type(self.content_type.clone());
         }
         let properties = with_headers(properties, headers);
         Ok(Message {
@@ -472,6 +469,7 @@ mod tests {
         let rejection = builder("properties = []").build(&bad).unwrap_err();
         assert!(rejection.reason.contains("not JSON"), "{rejection:?}");
     }
+
     #[test]
     fn a_message_without_headers_has_no_header_table() {
         let mut e = event();

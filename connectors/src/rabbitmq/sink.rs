@@ -487,8 +487,7 @@ impl Relay {
     /// Queues `message` on the record's lane; without a connection, the record waits for
     /// the next one.
     fn publish(&mut self, record: Record, message: Message, now: Instant) {
-        let lane = &mut self.lanes[record.lane];
-        let Some(broker) = self.broker.as_mut().filter(|_| lane.is_attached()) else {
+        let Some(broker) = &mut self.broker else {
             self.unsent.push(record);
             return;
         };
@@ -496,7 +495,7 @@ impl Relay {
             Ok(()) => {
                 self.metrics.published.increment(1);
                 self.in_flight += 1;
-                lane.push(record, now);
+                self.lanes[record.lane].push(record, now);
             }
             Err(error) => {
                 let reason = format!("cannot be encoded as an AMQP message: {error}");
@@ -524,9 +523,7 @@ impl Relay {
         if let Some(broker) = &mut self.broker {
             // Answers that arrived before a failure still count.
             let polled = broker.poll(task);
-            let answered = broker
-                .answers()
-                .try_for_each(|answer| answer_lane(&mut self.lanes, answer));
+            let answered = answer_lanes(&mut self.lanes, broker);
             if let Err(error) = polled.and(answered) {
                 return Poll::Ready(Wake::Lost(error));
             }
@@ -739,7 +736,13 @@ impl Relay {
         cx.set_ready(false);
         self.metrics.reconnects.increment(1);
         tracing::warn!(%error, unsettled = self.in_flight, "lost the connection to RabbitMQ; reconnecting");
-        // Answers that arrived before the failure still count.
+        // Answers that arrived before the failure still count; what settling releases waits
+        // for the next connection.
+        if let Some(mut broker) = self.broker.take()
+            && let Err(error) = answer_lanes(&mut self.lanes, &mut broker)
+        {
+            tracing::debug!(%error, "an answer read before the failure matches nothing");
+        }
         for lane in &mut self.lanes {
             lane.settle(&mut self.settled);
         }
@@ -753,7 +756,6 @@ impl Relay {
         }
         self.retrying.clear();
         self.retry_at = None;
-        self.broker = None;
     }
 
     /// Takes every unsettled record off the lanes into `unsent`.
@@ -772,8 +774,6 @@ impl Relay {
     }
 }
 
-/// The key that orders an event: its key, or for an event without one (when the config allows
-/// that), its id, which orders it with nothing else.
 fn missing_exchange(exchange: &ShortString) -> String {
     format!("exchange {:?} does not exist", exchange.as_str())
 }
@@ -785,9 +785,9 @@ fn quarantine(reason: String) -> Purpose {
     }
 }
 
-/// Hands a broker's answer to the lane it is about.
-fn answer_lane(lanes: &mut [Lane], answer: Answer) -> Result<(), WireError> {
-    match answer {
+/// Hands the broker's answers to the lanes they are about.
+fn answer_lanes(lanes: &mut [Lane], broker: &mut Broker) -> Result<(), WireError> {
+    broker.answers().try_for_each(|answer| match answer {
         Answer::Confirm {
             lane,
             tag,
@@ -798,9 +798,11 @@ fn answer_lane(lanes: &mut [Lane], answer: Answer) -> Result<(), WireError> {
             lanes[lane].returned(returned);
             Ok(())
         }
-    }
+    })
 }
 
+/// The key that orders an event: its key, or for an event without one (when the config allows
+/// that), its id, which orders it with nothing else.
 fn ordering_key(event: &Event) -> Text {
     event.key.clone().unwrap_or_else(|| event.id.clone())
 }

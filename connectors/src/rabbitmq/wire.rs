@@ -117,13 +117,6 @@ impl WireError {
     }
 }
 
-/// The negotiated limits of a connection.
-#[derive(Debug, Clone, Copy)]
-struct Tuning {
-    frame_max: usize,
-    heartbeat: Option<Duration>,
-}
-
 /// Heartbeat bookkeeping: a frame goes out when nothing else has for half the interval, and
 /// the connection is dead when nothing has come in for two.
 struct Heartbeat {
@@ -203,18 +196,13 @@ impl Wire {
             AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
             other => return Err(unexpected("connection.tune", &other)),
         };
-        let tuning = negotiate(uri, &tune, channels)?;
+        let tuned = negotiate(uri, &tune, channels)?;
+        wire.frame_max = tuned.frame_max as usize;
+        let heartbeat = Duration::from_secs(u64::from(tuned.heartbeat));
         wire.send(
             0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
-                channel_max: channels,
-                frame_max: u32::try_from(tuning.frame_max).unwrap_or(u32::MAX),
-                heartbeat: tuning
-                    .heartbeat
-                    .map_or(0, |h| u16::try_from(h.as_secs()).unwrap_or(u16::MAX)),
-            })),
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tuned)),
         )?;
-        wire.frame_max = tuning.frame_max;
         wire.send(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
@@ -226,9 +214,9 @@ impl Wire {
             other => return Err(unexpected("connection.open-ok", &other)),
         }
         let now = Instant::now();
-        wire.heartbeat = tuning.heartbeat.map(|interval| Heartbeat {
-            interval,
-            timer: Box::pin(tokio::time::sleep(interval / 2)),
+        wire.heartbeat = (!heartbeat.is_zero()).then(|| Heartbeat {
+            interval: heartbeat,
+            timer: Box::pin(tokio::time::sleep(heartbeat / 2)),
             last_read: now,
             last_write: now,
         });
@@ -505,9 +493,13 @@ fn start_ok(name: &str, response: String) -> AMQPClass {
     }))
 }
 
-/// The frame size, channel count and heartbeat: the url's where it sets them, within what the
-/// broker allows.
-fn negotiate(uri: &AMQPUri, tune: &connection::Tune, channels: u16) -> Result<Tuning, WireError> {
+/// The `connection.tune-ok`: `channels`, and the frame size and heartbeat (seconds, 0 for
+/// none) the url sets, within what the broker allows.
+fn negotiate(
+    uri: &AMQPUri,
+    tune: &connection::Tune,
+    channels: u16,
+) -> Result<connection::TuneOk, WireError> {
     let broker_channels = if tune.channel_max == 0 {
         u16::MAX
     } else {
@@ -526,10 +518,10 @@ fn negotiate(uri: &AMQPUri, tune: &connection::Tune, channels: u16) -> Result<Tu
         (wanted, broker) => wanted.min(broker),
     }
     .max(constants::FRAME_MIN_SIZE);
-    let heartbeat = uri.query.heartbeat.unwrap_or(tune.heartbeat);
-    Ok(Tuning {
-        frame_max: frame_max as usize,
-        heartbeat: (heartbeat > 0).then(|| Duration::from_secs(u64::from(heartbeat))),
+    Ok(connection::TuneOk {
+        channel_max: channels,
+        frame_max,
+        heartbeat: uri.query.heartbeat.unwrap_or(tune.heartbeat),
     })
 }
 
