@@ -46,7 +46,7 @@ pub struct BlackholeSink {
 }
 
 impl Sink for BlackholeSink {
-    async fn run(self, mut cx: SinkContext) -> Result<(), Error> {
+    async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
         cx.set_ready(true);
         let pace = self.rate.map(Pace::new);
         let mut acked: u64 = 0;

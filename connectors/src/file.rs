@@ -46,6 +46,7 @@ impl SinkConfig for FileSinkConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
         Ok(Box::new(FileSink {
             path: self.path.clone(),
+            file: None,
         }))
     }
 }
@@ -54,11 +55,12 @@ impl SinkConfig for FileSinkConfig {
 #[derive(Debug)]
 pub struct FileSink {
     path: PathBuf,
+    file: Option<tokio::fs::File>,
 }
 
-struct DurableFile(tokio::fs::File);
+struct DurableFile<'a>(&'a mut tokio::fs::File);
 
-impl LineTarget for DurableFile {
+impl LineTarget for DurableFile<'_> {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.0.write_all(bytes).await
     }
@@ -69,9 +71,12 @@ impl LineTarget for DurableFile {
 }
 
 impl Sink for FileSink {
-    async fn run(self, cx: SinkContext) -> Result<(), Error> {
+    async fn start(&mut self, _cx: &mut SinkContext) -> Result<(), Error> {
         let shown = self.path.display().to_string();
-        let open_error = |e| Error::new(ErrorKind::Io, format!("opening {shown}")).with_source(e);
+        // A path that cannot be opened (not a directory, no permission) will not open by
+        // itself: the pipeline stops rather than retrying. Writing fails as I/O, retried.
+        let open_error =
+            |e| Error::new(ErrorKind::Config, format!("opening {shown}")).with_source(e);
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir).await.map_err(open_error)?;
         }
@@ -81,7 +86,20 @@ impl Sink for FileSink {
             .open(&self.path)
             .await
             .map_err(open_error)?;
+        self.file = Some(file);
+        Ok(())
+    }
+
+    async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
+        let shown = self.path.display().to_string();
+        let Some(file) = self.file.as_mut() else {
+            return Err(Error::new(ErrorKind::Internal, "run before start"));
+        };
         cx.set_ready(true);
         write_lines(cx, DurableFile(file), &shown).await
+    }
+
+    async fn stop(&mut self) {
+        self.file = None;
     }
 }

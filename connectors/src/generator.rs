@@ -141,7 +141,7 @@ impl Generator {
 }
 
 impl Source for Generator {
-    async fn run(self, mut cx: SourceContext) -> Result<(), Error> {
+    async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
         let store = cx.checkpoint_store();
         let restored = store.load().map_err(|e| {
             Error::new(ErrorKind::Io, format!("reading {}", store.path().display())).with_source(e)

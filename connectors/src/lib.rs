@@ -5,12 +5,11 @@
 //! - [`generator`]: synthetic events with deterministic ids, for demos, tests and benchmarks.
 //! - [`file`](mod@file), [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
 //! - [`rabbitmq`]: RabbitMQ, persistent and confirmed, in order per key.
-//! - [`codec`]: encodings shared by sinks; [`backoff`]: delays between reconnections.
+//! - [`codec`]: encodings shared by sinks.
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
 //! its running component; the `sluice` binary registers them by type name.
 
-pub mod backoff;
 pub mod blackhole;
 pub mod codec;
 pub mod file;

@@ -44,7 +44,7 @@ impl LineTarget for Stdout {
 }
 
 impl Sink for StdoutSink {
-    async fn run(self, cx: SinkContext) -> Result<(), Error> {
+    async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
         cx.set_ready(true);
         write_lines(cx, Stdout(tokio::io::stdout()), "standard output").await
     }

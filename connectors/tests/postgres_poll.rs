@@ -414,7 +414,7 @@ impl SinkConfig for HeldSinkConfig {
 struct HeldSink;
 
 impl Sink for HeldSink {
-    async fn run(self, mut cx: SinkContext) -> Result<(), sluice_pipeline::Error> {
+    async fn run(&mut self, cx: &mut SinkContext) -> Result<(), sluice_pipeline::Error> {
         let held = HELD.lock().unwrap().clone().unwrap();
         cx.set_ready(true);
         while let Some(batch) = cx.next().await {

@@ -118,9 +118,9 @@ fn event(ev: &Ev, position: u64) -> Event {
 }
 
 impl Source for Scripted {
-    async fn run(self, mut cx: SourceContext) -> Result<(), Error> {
+    async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
         cx.set_ready(true);
-        let config = self.0;
+        let config = &self.0;
         let pace = config.pace_ms.map(Duration::from_millis);
         let mut position = 0;
         let emit = |events: &[Ev], position: &mut u64| {

@@ -36,6 +36,8 @@ struct Shared {
     failed_events: AtomicU64,
     /// Bumped whenever a batch resolves, to wake a waiting source.
     progress: watch::Sender<u64>,
+    /// Bumped whenever an event fails, to wake the runtime (which runs the source again).
+    failures: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl BatchSlots {
         let slot = &self.refs[index];
         if failed && slot.fetch_or(FAILED, Ordering::AcqRel) & FAILED == 0 {
             self.shared.failed_events.fetch_add(1, Ordering::Relaxed);
+            self.shared.failures.send_modify(|count| *count += 1);
         }
         let before = slot.fetch_sub(1, Ordering::AcqRel);
         if before & !FAILED == 1 && self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -189,6 +192,7 @@ impl Tracker {
                 peak_in_flight_events: AtomicUsize::new(0),
                 failed_events: AtomicU64::new(0),
                 progress,
+                failures: watch::channel(0).0,
             }),
             budget,
             batches: VecDeque::new(),
@@ -389,6 +393,25 @@ impl Tracker {
     /// Events that failed (their checkpoint is held before them).
     pub fn failed_events(&self) -> u64 {
         self.shared.failed_events.load(Ordering::Relaxed)
+    }
+
+    /// A watch that resolves when an event registered with this tracker fails from now on.
+    pub fn failures(&self) -> Failures {
+        Failures(self.shared.failures.subscribe())
+    }
+}
+
+/// Wakes when an event of a tracker fails (see [`Tracker::failures`]).
+#[derive(Debug)]
+pub struct Failures(watch::Receiver<u64>);
+
+impl Failures {
+    /// Waits until an event fails after this watch was made (or after the last wake).
+    pub async fn failed(&mut self) {
+        // The sender lives as long as the tracker's events; without them nothing can fail.
+        if self.0.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 

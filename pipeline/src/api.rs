@@ -1,5 +1,5 @@
 //! The HTTP API: `/metrics` (Prometheus text), `/health` (the process is alive) and `/ready`
-//! (every component started and connected).
+//! (every component started and connected, and the role of each election: leader or standby).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::health::Health;
+use crate::leadership::Role;
 
 /// How often histograms are compacted between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -103,14 +104,25 @@ pub async fn serve(address: SocketAddr, health: Health) -> std::io::Result<ApiSe
     })
 }
 
+/// `ready` or `not ready: <ids>`, then one line per election saying this process's role.
 fn ready(health: &Health) -> (StatusCode, String) {
-    let waiting = health.not_ready();
-    if waiting.is_empty() {
+    let readiness = health.readiness();
+    let (status, mut body) = if readiness.not_ready.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", waiting.join(", ")),
+            format!("not ready: {}\n", readiness.not_ready.join(", ")),
         )
+    };
+    for (election, role) in readiness.roles {
+        let line = match role {
+            Role::Leader(token) => {
+                format!("leader of election {election} (fencing token {token})\n")
+            }
+            Role::Standby => format!("standby for election {election}\n"),
+        };
+        body.push_str(&line);
     }
+    (status, body)
 }

@@ -16,12 +16,15 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::ack::Tracker;
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::checkpoint::CheckpointStore;
 use crate::config::FieldError;
 use crate::error::{Error, ErrorKind};
 use crate::event::{Batch, Event, Position, Text};
 use crate::health::ReadyFlag;
+use crate::leadership::{LeaderView, Term};
 use crate::metrics::{ComponentMetrics, SourceMetrics};
+use crate::resource::Resources;
 use crate::runtime::{Fanout, QuarantineSender};
 use crate::shutdown::Shutdown;
 
@@ -40,10 +43,14 @@ pub trait Validate {
 /// What a component config may use to build its component.
 #[derive(Debug, Clone)]
 pub struct BuildContext {
-    /// The component's id in the config.
+    /// The component's id in the config (for a resource, its section's name).
     pub id: String,
     /// The pipeline's data directory.
     pub data_dir: PathBuf,
+    /// The election the pipeline's sources run under (`[pipeline] leader`), if any.
+    pub leader: Option<String>,
+    /// What the process's resources provide (empty while resources themselves are built).
+    pub resources: Resources,
 }
 
 /// How a live check went.
@@ -124,19 +131,26 @@ pub trait SinkConfig: Validate + Debug + Send + Sync + 'static {
 /// Produces events.
 ///
 /// Guarantees a source must keep:
-/// - **Positions never go backwards.** Events are emitted in position order; several events
-///   may share a position (one transaction), and a position may continue into the next batch
-///   only through [`SourceContext::emit_open`].
+/// - **Positions never go backwards** within one run. Events are emitted in position order;
+///   several events may share a position (one transaction), and a position may continue into
+///   the next batch only through [`SourceContext::emit_open`].
 /// - **Only the checkpoint is made durable.** A source records (to its server or through
 ///   [`SourceContext::checkpoint_store`]) only positions returned by
 ///   [`SourceContext::checkpoint`], so a crash at any moment re-reads rather than loses.
-/// - **Shutdown drains.** When [`SourceContext::shutdown`] fires, or its input ends, the source
-///   stops emitting, awaits [`SourceContext::drain`] and records the checkpoint it returns.
+/// - **Each run resumes from what was recorded.** The runtime calls `run` again after a
+///   retryable failure, after events failed downstream, and each time leadership is won back;
+///   every run gets a fresh context whose checkpoint starts empty, and only once everything
+///   the previous run emitted is resolved. A run therefore starts from the position its source
+///   recorded (on its server or in its checkpoint store), never from memory of a past run.
+/// - **Shutdown drains.** When [`SourceContext::shutdown`] fires (the process stops, the
+///   leadership is lost, or events failed downstream), or its input ends, the source stops
+///   emitting, awaits [`SourceContext::drain`] and records the checkpoint it returns.
 ///
-/// `run` is called once; the engine runs it on its own task.
+/// The engine runs `run` on a task of its own; `Ok` means the input ended or shutdown was
+/// asked for.
 pub trait Source: Send + 'static {
     /// Runs until the input ends or shutdown is requested.
-    fn run(self, cx: SourceContext) -> impl Future<Output = Result<(), Error>> + Send;
+    fn run(&mut self, cx: &mut SourceContext) -> impl Future<Output = Result<(), Error>> + Send;
 }
 
 /// Maps, filters, splits or enriches batches of events.
@@ -145,13 +159,28 @@ pub trait Source: Send + 'static {
 /// several children made with `clone`), dropped with [`Output::drop_event`], or rejected to
 /// the quarantine with [`Output::reject`]. `process` calls are sequential; order within and
 /// across batches is the order events are pushed.
+///
+/// `start` runs before the first batch and again after a retryable failure (once `stop` has
+/// run and the backoff is over); `stop` runs when the input has ended or `process` failed.
+/// They are where I/O belongs (a lease to take, a connection to open); building does none.
+/// When `process` fails, the events of that batch fail, and their sources read them again.
 pub trait Transform: Send + 'static {
+    /// Prepares the transform; none by default.
+    fn start(&mut self) -> impl Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+
     /// Processes one batch.
     fn process(
         &mut self,
         events: Batch,
         out: &mut Output,
     ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Releases what `start` took; nothing by default.
+    fn stop(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Delivers events.
@@ -160,34 +189,60 @@ pub trait Transform: Send + 'static {
 /// (a broker's publisher confirm, an fsync), rejects events the destination refuses for good
 /// through [`SinkContext::reject`], and retries what may succeed later. It runs until its input
 /// ends, having answered every event it received.
+///
+/// `start` (connect) runs before `run` and `stop` (close) after it. When `start` or `run`
+/// fails with a retryable error, the runtime calls `stop`, waits out its backoff and calls
+/// `start` and `run` again on the same sink, which keeps the events it holds: what it had not
+/// answered is still its to deliver.
 pub trait Sink: Send + 'static {
+    /// Prepares the sink (connects); nothing by default.
+    fn start(&mut self, cx: &mut SinkContext) -> impl Future<Output = Result<(), Error>> + Send {
+        let _ = cx;
+        std::future::ready(Ok(()))
+    }
+
     /// Runs until the input ends.
-    fn run(self, cx: SinkContext) -> impl Future<Output = Result<(), Error>> + Send;
+    fn run(&mut self, cx: &mut SinkContext) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Releases what `start` opened; nothing by default.
+    fn stop(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// Object-safe form of [`Source`], implemented for every source.
 pub trait DynSource: Send {
     /// Runs the source.
-    fn run_boxed(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), Error>>;
+    fn run_boxed<'a>(&'a mut self, cx: &'a mut SourceContext) -> BoxFuture<'a, Result<(), Error>>;
 }
 
 impl<S: Source> DynSource for S {
-    fn run_boxed(self: Box<Self>, cx: SourceContext) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin((*self).run(cx))
+    fn run_boxed<'a>(&'a mut self, cx: &'a mut SourceContext) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run(cx))
     }
 }
 
 /// Object-safe form of [`Transform`], implemented for every transform.
 pub trait DynTransform: Send {
+    /// Prepares the transform.
+    fn start_boxed(&mut self) -> BoxFuture<'_, Result<(), Error>>;
+
     /// Processes one batch.
     fn process_boxed<'a>(
         &'a mut self,
         events: Batch,
         out: &'a mut Output,
     ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Releases what `start` took.
+    fn stop_boxed(&mut self) -> BoxFuture<'_, ()>;
 }
 
 impl<T: Transform> DynTransform for T {
+    fn start_boxed(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(self.start())
+    }
+
     fn process_boxed<'a>(
         &'a mut self,
         events: Batch,
@@ -195,17 +250,35 @@ impl<T: Transform> DynTransform for T {
     ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.process(events, out))
     }
+
+    fn stop_boxed(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop())
+    }
 }
 
 /// Object-safe form of [`Sink`], implemented for every sink.
 pub trait DynSink: Send {
+    /// Prepares the sink.
+    fn start_boxed<'a>(&'a mut self, cx: &'a mut SinkContext) -> BoxFuture<'a, Result<(), Error>>;
+
     /// Runs the sink.
-    fn run_boxed(self: Box<Self>, cx: SinkContext) -> BoxFuture<'static, Result<(), Error>>;
+    fn run_boxed<'a>(&'a mut self, cx: &'a mut SinkContext) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Releases what `start` opened.
+    fn stop_boxed(&mut self) -> BoxFuture<'_, ()>;
 }
 
 impl<S: Sink> DynSink for S {
-    fn run_boxed(self: Box<Self>, cx: SinkContext) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin((*self).run(cx))
+    fn start_boxed<'a>(&'a mut self, cx: &'a mut SinkContext) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.start(cx))
+    }
+
+    fn run_boxed<'a>(&'a mut self, cx: &'a mut SinkContext) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.run(cx))
+    }
+
+    fn stop_boxed(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop())
     }
 }
 
@@ -287,7 +360,7 @@ impl From<Batch> for Output {
     }
 }
 
-/// What a running source uses: emitting, its checkpoint, shutdown and readiness.
+/// What a running source uses: emitting, its checkpoint, shutdown, readiness and its term.
 pub struct SourceContext {
     pub(crate) id: Arc<str>,
     pub(crate) tracker: Tracker,
@@ -297,12 +370,21 @@ pub struct SourceContext {
     pub(crate) ready: ReadyFlag,
     pub(crate) data_dir: PathBuf,
     pub(crate) metrics: SourceMetrics,
+    pub(crate) term: Option<Arc<dyn Term>>,
+    pub(crate) restart: BackoffConfig,
 }
 
 impl SourceContext {
     /// The source's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The term this run belongs to, when the pipeline runs under `[pipeline] leader`: its
+    /// fencing token, and whether it is still valid (check before an act that must not be done
+    /// by two leaders).
+    pub fn term(&self) -> Option<&Arc<dyn Term>> {
+        self.term.as_ref()
     }
 
     /// Starts the checkpoint at `position`, the one this source recorded last time. Call it
@@ -411,21 +493,35 @@ impl SourceContext {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+
+    /// A backoff with the pipeline's restart settings, for a retry the source does itself (a
+    /// side connection whose loss must not stop it).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.restart)
+    }
 }
 
-/// What a running sink uses: its input, the quarantine and readiness.
+/// What a running sink uses: its input, the quarantine, readiness and the pipeline's leader.
 pub struct SinkContext {
     pub(crate) id: Arc<str>,
     pub(crate) input: mpsc::Receiver<Batch>,
     pub(crate) quarantine: QuarantineSender,
     pub(crate) ready: ReadyFlag,
     pub(crate) metrics: ComponentMetrics,
+    pub(crate) leader: LeaderView,
+    pub(crate) restart: BackoffConfig,
 }
 
 impl SinkContext {
     /// The sink's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The pipeline's current term while this process leads its election (and the term is
+    /// still valid); `None` otherwise, and always for a pipeline without `leader`.
+    pub fn term(&self) -> Option<Arc<dyn Term>> {
+        self.leader.term()
     }
 
     /// The next batch, or `None` once every input has ended.
@@ -451,6 +547,12 @@ impl SinkContext {
     /// Marks the sink ready (connected) or not, for `/ready`.
     pub fn set_ready(&self, ready: bool) {
         self.ready.set(ready);
+    }
+
+    /// A backoff with the pipeline's restart settings, for a retry the sink does itself (a
+    /// message the destination refused for now).
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(self.restart)
     }
 }
 

@@ -1,41 +1,105 @@
-//! Readiness of the running components, as `/ready` reports it.
+//! Readiness of the running components and resources, and the role of each election, as
+//! `/ready` reports them.
+//!
+//! A source of a pipeline that runs under an election does not run while this process is a
+//! standby; its flag is then left out, so a healthy standby is ready (and says it is a standby).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::leadership::{Election, Role};
 use crate::metrics::ready_gauge;
 
-/// Every component's ready flag.
-#[derive(Debug, Clone, Default)]
+/// Every component's ready flag, and every election's role.
+#[derive(Clone, Default)]
 pub struct Health {
-    components: Arc<Mutex<Vec<ReadyFlag>>>,
+    inner: Arc<Mutex<Registered>>,
+}
+
+#[derive(Default)]
+struct Registered {
+    flags: Vec<ReadyFlag>,
+    elections: Vec<Arc<Election>>,
+}
+
+/// What `/ready` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// Ids of what is not ready; empty when all is.
+    pub not_ready: Vec<String>,
+    /// Each election of this process and its role.
+    pub roles: Vec<(String, Role)>,
 }
 
 impl Health {
-    /// Registers a component, not ready yet.
+    /// Registers a component (or resource) of `kind`, not ready yet.
     pub fn register(&self, kind: &'static str, id: &str) -> ReadyFlag {
+        self.add(kind, id, None)
+    }
+
+    /// Registers a source that runs only while `election` is led.
+    pub(crate) fn register_gated(&self, id: &str, election: &Arc<Election>) -> ReadyFlag {
+        self.add("source", id, Some(Arc::clone(election)))
+    }
+
+    fn add(&self, kind: &'static str, id: &str, gate: Option<Arc<Election>>) -> ReadyFlag {
         let flag = ReadyFlag {
             id: Arc::from(id),
             ready: Arc::new(AtomicBool::new(false)),
+            times_ready: Arc::new(AtomicU64::new(0)),
             gauge: ready_gauge(kind, id),
+            gate,
         };
         flag.gauge.set(0.0);
-        self.components
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(flag.clone());
+        self.lock().flags.push(flag.clone());
         flag
     }
 
-    /// Ids of the components that are not ready; empty when all are.
-    pub fn not_ready(&self) -> Vec<String> {
-        self.components
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Registers election `name`, in standby.
+    pub(crate) fn election(&self, name: &str) -> Arc<Election> {
+        let election = Election::new(name);
+        self.lock().elections.push(Arc::clone(&election));
+        election
+    }
+
+    /// What is not ready, and each election's role.
+    pub fn readiness(&self) -> Readiness {
+        let registered = self.lock();
+        let not_ready = registered
+            .flags
             .iter()
-            .filter(|flag| !flag.is_ready())
+            .filter(|flag| {
+                let running = flag
+                    .gate
+                    .as_ref()
+                    .is_none_or(|e| matches!(e.role(), Role::Leader(_)));
+                running && !flag.is_ready()
+            })
             .map(|flag| flag.id.to_string())
-            .collect()
+            .collect();
+        let roles = registered
+            .elections
+            .iter()
+            .map(|e| (e.name().to_owned(), e.role()))
+            .collect();
+        Readiness { not_ready, roles }
+    }
+
+    /// Ids of what is not ready; empty when all is.
+    pub fn not_ready(&self) -> Vec<String> {
+        self.readiness().not_ready
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("readiness", &self.readiness())
+            .finish()
     }
 }
 
@@ -44,13 +108,19 @@ impl Health {
 pub struct ReadyFlag {
     id: Arc<str>,
     ready: Arc<AtomicBool>,
+    /// How many times it turned ready: the runtime's sign that a restart succeeded.
+    times_ready: Arc<AtomicU64>,
     gauge: metrics::Gauge,
+    gate: Option<Arc<Election>>,
 }
 
 impl ReadyFlag {
     /// Sets the flag.
     pub fn set(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+        let was = self.ready.swap(ready, Ordering::AcqRel);
+        if ready && !was {
+            self.times_ready.fetch_add(1, Ordering::AcqRel);
+        }
         self.gauge.set(if ready { 1.0 } else { 0.0 });
     }
 
@@ -58,11 +128,19 @@ impl ReadyFlag {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    /// How many times the flag turned ready so far.
+    pub(crate) fn times_ready(&self) -> u64 {
+        self.times_ready.load(Ordering::Acquire)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::leadership::FencingToken;
+    use crate::leadership::Leadership;
+    use crate::leadership::tests::Local;
 
     #[test]
     fn reports_components_not_ready() {
@@ -72,5 +150,34 @@ mod tests {
         assert_eq!(health.not_ready(), ["a", "b"]);
         a.set(true);
         assert_eq!(health.not_ready(), ["b"]);
+        assert_eq!(a.times_ready(), 1);
+        a.set(true);
+        assert_eq!(a.times_ready(), 1, "only turning ready counts");
+    }
+
+    #[tokio::test]
+    async fn a_standby_leaves_its_gated_sources_out() {
+        let health = Health::default();
+        let election = health.election("relay");
+        let source = health.register_gated("outbox", &election);
+        let sink = health.register("sink", "broker");
+        sink.set(true);
+        let readiness = health.readiness();
+        assert!(readiness.not_ready.is_empty(), "{readiness:?}");
+        assert_eq!(readiness.roles, [("relay".to_owned(), Role::Standby)]);
+
+        let term = Local::default().campaign("relay").await.unwrap();
+        election.won(term);
+        let readiness = health.readiness();
+        assert_eq!(readiness.not_ready, ["outbox"]);
+        assert_eq!(
+            readiness.roles,
+            [("relay".to_owned(), Role::Leader(FencingToken(1)))]
+        );
+        source.set(true);
+        assert!(health.not_ready().is_empty());
+        election.lost();
+        source.set(false);
+        assert!(health.not_ready().is_empty());
     }
 }

@@ -6,22 +6,31 @@
 //! - [`ack`]: acknowledgements, checkpoints and the in-flight budget.
 //! - [`component`]: the `Source`, `Transform` and `Sink` traits and their contexts.
 //! - [`config`], [`registry`], [`topology`]: from a file to a checked graph.
-//! - [`runtime`]: running it, with shutdown that drains; [`api`]: `/metrics`, `/health`, `/ready`.
+//! - [`runtime`]: running it, with shutdown that drains; [`supervise`]: the one restart policy
+//!   and the leadership gate; [`api`]: `/metrics`, `/health`, `/ready`.
+//! - [`resource`]: clients shared by a process's components (`[coord]`); [`leadership`]: the
+//!   elections sources run under; [`backoff`]: the one backoff.
 //! - [`transforms`]: the engine's own `filter` and `dedupe`.
 
 pub mod ack;
 pub mod api;
+pub mod backoff;
 pub mod checkpoint;
 pub mod component;
 pub mod config;
 pub mod error;
 pub mod event;
 pub mod health;
+pub mod leadership;
 pub mod metrics;
 pub mod pace;
 pub mod registry;
+pub mod resource;
 pub mod runtime;
 pub mod shutdown;
+pub mod supervise;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod topology;
 pub mod transforms;
 
@@ -32,6 +41,8 @@ pub use component::{
 pub use config::{Config, ConfigErrors, FieldError, HumanDuration};
 pub use error::{Error, ErrorKind};
 pub use event::{Batch, Event, Fields, Position, SourceMeta, Text};
+pub use leadership::{FencingToken, LeaderView, Leadership, Term};
 pub use registry::Registry;
+pub use resource::{Resource, ResourceConfig, ResourceContext, Resources};
 pub use runtime::run;
 pub use shutdown::{Shutdown, ShutdownTrigger};

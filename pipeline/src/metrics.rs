@@ -1,7 +1,8 @@
 //! The engine's metric names, in one place, and the per-component handles that record them.
 //!
-//! Names follow `sluice_<component>_<name>_<unit>[_total]`. Every series carries
-//! `component_id` and `component_kind` (`source`, `transform`, `sink`). Handles are registered
+//! Names follow `sluice_<component>_<name>_<unit>[_total]`. Every component series carries
+//! `component_id` and `component_kind` (`source`, `transform`, `sink`, `resource`); the
+//! leadership series carry `election`. Handles are registered
 //! once per component, so recording on the hot path is an atomic add, not a registry lookup.
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -34,6 +35,15 @@ pub const IN_FLIGHT_EVENTS: &str = "sluice_source_in_flight_events";
 pub const IN_FLIGHT_EVENTS_PEAK: &str = "sluice_source_in_flight_events_peak";
 /// Events that failed and hold their source's checkpoint.
 pub const FAILED_EVENTS: &str = "sluice_source_failed_events";
+/// Times the runtime restarted a component, by `reason` (`error`: it failed with a retryable
+/// error; `failed_events`: a source read again from its checkpoint after events failed).
+pub const RESTARTS: &str = "sluice_component_restarts_total";
+/// Whether this process leads election `election` (1) or is a standby (0).
+pub const LEADER: &str = "sluice_leader";
+/// The fencing token of this process's latest term of `election`.
+pub const LEADER_TOKEN: &str = "sluice_leader_fencing_token";
+/// Terms of `election` this process has won.
+pub const LEADER_TERMS: &str = "sluice_leader_terms_total";
 
 /// Counters shared by transforms and sinks.
 #[derive(Debug, Clone)]
@@ -121,6 +131,25 @@ pub fn error_counter(kind: &'static str, id: &str, error_kind: &'static str) -> 
     let mut labels = labels(kind, id);
     labels.push(("error_kind", error_kind.to_owned()));
     counter!(ERRORS, &labels)
+}
+
+/// The restart counter of component `id` of `kind` for restarts for `reason`.
+pub fn restart_counter(kind: &'static str, id: &str, reason: &'static str) -> Counter {
+    let mut labels = labels(kind, id);
+    labels.push(("reason", reason.to_owned()));
+    counter!(RESTARTS, &labels)
+}
+
+pub(crate) fn leader_gauge(election: &str) -> Gauge {
+    gauge!(LEADER, "election" => election.to_owned())
+}
+
+pub(crate) fn leader_token_gauge(election: &str) -> Gauge {
+    gauge!(LEADER_TOKEN, "election" => election.to_owned())
+}
+
+pub(crate) fn leader_terms_counter(election: &str) -> Counter {
+    counter!(LEADER_TERMS, "election" => election.to_owned())
 }
 
 pub(crate) fn ready_gauge(kind: &'static str, id: &str) -> Gauge {

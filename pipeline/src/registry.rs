@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::component::{SinkConfig, SourceConfig, TransformConfig, Validate};
 use crate::config::{FieldError, deserialize};
+use crate::resource::ResourceConfig;
 
 type Parse<C> = fn(toml::Value) -> Result<Box<C>, FieldError>;
 
@@ -21,6 +22,7 @@ pub struct Registry {
     sources: BTreeMap<&'static str, Parse<dyn SourceConfig>>,
     transforms: BTreeMap<&'static str, Parse<dyn TransformConfig>>,
     sinks: BTreeMap<&'static str, Parse<dyn SinkConfig>>,
+    resources: BTreeMap<&'static str, Parse<dyn ResourceConfig>>,
     quarantine_file: Option<QuarantineFileSink>,
 }
 
@@ -37,6 +39,7 @@ impl Registry {
             sources: BTreeMap::new(),
             transforms: BTreeMap::new(),
             sinks: BTreeMap::new(),
+            resources: BTreeMap::new(),
             quarantine_file: None,
         };
         crate::transforms::register(&mut registry);
@@ -64,6 +67,33 @@ impl Registry {
     pub fn sink<C: SinkConfig + DeserializeOwned>(&mut self, name: &'static str) -> &mut Self {
         self.sinks.insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
         self
+    }
+
+    /// Registers a resource: the top-level section `name` (such as `coord`), whose config
+    /// deserializes into `C`.
+    pub fn resource<C: ResourceConfig + DeserializeOwned>(
+        &mut self,
+        name: &'static str,
+    ) -> &mut Self {
+        self.resources
+            .insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
+        self
+    }
+
+    pub(crate) fn has_resource(&self, name: &str) -> bool {
+        self.resources.contains_key(name)
+    }
+
+    pub(crate) fn resource_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.resources.keys().copied()
+    }
+
+    pub(crate) fn parse_resource(
+        &self,
+        name: &str,
+        value: toml::Value,
+    ) -> Result<Box<dyn ResourceConfig>, FieldError> {
+        lookup(&self.resources, "resource", name)?(value)
     }
 
     /// Sets the sink used for quarantined events when the config names none.

@@ -1,11 +1,12 @@
-//! Running a pipeline: building its components, wiring them with bounded channels, one task
-//! each, and shutting down in order.
+//! Running a pipeline: building its resources and components, wiring them with bounded
+//! channels, one task each (restarted as [`supervise`](crate::supervise) says), and shutting
+//! down in order.
 //!
 //! Shutdown flows with the data. Sources stop on the signal, drain their acknowledgements and
-//! record their checkpoints; when a source's task ends its output channels close, so each
-//! downstream stage finishes the batches it has and ends in turn. A component that fails is
-//! logged and counted, its unanswered events fail (so no checkpoint passes them) and the rest of
-//! the pipeline is asked to stop.
+//! record their checkpoints; when the sources are done for good their output channels close, so
+//! each downstream stage finishes the batches it has and ends in turn; the resources stop last.
+//! A component that fails for good is logged and counted, its unanswered events fail (so no
+//! checkpoint passes them) and the rest of the pipeline is asked to stop.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,17 +16,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::ack::{Budget, Tracker};
+use crate::ack::Budget;
 use crate::api;
-use crate::component::{
-    BoxFuture, BuildContext, DynSink, DynSource, DynTransform, Output, SinkContext, SourceContext,
-};
+use crate::backoff::Backoff;
+use crate::component::{BoxFuture, BuildContext, DynSink, DynSource, DynTransform, SinkContext};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, chain};
 use crate::event::{Batch, Event, Text};
-use crate::health::{Health, ReadyFlag};
+use crate::health::Health;
+use crate::leadership::{LeaderView, Leadership};
 use crate::metrics::{ComponentMetrics, SourceMetrics, error_counter, quarantined_counter};
+use crate::resource::{Provider, ResourceContext, Resources};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
+use crate::supervise::{self, Gate, SourceSlot, TransformSlot};
 use crate::topology::consumers;
 
 /// The id of the built-in quarantine file sink.
@@ -65,6 +68,7 @@ pub enum RunError {
 }
 
 /// A stage's outputs: the input channels of every component that reads from it.
+#[derive(Clone)]
 pub(crate) struct Fanout {
     targets: Vec<mpsc::Sender<Batch>>,
 }
@@ -144,9 +148,140 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
         ),
         None => None,
     };
+    let result = match ResourceSet::start(config, &health) {
+        Ok(mut resources) => {
+            let mut failures = run_pipeline(config, &mut resources, &health, shutdown).await;
+            failures.extend(resources.stop().await);
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(RunError::Failed { failures })
+            }
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(api) = api {
+        api.stop().await;
+    }
+    result
+}
 
+/// The process's resources, built and running.
+struct ResourceSet {
+    provided: Resources,
+    stop: ShutdownTrigger,
+    tasks: JoinSet<TaskResult>,
+    names: TaskNames,
+}
+
+impl ResourceSet {
+    /// Builds every resource section (no I/O), collects what they provide and starts each on a
+    /// task of its own.
+    fn start(config: &Config, health: &Health) -> Result<Self, RunError> {
+        let mut provider = Provider::default();
+        let mut built = Vec::new();
+        for (name, section) in &config.resources {
+            let cx = BuildContext {
+                id: name.clone(),
+                data_dir: config.pipeline.data_dir.clone(),
+                leader: config.pipeline.leader.clone(),
+                resources: Resources::default(),
+            };
+            let resource = section.config.build(&cx).map_err(build_error(name))?;
+            Arc::clone(&resource).provide(&mut provider);
+            built.push((name, resource));
+        }
+        let provided = provider.finish().map_err(build_error("resources"))?;
+        let stop = ShutdownTrigger::new();
+        let mut tasks = JoinSet::new();
+        let mut names = HashMap::new();
+        for (name, resource) in built {
+            let cx = ResourceContext {
+                name: Arc::from(name.as_str()),
+                ready: health.register("resource", name),
+                shutdown: stop.subscribe(),
+            };
+            let task = supervise::run_resource(resource, cx, config.pipeline.restart);
+            let handle = spawn(&mut tasks, name, "resource", Box::pin(task));
+            names.insert(handle.id(), (name.clone(), "resource"));
+        }
+        Ok(ResourceSet {
+            provided,
+            stop,
+            tasks,
+            names,
+        })
+    }
+
+    /// Waits until a resource fails for good (never, while they all run).
+    async fn failed(&mut self) -> (String, &'static str, Error) {
+        loop {
+            match self.tasks.join_next_with_id().await {
+                None => std::future::pending::<()>().await,
+                Some(joined) => {
+                    if let (id, kind, Err(error)) = outcome(joined, &self.names) {
+                        return (id, kind, error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops the resources (after the pipelines) and returns those that failed.
+    async fn stop(mut self) -> Vec<(String, Error)> {
+        self.stop.trigger();
+        let mut failures = Vec::new();
+        while let Some(joined) = self.tasks.join_next_with_id().await {
+            if let (id, kind, Err(error)) = outcome(joined, &self.names) {
+                report_failure(&id, kind, &error);
+                failures.push((id, error));
+            }
+        }
+        failures
+    }
+}
+
+/// A finished task's component, kind and result, a panic counting as an internal error.
+fn outcome(
+    joined: Result<(tokio::task::Id, TaskResult), tokio::task::JoinError>,
+    names: &TaskNames,
+) -> TaskResult {
+    match joined {
+        Ok((_, outcome)) => outcome,
+        Err(e) => {
+            let (id, kind) = names
+                .get(&e.id())
+                .cloned()
+                .unwrap_or(("unknown".to_owned(), "component"));
+            let error = Error::new(ErrorKind::Internal, format!("task panicked: {e}"));
+            (id, kind, Err(error))
+        }
+    }
+}
+
+fn report_failure(id: &str, kind: &'static str, error: &Error) {
+    tracing::error!(component_id = %id, component_kind = kind, error = %chain(error), "component failed; stopping the pipeline");
+    error_counter(kind, id, error.kind().as_str()).increment(1);
+}
+
+/// Runs the pipeline's components until they are all done; returns those that failed.
+async fn run_pipeline(
+    config: &Config,
+    resources: &mut ResourceSet,
+    health: &Health,
+    shutdown: Shutdown,
+) -> Vec<(String, Error)> {
     let stop = ShutdownTrigger::new();
-    let (mut tasks, names) = spawn_components(config, &health, &stop)?;
+    let (mut tasks, names) = match spawn_components(config, &resources.provided, health, &stop) {
+        Ok(spawned) => spawned,
+        Err(RunError::Build { component, source }) => return vec![(component, source)],
+        Err(other) => {
+            return vec![(
+                "pipeline".to_owned(),
+                Error::new(ErrorKind::Internal, other.to_string()),
+            )];
+        }
+    };
 
     let mut failures = Vec::new();
     let mut stopping = false;
@@ -157,47 +292,41 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
                 stopping = true;
                 stop.trigger();
             }
+            (id, kind, error) = resources.failed() => {
+                report_failure(&id, kind, &error);
+                failures.push((id, error));
+                stop.trigger();
+            }
             joined = tasks.join_next_with_id() => {
                 let Some(joined) = joined else { break };
-                let (id, kind, result) = match joined {
-                    Ok((_, outcome)) => outcome,
-                    Err(e) => {
-                        let (id, kind) = names.get(&e.id()).cloned().unwrap_or(("unknown".to_owned(), "component"));
-                        (id, kind, Err(Error::new(ErrorKind::Internal, format!("task panicked: {e}"))))
-                    }
-                };
-                if let Err(error) = result {
-                    tracing::error!(component_id = %id, component_kind = kind, error = %chain(&error), "component failed; stopping the pipeline");
-                    error_counter(kind, &id, error.kind().as_str()).increment(1);
+                if let (id, kind, Err(error)) = outcome(joined, &names) {
+                    report_failure(&id, kind, &error);
                     failures.push((id, error));
                     stop.trigger();
                 }
             }
         }
     }
-    if let Some(api) = api {
-        api.stop().await;
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(RunError::Failed { failures })
-    }
+    failures
+}
+
+fn build_error(id: &str) -> impl FnOnce(Error) -> RunError {
+    let component = id.to_owned();
+    move |source| RunError::Build { component, source }
 }
 
 /// Builds every component and spawns its task; all channels are wired before any task runs.
 fn spawn_components(
     config: &Config,
+    resources: &Resources,
     health: &Health,
     stop: &ShutdownTrigger,
 ) -> Result<(JoinSet<TaskResult>, TaskNames), RunError> {
     let build_cx = |id: &str| BuildContext {
         id: id.to_owned(),
         data_dir: config.pipeline.data_dir.clone(),
-    };
-    let build_error = |id: &str| {
-        let component = id.to_owned();
-        move |source| RunError::Build { component, source }
+        leader: config.pipeline.leader.clone(),
+        resources: resources.clone(),
     };
 
     let mut sources: Vec<(&str, Box<dyn DynSource>)> = Vec::new();
@@ -218,6 +347,18 @@ fn spawn_components(
             .map_err(build_error(QUARANTINE_FILE_ID))?;
         sinks.push((QUARANTINE_FILE_ID, sink));
     }
+    let gate = match &config.pipeline.leader {
+        Some(name) => Some(Gate {
+            leadership: resources
+                .require::<dyn Leadership>("pipeline.leader", "coord")
+                .map_err(build_error("pipeline"))?,
+            election: health.election(name),
+        }),
+        None => None,
+    };
+    let leader_view = gate
+        .as_ref()
+        .map_or_else(LeaderView::none, |gate| gate.election.view());
 
     // One bounded input channel per reader.
     let capacity = config.pipeline.channel_capacity;
@@ -257,38 +398,56 @@ fn spawn_components(
         max_events: config.pipeline.max_in_flight_events,
         max_bytes: config.pipeline.max_in_flight_bytes,
     };
+    let restart = config.pipeline.restart;
 
     let mut tasks = JoinSet::new();
     let mut names = HashMap::new();
+    let slots = sources
+        .into_iter()
+        .map(|(id, source)| SourceSlot {
+            id: Arc::from(id),
+            source,
+            output: fanout(id),
+            quarantine: quarantine("source", id),
+            ready: match &gate {
+                Some(gate) => health.register_gated(id, &gate.election),
+                None => health.register("source", id),
+            },
+            metrics: SourceMetrics::new(id),
+            data_dir: config.pipeline.data_dir.clone(),
+            budget,
+            backoff: Backoff::new(restart),
+            finished: false,
+        })
+        .collect();
+    let sources_task = supervise::run_sources(slots, gate, stop.subscribe(), restart);
+    let handle = tasks.spawn(async move {
+        match sources_task.await {
+            Ok(()) => ("sources".to_owned(), "source", Ok(())),
+            Err((id, error)) => (id.to_string(), "source", Err(error)),
+        }
+    });
+    names.insert(handle.id(), ("sources".to_owned(), "source"));
     let mut start = |id: &str, kind: &'static str, task| {
         let handle = spawn(&mut tasks, id, kind, task);
         names.insert(handle.id(), (id.to_owned(), kind));
     };
-    for (id, source) in sources {
-        let cx = SourceContext {
-            id: Arc::from(id),
-            tracker: Tracker::new(budget, None),
-            output: fanout(id),
-            quarantine: quarantine("source", id),
-            shutdown: stop.subscribe(),
-            ready: health.register("source", id),
-            data_dir: config.pipeline.data_dir.clone(),
-            metrics: SourceMetrics::new(id),
-        };
-        start(id, "source", source.run_boxed(cx));
-    }
     for (id, transform) in transforms {
         let input = receivers.remove(id).ok_or_else(|| missing_channel(id))?;
-        let ready = health.register("transform", id);
-        let task = run_transform(
+        let slot = TransformSlot {
+            id: Arc::from(id),
             transform,
             input,
-            fanout(id),
-            quarantine("transform", id),
-            ready,
-            ComponentMetrics::new("transform", id),
+            output: fanout(id),
+            quarantine: quarantine("transform", id),
+            ready: health.register("transform", id),
+            metrics: ComponentMetrics::new("transform", id),
+        };
+        start(
+            id,
+            "transform",
+            Box::pin(supervise::run_transform(slot, restart)),
         );
-        start(id, "transform", Box::pin(task));
     }
     for (id, sink) in sinks {
         let input = receivers.remove(id).ok_or_else(|| missing_channel(id))?;
@@ -298,8 +457,10 @@ fn spawn_components(
             quarantine: quarantine("sink", id),
             ready: health.register("sink", id),
             metrics: ComponentMetrics::new("sink", id),
+            leader: leader_view.clone(),
+            restart,
         };
-        start(id, "sink", sink.run_boxed(cx));
+        start(id, "sink", Box::pin(supervise::run_sink(sink, cx, restart)));
     }
     // Every sender now lives in a component's fanout or quarantine handle, so channels close
     // exactly when their writers finish.
@@ -334,27 +495,4 @@ fn spawn(
         }
         .instrument(span),
     )
-}
-
-async fn run_transform(
-    mut transform: Box<dyn DynTransform>,
-    mut input: mpsc::Receiver<Batch>,
-    output: Fanout,
-    quarantine: QuarantineSender,
-    ready: ReadyFlag,
-    metrics: ComponentMetrics,
-) -> Result<(), Error> {
-    ready.set(true);
-    while let Some(batch) = input.recv().await {
-        metrics.received(&batch);
-        let mut out = Output::with_capacity(batch.len());
-        transform.process_boxed(batch, &mut out).await?;
-        let (events, rejected, dropped) = out.split();
-        metrics.sent_events.increment(events.len() as u64);
-        metrics.dropped_events.increment(dropped);
-        quarantine.send(rejected).await;
-        output.send(events).await;
-    }
-    ready.set(false);
-    Ok(())
 }

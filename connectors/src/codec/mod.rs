@@ -21,7 +21,7 @@ pub(crate) trait LineTarget: Send {
 /// Writes every event the sink receives as a JSON line to `target`, gathering the batches
 /// already waiting into one write, and acknowledges them once `persist` returns.
 pub(crate) async fn write_lines(
-    mut cx: SinkContext,
+    cx: &mut SinkContext,
     mut target: impl LineTarget,
     what: &str,
 ) -> Result<(), Error> {

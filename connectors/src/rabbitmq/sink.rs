@@ -1,5 +1,6 @@
 //! The running `rabbitmq` sink: reads events, publishes each on the lane its key hashes to,
-//! settles it on the broker's answer, and keeps going across nacks and lost connections.
+//! settles it on the broker's answer, and keeps going across nacks; a lost connection ends the
+//! run, and the runtime starts it again with everything it had not settled.
 //!
 //! Bookkeeping per key (kept only for keys with something in flight, held back or waiting):
 //! - `in_flight`: its records published and not yet settled;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use amq_protocol::types::ShortString;
 use amq_protocol::uri::AMQPUri;
-use sluice_pipeline::error::chain;
+use sluice_pipeline::backoff::BackoffConfig;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use tokio::time::Sleep;
 
@@ -40,6 +41,8 @@ use super::wire::WireError;
 pub struct RabbitmqSink {
     config: RabbitmqSinkConfig,
     uri: AMQPUri,
+    /// Made on the first start, and kept across restarts with what it has not settled.
+    relay: Option<Relay>,
 }
 
 impl RabbitmqSink {
@@ -49,25 +52,50 @@ impl RabbitmqSink {
             .url
             .parse()
             .map_err(|message| Error::new(ErrorKind::Config, format!("url {message}")))?;
-        Ok(RabbitmqSink { config, uri })
+        Ok(RabbitmqSink {
+            config,
+            uri,
+            relay: None,
+        })
     }
 }
 
 impl Sink for RabbitmqSink {
-    async fn run(self, mut cx: SinkContext) -> Result<(), Error> {
-        let avro = match &self.config.encoding {
-            Encoding::Avro {
-                schema_file,
-                confluent_schema_id,
-            } => Some(AvroEncoder::load(schema_file, *confluent_schema_id)?),
-            Encoding::Json => None,
+    /// Connects (the first time, after loading the Avro schema), declares the topology and
+    /// publishes what the last connection left unconfirmed.
+    async fn start(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
+        let relay = match &mut self.relay {
+            Some(relay) => relay,
+            None => {
+                let avro = match &self.config.encoding {
+                    Encoding::Avro {
+                        schema_file,
+                        confluent_schema_id,
+                    } => Some(AvroEncoder::load(schema_file, *confluent_schema_id)?),
+                    Encoding::Json => None,
+                };
+                let builder = MessageBuilder::new(&self.config, avro, cx.id());
+                let relay = Relay::new(self.config.clone(), self.uri.clone(), builder, cx.id());
+                self.relay.insert(relay)
+            }
         };
-        let builder = MessageBuilder::new(&self.config, avro, cx.id());
-        let mut relay = Relay::new(self.config, self.uri, builder, cx.id());
-        let result = relay.run(&mut cx).await;
-        cx.set_ready(false);
-        relay.metrics.in_flight.set(0.0);
-        result
+        relay.connect(cx).await
+    }
+
+    async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
+        match &mut self.relay {
+            Some(relay) => relay.run(cx).await,
+            None => Err(Error::new(ErrorKind::Internal, "run before start")),
+        }
+    }
+
+    async fn stop(&mut self) {
+        if let Some(relay) = &mut self.relay {
+            if let Some(broker) = relay.broker.take() {
+                broker.close().await;
+            }
+            relay.metrics.in_flight.set(relay.in_flight as f64);
+        }
     }
 }
 
@@ -100,31 +128,7 @@ impl KeyState {
     }
 }
 
-/// Doubling waits between `initial` and `max`.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    /// The wait after the `n`th failure in a row (`n` ≥ 1).
-    fn after(&self, n: u32) -> Duration {
-        let doubled = self
-            .initial
-            .saturating_mul(2u32.saturating_pow(n.saturating_sub(1)));
-        doubled.min(self.max)
-    }
-
-    /// Counts a failure and returns how long to wait.
-    fn failed(&mut self) -> Duration {
-        self.failures = self.failures.saturating_add(1);
-        self.after(self.failures)
-    }
-}
-
-/// The sink's state while it runs.
+/// The sink's state: the connection, and every record it holds until the broker settles it.
 struct Relay {
     uri: AMQPUri,
     name: String,
@@ -152,8 +156,19 @@ struct Relay {
     next_seq: u64,
     /// Records published and not yet settled, over all lanes.
     in_flight: usize,
-    reconnect: Backoff,
+    /// Waits before a nacked message is published again.
+    nack_backoff: BackoffConfig,
     connected_once: bool,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("connected", &self.broker.is_some())
+            .field("in_flight", &self.in_flight)
+            .field("unsent", &self.unsent.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Relay {
@@ -180,34 +195,23 @@ impl Relay {
             failure: None,
             next_seq: 0,
             in_flight: 0,
-            reconnect: Backoff {
-                initial: config.backoff_initial.get(),
-                max: config.backoff_max.get(),
-                failures: 0,
+            nack_backoff: BackoffConfig {
+                initial: config.backoff_initial,
+                max: config.backoff_max,
             },
             connected_once: false,
             config,
         }
     }
 
+    /// Publishes and settles until the input has ended and everything is settled; a lost
+    /// connection ends it with a retryable error, keeping what is unsettled for the next one.
     async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
         let mut input_open = true;
         loop {
-            if self.broker.is_none() {
-                if !input_open && self.is_idle() {
-                    break;
-                }
-                self.connect(cx).await?;
-            }
             self.accept_pending().await;
-            if let Some(error) = self.failure.take() {
-                self.teardown(error, cx);
-            }
-            self.flush_rejects(cx).await;
+            self.step_done(cx).await?;
             self.metrics.in_flight.set(self.in_flight as f64);
-            if self.broker.is_none() {
-                continue;
-            }
             if !input_open && self.is_idle() {
                 break;
             }
@@ -232,15 +236,28 @@ impl Relay {
                 Err(Wake::RetryDue) => self.retry_due(),
                 Err(Wake::Lost(error)) => self.failure = Some(error),
             }
-            if let Some(error) = self.failure.take() {
-                self.teardown(error, cx);
-            }
-            self.flush_rejects(cx).await;
+            self.step_done(cx).await?;
         }
         if let Some(broker) = self.broker.take() {
             broker.close().await;
         }
         Ok(())
+    }
+
+    /// After each step: sends the rejects on, and ends the run if the connection failed.
+    async fn step_done(&mut self, cx: &SinkContext) -> Result<(), Error> {
+        let lost = self.failure.take().map(|error| self.teardown(error, cx));
+        self.flush_rejects(cx).await;
+        match lost {
+            Some(error) => {
+                self.metrics.in_flight.set(self.in_flight as f64);
+                Err(
+                    Error::new(ErrorKind::Connect, "lost the connection to RabbitMQ")
+                        .with_source(error),
+                )
+            }
+            None => Ok(()),
+        }
     }
 
     fn is_idle(&self) -> bool {
@@ -250,31 +267,27 @@ impl Relay {
             && self.unsent.is_empty()
     }
 
-    /// Connects, waiting out the backoff, and publishes what the last connection left
-    /// unsettled. Fails only if the very first attempt meets an error retrying cannot fix.
+    /// Connects and publishes what the last connection left unsettled. An error retrying
+    /// cannot fix (a refused password) stops the pipeline on the first connection only; once
+    /// the sink has delivered, every failure to connect is retried.
     async fn connect(&mut self, cx: &SinkContext) -> Result<(), Error> {
-        loop {
-            if self.connected_once || self.reconnect.failures > 0 {
-                let wait = self.reconnect.after(self.reconnect.failures.max(1));
-                tokio::time::sleep(wait).await;
+        match self.try_connect().await {
+            Ok(()) => {
+                tracing::info!(republished = self.in_flight, "connected to RabbitMQ");
+                self.connected_once = true;
+                cx.set_ready(true);
+                Ok(())
             }
-            let error = match self.try_connect().await {
-                Ok(()) => {
-                    tracing::info!(republished = self.in_flight, "connected to RabbitMQ");
-                    self.connected_once = true;
-                    cx.set_ready(true);
-                    return Ok(());
+            Err(error) => {
+                self.detach_all();
+                self.broker = None;
+                self.metrics.reconnects.increment(1);
+                if self.connected_once && !error.is_retryable() {
+                    return Err(Error::new(ErrorKind::Connect, "reconnecting to RabbitMQ")
+                        .with_source(error));
                 }
-                Err(error) => error,
-            };
-            if !self.connected_once && !error.is_retryable() {
-                return Err(error);
+                Err(error)
             }
-            self.detach_all();
-            self.broker = None;
-            self.metrics.reconnects.increment(1);
-            let wait = self.reconnect.failed();
-            tracing::warn!(error = %chain(&error), retry_in = ?wait, "cannot connect to RabbitMQ");
         }
     }
 
@@ -582,7 +595,6 @@ impl Relay {
         self.settled = settled;
         if confirmed > 0 {
             self.metrics.confirmed.increment(confirmed);
-            self.reconnect.failures = 0;
         }
     }
 
@@ -644,7 +656,7 @@ impl Relay {
     fn nacked(&mut self, mut record: Record, now: Instant) {
         let key = record.key.clone();
         record.nacks += 1;
-        let wait = self.reconnect.after(record.nacks);
+        let wait = self.nack_backoff.after(record.nacks);
         tracing::warn!(event_id = %record.event.id, nacks = record.nacks, retry_in = ?wait, "the broker nacked a message; retrying");
         let due = now + wait;
         let state = self.keys.entry(key.clone()).or_default();
@@ -731,11 +743,15 @@ impl Relay {
         }
     }
 
-    /// The connection is gone: settle what was answered, keep the rest for the next one.
-    fn teardown(&mut self, error: WireError, cx: &SinkContext) {
+    /// The connection is gone: settle what was answered, keep the rest for the next one, and
+    /// hand the cause back.
+    fn teardown(&mut self, error: WireError, cx: &SinkContext) -> WireError {
         cx.set_ready(false);
         self.metrics.reconnects.increment(1);
-        tracing::warn!(%error, unsettled = self.in_flight, "lost the connection to RabbitMQ; reconnecting");
+        tracing::warn!(
+            unsettled = self.in_flight,
+            "lost the connection to RabbitMQ"
+        );
         // Answers that arrived before the failure still count; what settling releases waits
         // for the next connection.
         if let Some(mut broker) = self.broker.take()
@@ -756,6 +772,7 @@ impl Relay {
         }
         self.retrying.clear();
         self.retry_at = None;
+        error
     }
 
     /// Takes every unsettled record off the lanes into `unsent`.

@@ -29,8 +29,10 @@ use serde::de::DeserializeOwned;
 pub use duration::HumanDuration;
 pub use interpolate::InterpolationError;
 
+use crate::backoff::BackoffConfig;
 use crate::component::{SinkConfig, SourceConfig, TransformConfig};
 use crate::registry::Registry;
+use crate::resource::ResourceConfig;
 use crate::topology;
 
 /// One problem in a config file: the dotted path of the field and what rule it breaks.
@@ -120,6 +122,12 @@ pub struct PipelineSettings {
     pub max_in_flight_bytes: usize,
     /// Batches each stage's input channel holds before its producer waits.
     pub channel_capacity: usize,
+    /// Run the sources only while this process leads the election of this name (through the
+    /// coordination section, such as `[coord]`); unset, they always run.
+    pub leader: Option<String>,
+    /// How long the runtime waits before restarting a component that failed with a retryable
+    /// error (a lost connection), doubling from `initial` to `max`.
+    pub restart: BackoffConfig,
 }
 
 impl Default for PipelineSettings {
@@ -129,6 +137,8 @@ impl Default for PipelineSettings {
             max_in_flight_events: DEFAULT_MAX_IN_FLIGHT_EVENTS,
             max_in_flight_bytes: DEFAULT_MAX_IN_FLIGHT_BYTES,
             channel_capacity: DEFAULT_CHANNEL_CAPACITY,
+            leader: None,
+            restart: BackoffConfig::default(),
         }
     }
 }
@@ -172,8 +182,19 @@ pub struct Config {
     pub transforms: BTreeMap<String, Component<dyn TransformConfig>>,
     /// `[sinks.ID]`.
     pub sinks: BTreeMap<String, Component<dyn SinkConfig>>,
+    /// Resource sections (`[coord]`, …), by section name.
+    pub resources: BTreeMap<String, Resource>,
     /// The built-in JSON-lines quarantine sink, when no quarantine sink is named.
     pub(crate) quarantine_fallback: Option<Box<dyn SinkConfig>>,
+}
+
+/// A resource section as written in the file, and its typed config.
+#[derive(Debug)]
+pub struct Resource {
+    /// The section after interpolation, to tell whether a reloaded config changed it.
+    pub raw: toml::Value,
+    /// The typed config.
+    pub config: Box<dyn ResourceConfig>,
 }
 
 const SECTIONS: &str = "api, pipeline, quarantine, sources, transforms, sinks";
@@ -225,6 +246,7 @@ impl Config {
             sources: BTreeMap::new(),
             transforms: BTreeMap::new(),
             sinks: BTreeMap::new(),
+            resources: BTreeMap::new(),
             quarantine_fallback: None,
         };
         for (key, value) in document {
@@ -256,10 +278,31 @@ impl Config {
                         registry.parse_sink(t, v)
                     });
                 }
-                _ => errors.push(FieldError::new(
-                    key.clone(),
-                    format!("unknown section (expected one of: {SECTIONS})"),
-                )),
+                _ if registry.has_resource(&key) => {
+                    match registry.parse_resource(&key, value.clone()) {
+                        Ok(parsed) => {
+                            config.resources.insert(
+                                key,
+                                Resource {
+                                    raw: value,
+                                    config: parsed,
+                                },
+                            );
+                        }
+                        Err(e) => errors.push(e.within(&key)),
+                    }
+                }
+                _ => {
+                    let mut known = SECTIONS.to_owned();
+                    for name in registry.resource_names() {
+                        known.push_str(", ");
+                        known.push_str(name);
+                    }
+                    errors.push(FieldError::new(
+                        key.clone(),
+                        format!("unknown section (expected one of: {known})"),
+                    ));
+                }
             }
         }
         if errors.is_empty() {
@@ -291,6 +334,24 @@ impl Config {
                 ));
             }
         }
+        if let Err(rule) = p.restart.check() {
+            errors.push(FieldError::new("pipeline.restart", rule));
+        }
+        if let Some(leader) = &p.leader {
+            if let Err(message) = check_election_name(leader) {
+                errors.push(FieldError::new("pipeline.leader", message));
+            }
+            if !self
+                .resources
+                .values()
+                .any(|r| r.config.provides_leadership())
+            {
+                errors.push(FieldError::new(
+                    "pipeline.leader",
+                    "running under an election needs a coordination section that provides elections, such as [coord]",
+                ));
+            }
+        }
         if let (Some(_), Some(_)) = (&self.quarantine.sink, &self.quarantine.path) {
             errors.push(FieldError::new(
                 "quarantine",
@@ -315,6 +376,23 @@ impl Config {
             .path
             .clone()
             .unwrap_or_else(|| self.pipeline.data_dir.join("quarantine.jsonl"))
+    }
+}
+
+/// Checks that `name` can name an election on every backend (an etcd key, a ZooKeeper node):
+/// letters, digits, `_`, `-` and `.`, not starting with `.`.
+pub fn check_election_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid election name {name:?}: use letters, digits, '_', '-' and '.', not starting with '.'"
+        ))
     }
 }
 
@@ -439,5 +517,92 @@ fn join(parent: &str, child: &str) -> String {
         (_, true) => parent.to_owned(),
         _ if child.starts_with('[') => format!("{parent}{child}"),
         _ => format!("{parent}.{child}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::parse;
+
+    fn errors(pipeline: &str, body: &str) -> Vec<String> {
+        match parse("config", pipeline, body) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    const COUNT_TO_HOLD: &str = r#"
+        [sources.gen]
+        type = "count"
+        probe = "config"
+        count = 1
+        [sinks.out]
+        type = "hold"
+        inputs = ["gen"]
+        probe = "config"
+    "#;
+
+    #[test]
+    fn a_leader_needs_a_section_that_runs_elections() {
+        assert_eq!(
+            errors(r#"leader = "relay""#, COUNT_TO_HOLD),
+            [
+                "pipeline.leader: running under an election needs a coordination section that provides elections, such as [coord]"
+            ]
+        );
+        let with = format!("[elections]\nprobe = \"config\"\n{COUNT_TO_HOLD}");
+        assert!(errors(r#"leader = "relay""#, &with).is_empty());
+    }
+
+    #[test]
+    fn election_names_fit_every_backend() {
+        let with = format!("[elections]\nprobe = \"config\"\n{COUNT_TO_HOLD}");
+        for bad in ["", "a/b", ".hidden", "two words"] {
+            let found = errors(&format!("leader = {bad:?}"), &with);
+            assert_eq!(found.len(), 1, "{bad:?}: {found:?}");
+            assert!(
+                found[0].starts_with("pipeline.leader: invalid election name"),
+                "{found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_restart_backoff_is_checked() {
+        // The helper sets `restart` itself; a second one is a TOML error, so parse by hand.
+        let text =
+            format!("[pipeline]\nrestart = {{ initial = \"10s\", max = \"1s\" }}\n{COUNT_TO_HOLD}");
+        let errors = super::Config::parse(
+            &text,
+            std::path::Path::new("t.toml"),
+            &crate::testing::registry(),
+            &|_| None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors.errors[0].to_string(),
+            "pipeline.restart: `max` must not be below `initial`"
+        );
+    }
+
+    #[test]
+    fn unknown_sections_list_the_resources_too() {
+        let found = errors("", &format!("[cord]\n{COUNT_TO_HOLD}"));
+        assert_eq!(
+            found,
+            [
+                "cord: unknown section (expected one of: api, pipeline, quarantine, sources, transforms, sinks, elections)"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resource_section_is_parsed_and_checked_by_its_type() {
+        let found = errors("", &format!("[elections]\nprobe = 3\n{COUNT_TO_HOLD}"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("elections.probe: invalid type"),
+            "{found:?}"
+        );
     }
 }

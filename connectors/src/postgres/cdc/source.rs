@@ -1,12 +1,12 @@
-//! The running `postgres_cdc` source: sessions (prepare the slot, replay if it was lost,
-//! stream), reconnection, and the stream itself — decoding, batching and confirming.
+//! The running `postgres_cdc` source: a session (prepare the slot, replay if it was lost,
+//! stream) per run — the runtime runs it again after a lost connection — and the stream
+//! itself: decoding, batching and confirming.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use sluice_pipeline::error::chain;
 use sluice_pipeline::{
     Error, ErrorKind, Event, Fields, Output, Position, Source, SourceContext, Text,
 };
@@ -17,7 +17,6 @@ use tokio_postgres::Client;
 use super::config::{HEARTBEAT_PREFIX, Operation, PostgresCdcConfig};
 use super::metrics::CdcMetrics;
 use super::slot;
-use crate::backoff::Backoff;
 use crate::postgres::cleanup::{Cleanup, Delivered};
 use crate::postgres::connect::Database;
 use crate::postgres::pgoutput::{
@@ -50,69 +49,42 @@ impl PostgresCdc {
 }
 
 impl Source for PostgresCdc {
-    async fn run(self, mut cx: SourceContext) -> Result<(), Error> {
-        let mut stream = Stream::new(&self, CdcMetrics::new(cx.id()));
-        let shutdown = cx.shutdown().clone();
-        let mut backoff = Backoff::default();
+    /// One session: SQL connection, slot, optional replay, replication stream until shutdown
+    /// or an error; then what was emitted drains and the checkpoint is confirmed. The runtime
+    /// runs it again after a retryable error, and the next session starts from the slot.
+    async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
+        let mut stream = Stream::new(self, CdcMetrics::new(cx.id()));
         let mut client = None;
-        while !shutdown.is_requested() {
-            match self
-                .session(&mut cx, &mut stream, &mut client, &mut backoff)
-                .await
-            {
-                Ok(()) => break,
-                Err(error) if error.is_retryable() => {
-                    cx.set_ready(false);
-                    stream.interrupted();
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %chain(&error), ?delay, "replication interrupted; reconnecting");
-                    stream.metrics.reconnects.increment(1);
-                    // Everything emitted is delivered (or failed) before the next session
-                    // starts from the confirmed position, so nothing is read twice in flight.
-                    cx.drain().await;
-                    stream.confirm(&mut cx, None);
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shutdown.requested() => {}
-                    }
-                }
-                Err(error) => {
-                    cx.set_ready(false);
-                    stream.cleanups.iter().for_each(JoinHandle::abort);
-                    cx.drain().await;
-                    stream.confirm(&mut cx, client.as_ref());
-                    return Err(error);
-                }
-            }
-        }
+        let result = self.session(cx, &mut stream, &mut client).await;
         cx.set_ready(false);
+        stream.cleanups.iter().for_each(JoinHandle::abort);
+        if let Err(error) = &result
+            && error.is_retryable()
+        {
+            stream.metrics.reconnects.increment(1);
+        }
         cx.drain().await;
-        stream.confirm(&mut cx, client.as_ref());
+        stream.confirm(cx, client.as_ref());
         if let Some(mut client) = client {
             stream.flush_confirmation(&client).await;
             let _ = client.shutdown().await;
         }
-        stream.cleanups.iter().for_each(JoinHandle::abort);
         tracing::info!(confirmed = %stream.confirmed, "postgres_cdc stopped");
-        Ok(())
+        result
     }
 }
 
 impl PostgresCdc {
-    /// One session: SQL connection, slot, optional replay, replication stream until shutdown
-    /// (Ok) or an error.
     async fn session(
         &self,
         cx: &mut SourceContext,
         stream: &mut Stream,
         client: &mut Option<ReplicationClient>,
-        backoff: &mut Backoff,
     ) -> Result<(), Error> {
-        *client = None;
         let sql = self.database.connect().await?;
         let start = slot::prepare(&sql, &self.config).await?;
-        stream.confirmed = stream.confirmed.max(start.lsn);
-        if let (Some(cleanup), true) = (&self.config.cleanup, stream.cleanups.is_empty()) {
+        stream.confirmed = start.lsn;
+        if let Some(cleanup) = &self.config.cleanup {
             for table in &self.tables {
                 let table = Table::resolve(&sql, table).await?;
                 let delivered = Delivered::CreatedBefore {
@@ -125,7 +97,10 @@ impl PostgresCdc {
             }
         }
         if start.replay {
-            self.replay(cx, stream, start.lsn).await?;
+            if !self.replay(cx, stream, start.lsn).await? {
+                // Stopped before every replayed row was delivered: the next session replays.
+                return Ok(());
+            }
             slot::replay_done(&sql, &self.config).await?;
         }
         let pg_lsn = pgwire_replication::Lsn::from_u64(stream.confirmed.0);
@@ -144,20 +119,19 @@ impl PostgresCdc {
             .map_err(replication_error("starting replication"))?;
         tracing::info!(slot = %self.config.slot, from = %stream.confirmed, "streaming");
         cx.set_ready(true);
-        backoff.reset();
         let replication = client.insert(replication);
         stream.run(&sql, replication, cx).await
     }
 
     /// Republishes every row of the tables after the slot was recreated at `consistent_point`,
     /// at a position just below it, so they precede everything the new slot streams, and
-    /// returns once they are all delivered.
+    /// returns once they are all delivered (true), or once asked to stop before that (false).
     async fn replay(
         &self,
         cx: &mut SourceContext,
         stream: &mut Stream,
         consistent_point: Lsn,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let position = Position(consistent_point.0.saturating_sub(1));
         let mut sql = self.database.connect().await?;
         let mut queries = Vec::with_capacity(self.tables.len());
@@ -175,7 +149,7 @@ impl PostgresCdc {
             let portal = transaction.bind(select.as_str(), &[]).await.map_err(|e| {
                 Error::new(ErrorKind::Config, format!("reading {table}")).with_source(e)
             })?;
-            loop {
+            while !cx.shutdown().is_requested() {
                 let rows = transaction
                     .query_portal(&portal, self.config.max_batch_events as i32)
                     .await
@@ -218,6 +192,9 @@ impl PostgresCdc {
             .map_err(|e| Error::new(ErrorKind::Connect, "ending the replay").with_source(e))?;
         cx.drain().await;
         if cx.checkpoint() < Some(position) {
+            if cx.shutdown().is_requested() {
+                return Ok(false);
+            }
             return Err(Error::new(
                 ErrorKind::Internal,
                 "the replayed rows were not all delivered; the replay runs again on restart",
@@ -227,7 +204,7 @@ impl PostgresCdc {
             rows = replayed,
             "replayed the outbox tables after recreating the slot"
         );
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -318,15 +295,6 @@ impl Stream {
             seen: Lsn(0),
             confirmed: Lsn(0),
         }
-    }
-
-    /// Forgets what a broken session read but did not emit; PostgreSQL sends it again from
-    /// the confirmed position.
-    fn interrupted(&mut self) {
-        self.pending = Output::default();
-        self.relations.clear();
-        self.transaction = None;
-        self.decoder = Decoder::new(ProtocolVersion::V1);
     }
 
     async fn run(

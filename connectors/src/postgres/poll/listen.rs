@@ -17,9 +17,9 @@ use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
 use super::metrics::PollMetrics;
-use crate::backoff::Backoff;
 use crate::postgres::connect::{Database, quote_ident};
 use crate::postgres::error::DbError;
+use sluice_pipeline::backoff::Backoff;
 
 /// A connection that has run `LISTEN` on the channel.
 pub(super) struct Listener {
@@ -82,9 +82,9 @@ impl Listener {
         channel: String,
         wake: Arc<Notify>,
         metrics: PollMetrics,
+        mut backoff: Backoff,
     ) {
         let mut listener = self;
-        let mut backoff = Backoff::default();
         loop {
             let error = listener.forward(&wake, &metrics).await;
             metrics.error(error.kind());
@@ -93,7 +93,7 @@ impl Listener {
                 "lost the notification connection; reconnecting, polling continues on the interval"
             );
             listener = loop {
-                tokio::time::sleep(backoff.next_delay()).await;
+                tokio::time::sleep(backoff.failed()).await;
                 match Listener::start(&database, &channel).await {
                     Ok(listener) => break listener,
                     Err(error) => {

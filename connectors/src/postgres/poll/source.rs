@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use sluice_pipeline::backoff::Backoff;
 use sluice_pipeline::error::chain;
 use sluice_pipeline::{Error, Output, Position, Shutdown, Source, SourceContext};
 use tokio::sync::Notify;
@@ -15,7 +16,6 @@ use super::batch::{Ctid, Poller, Session};
 use super::config::PollConfig;
 use super::listen::Listener;
 use super::metrics::PollMetrics;
-use crate::backoff::Backoff;
 use crate::postgres::cleanup::{Cleanup, Delivered};
 use crate::postgres::connect::Database;
 
@@ -34,23 +34,30 @@ impl PollSource {
 }
 
 impl Source for PollSource {
-    async fn run(self, mut cx: SourceContext) -> Result<(), Error> {
+    /// Connects, checks the table and starts listening (a retryable failure there is retried
+    /// by the runtime), then polls until shutdown and drains.
+    async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
         let shutdown = cx.shutdown().clone();
         let metrics = PollMetrics::new(cx.id());
-        let Some(started) = start(&self, &metrics, &shutdown).await? else {
-            return Ok(());
-        };
         let Started {
             mut relay,
             listener,
             cleanup,
-        } = started;
+        } = try_start(self, &metrics, cx.backoff())
+            .await
+            .inspect_err(|error| metrics.error(error.kind()))?;
         // Background tasks end when this set is dropped, however `run` returns.
         let mut tasks = JoinSet::new();
         let wake = Arc::new(Notify::new());
         if let (Some(listener), Some(channel)) = (listener, &self.config.notify_channel) {
             let wake = Arc::clone(&wake);
-            let run = listener.run(self.database.clone(), channel.clone(), wake, metrics);
+            let run = listener.run(
+                self.database.clone(),
+                channel.clone(),
+                wake,
+                metrics,
+                cx.backoff(),
+            );
             tasks.spawn(run.in_current_span());
         }
         if let Some(cleanup) = cleanup {
@@ -64,9 +71,9 @@ impl Source for PollSource {
             cleanup = self.config.cleanup.is_some(),
             "polling the outbox"
         );
-        relay.run(&mut cx, &shutdown, &wake).await?;
+        relay.run(cx, &shutdown, &wake).await?;
         tasks.abort_all();
-        relay.finish(&mut cx).await
+        relay.finish(cx).await
     }
 }
 
@@ -77,30 +84,13 @@ struct Started {
     cleanup: Option<Cleanup>,
 }
 
-/// Connects, checks the table and starts listening, retrying with backoff while the server is
-/// unreachable; `None` if shutdown came first. A table that does not fit fails at once.
-async fn start(
+/// Connects, checks the table, prepares the cleanup and starts listening; the first failure is
+/// returned.
+async fn try_start(
     source: &PollSource,
     metrics: &PollMetrics,
-    shutdown: &Shutdown,
-) -> Result<Option<Started>, Error> {
-    let mut backoff = Backoff::default();
-    loop {
-        let error = match try_start(source, metrics).await {
-            Ok(started) => return Ok(Some(started)),
-            Err(error) if error.is_retryable() => error,
-            Err(error) => return Err(error),
-        };
-        metrics.error(error.kind());
-        tracing::warn!(error = %chain(&error), "cannot start polling; retrying");
-        tokio::select! {
-            () = shutdown.requested() => return Ok(None),
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-        }
-    }
-}
-
-async fn try_start(source: &PollSource, metrics: &PollMetrics) -> Result<Started, Error> {
+    backoff: Backoff,
+) -> Result<Started, Error> {
     let config = &source.config;
     let client = source.database.connect().await?;
     let poller = Poller::resolve(&client, config).await?;
@@ -128,7 +118,7 @@ async fn try_start(source: &PollSource, metrics: &PollMetrics) -> Result<Started
             idle: vec![session],
             open: VecDeque::new(),
             next_position: 1,
-            backoff: Backoff::default(),
+            backoff,
             retry_at: None,
         },
         listener,
@@ -298,7 +288,7 @@ impl Relay {
             return Err(error);
         }
         self.metrics.error(kind);
-        let delay = self.backoff.next_delay();
+        let delay = self.backoff.failed();
         tracing::warn!(error = %chain(&error), retry_in = ?delay, "polling failed; reconnecting");
         cx.set_ready(false);
         self.retry_at = Some(Instant::now() + delay);
