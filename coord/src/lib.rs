@@ -1,14 +1,12 @@
-//! sluice coordination (DESIGN.md §5), not yet built.
+//! sluice coordination (DESIGN.md §6): one API over three backends — etcd, ZooKeeper and an
+//! embedded in-process one — for leader election with fencing tokens, locks, a service
+//! registry and configuration watched for live reload, exposed to pipelines as the `[coord]`
+//! resource (which provides the engine's `Leadership`), a watch source and a KV sink.
 //!
-//! This crate will hold one coordination API with two backends, etcd (leases, revisions,
-//! watches, interoperable with `etcdctl elect` and `etcdctl lock`) and an embedded in-process
-//! backend for single nodes and tests; on it, leader election with fencing tokens (only the
-//! leader holds a replication slot), distributed locks, a service registry with leases and
-//! watches, and configuration watched for live reload. It will also hold unique IDs: Snowflake
-//! with leased worker ids and clock-rollback handling, UUID v4/v7, monotonic ULID, database
-//! sequences with block allocation and Redis `INCR` with a date prefix. Pipelines will reach it
-//! through a watch source, a KV sink and an ID transform.
-//!
-//! Today it only re-exports the engine it will build on.
+//! - [`backend`]: what every backend provides; [`error`]: its errors.
 
-pub use sluice_pipeline as pipeline;
+pub mod backend;
+pub mod error;
+
+pub use backend::{Backend, Change, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent};
+pub use error::CoordError;
