@@ -10,12 +10,16 @@ mod registry;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use sluice_pipeline::{Config, ShutdownTrigger};
+use sluice_pipeline::error::chain;
+use sluice_pipeline::metrics::reload_counter;
+use sluice_pipeline::{Config, Registry, ShutdownTrigger};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -26,7 +30,8 @@ Examples:
 
 A first SIGTERM or SIGINT drains: sources stop, in-flight events are delivered and
 checkpoints recorded. A second one exits at once (still safe: no checkpoint is ever
-ahead of delivery).
+ahead of delivery). SIGHUP reloads the config: a valid one replaces the running
+pipeline once it has drained; an invalid one is logged and changes nothing.
 
 Exit codes: 0 done, 1 a component failed, 2 invalid config, 128+N killed by a second signal N.";
 
@@ -78,34 +83,35 @@ const EXIT_FAILED: u8 = 1;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, cli.log.as_deref());
-    let registry = registry::registry();
+    let registry = Arc::new(registry::registry());
     match cli.command {
-        Command::Check { config, offline } => match Config::load(&config, &registry) {
-            Ok(c) => {
-                println!(
-                    "{}: ok ({} sources, {} transforms, {} sinks)",
-                    config.display(),
-                    c.sources.len(),
-                    c.transforms.len(),
-                    c.sinks.len()
-                );
-                if offline {
-                    return ExitCode::SUCCESS;
-                }
-                match tokio::runtime::Runtime::new() {
-                    Ok(runtime) => runtime.block_on(check::live(&c)),
-                    Err(e) => {
-                        eprintln!("cannot start the async runtime: {e}");
-                        ExitCode::from(EXIT_FAILED)
-                    }
+        Command::Check { config, offline } => {
+            let c = match load(&config, &registry) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            println!(
+                "{}: ok ({} sources, {} transforms, {} sinks)",
+                config.display(),
+                c.sources.len(),
+                c.transforms.len(),
+                c.sinks.len()
+            );
+            if offline {
+                return ExitCode::SUCCESS;
+            }
+            match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime.block_on(check::live(&c)),
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    ExitCode::from(EXIT_FAILED)
                 }
             }
-            Err(errors) => config_failure(&errors),
-        },
-        Command::Run { config } => {
-            let config = match Config::load(&config, &registry) {
+        }
+        Command::Run { config: path } => {
+            let config = match load(&path, &registry) {
                 Ok(c) => c,
-                Err(errors) => return config_failure(&errors),
+                Err(code) => return code,
             };
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
@@ -114,32 +120,86 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILED);
                 }
             };
-            runtime.block_on(run(config))
+            runtime.block_on(run(config, path, registry))
         }
     }
 }
 
-fn config_failure(errors: &sluice_pipeline::ConfigErrors) -> ExitCode {
-    eprintln!("{errors}");
+/// Loads, checks and builds (without running anything) the config at `path`; on failure
+/// prints every problem and returns the exit code for an invalid config.
+fn load(path: &Path, registry: &Registry) -> Result<Config, ExitCode> {
+    let config = Config::load(path, registry).map_err(|errors| {
+        eprintln!("{errors}");
+        config_failure()
+    })?;
+    if let Err(error) = sluice_pipeline::try_build(&config) {
+        eprintln!("{}: {}", path.display(), chain(&error));
+        return Err(config_failure());
+    }
+    Ok(config)
+}
+
+fn config_failure() -> ExitCode {
     eprintln!("(the config is invalid; nothing was started)");
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, path: PathBuf, registry: Arc<Registry>) -> ExitCode {
     let trigger = ShutdownTrigger::new();
     let shutdown = trigger.subscribe();
     tokio::spawn(handle_signals(trigger));
+    let (updates, reloads) = mpsc::channel(1);
+    tokio::spawn(reload_on_hangup(path, registry, updates));
     tracing::info!(config = %config.file.display(), "starting");
-    match sluice_pipeline::run(&config, shutdown).await {
+    match sluice_pipeline::run_reloading(&config, reloads, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error = %sluice_pipeline::error::chain(&e), "pipeline failed");
+            tracing::error!(error = %chain(&e), "pipeline failed");
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// On each SIGHUP, loads `path` again and hands it to the runtime if it is valid; an invalid
+/// config is logged with every problem, counted, and changes nothing.
+async fn reload_on_hangup(path: PathBuf, registry: Arc<Registry>, updates: mpsc::Sender<Config>) {
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; reloading is off");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!(config = %path.display(), "SIGHUP: checking the config before reloading");
+        match validated(&path, &registry) {
+            Ok(config) => {
+                if updates.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(problems) => {
+                reload_counter("invalid").increment(1);
+                for problem in problems {
+                    tracing::error!(%problem, "the new config is invalid; the running pipeline goes on");
+                }
+            }
+        }
+    }
+}
+
+/// The config at `path` if it loads and builds, else its problems, one per line.
+fn validated(path: &Path, registry: &Registry) -> Result<Config, Vec<String>> {
+    let config = Config::load(path, registry).map_err(|errors| {
+        errors
+            .to_string()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    })?;
+    sluice_pipeline::try_build(&config)
+        .map_err(|error| vec![format!("{}: {}", path.display(), chain(&error))])?;
+    Ok(config)
 }
 
 /// First SIGTERM/SIGINT: drain. Second: exit at once.

@@ -22,6 +22,9 @@ struct Registered {
     elections: Vec<Arc<Election>>,
 }
 
+/// The kind of the flags that outlive a pipeline (see [`Health::forget_pipeline`]).
+pub(crate) const RESOURCE: &str = "resource";
+
 /// What `/ready` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
@@ -45,6 +48,7 @@ impl Health {
     fn add(&self, kind: &'static str, id: &str, gate: Option<Arc<Election>>) -> ReadyFlag {
         let flag = ReadyFlag {
             id: Arc::from(id),
+            kind,
             ready: Arc::new(AtomicBool::new(false)),
             times_ready: Arc::new(AtomicU64::new(0)),
             gauge: ready_gauge(kind, id),
@@ -60,6 +64,14 @@ impl Health {
         let election = Election::new(name);
         self.lock().elections.push(Arc::clone(&election));
         election
+    }
+
+    /// Forgets a stopped pipeline's components and elections (its replacement registers its
+    /// own); the resources' flags stay.
+    pub(crate) fn forget_pipeline(&self) {
+        let mut registered = self.lock();
+        registered.flags.retain(|flag| flag.kind == RESOURCE);
+        registered.elections.clear();
     }
 
     /// What is not ready, and each election's role.
@@ -107,6 +119,7 @@ impl std::fmt::Debug for Health {
 #[derive(Debug, Clone)]
 pub struct ReadyFlag {
     id: Arc<str>,
+    kind: &'static str,
     ready: Arc<AtomicBool>,
     /// How many times it turned ready: the runtime's sign that a restart succeeded.
     times_ready: Arc<AtomicU64>,

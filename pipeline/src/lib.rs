@@ -44,5 +44,5 @@ pub use event::{Batch, Event, Fields, Position, SourceMeta, Text};
 pub use leadership::{FencingToken, LeaderView, Leadership, Term};
 pub use registry::Registry;
 pub use resource::{Resource, ResourceConfig, ResourceContext, Resources};
-pub use runtime::run;
+pub use runtime::{run, run_reloading, try_build};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -38,6 +38,9 @@ pub const FAILED_EVENTS: &str = "sluice_source_failed_events";
 /// Times the runtime restarted a component, by `reason` (`error`: it failed with a retryable
 /// error; `failed_events`: a source read again from its checkpoint after events failed).
 pub const RESTARTS: &str = "sluice_component_restarts_total";
+/// Config reloads, by `result`: `applied` (the new config runs), `invalid` (refused; the
+/// running pipeline kept running).
+pub const CONFIG_RELOADS: &str = "sluice_config_reloads_total";
 /// Whether this process leads election `election` (1) or is a standby (0).
 pub const LEADER: &str = "sluice_leader";
 /// The fencing token of this process's latest term of `election`.
@@ -138,6 +141,11 @@ pub fn restart_counter(kind: &'static str, id: &str, reason: &'static str) -> Co
     let mut labels = labels(kind, id);
     labels.push(("reason", reason.to_owned()));
     counter!(RESTARTS, &labels)
+}
+
+/// The reload counter for reloads with `result` (`applied`, `invalid`).
+pub fn reload_counter(result: &'static str) -> Counter {
+    counter!(CONFIG_RELOADS, "result" => result)
 }
 
 pub(crate) fn leader_gauge(election: &str) -> Gauge {

@@ -23,9 +23,11 @@ use crate::component::{BoxFuture, BuildContext, DynSink, DynSource, DynTransform
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, chain};
 use crate::event::{Batch, Event, Text};
-use crate::health::Health;
+use crate::health::{Health, RESOURCE};
 use crate::leadership::{LeaderView, Leadership};
-use crate::metrics::{ComponentMetrics, SourceMetrics, error_counter, quarantined_counter};
+use crate::metrics::{
+    ComponentMetrics, SourceMetrics, error_counter, quarantined_counter, reload_counter,
+};
 use crate::resource::{Provider, ResourceContext, Resources};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::supervise::{self, Gate, SourceSlot, TransformSlot};
@@ -136,34 +138,185 @@ type TaskNames = HashMap<tokio::task::Id, (String, &'static str)>;
 /// Runs `config` until every source has finished and everything has drained, or until
 /// `shutdown` fires and everything has drained.
 pub async fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
+    run_reloading(config, mpsc::channel(1).1, shutdown).await
+}
+
+/// Runs `first`, then each config `updates` delivers in its place: the running pipeline is
+/// stopped and drained to its checkpoints, then the new one starts (the latest, if several
+/// arrived meanwhile), so nothing is lost across a reload. Resources whose sections did not
+/// change keep running across it; the API server keeps serving unless its address changed.
+/// Ends when a pipeline finishes or fails, or when `shutdown` fires and everything drained.
+pub async fn run_reloading(
+    first: &Config,
+    mut updates: mpsc::Receiver<Config>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let health = Health::default();
-    let api = match &config.api {
-        Some(api) => Some(
-            api::serve(api.address, health.clone())
-                .await
-                .map_err(|source| RunError::Api {
-                    address: api.address,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let result = match ResourceSet::start(config, &health) {
-        Ok(mut resources) => {
-            let mut failures = run_pipeline(config, &mut resources, &health, shutdown).await;
-            failures.extend(resources.stop().await);
-            if failures.is_empty() {
-                Ok(())
-            } else {
-                Err(RunError::Failed { failures })
+    let mut api = start_api(first, &health).await?;
+    let mut resources = ResourceSet::start(first, &health)?;
+    let mut latest: Option<Config> = None;
+    let result = loop {
+        let config = latest.as_ref().unwrap_or(first);
+        let stop = ShutdownTrigger::new();
+        let mut next = None;
+        let failures = {
+            let pipeline = run_pipeline(config, &mut resources, &health, stop.subscribe());
+            tokio::pin!(pipeline);
+            loop {
+                tokio::select! {
+                    failures = &mut pipeline => break failures,
+                    () = shutdown.requested(), if !stop.is_triggered() => stop.trigger(),
+                    Some(update) = updates.recv(), if next.is_none() && !shutdown.is_requested() => {
+                        tracing::info!(config = %update.file.display(), "reloading: draining the running pipeline first");
+                        next = Some(update);
+                        stop.trigger();
+                    }
+                }
+            }
+        };
+        if !failures.is_empty() {
+            break Err(RunError::Failed { failures });
+        }
+        let Some(mut next) = next else { break Ok(()) };
+        if shutdown.is_requested() {
+            break Ok(());
+        }
+        while let Ok(newer) = updates.try_recv() {
+            next = newer;
+        }
+        health.forget_pipeline();
+        if !same_resources(config, &next) {
+            tracing::info!("the resource sections changed: restarting the resources");
+            let failures = std::mem::replace(&mut resources, ResourceSet::start(&next, &health)?)
+                .stop()
+                .await;
+            if !failures.is_empty() {
+                break Err(RunError::Failed { failures });
             }
         }
-        Err(e) => Err(e),
+        if config.api.as_ref().map(|a| a.address) != next.api.as_ref().map(|a| a.address) {
+            if let Some(old) = api.take() {
+                old.stop().await;
+            }
+            api = start_api(&next, &health).await?;
+        }
+        reload_counter("applied").increment(1);
+        tracing::info!(config = %next.file.display(), "reloaded");
+        latest = Some(next);
     };
+    let stopped = resources.stop().await;
     if let Some(api) = api {
         api.stop().await;
     }
-    result
+    match result {
+        Ok(()) if !stopped.is_empty() => Err(RunError::Failed { failures: stopped }),
+        Err(RunError::Failed { mut failures }) => {
+            failures.extend(stopped);
+            Err(RunError::Failed { failures })
+        }
+        other => other,
+    }
+}
+
+/// Whether `a` and `b` have the same resource sections, written the same way.
+fn same_resources(a: &Config, b: &Config) -> bool {
+    a.resources.len() == b.resources.len()
+        && a.resources
+            .iter()
+            .zip(&b.resources)
+            .all(|((name_a, a), (name_b, b))| name_a == name_b && a.raw == b.raw)
+}
+
+async fn start_api(config: &Config, health: &Health) -> Result<Option<api::ApiServer>, RunError> {
+    let Some(api) = &config.api else {
+        return Ok(None);
+    };
+    api::serve(api.address, health.clone())
+        .await
+        .map(Some)
+        .map_err(|source| RunError::Api {
+            address: api.address,
+            source,
+        })
+}
+
+/// Builds every resource and component of `config`, and drops them: nothing runs and no I/O
+/// is done. `sluice check` and a reload do this to refuse a config whose parts cannot be built
+/// (a component that needs a resource the config lacks) before anything is stopped or started.
+pub fn try_build(config: &Config) -> Result<(), RunError> {
+    let (_, provided) = build_resources(config)?;
+    build_components(config, &provided).map(drop)
+}
+
+type BuiltResources<'a> = Vec<(&'a String, Arc<dyn crate::resource::Resource>)>;
+
+/// Builds every resource section and collects what they provide.
+fn build_resources(config: &Config) -> Result<(BuiltResources<'_>, Resources), RunError> {
+    let mut provider = Provider::default();
+    let mut built = Vec::new();
+    for (name, section) in &config.resources {
+        let cx = BuildContext {
+            id: name.clone(),
+            data_dir: config.pipeline.data_dir.clone(),
+            leader: config.pipeline.leader.clone(),
+            resources: Resources::default(),
+        };
+        let resource = section.config.build(&cx).map_err(build_error(name))?;
+        Arc::clone(&resource).provide(&mut provider);
+        built.push((name, resource));
+    }
+    let provided = provider.finish().map_err(build_error("resources"))?;
+    Ok((built, provided))
+}
+
+/// A pipeline's components, built.
+struct Built<'a> {
+    sources: Vec<(&'a str, Box<dyn DynSource>)>,
+    transforms: Vec<(&'a str, Box<dyn DynTransform>)>,
+    sinks: Vec<(&'a str, Box<dyn DynSink>)>,
+    leadership: Option<Arc<dyn Leadership>>,
+}
+
+/// Builds every component (and finds the leadership the pipeline's `leader` needs).
+fn build_components<'a>(config: &'a Config, resources: &Resources) -> Result<Built<'a>, RunError> {
+    let build_cx = |id: &str| BuildContext {
+        id: id.to_owned(),
+        data_dir: config.pipeline.data_dir.clone(),
+        leader: config.pipeline.leader.clone(),
+        resources: resources.clone(),
+    };
+    let mut sources: Vec<(&str, Box<dyn DynSource>)> = Vec::new();
+    for (id, c) in &config.sources {
+        sources.push((id, c.config.build(&build_cx(id)).map_err(build_error(id))?));
+    }
+    let mut transforms: Vec<(&str, Box<dyn DynTransform>)> = Vec::new();
+    for (id, c) in &config.transforms {
+        transforms.push((id, c.config.build(&build_cx(id)).map_err(build_error(id))?));
+    }
+    let mut sinks: Vec<(&str, Box<dyn DynSink>)> = Vec::new();
+    for (id, c) in &config.sinks {
+        sinks.push((id, c.config.build(&build_cx(id)).map_err(build_error(id))?));
+    }
+    if let Some(fallback) = &config.quarantine_fallback {
+        let sink = fallback
+            .build(&build_cx(QUARANTINE_FILE_ID))
+            .map_err(build_error(QUARANTINE_FILE_ID))?;
+        sinks.push((QUARANTINE_FILE_ID, sink));
+    }
+    let leadership = match &config.pipeline.leader {
+        Some(_) => Some(
+            resources
+                .require::<dyn Leadership>("pipeline.leader", "coord")
+                .map_err(build_error("pipeline"))?,
+        ),
+        None => None,
+    };
+    Ok(Built {
+        sources,
+        transforms,
+        sinks,
+        leadership,
+    })
 }
 
 /// The process's resources, built and running.
@@ -178,32 +331,19 @@ impl ResourceSet {
     /// Builds every resource section (no I/O), collects what they provide and starts each on a
     /// task of its own.
     fn start(config: &Config, health: &Health) -> Result<Self, RunError> {
-        let mut provider = Provider::default();
-        let mut built = Vec::new();
-        for (name, section) in &config.resources {
-            let cx = BuildContext {
-                id: name.clone(),
-                data_dir: config.pipeline.data_dir.clone(),
-                leader: config.pipeline.leader.clone(),
-                resources: Resources::default(),
-            };
-            let resource = section.config.build(&cx).map_err(build_error(name))?;
-            Arc::clone(&resource).provide(&mut provider);
-            built.push((name, resource));
-        }
-        let provided = provider.finish().map_err(build_error("resources"))?;
+        let (built, provided) = build_resources(config)?;
         let stop = ShutdownTrigger::new();
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
         for (name, resource) in built {
             let cx = ResourceContext {
                 name: Arc::from(name.as_str()),
-                ready: health.register("resource", name),
+                ready: health.register(RESOURCE, name),
                 shutdown: stop.subscribe(),
             };
             let task = supervise::run_resource(resource, cx, config.pipeline.restart);
-            let handle = spawn(&mut tasks, name, "resource", Box::pin(task));
-            names.insert(handle.id(), (name.clone(), "resource"));
+            let handle = spawn(&mut tasks, name, RESOURCE, Box::pin(task));
+            names.insert(handle.id(), (name.clone(), RESOURCE));
         }
         Ok(ResourceSet {
             provided,
@@ -322,39 +462,18 @@ fn spawn_components(
     health: &Health,
     stop: &ShutdownTrigger,
 ) -> Result<(JoinSet<TaskResult>, TaskNames), RunError> {
-    let build_cx = |id: &str| BuildContext {
-        id: id.to_owned(),
-        data_dir: config.pipeline.data_dir.clone(),
-        leader: config.pipeline.leader.clone(),
-        resources: resources.clone(),
-    };
-
-    let mut sources: Vec<(&str, Box<dyn DynSource>)> = Vec::new();
-    for (id, c) in &config.sources {
-        sources.push((id, c.config.build(&build_cx(id)).map_err(build_error(id))?));
-    }
-    let mut transforms: Vec<(&str, Box<dyn DynTransform>)> = Vec::new();
-    for (id, c) in &config.transforms {
-        transforms.push((id, c.config.build(&build_cx(id)).map_err(build_error(id))?));
-    }
-    let mut sinks: Vec<(&str, Box<dyn DynSink>)> = Vec::new();
-    for (id, c) in &config.sinks {
-        sinks.push((id, c.config.build(&build_cx(id)).map_err(build_error(id))?));
-    }
-    if let Some(fallback) = &config.quarantine_fallback {
-        let sink = fallback
-            .build(&build_cx(QUARANTINE_FILE_ID))
-            .map_err(build_error(QUARANTINE_FILE_ID))?;
-        sinks.push((QUARANTINE_FILE_ID, sink));
-    }
-    let gate = match &config.pipeline.leader {
-        Some(name) => Some(Gate {
-            leadership: resources
-                .require::<dyn Leadership>("pipeline.leader", "coord")
-                .map_err(build_error("pipeline"))?,
+    let Built {
+        sources,
+        transforms,
+        sinks,
+        leadership,
+    } = build_components(config, resources)?;
+    let gate = match (&config.pipeline.leader, leadership) {
+        (Some(name), Some(leadership)) => Some(Gate {
+            leadership,
             election: health.election(name),
         }),
-        None => None,
+        _ => None,
     };
     let leader_view = gate
         .as_ref()
@@ -495,4 +614,71 @@ fn spawn(
         }
         .instrument(span),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{config, ids, probe};
+
+    const RELAY: &str = r#"
+        [sources.gen]
+        type = "count"
+        probe = "reload"
+        count = 0
+        [sinks.out]
+        type = "hold"
+        inputs = ["gen"]
+        probe = "reload"
+    "#;
+
+    #[tokio::test]
+    async fn a_reload_drains_the_running_pipeline_then_starts_the_new_one() {
+        let first = config("reload", "", RELAY);
+        let with_transform = RELAY.replace(
+            "[sinks.out]",
+            "[transforms.pass]\ntype = \"flaky\"\ninputs = [\"gen\"]\nprobe = \"reload\"\nfail_batches = 0\n[sinks.out]",
+        );
+        let second = config(
+            "reload",
+            "",
+            &with_transform.replace(
+                r#"inputs = ["gen"]
+        probe = "reload""#,
+                r#"inputs = ["pass"]
+        probe = "reload""#,
+            ),
+        );
+        let probe = probe("reload");
+        let (updates, receiver) = mpsc::channel(1);
+        let trigger = ShutdownTrigger::new();
+        let shutdown = trigger.subscribe();
+        let running = tokio::spawn(async move { run_reloading(&first, receiver, shutdown).await });
+        probe
+            .wait("the first pipeline's events", |p| p.delivered().len() >= 20)
+            .await;
+        updates.send(second).await.unwrap();
+        probe
+            .wait("the second pipeline's run", |p| p.runs().len() == 2)
+            .await;
+        let first_checkpoint = probe.runs()[1].expect("the first pipeline recorded its checkpoint");
+        probe
+            .wait("the second pipeline's events", |p| {
+                p.delivered().len() >= first_checkpoint as usize + 20
+            })
+            .await;
+        assert_eq!(
+            *probe.starts.lock().unwrap(),
+            3,
+            "the first sink, then the new pipeline's transform and sink"
+        );
+        trigger.trigger();
+        running.await.unwrap().unwrap();
+        let last = probe.checkpoint.lock().unwrap().unwrap();
+        assert_eq!(
+            probe.delivered(),
+            ids(1..=last),
+            "nothing lost or repeated across the reload"
+        );
+    }
 }

@@ -23,6 +23,11 @@ impl ShutdownTrigger {
         self.0.send_replace(true);
     }
 
+    /// Whether it has fired.
+    pub fn is_triggered(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// A receiver of this trigger.
     pub fn subscribe(&self) -> Shutdown {
         Shutdown(self.0.subscribe())

@@ -357,3 +357,91 @@ fn a_failing_component_stops_the_pipeline_and_holds_the_checkpoint() {
         "nothing was delivered"
     );
 }
+
+#[test]
+fn sighup_reloads_a_valid_config_losing_nothing_and_refuses_an_invalid_one() {
+    let dir = Scratch::new("reload");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let source = "rate = 2000\nbatch_size = 50";
+    let config = generator_to_file(&dir, source, Some(api));
+    let mut running = sluice().spawn(&config);
+    running.wait_ready(api).unwrap();
+    let out = dir.join("data/out.jsonl");
+    let delivered = |at_least: usize| {
+        wait_for(&format!("{at_least} events delivered"), || {
+            let n = json_lines(&out).len();
+            (n >= at_least).then_some(n)
+        })
+        .unwrap()
+    };
+    let before = delivered(500);
+
+    // An invalid config is refused; the running pipeline keeps delivering.
+    let valid = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, valid.replace("type = \"file\"", "type = \"fiel\"")).unwrap();
+    running.signal("HUP");
+    wait_for("the refusal logged", || {
+        running
+            .log()
+            .contains("the new config is invalid")
+            .then_some(())
+    })
+    .unwrap();
+    assert!(
+        running.log().contains(r#"unknown sink type "fiel""#),
+        "{}",
+        running.log()
+    );
+    delivered(before + 500);
+    let refused = wait_for("the refusal counted", || {
+        metric(
+            &metrics(api).ok()?,
+            "sluice_config_reloads_total",
+            &[("result", "invalid")],
+        )
+    })
+    .unwrap();
+    assert_eq!(refused, 1.0);
+
+    // A valid one (a dedupe stage added) replaces the pipeline after it drained.
+    let with_dedupe = valid
+        .replace("inputs = [\"gen\"]", "inputs = [\"dedupe\"]")
+        .replace(
+            "[sinks.out]",
+            "[transforms.dedupe]\ntype = \"dedupe\"\ninputs = [\"gen\"]\n[sinks.out]",
+        );
+    std::fs::write(&config, with_dedupe).unwrap();
+    let at_reload = json_lines(&out).len();
+    running.signal("HUP");
+    wait_for("the reload", || {
+        running.log().contains("reloaded").then_some(())
+    })
+    .unwrap();
+    delivered(at_reload + 1000);
+    let applied = metric(
+        &metrics(api).unwrap(),
+        "sluice_config_reloads_total",
+        &[("result", "applied")],
+    );
+    assert_eq!(applied, Some(1.0));
+    assert_eq!(
+        metric(
+            &metrics(api).unwrap(),
+            "sluice_component_received_events_total",
+            &[("component_id", "dedupe")]
+        )
+        .map(|n| n > 0.0),
+        Some(true),
+        "the new stage runs"
+    );
+
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+    let ids = ids(&out);
+    let last = saved_checkpoint(&dir.join("data"), "gen").unwrap();
+    assert_eq!(
+        ids,
+        (1..=last).collect::<Vec<_>>(),
+        "every id once, in order, across the reload"
+    );
+}
