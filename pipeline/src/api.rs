@@ -5,12 +5,16 @@ use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use axum::Router;
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 use crate::health::Health;
 use crate::leadership::Role;
@@ -50,8 +54,31 @@ impl ApiServer {
     }
 }
 
-/// Binds `address` and serves the API until stopped.
-pub async fn serve(address: SocketAddr, health: Health) -> std::io::Result<ApiServer> {
+/// Routes that resources add to the API server beside `/metrics`, `/health` and `/ready` (such
+/// as `/ids/{generator}`); replaced when the resources are (a reload that changed them).
+#[derive(Clone, Default)]
+pub struct Routes(Arc<RwLock<Router>>);
+
+impl Routes {
+    /// Serves `router` from now on.
+    pub(crate) fn set(&self, router: Router) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = router;
+    }
+
+    fn current(&self) -> Router {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Binds `address` and serves the API until stopped: the engine's routes, then `routes`.
+pub async fn serve(
+    address: SocketAddr,
+    health: Health,
+    routes: Routes,
+) -> std::io::Result<ApiServer> {
     let metrics = prometheus();
     let upkeep = metrics.clone();
     let app = Router::new()
@@ -69,7 +96,16 @@ pub async fn serve(address: SocketAddr, health: Health) -> std::io::Result<ApiSe
                 let health = health.clone();
                 async move { ready(&health) }
             }),
-        );
+        )
+        .fallback(move |request: Request| {
+            let router = routes.current();
+            async move {
+                match router.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
+        });
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
     tracing::info!(%address, "api listening");
@@ -125,4 +161,46 @@ fn ready(health: &Health) -> (StatusCode, String) {
         body.push_str(&line);
     }
     (status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get as get_route;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(address: SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn resource_routes_are_served_beside_the_engines_own() {
+        let routes = Routes::default();
+        let server = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            Health::default(),
+            routes.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(
+            get(server.address, "/hello")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
+        routes.set(Router::new().route("/hello", get_route(|| async { "hi" })));
+        let hello = get(server.address, "/hello").await;
+        assert!(
+            hello.starts_with("HTTP/1.1 200") && hello.ends_with("hi"),
+            "{hello}"
+        );
+        let health = get(server.address, "/health").await;
+        assert!(health.ends_with("ok\n"), "{health}");
+        server.stop().await;
+    }
 }

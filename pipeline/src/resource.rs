@@ -47,6 +47,12 @@ pub trait Resource: Send + Sync + 'static {
     /// Hands out what components may ask for, by type (itself, and any trait it implements
     /// for the engine, such as `dyn Leadership`).
     fn provide(self: Arc<Self>, provider: &mut Provider);
+
+    /// Routes it serves on the API server (`[api]`), beside the engine's own; none by default.
+    /// Paths must not overlap another resource's.
+    fn routes(self: Arc<Self>) -> Option<axum::Router> {
+        None
+    }
 }
 
 /// What a running resource uses.

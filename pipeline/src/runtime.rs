@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::ack::Budget;
-use crate::api;
+use crate::api::{self, Routes};
 use crate::backoff::Backoff;
 use crate::component::{BoxFuture, BuildContext, DynSink, DynSource, DynTransform, SinkContext};
 use crate::config::Config;
@@ -152,8 +152,9 @@ pub async fn run_reloading(
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
     let health = Health::default();
-    let mut api = start_api(first, &health).await?;
-    let mut resources = ResourceSet::start(first, &health)?;
+    let routes = Routes::default();
+    let mut api = start_api(first, &health, &routes).await?;
+    let mut resources = ResourceSet::start(first, &health, &routes)?;
     let mut latest: Option<Config> = None;
     let result = loop {
         let config = latest.as_ref().unwrap_or(first);
@@ -187,9 +188,10 @@ pub async fn run_reloading(
         health.forget_pipeline();
         if !same_resources(config, &next) {
             tracing::info!("the resource sections changed: restarting the resources");
-            let failures = std::mem::replace(&mut resources, ResourceSet::start(&next, &health)?)
-                .stop()
-                .await;
+            let failures =
+                std::mem::replace(&mut resources, ResourceSet::start(&next, &health, &routes)?)
+                    .stop()
+                    .await;
             if !failures.is_empty() {
                 break Err(RunError::Failed { failures });
             }
@@ -198,7 +200,7 @@ pub async fn run_reloading(
             if let Some(old) = api.take() {
                 old.stop().await;
             }
-            api = start_api(&next, &health).await?;
+            api = start_api(&next, &health, &routes).await?;
         }
         reload_counter("applied").increment(1);
         tracing::info!(config = %next.file.display(), "reloaded");
@@ -227,11 +229,15 @@ fn same_resources(a: &Config, b: &Config) -> bool {
             .all(|((name_a, a), (name_b, b))| name_a == name_b && a.raw == b.raw)
 }
 
-async fn start_api(config: &Config, health: &Health) -> Result<Option<api::ApiServer>, RunError> {
+async fn start_api(
+    config: &Config,
+    health: &Health,
+    routes: &Routes,
+) -> Result<Option<api::ApiServer>, RunError> {
     let Some(api) = &config.api else {
         return Ok(None);
     };
-    api::serve(api.address, health.clone())
+    api::serve(api.address, health.clone(), routes.clone())
         .await
         .map(Some)
         .map_err(|source| RunError::Api {
@@ -328,10 +334,17 @@ struct ResourceSet {
 }
 
 impl ResourceSet {
-    /// Builds every resource section (no I/O), collects what they provide and starts each on a
-    /// task of its own.
-    fn start(config: &Config, health: &Health) -> Result<Self, RunError> {
+    /// Builds every resource section (no I/O), collects what they provide and the routes they
+    /// serve, and starts each on a task of its own.
+    fn start(config: &Config, health: &Health, routes: &Routes) -> Result<Self, RunError> {
         let (built, provided) = build_resources(config)?;
+        let mut router = axum::Router::new();
+        for (_, resource) in &built {
+            if let Some(added) = Arc::clone(resource).routes() {
+                router = router.merge(added);
+            }
+        }
+        routes.set(router);
         let stop = ShutdownTrigger::new();
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
