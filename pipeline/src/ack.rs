@@ -17,12 +17,15 @@
 //! [`Tracker::register`], so memory stays bounded however slow a sink is.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
-use crate::event::{Event, Position};
+use crate::event::{Event, Position, Text};
 
 /// Set in a slot's reference count once any clone of its event failed.
 const FAILED: u32 = 1 << 31;
@@ -48,12 +51,50 @@ impl Shared {
     }
 }
 
+/// How one event ended, as its [`Receipt`] tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every sink it went to holds it durably.
+    Delivered,
+    /// A transform dropped it on purpose (filtered out, a duplicate).
+    Dropped,
+    /// It was quarantined, for this reason; the quarantine holds it durably.
+    Quarantined(Text),
+    /// It could not be delivered.
+    Failed,
+}
+
+/// Resolves with the [`Outcome`] of one event emitted through an [`Emitter`]: a request can be
+/// answered by its own event's fate, not by its source's checkpoint.
+#[derive(Debug)]
+pub struct Receipt(oneshot::Receiver<Outcome>);
+
+impl Future for Receipt {
+    type Output = Outcome;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Outcome> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.unwrap_or(Outcome::Failed))
+    }
+}
+
+/// What a receipt-bearing slot has learnt before it resolves.
+#[derive(Debug, Default)]
+struct ReceiptSlot {
+    answer: Option<oneshot::Sender<Outcome>>,
+    /// Set when a clone went to the quarantine, or was dropped on purpose.
+    noted: Option<Outcome>,
+}
+
 /// The acknowledgement slots of one emitted batch.
 #[derive(Debug)]
 struct BatchSlots {
     positions: Box<[Position]>,
     /// Outstanding handles per event, with [`FAILED`] set once one of them failed.
     refs: Box<[AtomicU32]>,
+    /// Per event, for batches emitted with receipts; empty otherwise.
+    receipts: Box<[Mutex<ReceiptSlot>]>,
     /// Events not yet resolved.
     pending: AtomicUsize,
     bytes: usize,
@@ -68,8 +109,32 @@ impl BatchSlots {
             self.shared.failures.send_modify(|count| *count += 1);
         }
         let before = slot.fetch_sub(1, Ordering::AcqRel);
-        if before & !FAILED == 1 && self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.batch_resolved(self.positions.len(), self.bytes);
+        if before & !FAILED == 1 {
+            if let Some(receipt) = self.receipts.get(index) {
+                let mut receipt = receipt.lock().unwrap_or_else(PoisonError::into_inner);
+                let outcome = if failed || before & FAILED != 0 {
+                    Outcome::Failed
+                } else {
+                    receipt.noted.take().unwrap_or(Outcome::Delivered)
+                };
+                if let Some(answer) = receipt.answer.take() {
+                    let _ = answer.send(outcome);
+                }
+            }
+            if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.shared.batch_resolved(self.positions.len(), self.bytes);
+            }
+        }
+    }
+
+    /// Remembers, for the receipt, that the event was quarantined or dropped.
+    fn note(&self, index: usize, outcome: Outcome) {
+        if let Some(receipt) = self.receipts.get(index) {
+            let mut receipt = receipt.lock().unwrap_or_else(PoisonError::into_inner);
+            // A quarantine anywhere is what the requester most needs to know.
+            if !matches!(receipt.noted, Some(Outcome::Quarantined(_))) {
+                receipt.noted = Some(outcome);
+            }
         }
     }
 
@@ -116,6 +181,17 @@ impl AckHandle {
     fn answer(mut self, failed: bool) {
         self.batch.release(self.index as usize, failed);
         self.answered = true;
+    }
+
+    /// Notes, for the event's receipt, that it was sent to the quarantine for `reason`.
+    pub(crate) fn note_quarantined(&self, reason: &Text) {
+        self.batch
+            .note(self.index as usize, Outcome::Quarantined(reason.clone()));
+    }
+
+    /// Notes, for the event's receipt, that it was dropped on purpose.
+    pub(crate) fn note_dropped(&self) {
+        self.batch.note(self.index as usize, Outcome::Dropped);
     }
 }
 
@@ -228,11 +304,7 @@ impl Tracker {
     pub async fn reserve(&mut self, events: usize, bytes: usize) {
         loop {
             self.progress.mark_unchanged();
-            let in_events = self.shared.in_flight_events.load(Ordering::Acquire);
-            let in_bytes = self.shared.in_flight_bytes.load(Ordering::Acquire);
-            let fits = in_events + events <= self.budget.max_events
-                && in_bytes + bytes <= self.budget.max_bytes;
-            if fits || in_events == 0 {
+            if self.has_room(events, bytes) {
                 return;
             }
             // The sender lives in `shared`, which this tracker owns, so `changed` cannot fail.
@@ -244,20 +316,46 @@ impl Tracker {
     /// highest position will be registered later. Attaches an [`AckHandle`] to each event.
     /// Call [`Tracker::reserve`] first to respect the budget.
     pub fn register(&mut self, events: &mut [Event]) -> Result<(), PositionRegression> {
-        self.register_inner(events, false)
+        self.register_inner(events, false, None)
     }
 
     /// Registers a batch whose last position may continue in the next batch (a large
     /// transaction split across batches). The checkpoint stays below that position until a
     /// later [`Tracker::register`] moves past it.
     pub fn register_open(&mut self, events: &mut [Event]) -> Result<(), PositionRegression> {
-        self.register_inner(events, true)
+        self.register_inner(events, true, None)
+    }
+
+    /// Registers a complete batch and returns a [`Receipt`] per event, in order.
+    pub fn register_with_receipts(
+        &mut self,
+        events: &mut [Event],
+    ) -> Result<Vec<Receipt>, PositionRegression> {
+        let mut receipts = Vec::with_capacity(events.len());
+        self.register_inner(events, false, Some(&mut receipts))?;
+        Ok(receipts)
+    }
+
+    /// The budget it keeps.
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// Whether `events` more events and `bytes` more bytes fit the budget now (a batch larger
+    /// than the whole budget fits when nothing is in flight).
+    pub fn has_room(&self, events: usize, bytes: usize) -> bool {
+        let in_events = self.shared.in_flight_events.load(Ordering::Acquire);
+        let in_bytes = self.shared.in_flight_bytes.load(Ordering::Acquire);
+        in_events == 0
+            || (in_events + events <= self.budget.max_events
+                && in_bytes + bytes <= self.budget.max_bytes)
     }
 
     fn register_inner(
         &mut self,
         events: &mut [Event],
         open: bool,
+        receipts: Option<&mut Vec<Receipt>>,
     ) -> Result<(), PositionRegression> {
         let Some(first) = events.first() else {
             return Ok(());
@@ -289,9 +387,23 @@ impl Tracker {
             bytes += event.byte_size();
         }
         let count = events.len();
+        let slots = match receipts {
+            Some(receipts) => (0..count)
+                .map(|_| {
+                    let (answer, receipt) = oneshot::channel();
+                    receipts.push(Receipt(receipt));
+                    Mutex::new(ReceiptSlot {
+                        answer: Some(answer),
+                        noted: None,
+                    })
+                })
+                .collect(),
+            None => Box::default(),
+        };
         let batch = Arc::new(BatchSlots {
             positions: positions.into_boxed_slice(),
             refs: (0..count).map(|_| AtomicU32::new(1)).collect(),
+            receipts: slots,
             pending: AtomicUsize::new(count),
             bytes,
             shared: Arc::clone(&self.shared),
@@ -446,7 +558,7 @@ mod tests {
         events.iter_mut().map(|e| e.ack.take().unwrap()).collect()
     }
 
-    fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    fn poll_once<F: Future>(future: Pin<&mut F>) -> Poll<F::Output> {
         future.poll(&mut Context::from_waker(Waker::noop()))
     }
 

@@ -11,11 +11,11 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
-use crate::ack::Tracker;
+use crate::ack::{Receipt, Tracker};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::checkpoint::CheckpointStore;
 use crate::config::FieldError;
@@ -151,6 +151,13 @@ pub trait SinkConfig: Validate + Debug + Send + Sync + 'static {
 pub trait Source: Send + 'static {
     /// Runs until the input ends or shutdown is requested.
     fn run(&mut self, cx: &mut SourceContext) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Whether the source can read again what failed downstream (it resumes from a recorded
+    /// position). A source that serves requests answers each through its [`Receipt`] instead,
+    /// and says `false`: the runtime then does not stop it when its events fail.
+    fn replays(&self) -> bool {
+        true
+    }
 }
 
 /// Maps, filters, splits or enriches batches of events.
@@ -214,11 +221,18 @@ pub trait Sink: Send + 'static {
 pub trait DynSource: Send {
     /// Runs the source.
     fn run_boxed<'a>(&'a mut self, cx: &'a mut SourceContext) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// See [`Source::replays`].
+    fn replays_boxed(&self) -> bool;
 }
 
 impl<S: Source> DynSource for S {
     fn run_boxed<'a>(&'a mut self, cx: &'a mut SourceContext) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(self.run(cx))
+    }
+
+    fn replays_boxed(&self) -> bool {
+        self.replays()
     }
 }
 
@@ -372,6 +386,7 @@ pub struct SourceContext {
     pub(crate) metrics: SourceMetrics,
     pub(crate) term: Option<Arc<dyn Term>>,
     pub(crate) restart: BackoffConfig,
+    pub(crate) emitter: Option<Emitter>,
 }
 
 impl SourceContext {
@@ -498,6 +513,117 @@ impl SourceContext {
     /// side connection whose loss must not stop it).
     pub fn backoff(&self) -> Backoff {
         Backoff::new(self.restart)
+    }
+
+    /// The emitter of this run, for a source that serves requests: cloneable, usable from many
+    /// tasks, refusing rather than waiting when the in-flight budget is full, and giving a
+    /// [`Receipt`] per event. It stops accepting when the run ends.
+    pub fn emitter(&mut self) -> Emitter {
+        self.emitter
+            .get_or_insert_with(|| Emitter {
+                inner: Arc::new(EmitterInner {
+                    state: Mutex::new(EmitterState {
+                        tracker: Tracker::new(self.tracker.budget(), None),
+                        next: 1,
+                        closed: false,
+                    }),
+                    output: self.output.clone(),
+                    metrics: self.metrics.clone(),
+                }),
+            })
+            .clone()
+    }
+
+    /// Ends the run: the emitter accepts no more, and everything emitted resolves.
+    pub(crate) async fn finish(&mut self) {
+        if let Some(emitter) = &self.emitter {
+            let mut tracker = emitter.close();
+            tracker.drain().await;
+        }
+        self.tracker.drain().await;
+    }
+}
+
+/// Why an [`Emitter`] refused events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The in-flight budget is full: try again later (an HTTP source answers 503).
+    #[error("the pipeline's in-flight budget is full")]
+    Full,
+    /// The source's run has ended (shutdown, lost leadership).
+    #[error("the source is stopping")]
+    Closed,
+}
+
+/// Emits events from any task of a source that serves requests (see
+/// [`SourceContext::emitter`]). Positions are assigned in the order of calls; there is no
+/// checkpoint to resume from, each event's [`Receipt`] tells its outcome.
+#[derive(Clone)]
+pub struct Emitter {
+    inner: Arc<EmitterInner>,
+}
+
+struct EmitterInner {
+    state: Mutex<EmitterState>,
+    output: Fanout,
+    metrics: SourceMetrics,
+}
+
+struct EmitterState {
+    tracker: Tracker,
+    next: u64,
+    closed: bool,
+}
+
+impl Emitter {
+    /// Emits `events` (their positions are overwritten) if they fit the in-flight budget now,
+    /// and returns a receipt per event, in order; refuses without waiting otherwise. Waits
+    /// only while the next stage's input is full.
+    pub async fn try_emit(&self, mut events: Vec<Event>) -> Result<Vec<Receipt>, Refused> {
+        let bytes = events.iter().map(Event::byte_size).sum();
+        let receipts = {
+            let mut state = self
+                .inner
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if state.closed {
+                return Err(Refused::Closed);
+            }
+            if !state.tracker.has_room(events.len(), bytes) {
+                return Err(Refused::Full);
+            }
+            for event in &mut events {
+                event.meta.position = Position(state.next);
+                state.next += 1;
+            }
+            // Positions were just assigned in increasing order under the lock.
+            state
+                .tracker
+                .register_with_receipts(&mut events)
+                .map_err(|_| Refused::Closed)?
+        };
+        self.inner.metrics.emitted(events.len(), bytes);
+        self.inner.output.send(events).await;
+        Ok(receipts)
+    }
+
+    /// Stops accepting and hands back the tracker, to drain.
+    fn close(&self) -> Tracker {
+        let mut state = self
+            .inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.closed = true;
+        let budget = state.tracker.budget();
+        std::mem::replace(&mut state.tracker, Tracker::new(budget, None))
+    }
+}
+
+impl Debug for Emitter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Emitter")
     }
 }
 

@@ -299,7 +299,17 @@ impl Event {
     /// Acknowledges the event as dropped on purpose (filtered out, a duplicate): for its
     /// source, a dropped event is done like a delivered one.
     pub fn ack_dropped(self) {
+        if let Some(ack) = &self.ack {
+            ack.note_dropped();
+        }
         self.ack();
+    }
+
+    /// Notes, for the event's receipt (if it has one), that it goes to the quarantine.
+    pub(crate) fn note_quarantined(&self, reason: &Text) {
+        if let Some(ack) = &self.ack {
+            ack.note_quarantined(reason);
+        }
     }
 
     /// Marks the event as failed: its source's checkpoint will never pass it.

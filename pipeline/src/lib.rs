@@ -34,9 +34,10 @@ pub(crate) mod testing;
 pub mod topology;
 pub mod transforms;
 
+pub use ack::{Outcome, Receipt};
 pub use component::{
-    BuildContext, Finding, Level, Output, Sink, SinkConfig, SinkContext, Source, SourceConfig,
-    SourceContext, Transform, TransformConfig, Validate,
+    BuildContext, Emitter, Finding, Level, Output, Refused, Sink, SinkConfig, SinkContext, Source,
+    SourceConfig, SourceContext, Transform, TransformConfig, Validate,
 };
 pub use config::{Config, ConfigErrors, FieldError, HumanDuration};
 pub use error::{Error, ErrorKind};

@@ -111,6 +111,7 @@ impl QuarantineSender {
         let mut batch = Vec::with_capacity(rejected.len());
         for (mut event, reason) in rejected {
             tracing::warn!(event_id = %event.id, %reason, "event quarantined");
+            event.note_quarantined(&reason);
             event.headers.set(QUARANTINE_REASON_HEADER, Some(reason));
             event
                 .headers

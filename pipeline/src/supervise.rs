@@ -125,8 +125,10 @@ async fn supervise_source(
             metrics: slot.metrics.clone(),
             term: term.clone(),
             restart: slot.backoff.config(),
+            emitter: None,
         };
         let mut failures = cx.tracker.failures();
+        let replays = slot.source.replays_boxed();
         let ready_before = slot.ready.times_ready();
         let mut rewind = false;
         let result = {
@@ -140,7 +142,7 @@ async fn supervise_source(
                         stopping = true;
                         this_run.trigger();
                     }
-                    () = failures.failed(), if !stopping => {
+                    () = failures.failed(), if !stopping && replays => {
                         stopping = true;
                         rewind = true;
                         this_run.trigger();
@@ -151,7 +153,7 @@ async fn supervise_source(
         slot.ready.set(false);
         // Everything this run emitted resolves before another run reads again, so no two runs
         // ever have events in flight at once.
-        cx.tracker.drain().await;
+        cx.finish().await;
         drop(cx);
         if slot.ready.times_ready() != ready_before {
             slot.backoff.reset();

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::watch;
 
+use crate::ack::Outcome;
 use crate::component::{
-    BoxFuture, BuildContext, DynSink, DynSource, DynTransform, Output, Sink, SinkConfig,
+    BoxFuture, BuildContext, DynSink, DynSource, DynTransform, Output, Refused, Sink, SinkConfig,
     SinkContext, Source, SourceConfig, SourceContext, Transform, TransformConfig, Validate,
 };
 use crate::config::{Config, ConfigErrors};
@@ -37,6 +38,10 @@ pub(crate) struct Probe {
     pub(crate) delivered: Mutex<Vec<String>>,
     changed: watch::Sender<u64>,
     pub(crate) leadership: Arc<Local>,
+    /// What the requests source's receipts said, by event id.
+    pub(crate) outcomes: Mutex<Vec<(String, Result<Outcome, Refused>)>>,
+    /// Set by the requests source: a holding sink may deliver what it holds.
+    pub(crate) released: Mutex<bool>,
 }
 
 impl Probe {
@@ -126,6 +131,74 @@ impl Source for Count {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RequestsConfig {
+    probe: String,
+    /// The ids of the events to emit, each from a task of its own.
+    ids: Vec<String>,
+}
+impl Validate for RequestsConfig {}
+impl SourceConfig for RequestsConfig {
+    fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
+        Ok(Box::new(Requests {
+            probe: probe(&self.probe),
+            ids: self.ids.clone(),
+        }))
+    }
+}
+
+/// Emits each of its ids through the emitter, one after the other, as a server would for
+/// each request; records each refusal at once and each receipt's outcome when it comes, after
+/// telling the sinks to let go of what they hold; then ends.
+struct Requests {
+    probe: Arc<Probe>,
+    ids: Vec<String>,
+}
+
+impl Source for Requests {
+    async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
+        cx.set_ready(true);
+        let emitter = cx.emitter();
+        let mut waiting = tokio::task::JoinSet::new();
+        for id in &self.ids {
+            let event = Event::new(id.as_str(), Position(0), Bytes::new());
+            match emitter.try_emit(vec![event]).await {
+                Ok(receipts) => {
+                    let probe = Arc::clone(&self.probe);
+                    let id = id.clone();
+                    waiting.spawn(async move {
+                        for receipt in receipts {
+                            let outcome = receipt.await;
+                            probe
+                                .outcomes
+                                .lock()
+                                .unwrap()
+                                .push((id.clone(), Ok(outcome)));
+                        }
+                        probe.bump();
+                    });
+                }
+                Err(refused) => {
+                    self.probe
+                        .outcomes
+                        .lock()
+                        .unwrap()
+                        .push((id.clone(), Err(refused)));
+                }
+            }
+        }
+        *self.probe.released.lock().unwrap() = true;
+        self.probe.bump();
+        while waiting.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    fn replays(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HoldConfig {
     probe: String,
     /// Fail once, holding the events, after receiving this many.
@@ -134,6 +207,12 @@ struct HoldConfig {
     /// Fail with an error that is not retryable.
     #[serde(default)]
     fatal: bool,
+    /// Send events whose id starts with this to the quarantine instead.
+    #[serde(default)]
+    reject_prefix: Option<String>,
+    /// Hold events until the probe is released.
+    #[serde(default)]
+    hold: bool,
 }
 impl Validate for HoldConfig {}
 impl SinkConfig for HoldConfig {
@@ -142,6 +221,8 @@ impl SinkConfig for HoldConfig {
             probe: probe(&self.probe),
             fail_after: self.fail_after,
             fatal: self.fatal,
+            reject_prefix: self.reject_prefix.clone(),
+            hold: self.hold,
             held: Vec::new(),
             received: 0,
         }))
@@ -152,6 +233,8 @@ struct Hold {
     probe: Arc<Probe>,
     fail_after: Option<usize>,
     fatal: bool,
+    reject_prefix: Option<String>,
+    hold: bool,
     held: Batch,
     received: usize,
 }
@@ -178,9 +261,35 @@ impl Sink for Hold {
 
     async fn run(&mut self, cx: &mut SinkContext) -> Result<(), Error> {
         cx.set_ready(true);
-        while let Some(batch) = cx.next().await {
+        let mut changed = self.probe.changed.subscribe();
+        loop {
+            let batch = tokio::select! {
+                batch = cx.next() => match batch {
+                    Some(batch) => batch,
+                    None => break,
+                },
+                _ = changed.changed(), if self.hold => {
+                    if *self.probe.released.lock().unwrap() {
+                        self.hold = false;
+                        self.deliver();
+                    }
+                    continue;
+                }
+            };
             self.received += batch.len();
+            let (rejected, batch): (Batch, Batch) = batch.into_iter().partition(|e| {
+                self.reject_prefix
+                    .as_deref()
+                    .is_some_and(|prefix| e.id.starts_with(prefix))
+            });
+            let reasons = rejected
+                .into_iter()
+                .map(|e| (e, "refused by the test".into()));
+            cx.reject(reasons.collect()).await;
             self.held.extend(batch);
+            if self.hold {
+                continue;
+            }
             if self.fail_after.is_some_and(|n| self.received >= n) {
                 self.fail_after = None;
                 let kind = if self.fatal {
@@ -192,6 +301,7 @@ impl Sink for Hold {
             }
             self.deliver();
         }
+        self.deliver();
         Ok(())
     }
 }
@@ -202,6 +312,9 @@ struct FlakyConfig {
     probe: String,
     /// Fail this many batches, then pass everything.
     fail_batches: usize,
+    /// Drop events whose id starts with this.
+    #[serde(default)]
+    drop_prefix: Option<String>,
 }
 impl Validate for FlakyConfig {}
 impl TransformConfig for FlakyConfig {
@@ -209,6 +322,7 @@ impl TransformConfig for FlakyConfig {
         Ok(Box::new(Flaky {
             probe: probe(&self.probe),
             fail_batches: self.fail_batches,
+            drop_prefix: self.drop_prefix.clone(),
         }))
     }
 }
@@ -216,6 +330,7 @@ impl TransformConfig for FlakyConfig {
 struct Flaky {
     probe: Arc<Probe>,
     fail_batches: usize,
+    drop_prefix: Option<String>,
 }
 
 impl Transform for Flaky {
@@ -229,7 +344,12 @@ impl Transform for Flaky {
             self.fail_batches -= 1;
             return Err(Error::new(ErrorKind::Connect, "lookup service unreachable"));
         }
-        events.into_iter().for_each(|e| out.push(e));
+        for event in events {
+            match &self.drop_prefix {
+                Some(prefix) if event.id.starts_with(prefix.as_str()) => out.drop_event(event),
+                _ => out.push(event),
+            }
+        }
         Ok(())
     }
 }
@@ -269,6 +389,7 @@ pub(crate) fn registry() -> Registry {
     let mut registry = Registry::new();
     registry
         .source::<CountConfig>("count")
+        .source::<RequestsConfig>("requests")
         .sink::<HoldConfig>("hold")
         .transform::<FlakyConfig>("flaky")
         .resource::<ElectionsConfig>("elections");

@@ -1,6 +1,8 @@
 //! The restart policy and the leadership gate, run through the runtime with the components
 //! of [`testing`](crate::testing).
 
+use crate::ack::Outcome;
+use crate::component::Refused;
 use crate::runtime::{RunError, run};
 use crate::shutdown::ShutdownTrigger;
 use crate::testing::{config, ids, probe};
@@ -185,5 +187,84 @@ async fn sources_run_only_while_leading_and_stop_drained_when_the_term_ends() {
         delivered,
         ids(1..=last),
         "no event twice, none missing: {delivered:?}"
+    );
+}
+
+#[tokio::test]
+async fn receipts_tell_each_request_its_own_outcome() {
+    let config = config(
+        "receipts",
+        "",
+        r#"
+        [quarantine]
+        sink = "dlq"
+        [sources.api]
+        type = "requests"
+        probe = "receipts"
+        ids = ["ok-1", "drop-2", "bad-3", "ok-4"]
+        [transforms.sieve]
+        type = "flaky"
+        inputs = ["api"]
+        probe = "receipts"
+        fail_batches = 0
+        drop_prefix = "drop"
+        [sinks.out]
+        type = "hold"
+        inputs = ["sieve"]
+        probe = "receipts"
+        reject_prefix = "bad"
+        [sinks.dlq]
+        type = "hold"
+        probe = "receipts-dlq"
+        "#,
+    );
+    run(&config, ShutdownTrigger::new().subscribe())
+        .await
+        .unwrap();
+    let mut outcomes = probe("receipts").outcomes.lock().unwrap().clone();
+    outcomes.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        outcomes,
+        [
+            (
+                "bad-3".to_owned(),
+                Ok(Outcome::Quarantined("refused by the test".into()))
+            ),
+            ("drop-2".to_owned(), Ok(Outcome::Dropped)),
+            ("ok-1".to_owned(), Ok(Outcome::Delivered)),
+            ("ok-4".to_owned(), Ok(Outcome::Delivered)),
+        ]
+    );
+    assert_eq!(probe("receipts-dlq").delivered(), ["bad-3"]);
+}
+
+#[tokio::test]
+async fn an_emitter_refuses_at_once_when_the_budget_is_full() {
+    let config = config(
+        "refused",
+        "max_in_flight_events = 1",
+        r#"
+        [sources.api]
+        type = "requests"
+        probe = "refused"
+        ids = ["first", "second"]
+        [sinks.out]
+        type = "hold"
+        inputs = ["api"]
+        probe = "refused"
+        hold = true
+        "#,
+    );
+    run(&config, ShutdownTrigger::new().subscribe())
+        .await
+        .unwrap();
+    let outcomes = probe("refused").outcomes.lock().unwrap().clone();
+    assert_eq!(
+        outcomes,
+        [
+            ("second".to_owned(), Err(Refused::Full)),
+            ("first".to_owned(), Ok(Outcome::Delivered)),
+        ],
+        "the second request was refused while the first was held"
     );
 }
