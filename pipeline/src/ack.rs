@@ -64,7 +64,7 @@ pub enum Outcome {
     Failed,
 }
 
-/// Resolves with the [`Outcome`] of one event emitted through an [`Emitter`]: a request can be
+/// Resolves with the [`Outcome`] of one event emitted through an [`Emitter`](crate::Emitter): a request can be
 /// answered by its own event's fate, not by its source's checkpoint.
 #[derive(Debug)]
 pub struct Receipt(oneshot::Receiver<Outcome>);

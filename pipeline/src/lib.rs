@@ -6,6 +6,7 @@
 //! - [`ack`]: acknowledgements, checkpoints and the in-flight budget.
 //! - [`component`]: the `Source`, `Transform` and `Sink` traits and their contexts.
 //! - [`config`], [`registry`], [`topology`]: from a file to a checked graph.
+//! - [`template`]: `{field}` templates over event values, for keys, exchanges and routes.
 //! - [`runtime`]: running it, with shutdown that drains; [`supervise`]: the one restart policy
 //!   and the leadership gate; [`api`]: `/metrics`, `/health`, `/ready`.
 //! - [`resource`]: clients shared by a process's components (`[coord]`); [`leadership`]: the
@@ -29,6 +30,7 @@ pub mod resource;
 pub mod runtime;
 pub mod shutdown;
 pub mod supervise;
+pub mod template;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod topology;

@@ -1,5 +1,5 @@
 //! Running a pipeline: building its resources and components, wiring them with bounded
-//! channels, one task each (restarted as [`supervise`](crate::supervise) says), and shutting
+//! channels, one task each (restarted as [`supervise`] says), and shutting
 //! down in order.
 //!
 //! Shutdown flows with the data. Sources stop on the signal, drain their acknowledgements and

@@ -12,7 +12,7 @@ use sluice_pipeline::component::{BuildContext, DynSink};
 use sluice_pipeline::{Error, FieldError, HumanDuration, SinkConfig, Validate};
 
 use super::sink::RabbitmqSink;
-use super::template::Template;
+use sluice_pipeline::template::Template;
 
 /// Default for [`RabbitmqSinkConfig::confirm_window`].
 pub const DEFAULT_CONFIRM_WINDOW: usize = 2048;

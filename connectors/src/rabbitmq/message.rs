@@ -22,7 +22,7 @@ use sluice_pipeline::{Event, Text};
 use super::avro::AvroEncoder;
 use super::cloudevents;
 use super::config::{Encoding, MAX_SHORT_STRING, OptionalProperty, RabbitmqSinkConfig, is_json};
-use super::template::Template;
+use sluice_pipeline::template::Template;
 
 /// `delivery_mode` of a persistent message.
 const PERSISTENT: u8 = 2;

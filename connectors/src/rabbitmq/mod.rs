@@ -32,9 +32,8 @@ mod lane;
 mod message;
 pub mod metrics;
 mod sink;
-mod template;
 mod wire;
 
 pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, OptionalProperty, RabbitmqSinkConfig};
 pub use sink::RabbitmqSink;
-pub use template::{Missing, Template, TemplateError};
+pub use sluice_pipeline::template::{Missing, Template, TemplateError};

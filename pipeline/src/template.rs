@@ -9,8 +9,8 @@
 
 use std::fmt;
 
+use crate::event::Event;
 use serde::{Deserialize, Deserializer};
-use sluice_pipeline::Event;
 
 /// A parsed template.
 #[derive(Clone, PartialEq, Eq)]
@@ -185,9 +185,9 @@ impl<'de> Deserialize<'de> for Template {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Position;
     use bytes::Bytes;
     use proptest::prelude::*;
-    use sluice_pipeline::Position;
 
     fn event() -> Event {
         let mut event = Event::new("e-1", Position(1), Bytes::new());
@@ -255,7 +255,7 @@ mod tests {
 
     #[test]
     fn deserializing_reports_the_template_and_the_rule() {
-        let error = sluice_pipeline::config::deserialize::<Template>(toml::Value::String(
+        let error = crate::config::deserialize::<Template>(toml::Value::String(
             "outbox.{aggregatetype".into(),
         ))
         .unwrap_err();
