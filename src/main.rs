@@ -17,13 +17,14 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand, ValueEnum};
 use sluice_pipeline::error::chain;
 use sluice_pipeline::metrics::reload_counter;
-use sluice_pipeline::{Config, Registry, ShutdownTrigger};
+use sluice_pipeline::{Config, PipelineSpec, Registry, ShutdownTrigger};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 const EXAMPLES: &str = "\
 Examples:
   sluice run examples/generator.toml         run a pipeline until it finishes or is signalled
+  sluice run a.toml b.toml                   run two pipelines in one process
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
   sluice --log-format json run pipeline.toml log as JSON lines
@@ -53,8 +54,9 @@ struct Cli {
 enum Command {
     /// Run a pipeline until every source finishes or a signal asks it to stop.
     Run {
-        /// The pipeline config (TOML).
-        config: PathBuf,
+        /// The pipeline configs (TOML): several run in one process, sharing its resources.
+        #[arg(required = true, value_name = "CONFIG")]
+        configs: Vec<PathBuf>,
     },
     /// Check a pipeline config, then the servers it uses: 0 when all is well, 2 with every
     /// problem listed when the config is invalid, 1 when a server is not ready for it.
@@ -108,11 +110,19 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run { config: path } => {
-            let config = match load(&path, &registry) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
+        Command::Run { configs: paths } => {
+            let mut configs = Vec::with_capacity(paths.len());
+            for path in &paths {
+                match load(path, &registry) {
+                    Ok(c) => configs.push(c),
+                    Err(code) => return code,
+                }
+            }
+            let problems = sluice_pipeline::check_together(&configs.iter().collect::<Vec<_>>());
+            if !problems.is_empty() {
+                problems.iter().for_each(|p| eprintln!("{p}"));
+                return config_failure();
+            }
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -120,7 +130,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_FAILED);
                 }
             };
-            runtime.block_on(run(config, path, registry))
+            runtime.block_on(run(configs, paths, registry))
         }
     }
 }
@@ -144,14 +154,23 @@ fn config_failure() -> ExitCode {
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn run(config: Config, path: PathBuf, registry: Arc<Registry>) -> ExitCode {
+async fn run(configs: Vec<Config>, paths: Vec<PathBuf>, registry: Arc<Registry>) -> ExitCode {
     let trigger = ShutdownTrigger::new();
     let shutdown = trigger.subscribe();
     tokio::spawn(handle_signals(trigger));
-    let (updates, reloads) = mpsc::channel(1);
-    tokio::spawn(reload_on_hangup(path, registry, updates));
-    tracing::info!(config = %config.file.display(), "starting");
-    match sluice_pipeline::run_reloading(&config, reloads, shutdown).await {
+    let mut pipelines = Vec::with_capacity(configs.len());
+    let mut reloads = Vec::with_capacity(configs.len());
+    for (config, path) in configs.iter().zip(paths) {
+        tracing::info!(config = %config.file.display(), "starting");
+        let (updates, receiver) = mpsc::channel(1);
+        reloads.push((path, updates));
+        pipelines.push(PipelineSpec {
+            config,
+            updates: receiver,
+        });
+    }
+    tokio::spawn(reload_on_hangup(reloads, registry));
+    match sluice_pipeline::run_process(pipelines, shutdown).await {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -163,25 +182,29 @@ async fn run(config: Config, path: PathBuf, registry: Arc<Registry>) -> ExitCode
     }
 }
 
-/// On each SIGHUP, loads `path` again and hands it to the runtime if it is valid; an invalid
-/// config is logged with every problem, counted, and changes nothing.
-async fn reload_on_hangup(path: PathBuf, registry: Arc<Registry>, updates: mpsc::Sender<Config>) {
+/// On each SIGHUP, loads every config file again and hands each valid one to its pipeline; an
+/// invalid one is logged with every problem, counted, and changes nothing.
+async fn reload_on_hangup(
+    pipelines: Vec<(PathBuf, mpsc::Sender<Config>)>,
+    registry: Arc<Registry>,
+) {
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; reloading is off");
         return;
     };
     while hangups.recv().await.is_some() {
-        tracing::info!(config = %path.display(), "SIGHUP: checking the config before reloading");
-        match validated(&path, &registry) {
-            Ok(config) => {
-                if updates.send(config).await.is_err() {
-                    return;
+        for (path, updates) in &pipelines {
+            tracing::info!(config = %path.display(), "SIGHUP: checking the config before reloading");
+            match validated(path, &registry) {
+                Ok(config) => {
+                    // A pipeline that has ended takes no more reloads.
+                    let _ = updates.send(config).await;
                 }
-            }
-            Err(problems) => {
-                reload_counter("invalid").increment(1);
-                for problem in problems {
-                    tracing::error!(%problem, "the new config is invalid; the running pipeline goes on");
+                Err(problems) => {
+                    reload_counter("invalid").increment(1);
+                    for problem in problems {
+                        tracing::error!(%problem, "the new config is invalid; the running pipeline goes on");
+                    }
                 }
             }
         }

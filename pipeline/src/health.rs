@@ -10,16 +10,20 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::leadership::{Election, Role};
 use crate::metrics::ready_gauge;
 
-/// Every component's ready flag, and every election's role.
+/// Every component's ready flag, and every election's role. A handle may be scoped to one
+/// pipeline of the process (see [`Health::scoped`]); all handles see everything.
 #[derive(Clone, Default)]
 pub struct Health {
     inner: Arc<Mutex<Registered>>,
+    /// The pipeline what this handle registers belongs to.
+    pipeline: Arc<str>,
 }
 
 #[derive(Default)]
 struct Registered {
     flags: Vec<ReadyFlag>,
-    elections: Vec<Arc<Election>>,
+    /// Each election, with the pipeline it belongs to.
+    elections: Vec<(Arc<str>, Arc<Election>)>,
 }
 
 /// The kind of the flags that outlive a pipeline (see [`Health::forget_pipeline`]).
@@ -49,6 +53,7 @@ impl Health {
         let flag = ReadyFlag {
             id: Arc::from(id),
             kind,
+            pipeline: Arc::clone(&self.pipeline),
             ready: Arc::new(AtomicBool::new(false)),
             times_ready: Arc::new(AtomicU64::new(0)),
             gauge: ready_gauge(kind, id),
@@ -62,16 +67,29 @@ impl Health {
     /// Registers election `name`, in standby.
     pub(crate) fn election(&self, name: &str) -> Arc<Election> {
         let election = Election::new(name);
-        self.lock().elections.push(Arc::clone(&election));
+        self.lock()
+            .elections
+            .push((Arc::clone(&self.pipeline), Arc::clone(&election)));
         election
     }
 
-    /// Forgets a stopped pipeline's components and elections (its replacement registers its
-    /// own); the resources' flags stay.
+    /// A handle on the same registrations whose new ones belong to pipeline `name`.
+    pub(crate) fn scoped(&self, name: &str) -> Health {
+        Health {
+            inner: Arc::clone(&self.inner),
+            pipeline: Arc::from(name),
+        }
+    }
+
+    /// Forgets the components and elections of this handle's pipeline, once stopped (its
+    /// replacement registers its own); the resources' flags stay.
     pub(crate) fn forget_pipeline(&self) {
         let mut registered = self.lock();
-        registered.flags.retain(|flag| flag.kind == RESOURCE);
-        registered.elections.clear();
+        let pipeline = &self.pipeline;
+        registered
+            .flags
+            .retain(|flag| flag.kind == RESOURCE || flag.pipeline != *pipeline);
+        registered.elections.retain(|(p, _)| p != pipeline);
     }
 
     /// What is not ready, and each election's role.
@@ -92,7 +110,7 @@ impl Health {
         let roles = registered
             .elections
             .iter()
-            .map(|e| (e.name().to_owned(), e.role()))
+            .map(|(_, e)| (e.name().to_owned(), e.role()))
             .collect();
         Readiness { not_ready, roles }
     }
@@ -120,6 +138,7 @@ impl std::fmt::Debug for Health {
 pub struct ReadyFlag {
     id: Arc<str>,
     kind: &'static str,
+    pipeline: Arc<str>,
     ready: Arc<AtomicBool>,
     /// How many times it turned ready: the runtime's sign that a restart succeeded.
     times_ready: Arc<AtomicU64>,

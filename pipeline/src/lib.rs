@@ -47,5 +47,5 @@ pub use event::{Batch, Event, Fields, Position, SourceMeta, Text};
 pub use leadership::{FencingToken, LeaderView, Leadership, Term};
 pub use registry::Registry;
 pub use resource::{Resource, ResourceConfig, ResourceContext, Resources};
-pub use runtime::{run, run_reloading, try_build};
+pub use runtime::{PipelineSpec, check_together, run, run_process, run_reloading, try_build};
 pub use shutdown::{Shutdown, ShutdownTrigger};

@@ -61,6 +61,12 @@ pub enum RunError {
         #[source]
         source: Error,
     },
+    /// Pipelines that cannot run in one process together.
+    #[error("{}", problems.join("; "))]
+    Together {
+        /// What conflicts.
+        problems: Vec<String>,
+    },
     /// Components failed while running; the checkpoints did not pass their events.
     #[error("{}", failures.iter().map(|(id, e)| format!("component {id} failed: {}", chain(e))).collect::<Vec<_>>().join("; "))]
     Failed {
@@ -142,135 +148,261 @@ pub async fn run(config: &Config, shutdown: Shutdown) -> Result<(), RunError> {
     run_reloading(config, mpsc::channel(1).1, shutdown).await
 }
 
-/// Runs `first`, then each config `updates` delivers in its place: the running pipeline is
-/// stopped and drained to its checkpoints, then the new one starts (the latest, if several
-/// arrived meanwhile), so nothing is lost across a reload. Resources whose sections did not
-/// change keep running across it; the API server keeps serving unless its address changed.
-/// Ends when a pipeline finishes or fails, or when `shutdown` fires and everything drained.
+/// Runs `first`, then each config `updates` delivers in its place (see [`run_process`]).
 pub async fn run_reloading(
     first: &Config,
-    mut updates: mpsc::Receiver<Config>,
+    updates: mpsc::Receiver<Config>,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
+    run_process(
+        vec![PipelineSpec {
+            config: first,
+            updates,
+        }],
+        shutdown,
+    )
+    .await
+}
+
+/// One pipeline of a process: its config, and where its reloads come from.
+pub struct PipelineSpec<'a> {
+    /// The config it starts with.
+    pub config: &'a Config,
+    /// Configs to replace it with, in order.
+    pub updates: mpsc::Receiver<Config>,
+}
+
+/// Problems that keep `configs` from running in one process: a component id used twice (ids
+/// key metrics and checkpoints), an election named twice, a resource section written two ways.
+pub fn check_together(configs: &[&Config]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut ids: HashMap<&str, &Config> = HashMap::new();
+    let mut elections: HashMap<&str, &Config> = HashMap::new();
+    let mut sections: HashMap<&str, &Config> = HashMap::new();
+    for &config in configs {
+        let components = config
+            .sources
+            .keys()
+            .chain(config.transforms.keys())
+            .chain(config.sinks.keys());
+        for id in components {
+            if let Some(other) = ids.insert(id, config) {
+                problems.push(format!(
+                    "{} and {} both have a component {id:?}: ids key the metrics and checkpoints of one process, rename one",
+                    other.file.display(),
+                    config.file.display()
+                ));
+            }
+        }
+        if let Some(leader) = &config.pipeline.leader
+            && let Some(other) = elections.insert(leader, config)
+        {
+            problems.push(format!(
+                "{} and {} both run under election {leader:?}: one process would campaign twice, name them apart",
+                other.file.display(),
+                config.file.display()
+            ));
+        }
+        for (name, section) in &config.resources {
+            if let Some(other) = sections.get(name.as_str()) {
+                if other.resources[name].raw != section.raw {
+                    problems.push(format!(
+                        "{} and {} write [{name}] differently: a process has one [{name}], make them the same",
+                        other.file.display(),
+                        config.file.display()
+                    ));
+                }
+            } else {
+                sections.insert(name, config);
+            }
+        }
+    }
+    problems
+}
+
+/// Runs several pipelines in one process, sharing its resources (each section built once)
+/// and API servers (one per address). Each pipeline is replaced by each config its `updates`
+/// deliver: the running one is stopped and drained to its checkpoints first, then the new one
+/// starts (the latest, if several arrived meanwhile), so nothing is lost across a reload; a
+/// reload that changes the resource sections or the API address is refused (it needs a
+/// restart). Ends when every pipeline has finished, when `shutdown` fires and everything has
+/// drained, or when a component or resource fails for good, which stops every pipeline.
+pub async fn run_process(
+    pipelines: Vec<PipelineSpec<'_>>,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let configs: Vec<&Config> = pipelines.iter().map(|p| p.config).collect();
+    let problems = check_together(&configs);
+    if !problems.is_empty() {
+        return Err(RunError::Together { problems });
+    }
     let health = Health::default();
     let routes = Routes::default();
-    let mut api = start_api(first, &health, &routes).await?;
-    let mut resources = ResourceSet::start(first, &health, &routes)?;
+    let mut apis = Vec::new();
+    let mut addresses = Vec::new();
+    for config in &configs {
+        if let Some(api) = &config.api
+            && !addresses.contains(&api.address)
+        {
+            addresses.push(api.address);
+            match api::serve(api.address, health.clone(), routes.clone()).await {
+                Ok(server) => apis.push(server),
+                Err(source) => {
+                    for server in apis {
+                        server.stop().await;
+                    }
+                    return Err(RunError::Api {
+                        address: api.address,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    let mut resources = ResourceSet::start(&configs, &health, &routes)?;
+    let provided = resources.provided.clone();
+    let stop = ShutdownTrigger::new();
+    let mut failures = Vec::new();
+    {
+        let loops = futures::future::join_all(pipelines.into_iter().map(|spec| {
+            let span = tracing::info_span!("pipeline", config = %spec.config.file.display());
+            let stop = stop.subscribe();
+            reloading(spec, &provided, &health, stop).instrument(span)
+        }));
+        tokio::pin!(loops);
+        loop {
+            tokio::select! {
+                results = &mut loops => {
+                    failures.extend(results.into_iter().flatten());
+                    break;
+                }
+                () = shutdown.requested(), if !stop.is_triggered() => {
+                    tracing::info!("shutdown requested: draining");
+                    stop.trigger();
+                }
+                (id, kind, error) = resources.failed() => {
+                    report_failure(&id, kind, &error);
+                    failures.push((id, error));
+                    stop.trigger();
+                }
+            }
+        }
+    }
+    failures.extend(resources.stop().await);
+    for server in apis {
+        server.stop().await;
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(RunError::Failed { failures })
+    }
+}
+
+/// Runs one pipeline of the process and its reloads until it finishes, fails or `stop`
+/// fires; returns what failed.
+async fn reloading(
+    spec: PipelineSpec<'_>,
+    resources: &Resources,
+    process: &Health,
+    stop: Shutdown,
+) -> Vec<(String, Error)> {
+    let PipelineSpec {
+        config: first,
+        mut updates,
+    } = spec;
+    let health = process.scoped(&first.file.display().to_string());
     let mut latest: Option<Config> = None;
-    let result = loop {
+    loop {
         let config = latest.as_ref().unwrap_or(first);
-        let stop = ShutdownTrigger::new();
+        let this_run = ShutdownTrigger::new();
         let mut next = None;
         let failures = {
-            let pipeline = run_pipeline(config, &mut resources, &health, stop.subscribe());
+            let pipeline = run_pipeline(config, resources, &health, this_run.subscribe());
             tokio::pin!(pipeline);
             loop {
                 tokio::select! {
                     failures = &mut pipeline => break failures,
-                    () = shutdown.requested(), if !stop.is_triggered() => stop.trigger(),
-                    Some(update) = updates.recv(), if next.is_none() && !shutdown.is_requested() => {
+                    () = stop.requested(), if !this_run.is_triggered() => this_run.trigger(),
+                    Some(update) = updates.recv(), if next.is_none() && !stop.is_requested() => {
+                        if let Some(refusal) = reload_refusal(config, &update) {
+                            reload_counter("invalid").increment(1);
+                            tracing::error!(config = %update.file.display(), %refusal, "the new config is refused; the running pipeline goes on");
+                            continue;
+                        }
                         tracing::info!(config = %update.file.display(), "reloading: draining the running pipeline first");
                         next = Some(update);
-                        stop.trigger();
+                        this_run.trigger();
                     }
                 }
             }
         };
-        if !failures.is_empty() {
-            break Err(RunError::Failed { failures });
+        if !failures.is_empty() || stop.is_requested() {
+            return failures;
         }
-        let Some(mut next) = next else { break Ok(()) };
-        if shutdown.is_requested() {
-            break Ok(());
-        }
+        let Some(mut next) = next else {
+            return failures;
+        };
         while let Ok(newer) = updates.try_recv() {
-            next = newer;
+            if reload_refusal(config, &newer).is_none() {
+                next = newer;
+            }
         }
         health.forget_pipeline();
-        if !same_resources(config, &next) {
-            tracing::info!("the resource sections changed: restarting the resources");
-            let failures =
-                std::mem::replace(&mut resources, ResourceSet::start(&next, &health, &routes)?)
-                    .stop()
-                    .await;
-            if !failures.is_empty() {
-                break Err(RunError::Failed { failures });
-            }
-        }
-        if config.api.as_ref().map(|a| a.address) != next.api.as_ref().map(|a| a.address) {
-            if let Some(old) = api.take() {
-                old.stop().await;
-            }
-            api = start_api(&next, &health, &routes).await?;
-        }
         reload_counter("applied").increment(1);
         tracing::info!(config = %next.file.display(), "reloaded");
         latest = Some(next);
-    };
-    let stopped = resources.stop().await;
-    if let Some(api) = api {
-        api.stop().await;
-    }
-    match result {
-        Ok(()) if !stopped.is_empty() => Err(RunError::Failed { failures: stopped }),
-        Err(RunError::Failed { mut failures }) => {
-            failures.extend(stopped);
-            Err(RunError::Failed { failures })
-        }
-        other => other,
     }
 }
 
-/// Whether `a` and `b` have the same resource sections, written the same way.
-fn same_resources(a: &Config, b: &Config) -> bool {
-    a.resources.len() == b.resources.len()
-        && a.resources
+/// Why `next` cannot replace `running` without restarting the process, if it cannot.
+fn reload_refusal(running: &Config, next: &Config) -> Option<&'static str> {
+    let same_resources = running.resources.len() == next.resources.len()
+        && running
+            .resources
             .iter()
-            .zip(&b.resources)
-            .all(|((name_a, a), (name_b, b))| name_a == name_b && a.raw == b.raw)
-}
-
-async fn start_api(
-    config: &Config,
-    health: &Health,
-    routes: &Routes,
-) -> Result<Option<api::ApiServer>, RunError> {
-    let Some(api) = &config.api else {
-        return Ok(None);
-    };
-    api::serve(api.address, health.clone(), routes.clone())
-        .await
-        .map(Some)
-        .map_err(|source| RunError::Api {
-            address: api.address,
-            source,
-        })
+            .zip(&next.resources)
+            .all(|((name_a, a), (name_b, b))| name_a == name_b && a.raw == b.raw);
+    if !same_resources {
+        Some("it changes the resource sections (such as [coord]), which needs a restart")
+    } else if running.api.as_ref().map(|a| a.address) != next.api.as_ref().map(|a| a.address) {
+        Some("it changes the [api] address, which needs a restart")
+    } else {
+        None
+    }
 }
 
 /// Builds every resource and component of `config`, and drops them: nothing runs and no I/O
 /// is done. `sluice check` and a reload do this to refuse a config whose parts cannot be built
 /// (a component that needs a resource the config lacks) before anything is stopped or started.
 pub fn try_build(config: &Config) -> Result<(), RunError> {
-    let (_, provided) = build_resources(config)?;
+    let (_, provided) = build_resources(&[config])?;
     build_components(config, &provided).map(drop)
 }
 
 type BuiltResources<'a> = Vec<(&'a String, Arc<dyn crate::resource::Resource>)>;
 
-/// Builds every resource section and collects what they provide.
-fn build_resources(config: &Config) -> Result<(BuiltResources<'_>, Resources), RunError> {
+/// Builds every resource section of `configs` once, and collects what they provide.
+fn build_resources<'a>(
+    configs: &[&'a Config],
+) -> Result<(BuiltResources<'a>, Resources), RunError> {
     let mut provider = Provider::default();
-    let mut built = Vec::new();
-    for (name, section) in &config.resources {
-        let cx = BuildContext {
-            id: name.clone(),
-            data_dir: config.pipeline.data_dir.clone(),
-            leader: config.pipeline.leader.clone(),
-            resources: Resources::default(),
-        };
-        let resource = section.config.build(&cx).map_err(build_error(name))?;
-        Arc::clone(&resource).provide(&mut provider);
-        built.push((name, resource));
+    let mut built: BuiltResources<'a> = Vec::new();
+    for config in configs {
+        for (name, section) in &config.resources {
+            if built.iter().any(|(done, _)| *done == name) {
+                continue;
+            }
+            let cx = BuildContext {
+                id: name.clone(),
+                data_dir: config.pipeline.data_dir.clone(),
+                leader: None,
+                resources: Resources::default(),
+            };
+            let resource = section.config.build(&cx).map_err(build_error(name))?;
+            Arc::clone(&resource).provide(&mut provider);
+            built.push((name, resource));
+        }
     }
     let provided = provider.finish().map_err(build_error("resources"))?;
     Ok((built, provided))
@@ -335,10 +467,11 @@ struct ResourceSet {
 }
 
 impl ResourceSet {
-    /// Builds every resource section (no I/O), collects what they provide and the routes they
+    /// Builds every resource section of `configs` once (no I/O; sections of the same name are
+    /// the same, see [`check_together`]), collects what they provide and the routes they
     /// serve, and starts each on a task of its own.
-    fn start(config: &Config, health: &Health, routes: &Routes) -> Result<Self, RunError> {
-        let (built, provided) = build_resources(config)?;
+    fn start(configs: &[&Config], health: &Health, routes: &Routes) -> Result<Self, RunError> {
+        let (built, provided) = build_resources(configs)?;
         let mut router = axum::Router::new();
         for (_, resource) in &built {
             if let Some(added) = Arc::clone(resource).routes() {
@@ -346,6 +479,10 @@ impl ResourceSet {
             }
         }
         routes.set(router);
+        let restart = configs
+            .first()
+            .map(|c| c.pipeline.restart)
+            .unwrap_or_default();
         let stop = ShutdownTrigger::new();
         let mut tasks = JoinSet::new();
         let mut names = HashMap::new();
@@ -355,7 +492,7 @@ impl ResourceSet {
                 ready: health.register(RESOURCE, name),
                 shutdown: stop.subscribe(),
             };
-            let task = supervise::run_resource(resource, cx, config.pipeline.restart);
+            let task = supervise::run_resource(resource, cx, restart);
             let handle = spawn(&mut tasks, name, RESOURCE, Box::pin(task));
             names.insert(handle.id(), (name.clone(), RESOURCE));
         }
@@ -421,12 +558,12 @@ fn report_failure(id: &str, kind: &'static str, error: &Error) {
 /// Runs the pipeline's components until they are all done; returns those that failed.
 async fn run_pipeline(
     config: &Config,
-    resources: &mut ResourceSet,
+    resources: &Resources,
     health: &Health,
     shutdown: Shutdown,
 ) -> Vec<(String, Error)> {
     let stop = ShutdownTrigger::new();
-    let (mut tasks, names) = match spawn_components(config, &resources.provided, health, &stop) {
+    let (mut tasks, names) = match spawn_components(config, resources, health, &stop) {
         Ok(spawned) => spawned,
         Err(RunError::Build { component, source }) => return vec![(component, source)],
         Err(other) => {
@@ -442,13 +579,7 @@ async fn run_pipeline(
     loop {
         tokio::select! {
             () = shutdown.requested(), if !stopping => {
-                tracing::info!("shutdown requested: draining");
                 stopping = true;
-                stop.trigger();
-            }
-            (id, kind, error) = resources.failed() => {
-                report_failure(&id, kind, &error);
-                failures.push((id, error));
                 stop.trigger();
             }
             joined = tasks.join_next_with_id() => {
@@ -694,5 +825,30 @@ mod tests {
             ids(1..=last),
             "nothing lost or repeated across the reload"
         );
+    }
+
+    #[test]
+    fn pipelines_that_would_clash_in_one_process_are_named() {
+        let pipeline = |name: &str, probe: &str| {
+            config(
+                name,
+                r#"leader = "relay""#,
+                &format!(
+                    "[elections]\nprobe = {probe:?}\n[sources.{name}]\ntype = \"count\"\nprobe = \"x\"\ncount = 1\n[sinks.{name}_out]\ntype = \"hold\"\ninputs = [\"{name}\"]\nprobe = \"x\"\n"
+                ),
+            )
+        };
+        let (a, b) = (pipeline("a", "one"), pipeline("b", "two"));
+        let problems = check_together(&[&a, &b]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains(r#"both run under election "relay""#),
+            "{problems:?}"
+        );
+        assert!(
+            problems[1].contains("write [elections] differently"),
+            "{problems:?}"
+        );
+        assert!(check_together(&[&a]).is_empty());
     }
 }

@@ -445,3 +445,69 @@ fn sighup_reloads_a_valid_config_losing_nothing_and_refuses_an_invalid_one() {
         "every id once, in order, across the reload"
     );
 }
+
+#[test]
+fn several_pipelines_run_in_one_process_and_share_its_api() {
+    let dir = Scratch::new("several");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pipeline = |name: &str| {
+        dir.write(
+            &format!("{name}.toml"),
+            &format!(
+                r#"
+                [api]
+                address = "{api}"
+                [pipeline]
+                data_dir = "{data}"
+                [sources.{name}_gen]
+                type = "generator"
+                rate = 1000
+                [sinks.{name}_out]
+                type = "file"
+                inputs = ["{name}_gen"]
+                path = "{data}/{name}.jsonl"
+                "#,
+                data = dir.join(name).display()
+            ),
+        )
+    };
+    let (a, b) = (pipeline("a"), pipeline("b"));
+    let mut running = sluice().spawn_all(&[&a, &b], &[]);
+    running.wait_ready(api).unwrap();
+    for name in ["a_out", "b_out"] {
+        wait_for(&format!("events through {name}"), || {
+            let received = metric(
+                &metrics(api).ok()?,
+                "sluice_component_received_events_total",
+                &[("component_id", name)],
+            )?;
+            (received > 100.0).then_some(())
+        })
+        .unwrap();
+    }
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+    for name in ["a", "b"] {
+        let out = json_lines(&dir.join(name).join(format!("{name}.jsonl")));
+        let last = saved_checkpoint(&dir.join(name), &format!("{name}_gen")).unwrap();
+        assert_eq!(
+            out.len() as u64,
+            last,
+            "{name}: every event once, up to the checkpoint"
+        );
+    }
+}
+
+#[test]
+fn pipelines_that_clash_are_refused_together() {
+    let dir = Scratch::new("clash");
+    let a = generator_to_file(&dir, "count = 10", None);
+    let b = dir.write("b.toml", &std::fs::read_to_string(&a).unwrap());
+    let out = sluice().output(&["run", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"both have a component "gen""#) && stderr.contains("rename one"),
+        "{stderr}"
+    );
+}

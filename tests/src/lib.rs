@@ -94,12 +94,18 @@ impl Binary {
 
     /// Starts `sluice <extra args> run <config>` in the background.
     pub fn spawn_with(&self, config: &Path, extra: &[&str]) -> Running {
-        let log = config.with_extension("log");
+        self.spawn_all(&[config], extra)
+    }
+
+    /// Starts `sluice <extra args> run <configs…>` in the background, logging to the first
+    /// config's `.log`.
+    pub fn spawn_all(&self, configs: &[&Path], extra: &[&str]) -> Running {
+        let log = configs[0].with_extension("log");
         let stderr = std::fs::File::create(&log).unwrap();
         let child = Command::new(&self.0)
             .args(extra)
             .arg("run")
-            .arg(config)
+            .args(configs)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)
