@@ -6,7 +6,9 @@
 //! there was lost (dropped, or not carried over by a failover), which is different from a first
 //! start: recreating it silently would skip everything committed while it was gone.
 
-use sluice_pipeline::{Error, ErrorKind};
+use std::time::Duration;
+
+use sluice_pipeline::{Error, ErrorKind, Term};
 use tokio_postgres::Client;
 
 use super::config::{HEARTBEAT_PREFIX, PostgresCdcConfig, Recover};
@@ -66,9 +68,18 @@ pub(crate) fn publication_sql(
     )
 }
 
+/// How long a new leader waits for the slot's previous walsender to go once terminated.
+const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Makes sure the publication covers the tables and the slot exists, recreating a lost slot
-/// when `recover = "replay"`; returns where to start.
-pub(crate) async fn prepare(sql: &Client, config: &PostgresCdcConfig) -> Result<Start, Error> {
+/// when `recover = "replay"`; returns where to start. A slot in use by another server process
+/// is taken over when `term` (this process leads the pipeline's election) is still valid: the
+/// previous leader's walsender is terminated (see [`take_over`]).
+pub(crate) async fn prepare(
+    sql: &Client,
+    config: &PostgresCdcConfig,
+    term: Option<&dyn Term>,
+) -> Result<Start, Error> {
     let tables = config.qualified_tables();
     let publication = sql
         .query_opt(
@@ -104,14 +115,13 @@ pub(crate) async fn prepare(sql: &Client, config: &PostgresCdcConfig) -> Result<
     };
     add_missing_tables(sql, config, &tables).await?;
 
-    let slot = sql
-        .query_opt(
-            "SELECT plugin, wal_status, confirmed_flush_lsn::text, active_pid \
-             FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
-            &[&config.slot],
-        )
-        .await
-        .map_err(sql_error("looking up the replication slot"))?;
+    let mut slot = look_up_slot(sql, config).await?;
+    if let (Some(row), Some(term)) = (&slot, term)
+        && let Some(pid) = row.get::<_, Option<i32>>(3)
+    {
+        take_over(sql, config, pid, term).await?;
+        slot = look_up_slot(sql, config).await?;
+    }
     let replay_pending = comment.as_deref() == Some(replay_mark(&config.slot).as_str());
     let marked = replay_pending || comment.as_deref() == Some(mark(&config.slot).as_str());
     match slot {
@@ -179,6 +189,66 @@ pub(crate) async fn prepare(sql: &Client, config: &PostgresCdcConfig) -> Result<
         None => {
             let lsn = create_slot(sql, config, &mark(&config.slot)).await?;
             Ok(Start { lsn, replay: false })
+        }
+    }
+}
+
+async fn look_up_slot(
+    sql: &Client,
+    config: &PostgresCdcConfig,
+) -> Result<Option<tokio_postgres::Row>, Error> {
+    sql.query_opt(
+        "SELECT plugin, wal_status, confirmed_flush_lsn::text, active_pid \
+         FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+        &[&config.slot],
+    )
+    .await
+    .map_err(sql_error("looking up the replication slot"))
+}
+
+/// Takes the slot from the server process `pid` that streams it, for a new leader: once this
+/// process holds a newer term than whoever opened that stream, the stream belongs to a leader
+/// that has lost (frozen, or cut off from the coordination service), and PostgreSQL would only
+/// drop it after `wal_sender_timeout`. Safe because only the holder of a valid term does this
+/// (checked right before), a term is valid on at most one node at a time, and PostgreSQL lets
+/// one connection at a time use a slot: the old leader cannot confirm or read past this point.
+async fn take_over(
+    sql: &Client,
+    config: &PostgresCdcConfig,
+    pid: i32,
+    term: &dyn Term,
+) -> Result<(), Error> {
+    if !term.is_valid() {
+        return Err(Error::new(
+            ErrorKind::Connect,
+            "the leadership ended before the slot was taken over",
+        ));
+    }
+    tracing::warn!(slot = %config.slot, pid, token = %term.token(), "the slot is in use by a previous leader: terminating its walsender");
+    sql.query_one("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .map_err(sql_error(format!(
+            "terminating the server process {pid} that holds slot {:?} (needs superuser or pg_signal_backend)",
+            config.slot
+        )))?;
+    let deadline = tokio::time::Instant::now() + TAKE_OVER_TIMEOUT;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        let row = look_up_slot(sql, config).await?;
+        let active = row.and_then(|row| row.get::<_, Option<i32>>(3));
+        match active {
+            None => return Ok(()),
+            Some(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "slot {:?} is still in use after terminating its walsender",
+                        config.slot
+                    ),
+                ));
+            }
+            Some(_) => {}
         }
     }
 }

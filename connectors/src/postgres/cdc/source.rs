@@ -82,7 +82,7 @@ impl PostgresCdc {
         client: &mut Option<ReplicationClient>,
     ) -> Result<(), Error> {
         let sql = self.database.connect().await?;
-        let start = slot::prepare(&sql, &self.config).await?;
+        let start = slot::prepare(&sql, &self.config, cx.term().map(|t| &**t)).await?;
         stream.confirmed = start.lsn;
         if let Some(cleanup) = &self.config.cleanup {
             for table in &self.tables {
