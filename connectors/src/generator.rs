@@ -21,8 +21,8 @@ use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::pace::Pace;
 use sluice_pipeline::{
-    Error, ErrorKind, Event, FieldError, HumanDuration, Position, Source, SourceConfig,
-    SourceContext, Text, Validate,
+    Error, Event, FieldError, HumanDuration, Position, Source, SourceConfig, SourceContext, Text,
+    Validate,
 };
 
 /// Default for [`GeneratorConfig::batch_size`].
@@ -143,9 +143,7 @@ impl Generator {
 impl Source for Generator {
     async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
         let store = cx.checkpoint_store();
-        let restored = store.load().map_err(|e| {
-            Error::new(ErrorKind::Io, format!("reading {}", store.path().display())).with_source(e)
-        })?;
+        let restored = store.restore().await?;
         if let Some(position) = restored {
             cx.resume_from(position)?;
             tracing::info!(%position, "resuming after the saved checkpoint");
@@ -175,7 +173,7 @@ impl Source for Generator {
                 biased;
                 () = shutdown.requested() => break,
                 _ = save_tick.tick() => {
-                    save(&store, cx.checkpoint()).await?;
+                    store.record(cx.checkpoint()).await?;
                     continue;
                 }
                 () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => continue,
@@ -185,27 +183,10 @@ impl Source for Generator {
             next += n;
         }
         let checkpoint = cx.drain().await;
-        save(&store, checkpoint).await?;
+        store.record(checkpoint).await?;
         tracing::info!(checkpoint = ?checkpoint.map(|p| p.0), "generator stopped");
         Ok(())
     }
-}
-
-async fn save(
-    store: &sluice_pipeline::checkpoint::CheckpointStore,
-    checkpoint: Option<Position>,
-) -> Result<(), Error> {
-    let Some(position) = checkpoint else {
-        return Ok(());
-    };
-    let store = store.clone();
-    let path = store.path().display().to_string();
-    tokio::task::spawn_blocking(move || store.save(position))
-        .await
-        .map_err(|e| Error::new(ErrorKind::Internal, "checkpoint writer panicked").with_source(e))?
-        .map_err(|e| {
-            Error::new(ErrorKind::Io, format!("saving the checkpoint to {path}")).with_source(e)
-        })
 }
 
 #[cfg(test)]

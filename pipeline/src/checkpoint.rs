@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, ErrorKind};
 use crate::event::Position;
 
 /// One source's checkpoint file, `<data_dir>/checkpoints/<source id>.json`.
@@ -68,6 +69,40 @@ impl CheckpointStore {
         file.sync_all()?;
         std::fs::rename(&tmp, &self.path)?;
         std::fs::File::open(dir)?.sync_all()
+    }
+
+    /// The saved checkpoint, read off the async runtime's threads; an error names the file.
+    pub async fn restore(&self) -> Result<Option<Position>, Error> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.load())
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, "checkpoint reader panicked").with_source(e)
+            })?
+            .map_err(|e| {
+                Error::new(ErrorKind::Io, format!("reading {}", self.path.display())).with_source(e)
+            })
+    }
+
+    /// Saves `checkpoint` (nothing when there is none yet) durably, off the async runtime's
+    /// threads; an error names the file.
+    pub async fn record(&self, checkpoint: Option<Position>) -> Result<(), Error> {
+        let Some(position) = checkpoint else {
+            return Ok(());
+        };
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.save(position))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Internal, "checkpoint writer panicked").with_source(e)
+            })?
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("saving the checkpoint to {}", self.path.display()),
+                )
+                .with_source(e)
+            })
     }
 }
 
