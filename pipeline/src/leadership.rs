@@ -58,10 +58,13 @@ pub trait Term: Send + Sync + 'static {
     fn is_valid(&self) -> bool;
 
     /// Resolves once the term is over: its lease could not be renewed in time, its key was
-    /// deleted, or it was resigned.
+    /// deleted, it was resigned, or the implementation asks this process to give it up (to
+    /// spread elections over a cluster). The runtime then stops the sources, lets them drain,
+    /// and calls [`Term::resign`].
     fn ended(&self) -> BoxFuture<'_, ()>;
 
-    /// Gives leadership up, so that another candidate can take over at once.
+    /// Gives leadership up, so that another candidate can take over at once; does nothing
+    /// when the term is already lost.
     fn resign(&self) -> BoxFuture<'_, ()>;
 
     /// The implementation, for components of the same crate that need its details (the key to

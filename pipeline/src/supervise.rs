@@ -307,14 +307,17 @@ pub(crate) async fn run_sources(
         let finished = slots.iter().all(|slot| slot.finished);
         if let (Some(gate), Some(term)) = (&gate, &term) {
             gate.election.lost();
-            if !lost {
-                term.resign().await;
-                tracing::info!(election = gate.election.name(), "resigned");
-            } else {
+            // Every term ends resigned, once its sources have drained: a term that ended
+            // without losing its key (this process was asked to give it up) hands over now
+            // rather than when its lease runs out; resigning a lost term changes nothing.
+            term.resign().await;
+            if lost {
                 tracing::info!(
                     election = gate.election.name(),
                     "sources drained; standing by"
                 );
+            } else {
+                tracing::info!(election = gate.election.name(), "resigned");
             }
         }
         if let Some(failure) = failure {
