@@ -91,6 +91,19 @@ pub async fn serve(
         )
         .route("/health", get(|| async { "ok\n" }))
         .route(
+            "/status",
+            get({
+                let health = health.clone();
+                move || {
+                    let health = health.clone();
+                    async move {
+                        let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+                        (json, health.status().to_string())
+                    }
+                }
+            }),
+        )
+        .route(
             "/ready",
             get(move || {
                 let health = health.clone();

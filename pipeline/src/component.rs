@@ -498,6 +498,12 @@ impl SourceContext {
         self.ready.set(ready);
     }
 
+    /// Reports a figure of the source's own for `/status` and `sluice status` (such as
+    /// `lag_bytes`), beside the engine's in-flight events and checkpoint.
+    pub fn report(&self, name: &'static str, value: f64) {
+        self.metrics.figures.report(name, value);
+    }
+
     /// A file-backed store for this source's checkpoint, for sources whose input has no
     /// server-side place to keep it.
     pub fn checkpoint_store(&self) -> CheckpointStore {

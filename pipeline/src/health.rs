@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::leadership::{Election, Role};
-use crate::metrics::ready_gauge;
+use crate::metrics::{SourceFigures, ready_gauge};
 
 /// Every component's ready flag, and every election's role. A handle may be scoped to one
 /// pipeline of the process (see [`Health::scoped`]); all handles see everything.
@@ -22,6 +22,8 @@ pub struct Health {
 #[derive(Default)]
 struct Registered {
     flags: Vec<ReadyFlag>,
+    /// Each source's figures, by its flag's id.
+    figures: Vec<(Arc<str>, Arc<SourceFigures>)>,
     /// Each election, with the pipeline it belongs to.
     elections: Vec<(Arc<str>, Arc<Election>)>,
 }
@@ -44,9 +46,19 @@ impl Health {
         self.add(kind, id, None)
     }
 
-    /// Registers a source that runs only while `election` is led.
-    pub(crate) fn register_gated(&self, id: &str, election: &Arc<Election>) -> ReadyFlag {
-        self.add("source", id, Some(Arc::clone(election)))
+    /// Registers a source (that runs only while `election` is led, if given), with the
+    /// figures `/status` shows for it.
+    pub(crate) fn register_source(
+        &self,
+        id: &str,
+        election: Option<&Arc<Election>>,
+        figures: &Arc<SourceFigures>,
+    ) -> ReadyFlag {
+        let flag = self.add("source", id, election.cloned());
+        self.lock()
+            .figures
+            .push((Arc::clone(&flag.id), Arc::clone(figures)));
+        flag
     }
 
     fn add(&self, kind: &'static str, id: &str, gate: Option<Arc<Election>>) -> ReadyFlag {
@@ -86,10 +98,19 @@ impl Health {
     pub(crate) fn forget_pipeline(&self) {
         let mut registered = self.lock();
         let pipeline = &self.pipeline;
-        registered
-            .flags
-            .retain(|flag| flag.kind == RESOURCE || flag.pipeline != *pipeline);
-        registered.elections.retain(|(p, _)| p != pipeline);
+        let Registered {
+            flags,
+            figures,
+            elections,
+        } = &mut *registered;
+        flags.retain(|flag| {
+            let keep = flag.kind == RESOURCE || flag.pipeline != *pipeline;
+            if !keep {
+                figures.retain(|(id, _)| *id != flag.id);
+            }
+            keep
+        });
+        elections.retain(|(p, _)| p != pipeline);
     }
 
     /// What is not ready, and each election's role.
@@ -113,6 +134,64 @@ impl Health {
             .map(|(_, e)| (e.name().to_owned(), e.role()))
             .collect();
         Readiness { not_ready, roles }
+    }
+
+    /// Everything `/status` shows, as JSON: each pipeline with its election's role and its
+    /// components (ready, and for sources in-flight events, checkpoint, failed events and
+    /// what they report), then the resources.
+    pub fn status(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let registered = self.lock();
+        let mut pipelines: Vec<(Arc<str>, Map<String, Value>)> = Vec::new();
+        let mut resources = Vec::new();
+        for flag in &registered.flags {
+            let mut component = Map::new();
+            component.insert("id".into(), json!(&*flag.id));
+            component.insert("kind".into(), json!(flag.kind));
+            component.insert("ready".into(), json!(flag.is_ready()));
+            if flag.kind == RESOURCE {
+                resources.push(Value::Object(component));
+                continue;
+            }
+            if let Some((_, figures)) = registered.figures.iter().find(|(id, _)| *id == flag.id) {
+                let (in_flight, checkpoint, failed, reported) = figures.read();
+                component.insert("in_flight_events".into(), json!(in_flight));
+                component.insert("checkpoint".into(), json!(checkpoint));
+                component.insert("failed_events".into(), json!(failed));
+                for (name, value) in reported {
+                    component.insert(name.into(), json!(value));
+                }
+            }
+            let at = match pipelines.iter().position(|(p, _)| *p == flag.pipeline) {
+                Some(at) => at,
+                None => {
+                    let mut pipeline = Map::new();
+                    pipeline.insert("config".into(), json!(&*flag.pipeline));
+                    pipeline.insert("components".into(), json!([]));
+                    pipelines.push((Arc::clone(&flag.pipeline), pipeline));
+                    pipelines.len() - 1
+                }
+            };
+            if let Some(Value::Array(components)) = pipelines[at].1.get_mut("components") {
+                components.push(Value::Object(component));
+            }
+        }
+        for (pipeline, election) in &registered.elections {
+            if let Some((_, entry)) = pipelines.iter_mut().find(|(p, _)| p == pipeline) {
+                let (role, token) = match election.role() {
+                    Role::Leader(token) => ("leader", Some(token.0)),
+                    Role::Standby => ("standby", None),
+                };
+                entry.insert(
+                    "election".into(),
+                    json!({"name": election.name(), "role": role, "fencing_token": token}),
+                );
+            }
+        }
+        json!({
+            "pipelines": pipelines.into_iter().map(|(_, p)| Value::Object(p)).collect::<Vec<_>>(),
+            "resources": resources,
+        })
     }
 
     /// Ids of what is not ready; empty when all is.
@@ -191,7 +270,7 @@ mod tests {
     async fn a_standby_leaves_its_gated_sources_out() {
         let health = Health::default();
         let election = health.election("relay");
-        let source = health.register_gated("outbox", &election);
+        let source = health.register_source("outbox", Some(&election), &Arc::default());
         let sink = health.register("sink", "broker");
         sink.set(true);
         let readiness = health.readiness();
@@ -211,5 +290,37 @@ mod tests {
         election.lost();
         source.set(false);
         assert!(health.not_ready().is_empty());
+    }
+
+    #[tokio::test]
+    async fn status_shows_each_pipeline_its_role_and_its_sources_figures() {
+        let process = Health::default();
+        let _coord = process.register(RESOURCE, "coord");
+        let health = process.scoped("relay.toml");
+        let election = health.election("relay");
+        let figures = Arc::new(SourceFigures::default());
+        let source = health.register_source("outbox", Some(&election), &figures);
+        source.set(true);
+        figures.report("lag_bytes", 512.0);
+        let term = Local::default().campaign("relay").await.unwrap();
+        election.won(term);
+        let status = process.status();
+        assert_eq!(
+            status,
+            serde_json::json!({
+                "pipelines": [{
+                    "config": "relay.toml",
+                    "election": {"name": "relay", "role": "leader", "fencing_token": 1},
+                    "components": [{
+                        "id": "outbox", "kind": "source", "ready": true,
+                        "in_flight_events": 0, "checkpoint": null, "failed_events": 0,
+                        "lag_bytes": 512.0
+                    }]
+                }],
+                "resources": [{"id": "coord", "kind": "resource", "ready": false}]
+            })
+        );
+        health.forget_pipeline();
+        assert_eq!(process.status()["pipelines"], serde_json::json!([]));
     }
 }

@@ -5,6 +5,10 @@
 //! leadership series carry `election`. Handles are registered
 //! once per component, so recording on the hot path is an atomic add, not a registry lookup.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use crate::event::{Event, Position};
@@ -80,6 +84,42 @@ impl ComponentMetrics {
     }
 }
 
+/// A source's figures for `/status`: what its gauges say, readable without the recorder, and
+/// whatever the source reports itself (a slot's lag).
+#[derive(Debug, Default)]
+pub struct SourceFigures {
+    in_flight: AtomicU64,
+    /// The checkpoint plus one; 0 while there is none.
+    checkpoint: AtomicU64,
+    failed: AtomicU64,
+    reported: Mutex<BTreeMap<&'static str, f64>>,
+}
+
+impl SourceFigures {
+    /// Events in flight, the checkpoint, events failed, and what the source reported.
+    pub fn read(&self) -> (u64, Option<u64>, u64, BTreeMap<&'static str, f64>) {
+        let checkpoint = self.checkpoint.load(Ordering::Relaxed).checked_sub(1);
+        let reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        (
+            self.in_flight.load(Ordering::Relaxed),
+            checkpoint,
+            self.failed.load(Ordering::Relaxed),
+            reported,
+        )
+    }
+
+    pub(crate) fn report(&self, name: &'static str, value: f64) {
+        self.reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name, value);
+    }
+}
+
 /// A source's handles.
 #[derive(Debug, Clone)]
 pub struct SourceMetrics {
@@ -89,6 +129,7 @@ pub struct SourceMetrics {
     in_flight: Gauge,
     in_flight_peak: Gauge,
     failed: Gauge,
+    pub(crate) figures: Arc<SourceFigures>,
 }
 
 impl SourceMetrics {
@@ -102,6 +143,7 @@ impl SourceMetrics {
             in_flight: gauge!(IN_FLIGHT_EVENTS, &labels),
             in_flight_peak: gauge!(IN_FLIGHT_EVENTS_PEAK, &labels),
             failed: gauge!(FAILED_EVENTS, &labels),
+            figures: Arc::default(),
         }
     }
 
@@ -113,14 +155,24 @@ impl SourceMetrics {
     pub(crate) fn in_flight(&self, current: usize, peak: usize) {
         self.in_flight.set(current as f64);
         self.in_flight_peak.set(peak as f64);
+        self.figures
+            .in_flight
+            .store(current as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn checkpoint(&self, position: Option<Position>, in_flight: usize, failed: u64) {
         if let Some(position) = position {
             self.checkpoint.set(position.0 as f64);
+            self.figures
+                .checkpoint
+                .store(position.0.saturating_add(1), Ordering::Relaxed);
         }
         self.in_flight.set(in_flight as f64);
         self.failed.set(failed as f64);
+        self.figures
+            .in_flight
+            .store(in_flight as u64, Ordering::Relaxed);
+        self.figures.failed.store(failed, Ordering::Relaxed);
     }
 }
 

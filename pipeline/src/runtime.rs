@@ -668,20 +668,21 @@ fn spawn_components(
     let mut names = HashMap::new();
     let slots = sources
         .into_iter()
-        .map(|(id, source)| SourceSlot {
-            id: Arc::from(id),
-            source,
-            output: fanout(id),
-            quarantine: quarantine("source", id),
-            ready: match &gate {
-                Some(gate) => health.register_gated(id, &gate.election),
-                None => health.register("source", id),
-            },
-            metrics: SourceMetrics::new(id),
-            data_dir: config.pipeline.data_dir.clone(),
-            budget,
-            backoff: Backoff::new(restart),
-            finished: false,
+        .map(|(id, source)| {
+            let metrics = SourceMetrics::new(id);
+            let election = gate.as_ref().map(|gate| &gate.election);
+            SourceSlot {
+                id: Arc::from(id),
+                source,
+                output: fanout(id),
+                quarantine: quarantine("source", id),
+                ready: health.register_source(id, election, &metrics.figures),
+                metrics,
+                data_dir: config.pipeline.data_dir.clone(),
+                budget,
+                backoff: Backoff::new(restart),
+                finished: false,
+            }
         })
         .collect();
     let sources_task = supervise::run_sources(slots, gate, stop.subscribe(), restart);

@@ -343,6 +343,7 @@ impl Stream {
                 _ = lag.tick() => {
                     if let Some(bytes) = slot::lag_bytes(sql, &self.slot).await? {
                         self.metrics.lag.set(bytes as f64);
+                        cx.report("lag_bytes", bytes as f64);
                     }
                 }
             }
