@@ -1,0 +1,200 @@
+//! ZooKeeper sessions behind sluice's [`SessionId`]s: one client connection per session, the
+//! shared connection for writes and reads that belong to no session, and how ZooKeeper's
+//! errors and session states become [`CoordError`]s.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use zookeeper_client as zk;
+
+use crate::backend::SessionId;
+use crate::error::CoordError;
+
+/// The session timeout asked for the shared connection and the watch connections, which carry
+/// no ephemeral nodes: long enough to ride out a short partition.
+pub const SHARED_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A session opened through [`Sessions::open`].
+pub struct Session {
+    /// Its only connection; the session ends when the last clone of it is dropped.
+    pub client: zk::Client,
+    /// Set once the session is closed, so that waits on it give up their clones at once.
+    closed: watch::Sender<bool>,
+}
+
+impl Session {
+    /// Resolves once [`Sessions::close`] closed this session.
+    pub async fn closed(&self) {
+        let mut closed = self.closed.subscribe();
+        // The sender lives in `self`, so the wait cannot fail before `self` is dropped.
+        let _ = closed.wait_for(|closed| *closed).await;
+    }
+
+    /// `SessionExpired` when the client knows the session is over, `Unreachable` while it is
+    /// disconnected (it cannot prove the session alive, which a leader must take as "not
+    /// leading"), `Ok` while connected.
+    pub fn check(&self, endpoints: &str) -> Result<(), CoordError> {
+        match self.client.state() {
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => Ok(()),
+            zk::SessionState::Disconnected => Err(CoordError::Unreachable {
+                endpoints: endpoints.to_owned(),
+                source: "disconnected from the zookeeper ensemble".into(),
+            }),
+            zk::SessionState::AuthFailed => Err(CoordError::Refused {
+                doing: "the session's credentials".to_owned(),
+                source: zk::Error::AuthFailed.into(),
+            }),
+            zk::SessionState::Expired | zk::SessionState::Closed => Err(CoordError::SessionExpired),
+        }
+    }
+}
+
+/// The sessions this backend opened, by id, and the shared connection.
+pub struct Sessions {
+    /// The connect string: endpoints separated by commas.
+    pub endpoints: String,
+    open: Mutex<HashMap<i64, Arc<Session>>>,
+    shared: tokio::sync::Mutex<Option<zk::Client>>,
+}
+
+impl Sessions {
+    /// Nothing connected yet.
+    pub fn new(endpoints: String) -> Self {
+        Sessions {
+            endpoints,
+            open: Mutex::default(),
+            shared: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// A new connection with its own session of about `timeout` (the server clamps it to its
+    /// `minSessionTimeout`..`maxSessionTimeout`).
+    pub async fn connect(&self, timeout: Duration) -> Result<zk::Client, CoordError> {
+        zk::Client::connector()
+            .with_session_timeout(timeout)
+            .with_fail_eagerly()
+            .connect(&self.endpoints)
+            .await
+            .map_err(|err| to_coord(err, &self.endpoints, "connecting"))
+    }
+
+    /// Opens a session with the given timeout; returns it with the timeout negotiated.
+    pub async fn open(&self, ttl: Duration) -> Result<(SessionId, Duration), CoordError> {
+        let client = self.connect(ttl).await?;
+        let id = client.session_id().0;
+        let granted = client.session_timeout();
+        let (closed, _) = watch::channel(false);
+        self.open_sessions()
+            .insert(id, Arc::new(Session { client, closed }));
+        tracing::debug!(session = %SessionId(id), granted_ms = granted.as_millis() as u64, "zookeeper session opened");
+        Ok((SessionId(id), granted))
+    }
+
+    /// The session `id`, `SessionExpired` when this backend does not have it (closed, or never
+    /// opened here).
+    pub fn get(&self, id: SessionId) -> Result<Arc<Session>, CoordError> {
+        self.open_sessions()
+            .get(&id.0)
+            .cloned()
+            .ok_or(CoordError::SessionExpired)
+    }
+
+    /// Ends session `id`: waits stop, the connection closes and ZooKeeper deletes the session's
+    /// ephemeral nodes as part of closing it. Closing an unknown session does nothing.
+    pub async fn close(&self, id: SessionId) -> Result<(), CoordError> {
+        let Some(session) = self.open_sessions().remove(&id.0) else {
+            return Ok(());
+        };
+        session.closed.send_replace(true);
+        let mut state = session.client.state_watcher();
+        // The close request goes out once the last clone of the client is dropped; the waits
+        // that held clones stop on `closed`, so this is the last one or soon will be.
+        drop(session);
+        let closing = async {
+            while !state.state().is_terminated() {
+                state.changed().await;
+            }
+        };
+        if tokio::time::timeout(SHARED_SESSION_TIMEOUT, closing)
+            .await
+            .is_err()
+        {
+            tracing::warn!(session = %id, "zookeeper session still open after close; it expires on its own");
+        }
+        Ok(())
+    }
+
+    /// The shared connection, reconnected when its session ended.
+    pub async fn shared(&self) -> Result<zk::Client, CoordError> {
+        let mut shared = self.shared.lock().await;
+        if let Some(client) = shared.as_ref() {
+            if !client.state().is_terminated() {
+                return Ok(client.clone());
+            }
+            tracing::info!("zookeeper shared session ended; reconnecting");
+        }
+        let client = self.connect(SHARED_SESSION_TIMEOUT).await?;
+        *shared = Some(client.clone());
+        Ok(client)
+    }
+
+    fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Session>>> {
+        // The map stays consistent whatever panicked while holding it: every change is one call.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The backend's error for a ZooKeeper error met while `doing` something.
+pub fn to_coord(err: zk::Error, endpoints: &str, doing: &str) -> CoordError {
+    use zk::Error as E;
+    match err {
+        E::ConnectionLoss | E::Timeout | E::NoHosts | E::Throttled => CoordError::Unreachable {
+            endpoints: endpoints.to_owned(),
+            source: err.into(),
+        },
+        E::SessionExpired | E::SessionMoved | E::ClientClosed => CoordError::SessionExpired,
+        E::NoAuth | E::AuthFailed | E::InvalidAcl | E::QuotaExceeded => CoordError::Refused {
+            doing: doing.to_owned(),
+            source: err.into(),
+        },
+        other => CoordError::Protocol(format!("{doing}: {other}")),
+    }
+}
+
+/// Whether an error means "try again once reconnected" rather than an answer.
+pub fn is_connection_loss(err: &zk::Error) -> bool {
+    matches!(err, zk::Error::ConnectionLoss | zk::Error::Timeout)
+}
+
+/// Resolves once the connection is lost: `Unreachable` on a disconnection, `SessionExpired`
+/// when the session ended.
+pub async fn connection_lost(state: &mut zk::StateWatcher, endpoints: &str) -> CoordError {
+    loop {
+        match state.changed().await {
+            zk::SessionState::Disconnected => {
+                return CoordError::Unreachable {
+                    endpoints: endpoints.to_owned(),
+                    source: "disconnected from the zookeeper ensemble".into(),
+                };
+            }
+            s if s.is_terminated() => return CoordError::SessionExpired,
+            _ => {}
+        }
+    }
+}
+
+/// Waits until `client` is connected again (`Ok`) or its session is over (`SessionExpired`).
+pub async fn reconnected(client: &zk::Client) -> Result<(), CoordError> {
+    let mut state = client.state_watcher();
+    loop {
+        match state.state() {
+            zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => return Ok(()),
+            s if s.is_terminated() => return Err(CoordError::SessionExpired),
+            _ => {
+                state.changed().await;
+            }
+        }
+    }
+}
