@@ -662,6 +662,8 @@ async fn watch_from_an_older_revision_replays_values_or_says_compacted() -> Resu
 struct Proxy {
     addr: SocketAddr,
     cut: watch::Sender<bool>,
+    /// Connections being forwarded.
+    open: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -670,6 +672,8 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let (cut, _) = watch::channel(false);
         let cuts = cut.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counting = Arc::clone(&open);
         tokio::spawn(async move {
             while let Ok((mut down, _)) = listener.accept().await {
                 let mut cut = cuts.subscribe();
@@ -677,22 +681,33 @@ impl Proxy {
                     continue;
                 }
                 let upstream = upstream.clone();
+                let open = Arc::clone(&counting);
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
-                    let Ok(mut up) = TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        _ = cut.wait_for(|c| *c) => {}
+                    if let Ok(mut up) = TcpStream::connect(&upstream).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
                     }
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Ok(Proxy { addr, cut })
+        Ok(Proxy { addr, cut, open })
     }
 
     fn set_cut(&self, cut: bool) {
         self.cut.send_replace(cut);
+    }
+
+    /// Cuts, and waits until every forwarded connection is closed.
+    async fn cut_all(&self) -> Result<()> {
+        self.set_cut(true);
+        eventually("proxied connections closed", SOON, || async {
+            Ok((self.open.load(Ordering::SeqCst) == 0).then_some(()))
+        })
+        .await
     }
 }
 
@@ -734,7 +749,7 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
     ));
 
     let cut_at = Instant::now();
-    proxy.set_cut(true);
+    proxy.cut_all().await?;
     // Disconnected: the leader cannot prove its session, and hears so at once.
     eventually("renew unreachable", SOON, || async {
         Ok(matches!(cut_off.renew(a).await, Err(CoordError::Unreachable { .. })).then_some(()))
@@ -798,6 +813,81 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
         Some(Bytes::from_static(b"a"))
     );
     zk.close_session(b).await?;
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_disconnection_keeps_the_session_and_its_nodes() -> Result<()> {
+    let f = Fixture::new().await?;
+    let proxy = Proxy::start(
+        endpoints()
+            .split(',')
+            .next()
+            .context("no endpoint")?
+            .to_owned(),
+    )
+    .await?;
+    let flaky = connect(&proxy.addr.to_string(), &f.namespace).await?;
+    let (s, granted) = flaky.open_session(Duration::from_secs(6)).await?;
+    let held = flaky.campaign(s, "e", Bytes::from_static(b"a")).await?;
+    proxy.cut_all().await?;
+    eventually("renew unreachable", SOON, || async {
+        Ok(matches!(flaky.renew(s).await, Err(CoordError::Unreachable { .. })).then_some(()))
+    })
+    .await?;
+    proxy.set_cut(false);
+    // Back within the timeout: the same session, still leading.
+    let renewed = eventually("renew again", granted, || async {
+        match flaky.renew(s).await {
+            Ok(ttl) => Ok(Some(ttl)),
+            Err(CoordError::Unreachable { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    assert_eq!(renewed, granted);
+    assert_eq!(
+        f.zk.leader("e").await?,
+        Some((Bytes::from_static(b"a"), held.token))
+    );
+    flaky.close_session(s).await?;
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_catches_up_after_a_disconnection() -> Result<()> {
+    let f = Fixture::new().await?;
+    let zk = &f.zk;
+    zk.put("reg/a", Bytes::from_static(b"1"), None).await?;
+    zk.put("reg/b", Bytes::from_static(b"1"), None).await?;
+    let proxy = Proxy::start(
+        endpoints()
+            .split(',')
+            .next()
+            .context("no endpoint")?
+            .to_owned(),
+    )
+    .await?;
+    let flaky = connect(&proxy.addr.to_string(), &f.namespace).await?;
+    let (_, rev) = flaky.range("reg/").await?;
+    let mut stream = flaky.watch("reg/", rev).await?;
+    let r1 = zk.put("reg/a", Bytes::from_static(b"2"), None).await?;
+    let live = collect(&mut stream, |c| !c.is_empty()).await?;
+    assert_eq!((live[0].key(), live[0].revision()), ("reg/a", r1));
+
+    // Changes while the watch's connection is down reach it once it is back.
+    proxy.cut_all().await?;
+    let r2 = zk.put("reg/c", Bytes::from_static(b"1"), None).await?;
+    let r3 = zk.delete("reg/b").await?.context("b")?;
+    proxy.set_cut(false);
+    let caught_up = collect(&mut stream, |c| c.len() >= 2).await?;
+    assert!(revisions_increase(&caught_up), "{caught_up:?}");
+    assert!(
+        caught_up
+            .iter()
+            .any(|c| matches!(c, Change::Put(kv) if kv.key == "reg/c" && kv.mod_revision == r2))
+    );
+    assert!(caught_up.iter().any(|c| matches!(c, Change::Delete { key, mod_revision } if key == "reg/b" && *mod_revision >= r3)));
     f.cleanup().await
 }
 
