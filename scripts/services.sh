@@ -426,7 +426,7 @@ zk_our_pid() {
     local pid
     pid=$(cat "$ZK_PIDFILE" 2>/dev/null) || return 0
     [[ $pid =~ ^[0-9]+$ ]] || return 0
-    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "QuorumPeerMain $ZK_CFG"; then
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "QuorumPeerMain $ZK_CFG"; then
         echo "$pid"
     fi
 }
@@ -473,6 +473,19 @@ zk_start() {
         org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZK_CFG" \
         >>"$ZK_LOG" 2>&1 </dev/null &
     echo $! >"$ZK_PIDFILE"
+}
+
+# Stops the ZooKeeper this script started, if it is still the one running.
+zk_stop() {
+    local pid
+    pid=$(zk_our_pid)
+    if [[ -n $pid ]]; then
+        log "stopping ZooKeeper (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    fi
+    rm -f "$ZK_PIDFILE"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -551,14 +564,7 @@ cmd_down() {
     fi
     rm -f "$ETCD_PIDFILE"
 
-    pid=$(zk_our_pid)
-    if [[ -n $pid ]]; then
-        log "stopping ZooKeeper (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    rm -f "$ZK_PIDFILE"
+    zk_stop
 
     if [[ -s $STATE_DIR/redis.pid ]]; then
         pid=$(cat "$STATE_DIR/redis.pid") cur=$(redis_os_pid)

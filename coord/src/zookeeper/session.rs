@@ -92,13 +92,18 @@ impl Sessions {
         Ok((SessionId(id), granted))
     }
 
-    /// The session `id`, `SessionExpired` when this backend does not have it (closed, or never
-    /// opened here).
+    /// The session `id`, `SessionExpired` when this backend does not have it (closed, never
+    /// opened here, or ended: an ended session is forgotten here).
     pub fn get(&self, id: SessionId) -> Result<Arc<Session>, CoordError> {
-        self.open_sessions()
-            .get(&id.0)
-            .cloned()
-            .ok_or(CoordError::SessionExpired)
+        let mut open = self.open_sessions();
+        match open.get(&id.0) {
+            Some(session) if session.client.state().is_terminated() => {
+                open.remove(&id.0);
+                Err(CoordError::SessionExpired)
+            }
+            Some(session) => Ok(Arc::clone(session)),
+            None => Err(CoordError::SessionExpired),
+        }
     }
 
     /// Ends session `id`: waits stop, the connection closes and ZooKeeper deletes the session's
