@@ -389,7 +389,8 @@ etcd_start() {
 
 # tickTime 1000 ms lets sessions be negotiated from 2 s (minSessionTimeout, sluice's smallest
 # TTL) to 60 s. No admin HTTP server (it would take port 8080); the four-letter words stay for
-# probes (srvr, ruok, mntr); autopurge keeps the data dir small.
+# probes (srvr, ruok, mntr) and for the tests that check who watches what (wchp); autopurge
+# keeps the data dir small.
 zk_config() {
     cat <<CFG
 # written by sluice scripts/services.sh: standalone, loopback only
@@ -400,7 +401,7 @@ dataDir=$ZK_DATA_DIR
 clientPort=$ZK_PORT
 clientPortAddress=127.0.0.1
 admin.enableServer=false
-4lw.commands.whitelist=srvr,ruok,mntr
+4lw.commands.whitelist=srvr,ruok,mntr,wchp
 autopurge.snapRetainCount=3
 autopurge.purgeInterval=1
 CFG
@@ -455,7 +456,12 @@ write_if_changed() {
 }
 
 zk_start() {
-    if zk_ready; then return; fi
+    if zk_ready; then
+        if [[ -n $(zk_our_pid) ]] && ! zk_config | cmp -s - "$ZK_CFG"; then
+            log "note: ZooKeeper runs with an older $ZK_CFG; 'down' then 'up' applies the new one"
+        fi
+        return
+    fi
     if [[ -n $(zk_our_pid) ]]; then
         log "ZooKeeper (pid $(zk_our_pid)) is running but not answering yet; waiting"
         return

@@ -261,6 +261,75 @@ async fn election_follows_request_order_with_growing_tokens() -> Result<()> {
     f.cleanup().await
 }
 
+/// The server's watches by path (the `wchp` four-letter word): path → watching sessions.
+async fn watches_by_path() -> Result<BTreeMap<String, usize>> {
+    let addr = endpoints()
+        .split(',')
+        .next()
+        .context("no endpoint")?
+        .to_owned();
+    let mut conn = TcpStream::connect(&addr).await?;
+    conn.write_all(b"wchp").await?;
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut conn, &mut out).await?;
+    ensure!(
+        !out.contains("is not executed"),
+        "wchp is not allowed: {out}"
+    );
+    let mut watches = BTreeMap::new();
+    let mut path = None;
+    for line in out.lines() {
+        if line.starts_with('/') {
+            path = Some(line.to_owned());
+            watches.insert(line.to_owned(), 0);
+        } else if let (Some(p), true) = (&path, line.trim().starts_with("0x")) {
+            *watches.entry(p.clone()).or_default() += 1;
+        }
+    }
+    Ok(watches)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_waiting_candidate_watches_only_its_predecessor() -> Result<()> {
+    const CANDIDATES: usize = 5;
+    let f = Fixture::new().await?;
+    let zk = Arc::new(f.peer().await?);
+    let dir = format!("{}/elections/herd", f.root());
+    let mut tasks = Vec::new();
+    for i in 0..CANDIDATES {
+        let (s, _) = zk.open_session(TTL).await?;
+        let zk = Arc::clone(&zk);
+        tasks.push(tokio::spawn(async move {
+            zk.campaign(s, "herd", Bytes::from(format!("c{i}"))).await
+        }));
+        contender_count(&dir, i + 1).await?;
+    }
+    let nodes = contenders(&dir).await?;
+    // Every node but the last is watched by exactly one session (its successor's); nothing
+    // watches the directory, so a change wakes one candidate, not all.
+    let watched = eventually("one watch per waiting candidate", SOON, || async {
+        let all = watches_by_path().await?;
+        let ours: BTreeMap<String, usize> = all
+            .into_iter()
+            .filter(|(p, _)| p.starts_with(&dir))
+            .collect();
+        Ok((ours.values().sum::<usize>() == CANDIDATES - 1).then_some(ours))
+    })
+    .await?;
+    let expected: BTreeMap<String, usize> = nodes[..CANDIDATES - 1]
+        .iter()
+        .map(|n| (format!("{dir}/{n}"), 1))
+        .collect();
+    assert_eq!(watched, expected);
+    for task in &tasks[1..] {
+        assert!(!task.is_finished());
+    }
+    for task in tasks {
+        task.abort();
+    }
+    f.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_campaign_withdraws_its_candidacy() -> Result<()> {
     let f = Fixture::new().await?;
