@@ -89,6 +89,39 @@ wait_until() {
 
 tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
+# our_pid PIDFILE CMDLINE_PART: the pid in PIDFILE if that process is alive and its command
+# line holds CMDLINE_PART (so that a reused pid is not taken for ours), else nothing.
+our_pid() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$2"; then
+        echo "$pid"
+    fi
+}
+
+# answering_or_gone NAME ADDRESS LOG READY_FN PID_FN: for waiting on a server this script
+# runs: ready, or fail at once (with the log's tail) when no process of ours is left.
+answering_or_gone() {
+    "$4" && return 0
+    if [[ -z $("$5") ]]; then
+        tail -n 30 "$3" >&2 2>/dev/null || true
+        die "$1 exited or is not answering on $2 (log: $3)"
+    fi
+    return 1
+}
+
+# stop_pid NAME PID PIDFILE: stop PID (TERM, then KILL after 10 s) and forget PIDFILE.
+stop_pid() {
+    if [[ -n $2 ]]; then
+        log "stopping $1 (pid $2)"
+        kill -TERM "$2" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$2" 2>/dev/null || break; sleep 0.25; done
+        if kill -0 "$2" 2>/dev/null; then kill -KILL "$2" 2>/dev/null || true; fi
+    fi
+    rm -f "$3"
+}
+
 # ---------------------------------------------------------------------------------------
 # Packages
 # ---------------------------------------------------------------------------------------
@@ -343,23 +376,13 @@ etcd_ready() {
 # Pid from our pid file if that process is alive and is our etcd, else nothing.
 etcd_our_pid() {
     local pid
-    pid=$(cat "$ETCD_PIDFILE" 2>/dev/null) || return 0
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
-    if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == etcd ]] &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--data-dir $ETCD_DATA_DIR"; then
+    pid=$(our_pid "$ETCD_PIDFILE" "--data-dir $ETCD_DATA_DIR")
+    if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == etcd ]]; then
         echo "$pid"
     fi
 }
 
-# For waiting: ready, or fail at once if no etcd of ours is left running.
-etcd_check() {
-    etcd_ready && return 0
-    if [[ -z $(etcd_our_pid) ]]; then
-        tail -n 30 "$ETCD_LOG" >&2 2>/dev/null || true
-        die "etcd exited or is not answering on 127.0.0.1:$ETCD_CLIENT_PORT (log: $ETCD_LOG)"
-    fi
-    return 1
-}
+etcd_check() { answering_or_gone etcd "127.0.0.1:$ETCD_CLIENT_PORT" "$ETCD_LOG" etcd_ready etcd_our_pid; }
 
 etcd_start() {
     if etcd_ready; then return; fi
@@ -423,24 +446,9 @@ zk_ready() {
 }
 
 # Pid from our pid file if that process is alive and is our ZooKeeper, else nothing.
-zk_our_pid() {
-    local pid
-    pid=$(cat "$ZK_PIDFILE" 2>/dev/null) || return 0
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
-    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "QuorumPeerMain $ZK_CFG"; then
-        echo "$pid"
-    fi
-}
+zk_our_pid() { our_pid "$ZK_PIDFILE" "QuorumPeerMain $ZK_CFG"; }
 
-# For waiting: ready, or fail at once if no ZooKeeper of ours is left running.
-zk_check() {
-    zk_ready && return 0
-    if [[ -z $(zk_our_pid) ]]; then
-        tail -n 30 "$ZK_LOG" >&2 2>/dev/null || true
-        die "ZooKeeper exited or is not answering on 127.0.0.1:$ZK_PORT (log: $ZK_LOG)"
-    fi
-    return 1
-}
+zk_check() { answering_or_gone ZooKeeper "127.0.0.1:$ZK_PORT" "$ZK_LOG" zk_ready zk_our_pid; }
 
 # Write FILE from stdin only when its content differs, so a second `up` changes nothing.
 write_if_changed() {
@@ -479,19 +487,6 @@ zk_start() {
         org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZK_CFG" \
         >>"$ZK_LOG" 2>&1 </dev/null &
     echo $! >"$ZK_PIDFILE"
-}
-
-# Stops the ZooKeeper this script started, if it is still the one running.
-zk_stop() {
-    local pid
-    pid=$(zk_our_pid)
-    if [[ -n $pid ]]; then
-        log "stopping ZooKeeper (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    rm -f "$ZK_PIDFILE"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -561,16 +556,8 @@ cmd_down() {
     [[ -d $STATE_DIR ]] || { log "nothing was started by this script"; return 0; }
     local pid cur
 
-    pid=$(etcd_our_pid)
-    if [[ -n $pid ]]; then
-        log "stopping etcd (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    rm -f "$ETCD_PIDFILE"
-
-    zk_stop
+    stop_pid etcd "$(etcd_our_pid)" "$ETCD_PIDFILE"
+    stop_pid ZooKeeper "$(zk_our_pid)" "$ZK_PIDFILE"
 
     if [[ -s $STATE_DIR/redis.pid ]]; then
         pid=$(cat "$STATE_DIR/redis.pid") cur=$(redis_os_pid)

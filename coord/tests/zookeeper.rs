@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use zookeeper_client as zk;
 
 /// The TTL the tests' sessions ask for: the smallest sluice allows, and what the services
@@ -52,6 +53,18 @@ impl Fixture {
 
     fn root(&self) -> String {
         format!("/{}", self.namespace)
+    }
+
+    /// A backend on the same namespace that reaches ZooKeeper through a proxy the test cuts.
+    async fn behind_proxy(&self) -> Result<(Proxy, ZooKeeper)> {
+        let upstream = endpoints()
+            .split(',')
+            .next()
+            .context("no endpoint")?
+            .to_owned();
+        let proxy = Proxy::start(upstream).await?;
+        let zk = connect(&proxy.addr.to_string(), &self.namespace).await?;
+        Ok((proxy, zk))
     }
 
     /// Deletes the namespace's tree.
@@ -139,6 +152,27 @@ async fn contender_count(dir: &str, n: usize) -> Result<Vec<String>> {
     .await
 }
 
+/// Campaigns in the background.
+fn spawn_campaign(
+    zk: &Arc<ZooKeeper>,
+    session: SessionId,
+    name: &'static str,
+    value: Bytes,
+) -> JoinHandle<Result<Held, CoordError>> {
+    let zk = Arc::clone(zk);
+    tokio::spawn(async move { zk.campaign(session, name, value).await })
+}
+
+/// Waits for a lock in the background.
+fn spawn_lock(
+    zk: &Arc<ZooKeeper>,
+    session: SessionId,
+    name: &'static str,
+) -> JoinHandle<Result<Held, CoordError>> {
+    let zk = Arc::clone(zk);
+    tokio::spawn(async move { zk.lock(session, name).await })
+}
+
 async fn within<T>(what: &str, limit: Duration, fut: impl Future<Output = T>) -> Result<T> {
     tokio::time::timeout(limit, fut)
         .await
@@ -218,10 +252,12 @@ async fn election_follows_request_order_with_growing_tokens() -> Result<()> {
     for i in 0..3 {
         let (s, _) = zk.open_session(TTL).await?;
         sessions.push(s);
-        let zk = Arc::clone(&zk);
-        tasks.push(tokio::spawn(async move {
-            zk.campaign(s, "e", Bytes::from(format!("node-{i}"))).await
-        }));
+        tasks.push(spawn_campaign(
+            &zk,
+            s,
+            "e",
+            Bytes::from(format!("node-{i}")),
+        ));
         // The next candidate asks only once this one's node exists: the request order.
         contender_count(&dir, i + 1).await?;
     }
@@ -298,10 +334,7 @@ async fn each_waiting_candidate_watches_only_its_predecessor() -> Result<()> {
     let mut tasks = Vec::new();
     for i in 0..CANDIDATES {
         let (s, _) = zk.open_session(TTL).await?;
-        let zk = Arc::clone(&zk);
-        tasks.push(tokio::spawn(async move {
-            zk.campaign(s, "herd", Bytes::from(format!("c{i}"))).await
-        }));
+        tasks.push(spawn_campaign(&zk, s, "herd", Bytes::from(format!("c{i}"))));
         contender_count(&dir, i + 1).await?;
     }
     let nodes = contenders(&dir).await?;
@@ -338,10 +371,7 @@ async fn a_dropped_campaign_withdraws_its_candidacy() -> Result<()> {
     let (a, _) = zk.open_session(TTL).await?;
     let (b, _) = zk.open_session(TTL).await?;
     let leader = zk.campaign(a, "e", Bytes::from_static(b"a")).await?;
-    let waiting = tokio::spawn({
-        let zk = Arc::clone(&zk);
-        async move { zk.campaign(b, "e", Bytes::from_static(b"b")).await }
-    });
+    let waiting = spawn_campaign(&zk, b, "e", Bytes::from_static(b"b"));
     contender_count(&dir, 2).await?;
     waiting.abort();
     contender_count(&dir, 1).await?;
@@ -783,15 +813,7 @@ impl Proxy {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Result<()> {
     let f = Fixture::new().await?;
-    let proxy = Proxy::start(
-        endpoints()
-            .split(',')
-            .next()
-            .context("no endpoint")?
-            .to_owned(),
-    )
-    .await?;
-    let cut_off = connect(&proxy.addr.to_string(), &f.namespace).await?;
+    let (proxy, cut_off) = f.behind_proxy().await?;
     let (a, _) = cut_off.open_session(TTL).await?;
     let held_a = cut_off.campaign(a, "e", Bytes::from_static(b"a")).await?;
     cut_off
@@ -800,10 +822,7 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
 
     let zk = Arc::new(f.peer().await?);
     let (b, _) = zk.open_session(TTL).await?;
-    let standby = tokio::spawn({
-        let zk = Arc::clone(&zk);
-        async move { zk.campaign(b, "e", Bytes::from_static(b"b")).await }
-    });
+    let standby = spawn_campaign(&zk, b, "e", Bytes::from_static(b"b"));
     contender_count(&format!("{}/elections/e", f.root()), 2).await?;
     assert!(matches!(
         zk.fenced(
@@ -888,15 +907,7 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_disconnection_keeps_the_session_and_its_nodes() -> Result<()> {
     let f = Fixture::new().await?;
-    let proxy = Proxy::start(
-        endpoints()
-            .split(',')
-            .next()
-            .context("no endpoint")?
-            .to_owned(),
-    )
-    .await?;
-    let flaky = connect(&proxy.addr.to_string(), &f.namespace).await?;
+    let (proxy, flaky) = f.behind_proxy().await?;
     let (s, granted) = flaky.open_session(Duration::from_secs(6)).await?;
     let held = flaky.campaign(s, "e", Bytes::from_static(b"a")).await?;
     proxy.cut_all().await?;
@@ -929,15 +940,7 @@ async fn a_watch_catches_up_after_a_disconnection() -> Result<()> {
     let zk = &f.zk;
     zk.put("reg/a", Bytes::from_static(b"1"), None).await?;
     zk.put("reg/b", Bytes::from_static(b"1"), None).await?;
-    let proxy = Proxy::start(
-        endpoints()
-            .split(',')
-            .next()
-            .context("no endpoint")?
-            .to_owned(),
-    )
-    .await?;
-    let flaky = connect(&proxy.addr.to_string(), &f.namespace).await?;
+    let (proxy, flaky) = f.behind_proxy().await?;
     let (_, rev) = flaky.range("reg/").await?;
     let mut stream = flaky.watch("reg/", rev).await?;
     let r1 = zk.put("reg/a", Bytes::from_static(b"2"), None).await?;
@@ -1063,10 +1066,7 @@ async fn kazoo_and_sluice_locks_exclude_each_other() -> Result<()> {
     // kazoo holds: sluice queues behind it.
     kazoo.send(&format!("lock {path} kazoo")).await?;
     kazoo.expect("locked").await?;
-    let waiting = tokio::spawn({
-        let zk = Arc::clone(&zk);
-        async move { zk.lock(s, "shared").await }
-    });
+    let waiting = spawn_lock(&zk, s, "shared");
     let queue = contender_count(&path, 2).await?;
     kazoo.send(&format!("contenders {path}")).await?;
     kazoo.expect("contenders").await?;
@@ -1116,10 +1116,7 @@ async fn kazoo_and_sluice_share_one_election() -> Result<()> {
     assert!(token > held.token);
 
     // kazoo leads: sluice waits, and leads when kazoo resigns.
-    let waiting = tokio::spawn({
-        let zk = Arc::clone(&zk);
-        async move { zk.campaign(s, "e", Bytes::from_static(b"sluice-2")).await }
-    });
+    let waiting = spawn_campaign(&zk, s, "e", Bytes::from_static(b"sluice-2"));
     contender_count(&path, 2).await?;
     kazoo.send(&format!("contenders {path}")).await?;
     assert_eq!(
@@ -1150,10 +1147,7 @@ async fn a_killed_kazoo_leader_hands_over_when_its_session_expires() -> Result<(
     kazoo.expect("leading").await?;
     let zk = Arc::new(f.peer().await?);
     let (s, _) = zk.open_session(TTL).await?;
-    let waiting = tokio::spawn({
-        let zk = Arc::clone(&zk);
-        async move { zk.campaign(s, "e", Bytes::from_static(b"heir")).await }
-    });
+    let waiting = spawn_campaign(&zk, s, "e", Bytes::from_static(b"heir"));
     contender_count(&path, 2).await?;
     let killed_at = Instant::now();
     kazoo.child.kill().await?;
