@@ -756,6 +756,40 @@ async fn watch_from_an_older_revision_replays_values_or_says_compacted() -> Resu
     f.cleanup().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_sees_a_sub_tree_deleted_by_another_client() -> Result<()> {
+    let f = Fixture::new().await?;
+    let zk = &f.zk;
+    zk.put("sub/a/x", Bytes::from_static(b"1"), None).await?;
+    let last = zk.put("sub/b", Bytes::from_static(b"1"), None).await?;
+    let (_, rev) = zk.range("sub/").await?;
+    let mut stream = zk.watch("sub/", rev).await?;
+    // In one transaction, so that nothing of the sub-tree is left when the watch reads back.
+    let client = raw().await?;
+    let mut multi = client.new_multi_writer();
+    for node in ["sub/a/x", "sub/a", "sub/b", "sub"] {
+        multi.add_delete(&format!("{}/{node}", f.root()), None)?;
+    }
+    multi.commit().await?;
+    let changes = collect(&mut stream, |c| c.len() >= 2).await?;
+    let mut deleted: Vec<&str> = changes
+        .iter()
+        .map(|c| match c {
+            Change::Delete { key, .. } => key.as_str(),
+            Change::Put(kv) => kv.key.as_str(),
+        })
+        .collect();
+    deleted.sort_unstable();
+    assert_eq!(deleted, ["sub/a/x", "sub/b"], "{changes:?}");
+    assert!(
+        changes
+            .iter()
+            .all(|c| matches!(c, Change::Delete { .. }) && c.revision() > last)
+    );
+    assert!(revisions_increase(&changes) || changes[0].revision() == changes[1].revision());
+    f.cleanup().await
+}
+
 /// A loopback TCP proxy to ZooKeeper that the test can cut: open connections close, new ones
 /// are closed on accept.
 struct Proxy {

@@ -63,9 +63,10 @@
 //!   than `after` and never lost a child;
 //! - after that, every change is delivered once, in revision order, but writes to one key in
 //!   quick succession may arrive as one `Put` of the latest value, a deletion's revision is the
-//!   parent's `pzxid` when read (not earlier than the deletion; exact from ZooKeeper 3.9, whose
-//!   events carry zxids), and a delete and create between two reads is one `Put` with a new
-//!   `create_revision`;
+//!   `pzxid` of its closest remaining ancestor when read (not earlier than the deletion, and
+//!   exact unless that ancestor's children changed again before the read; exact from
+//!   ZooKeeper 3.9, whose events carry zxids), and a delete and create between two reads is
+//!   one `Put` with a new `create_revision`;
 //! - after a disconnection (events may be lost, ZOOKEEPER-4698) or the end of the watch's own
 //!   session, the watch reads the sub-tree again and delivers the difference, deletions dated
 //!   at that read.

@@ -341,11 +341,12 @@ impl Watch {
         loop {
             round += 1;
             let mut read: BTreeSet<String> = BTreeSet::new();
+            // Up to `/`, which always exists: a node deleted with its whole sub-tree is still
+            // dated by the closest ancestor left.
             for path in reading.keys() {
                 let mut at = Some(path.as_str());
                 while let Some(p) = at {
-                    read.insert(p.to_owned());
-                    if p == self.base {
+                    if !read.insert(p.to_owned()) {
                         break;
                     }
                     at = paths::parent(p);
