@@ -870,6 +870,17 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
         Fenced::Applied(_)
     ));
 
+    // Two watchers of the old leader's candidacy: its own backend, and the standby's, which
+    // only sees the node.
+    let cut_off = Arc::new(cut_off);
+    let own_view = tokio::spawn({
+        let (cut_off, held_a) = (Arc::clone(&cut_off), held_a.clone());
+        async move { cut_off.released(&held_a).await }
+    });
+    let other_view = tokio::spawn({
+        let (zk, held_a) = (Arc::clone(&zk), held_a.clone());
+        async move { zk.released(&held_a).await }
+    });
     let cut_at = Instant::now();
     proxy.cut_all().await?;
     // Disconnected: the leader cannot prove its session, and hears so at once.
@@ -879,6 +890,8 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
     .await?;
     // The server expires the session after its timeout; the standby leads.
     let held_b = within("the standby leads", TTL * 4, standby).await???;
+    within("released, seen by another backend", SOON, other_view).await???;
+    within("released, seen by the cut-off backend", SOON, own_view).await???;
     let failover = cut_at.elapsed();
     assert!(
         failover >= TTL.saturating_sub(Duration::from_millis(500)),

@@ -155,10 +155,14 @@ impl Sessions {
 pub fn to_coord(err: zk::Error, endpoints: &str, doing: &str) -> CoordError {
     use zk::Error as E;
     match err {
-        E::ConnectionLoss | E::Timeout | E::NoHosts | E::Throttled => CoordError::Unreachable {
-            endpoints: endpoints.to_owned(),
-            source: err.into(),
-        },
+        // The client fails the requests in flight with the connection's own error (an I/O
+        // error, "no response from connection"): `Custom`.
+        E::ConnectionLoss | E::Timeout | E::NoHosts | E::Throttled | E::Custom(_) => {
+            CoordError::Unreachable {
+                endpoints: endpoints.to_owned(),
+                source: err.into(),
+            }
+        }
         E::SessionExpired | E::SessionMoved | E::ClientClosed => CoordError::SessionExpired,
         E::NoAuth | E::AuthFailed | E::InvalidAcl | E::QuotaExceeded => CoordError::Refused {
             doing: doing.to_owned(),
@@ -168,9 +172,14 @@ pub fn to_coord(err: zk::Error, endpoints: &str, doing: &str) -> CoordError {
     }
 }
 
-/// Whether an error means "try again once reconnected" rather than an answer.
+/// Whether an error means "try again once reconnected" rather than an answer: the requests in
+/// flight when a connection breaks fail with `ConnectionLoss` or with the connection's own
+/// error (`Custom`: an I/O error, no response within the connection timeout).
 pub fn is_connection_loss(err: &zk::Error) -> bool {
-    matches!(err, zk::Error::ConnectionLoss | zk::Error::Timeout)
+    matches!(
+        err,
+        zk::Error::ConnectionLoss | zk::Error::Timeout | zk::Error::Custom(_)
+    )
 }
 
 /// Resolves once the connection is lost: `Unreachable` on a disconnection, `SessionExpired`

@@ -12,7 +12,7 @@ use zookeeper_client as zk;
 use super::Inner;
 use super::kv::{self, Snapshot, key_value, revision};
 use super::paths;
-use super::session::{SHARED_SESSION_TIMEOUT, to_coord};
+use super::session::{SHARED_SESSION_TIMEOUT, is_connection_loss, to_coord};
 use crate::backend::{BoxStream, Change, WatchEvent};
 use crate::error::CoordError;
 
@@ -360,7 +360,7 @@ impl Watch {
             }
             let results = match reader.commit().await {
                 Ok(results) => results,
-                Err(e @ (zk::Error::ConnectionLoss | zk::Error::Timeout)) => {
+                Err(e) if is_connection_loss(&e) => {
                     tracing::debug!(error = %e, "zookeeper watch lost its connection while reading changes");
                     return Err(Interrupted::Session(zk::SessionState::Disconnected));
                 }
