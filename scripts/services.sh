@@ -412,8 +412,9 @@ etcd_start() {
 
 # tickTime 1000 ms lets sessions be negotiated from 2 s (minSessionTimeout, sluice's smallest
 # TTL) to 60 s. No admin HTTP server (it would take port 8080); the four-letter words stay for
-# probes (srvr, ruok, mntr) and for the tests that check who watches what (wchp); autopurge
-# keeps the data dir small.
+# probes (srvr, ruok, mntr) and for the tests that check who watches what (wchp); no limit on
+# connections from one address (every sluice session and watch is a connection, and all the
+# tests come from 127.0.0.1; the default is 60); autopurge keeps the data dir small.
 zk_config() {
     cat <<CFG
 # written by sluice scripts/services.sh: standalone, loopback only
@@ -423,6 +424,7 @@ maxSessionTimeout=60000
 dataDir=$ZK_DATA_DIR
 clientPort=$ZK_PORT
 clientPortAddress=127.0.0.1
+maxClientCnxns=0
 admin.enableServer=false
 4lw.commands.whitelist=srvr,ruok,mntr,wchp
 autopurge.snapRetainCount=3

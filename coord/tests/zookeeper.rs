@@ -37,13 +37,19 @@ fn endpoints() -> String {
 struct Fixture {
     namespace: String,
     zk: ZooKeeper,
+    /// A plain client, for looking at the tree the way any other client sees it.
+    raw: zk::Client,
 }
 
 impl Fixture {
     async fn new() -> Result<Self> {
         let namespace = format!("sluice-tests/{}", uuid::Uuid::new_v4().simple());
         let zk = connect(&endpoints(), &namespace).await?;
-        Ok(Fixture { namespace, zk })
+        let raw = zk::Client::connector()
+            .with_fail_eagerly()
+            .connect(&endpoints())
+            .await?;
+        Ok(Fixture { namespace, zk, raw })
     }
 
     /// Another backend (another process, in effect) on the same namespace.
@@ -69,8 +75,7 @@ impl Fixture {
 
     /// Deletes the namespace's tree.
     async fn cleanup(self) -> Result<()> {
-        let client = raw().await?;
-        delete_tree(&client, &self.root()).await
+        delete_tree(&self.raw, &self.root()).await
     }
 }
 
@@ -82,14 +87,6 @@ async fn connect(endpoints: &str, namespace: &str) -> Result<ZooKeeper> {
     ZooKeeper::connect(options)
         .await
         .with_context(|| format!("connecting to zookeeper {endpoints}"))
-}
-
-/// A plain client, for looking at the tree the way any other client sees it.
-async fn raw() -> Result<zk::Client> {
-    Ok(zk::Client::connector()
-        .with_fail_eagerly()
-        .connect(&endpoints())
-        .await?)
 }
 
 async fn delete_tree(client: &zk::Client, path: &str) -> Result<()> {
@@ -113,8 +110,7 @@ async fn delete_tree(client: &zk::Client, path: &str) -> Result<()> {
 }
 
 /// Children of `path` that are kazoo-style contender nodes, in sequence order.
-async fn contenders(path: &str) -> Result<Vec<String>> {
-    let client = raw().await?;
+async fn contenders(client: &zk::Client, path: &str) -> Result<Vec<String>> {
     let mut children: Vec<String> = match client.list_children(path).await {
         Ok(children) => children,
         Err(zk::Error::NoNode) => Vec::new(),
@@ -144,9 +140,9 @@ where
 }
 
 /// Waits until `dir` has `n` contender nodes.
-async fn contender_count(dir: &str, n: usize) -> Result<Vec<String>> {
+async fn contender_count(client: &zk::Client, dir: &str, n: usize) -> Result<Vec<String>> {
     eventually(&format!("{n} contenders in {dir}"), SOON, || async {
-        let found = contenders(dir).await?;
+        let found = contenders(client, dir).await?;
         Ok((found.len() == n).then_some(found))
     })
     .await
@@ -193,10 +189,7 @@ async fn sessions_are_zookeeper_sessions_with_the_negotiated_timeout() -> Result
     assert_eq!(granted_short, TTL);
     // The session is a real one: a plain client sees its ephemeral node owned by it.
     f.zk.put("owned", Bytes::from_static(b"x"), Some(s)).await?;
-    let (_, stat) = raw()
-        .await?
-        .get_data(&format!("{}/owned", f.root()))
-        .await?;
+    let (_, stat) = f.raw.get_data(&format!("{}/owned", f.root())).await?;
     assert_eq!(stat.ephemeral_owner, s.0);
     f.zk.close_session(s).await?;
     f.zk.close_session(short).await?;
@@ -231,7 +224,7 @@ async fn ephemeral_keys_and_candidacies_vanish_when_the_session_closes() -> Resu
     within("released after close", SOON, f.zk.released(&held)).await??;
     within("lock released after close", SOON, f.zk.released(&lock)).await??;
     assert!(
-        contenders(&format!("{}/locks/l", f.root()))
+        contenders(&f.raw, &format!("{}/locks/l", f.root()))
             .await?
             .is_empty()
     );
@@ -259,7 +252,7 @@ async fn election_follows_request_order_with_growing_tokens() -> Result<()> {
             Bytes::from(format!("node-{i}")),
         ));
         // The next candidate asks only once this one's node exists: the request order.
-        contender_count(&dir, i + 1).await?;
+        contender_count(&f.raw, &dir, i + 1).await?;
     }
     let first = within("the first candidate leads", SOON, &mut tasks[0]).await???;
     assert_eq!(
@@ -268,7 +261,10 @@ async fn election_follows_request_order_with_growing_tokens() -> Result<()> {
     );
     assert!(!tasks[1].is_finished() && !tasks[2].is_finished());
     // Observers agree on what the lowest node says.
-    assert_eq!(first.key, format!("{dir}/{}", contenders(&dir).await?[0]));
+    assert_eq!(
+        first.key,
+        format!("{dir}/{}", contenders(&f.raw, &dir).await?[0])
+    );
 
     zk.resign(&first).await?;
     let second = within("the second leads after a resign", SOON, &mut tasks[1]).await???;
@@ -335,9 +331,9 @@ async fn each_waiting_candidate_watches_only_its_predecessor() -> Result<()> {
     for i in 0..CANDIDATES {
         let (s, _) = zk.open_session(TTL).await?;
         tasks.push(spawn_campaign(&zk, s, "herd", Bytes::from(format!("c{i}"))));
-        contender_count(&dir, i + 1).await?;
+        contender_count(&f.raw, &dir, i + 1).await?;
     }
-    let nodes = contenders(&dir).await?;
+    let nodes = contenders(&f.raw, &dir).await?;
     // Every node but the last is watched by exactly one session (its successor's); nothing
     // watches the directory, so a change wakes one candidate, not all.
     let watched = eventually("one watch per waiting candidate", SOON, || async {
@@ -372,12 +368,12 @@ async fn a_dropped_campaign_withdraws_its_candidacy() -> Result<()> {
     let (b, _) = zk.open_session(TTL).await?;
     let leader = zk.campaign(a, "e", Bytes::from_static(b"a")).await?;
     let waiting = spawn_campaign(&zk, b, "e", Bytes::from_static(b"b"));
-    contender_count(&dir, 2).await?;
+    contender_count(&f.raw, &dir, 2).await?;
     waiting.abort();
-    contender_count(&dir, 1).await?;
+    contender_count(&f.raw, &dir, 1).await?;
     // The withdrawn candidate does not lead when the leader leaves.
     zk.resign(&leader).await?;
-    contender_count(&dir, 0).await?;
+    contender_count(&f.raw, &dir, 0).await?;
     assert_eq!(zk.leader("e").await?, None);
     zk.close_session(a).await?;
     zk.close_session(b).await?;
@@ -526,7 +522,7 @@ async fn keys_are_znodes_with_zxid_revisions() -> Result<()> {
         (&b"1b"[..], r1, r5, 2, None)
     );
     // The path is the key under the root, as any client sees it.
-    let (data, stat) = raw().await?.get_data(&format!("{}/a/b", f.root())).await?;
+    let (data, stat) = f.raw.get_data(&format!("{}/a/b", f.root())).await?;
     assert_eq!((data.as_slice(), stat.mzxid as u64), (&b"1b"[..], r5));
 
     let (keys, rev) = zk.range("a/").await?;
@@ -765,8 +761,7 @@ async fn a_watch_sees_a_sub_tree_deleted_by_another_client() -> Result<()> {
     let (_, rev) = zk.range("sub/").await?;
     let mut stream = zk.watch("sub/", rev).await?;
     // In one transaction, so that nothing of the sub-tree is left when the watch reads back.
-    let client = raw().await?;
-    let mut multi = client.new_multi_writer();
+    let mut multi = f.raw.new_multi_writer();
     for node in ["sub/a/x", "sub/a", "sub/b", "sub"] {
         multi.add_delete(&format!("{}/{node}", f.root()), None)?;
     }
@@ -857,7 +852,7 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
     let zk = Arc::new(f.peer().await?);
     let (b, _) = zk.open_session(TTL).await?;
     let standby = spawn_campaign(&zk, b, "e", Bytes::from_static(b"b"));
-    contender_count(&format!("{}/elections/e", f.root()), 2).await?;
+    contender_count(&f.raw, &format!("{}/elections/e", f.root()), 2).await?;
     assert!(matches!(
         zk.fenced(
             &held_a,
@@ -1114,7 +1109,7 @@ async fn kazoo_and_sluice_locks_exclude_each_other() -> Result<()> {
     kazoo.send(&format!("lock {path} kazoo")).await?;
     kazoo.expect("locked").await?;
     let waiting = spawn_lock(&zk, s, "shared");
-    let queue = contender_count(&path, 2).await?;
+    let queue = contender_count(&f.raw, &path, 2).await?;
     kazoo.send(&format!("contenders {path}")).await?;
     kazoo.expect("contenders").await?;
     assert!(!waiting.is_finished(), "sluice took the lock kazoo holds");
@@ -1127,7 +1122,7 @@ async fn kazoo_and_sluice_locks_exclude_each_other() -> Result<()> {
     kazoo.send(&format!("trylock {path}")).await?;
     assert_eq!(kazoo.expect("trylock").await?, "trylock false");
     kazoo.send(&format!("lock {path} kazoo")).await?;
-    contender_count(&path, 2).await?;
+    contender_count(&f.raw, &path, 2).await?;
     kazoo.send(&format!("contenders {path}")).await?;
     kazoo.expect("contenders").await?;
     assert!(!kazoo.said("locked"), "kazoo took the lock sluice holds");
@@ -1149,7 +1144,7 @@ async fn kazoo_and_sluice_share_one_election() -> Result<()> {
     let held = zk.campaign(s, "e", Bytes::from_static(b"sluice-1")).await?;
     let mut kazoo = Kazoo::start(TTL).await?;
     kazoo.send(&format!("elect {path} kazoo-1")).await?;
-    contender_count(&path, 2).await?;
+    contender_count(&f.raw, &path, 2).await?;
     kazoo.send(&format!("contenders {path}")).await?;
     assert_eq!(
         kazoo.expect("contenders").await?,
@@ -1164,7 +1159,7 @@ async fn kazoo_and_sluice_share_one_election() -> Result<()> {
 
     // kazoo leads: sluice waits, and leads when kazoo resigns.
     let waiting = spawn_campaign(&zk, s, "e", Bytes::from_static(b"sluice-2"));
-    contender_count(&path, 2).await?;
+    contender_count(&f.raw, &path, 2).await?;
     kazoo.send(&format!("contenders {path}")).await?;
     assert_eq!(
         kazoo.expect("contenders").await?,
@@ -1195,7 +1190,7 @@ async fn a_killed_kazoo_leader_hands_over_when_its_session_expires() -> Result<(
     let zk = Arc::new(f.peer().await?);
     let (s, _) = zk.open_session(TTL).await?;
     let waiting = spawn_campaign(&zk, s, "e", Bytes::from_static(b"heir"));
-    contender_count(&path, 2).await?;
+    contender_count(&f.raw, &path, 2).await?;
     let killed_at = Instant::now();
     kazoo.child.kill().await?;
     let held = within("the heir leads", TTL * 4, waiting).await???;
