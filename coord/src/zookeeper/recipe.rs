@@ -36,26 +36,62 @@ pub async fn ensure_parents(client: &zk::Client, path: &str) -> Result<(), zk::E
     Ok(())
 }
 
-/// Deletes a candidate node that was created but not won when the future holding it is
-/// dropped. The request is sent when `delete` is called, so it goes out even though nobody
-/// waits for its answer.
+/// Withdraws a candidacy that was not won when the future holding it is dropped: deletes the
+/// node once its path is known, else (dropped while its create was in flight) finds it by its
+/// unique prefix in the background and deletes it.
 struct Withdraw<'a> {
     client: &'a zk::Client,
+    /// `{dir}/{uuid}__lock__`: the node once its create is answered is this plus the sequence.
+    prefix: String,
+    /// The node, once its create was answered.
     path: Option<String>,
+    /// Disarmed: won, or never created.
+    done: bool,
 }
 
-impl Withdraw<'_> {
+impl<'a> Withdraw<'a> {
+    fn new(client: &'a zk::Client, prefix: String) -> Self {
+        Withdraw {
+            client,
+            prefix,
+            path: None,
+            done: false,
+        }
+    }
+
+    /// The candidacy is won: the node stays.
     fn keep(mut self) -> String {
+        self.done = true;
         self.path.take().unwrap_or_default()
     }
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
+        if self.done {
+            return;
+        }
         if let Some(path) = self.path.take() {
             tracing::debug!(node = %path, "zookeeper candidacy withdrawn");
+            // The request goes out when `delete` is called, answered or not.
             drop(self.client.delete(&path, None));
+            return;
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, prefix) = (self.client.clone(), std::mem::take(&mut self.prefix));
+        // Requests of one session are served in order: this listing sees the node if the
+        // create in flight made one.
+        runtime.spawn(async move {
+            let Some((dir, unique)) = prefix.rsplit_once('/') else { return };
+            if let Ok(children) = client.list_children(dir).await {
+                for name in children.iter().filter(|c| c.starts_with(unique)) {
+                    tracing::debug!(dir, node = %name, "zookeeper candidacy withdrawn while being created");
+                    drop(client.delete(&paths::child(dir, name), None));
+                }
+            }
+        });
     }
 }
 
@@ -83,11 +119,15 @@ async fn contend_inner(
 ) -> Result<Held, CoordError> {
     let err = |e: zk::Error| to_coord(e, endpoints, "campaigning");
     'candidacy: loop {
-        let prefix = paths::candidate_prefix(dir);
-        let node = Withdraw {
-            client,
-            path: Some(create_candidate(client, &prefix, data, endpoints).await?),
-        };
+        let mut node = Withdraw::new(client, paths::candidate_prefix(dir));
+        match create_candidate(client, &node.prefix, data, endpoints).await {
+            Ok(path) => node.path = Some(path),
+            Err(e) => {
+                // Nothing was created (or the session that owned it is over).
+                node.done = true;
+                return Err(e);
+            }
+        }
         let Some(name) = node
             .path
             .as_deref()
