@@ -1258,18 +1258,39 @@ async fn zkcli_shows_the_election_and_lock_nodes() -> Result<()> {
 async fn layout_names_the_paths_under_the_namespace() -> Result<()> {
     let f = Fixture::new().await?;
     let layout = f.zk.layout();
-    let root = f.root();
-    assert_eq!(layout.election, format!("{root}/elections/{{name}}"));
-    assert_eq!(layout.lock, format!("{root}/locks/{{name}}"));
-    assert_eq!(
-        layout.instance,
-        format!("{root}/registry/{{service}}/{{id}}")
-    );
-    assert_eq!(layout.config, format!("{root}/config/{{key}}"));
-    assert_eq!(layout.key, format!("{root}/{{key}}"));
+    assert_eq!(layout.election, "elections/{name}/");
+    assert_eq!(layout.lock, "locks/{name}/");
+    assert_eq!(layout.instance, "services/{service}/{id}");
+    assert_eq!(layout.config, "config/{key}");
+    assert_eq!(layout.key, "{key}");
+    // The templates are keys: the KV methods see candidates under the election's prefix...
     let (s, _) = f.zk.open_session(TTL).await?;
-    let held: Held = f.zk.lock(s, "x").await?;
-    assert!(held.key.starts_with(&layout.lock.replace("{name}", "x")));
+    let held = f.zk.campaign(s, "x", Bytes::from_static(b"me")).await?;
+    let lock = f.zk.lock(s, "x").await?;
+    let prefix = layout.election.replace("{name}", "x");
+    let (candidates, _) = f.zk.range(&prefix).await?;
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(format!("{}/{}", f.root(), candidates[0].key), held.key);
+    assert_eq!(
+        (candidates[0].value.as_ref(), candidates[0].session),
+        (&b"me"[..], Some(s))
+    );
+    // ...lock nodes too, though they hold no data (ephemeral nodes are keys)...
+    let (holders, _) = f.zk.range(&layout.lock.replace("{name}", "x")).await?;
+    assert_eq!(format!("{}/{}", f.root(), holders[0].key), lock.key);
+    assert!(holders[0].value.is_empty());
+    // ...and an instance key is the znode any client can write.
+    let instance = layout
+        .instance
+        .replace("{service}", "orders")
+        .replace("{id}", "a1");
+    f.zk.put(&instance, Bytes::from_static(b"{}"), Some(s))
+        .await?;
+    let (_, stat) = f
+        .raw
+        .get_data(&format!("{}/services/orders/a1", f.root()))
+        .await?;
+    assert_eq!(stat.ephemeral_owner, s.0);
     f.zk.close_session(s).await?;
     f.cleanup().await
 }

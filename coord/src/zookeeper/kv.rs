@@ -28,10 +28,12 @@ pub fn revision(zxid: i64) -> u64 {
     u64::try_from(zxid).unwrap_or(0)
 }
 
-/// The key a node holds, or `None` for a directory: a node is a key when it has data.
+/// The key a node holds, or `None` for a directory: a node is a key when it has data or is
+/// ephemeral (an ephemeral node can have no children, so it is never a directory: candidate
+/// nodes, kazoo's without an identifier too, are keys).
 pub fn key_value(root: &str, path: &str, data: &[u8], stat: &zk::Stat) -> Option<KeyValue> {
     let key = paths::path_key(root, path)?;
-    if data.is_empty() {
+    if data.is_empty() && stat.ephemeral_owner == 0 {
         return None;
     }
     Some(KeyValue {
@@ -132,7 +134,7 @@ pub async fn write(
                 )
                 .map_err(err)?;
             }
-            (Write::Delete, Some(stat)) if stat.data_length > 0 => {
+            (Write::Delete, Some(stat)) if stat.data_length > 0 || stat.ephemeral_owner != 0 => {
                 add(Step::Change, multi.add_delete(&path, Some(stat.version))).map_err(err)?;
             }
             (Write::Delete, _) if fence.is_none() => return Ok(Written::NotFound),

@@ -9,7 +9,7 @@
 //! | election `NAME` | `/sluice/elections/NAME/<uuid>__lock__<seq>`, one per candidate |
 //! | lock `NAME` | `/sluice/locks/NAME/<uuid>__lock__<seq>`, one per holder or waiter |
 //! | key `a/b` | `/sluice/a/b` |
-//! | instance `ID` of `SERVICE` | key `registry/SERVICE/ID`: `/sluice/registry/SERVICE/ID` |
+//! | instance `ID` of `SERVICE` | key `services/SERVICE/ID`: `/sluice/services/SERVICE/ID` |
 //! | configuration `KEY` | key `config/KEY`: `/sluice/config/KEY` |
 //!
 //! Candidate nodes are EPHEMERAL_SEQUENTIAL, named and ordered as Python kazoo's `Lock` names
@@ -30,11 +30,13 @@
 //! backend refuses as a token.
 //!
 //! # Keys
-//! Key `K` is the znode `{root}/K`: `/`-separated segments, none empty, `.` or `..`, no control
-//! or private-use characters. **A znode is a key when it has data**; empty znodes are
-//! directories (created persistent and empty for a key's missing parents, never deleted by
-//! sluice). So the backend refuses to store an empty value, and deleting a key that has keys
-//! below it empties it instead. Revisions are zxids (`create_revision` = `czxid`,
+//! Key `K` is the znode `{root}/K` (the [`Layout`] templates are keys: the election `NAME` is
+//! the prefix `elections/NAME/`): `/`-separated segments, none empty, `.` or `..`, no control
+//! or private-use characters. **A znode is a key when it has data or is ephemeral**; other
+//! empty znodes are directories (created persistent and empty for a key's missing parents,
+//! never deleted by sluice). So candidate nodes are keys under their election's prefix, the
+//! backend refuses to store an empty value, and deleting a key that has keys below it
+//! empties it instead. Revisions are zxids (`create_revision` = `czxid`,
 //! `mod_revision` = `mzxid`), `version` is the data version + 1. A put with a session is an
 //! EPHEMERAL node of that session's connection; ZooKeeper cannot change a node's owner or
 //! kind, so a put that must (persistent to ephemeral, to another session, or back) deletes and
@@ -163,13 +165,13 @@ impl Backend for ZooKeeper {
     }
 
     fn layout(&self) -> Layout {
-        let root = &self.inner.root;
+        // Keys as the KV methods take them; the znode is the root, `/`, and the key.
         Layout {
-            election: format!("{root}/{}/{{name}}", paths::ELECTIONS),
-            lock: format!("{root}/{}/{{name}}", paths::LOCKS),
-            instance: format!("{root}/registry/{{service}}/{{id}}"),
-            config: format!("{root}/config/{{key}}"),
-            key: format!("{root}/{{key}}"),
+            election: format!("{}/{{name}}/", paths::ELECTIONS),
+            lock: format!("{}/{{name}}/", paths::LOCKS),
+            instance: "services/{service}/{id}".to_owned(),
+            config: "config/{key}".to_owned(),
+            key: "{key}".to_owned(),
         }
     }
 
