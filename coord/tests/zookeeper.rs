@@ -148,6 +148,29 @@ async fn contender_count(client: &zk::Client, dir: &str, n: usize) -> Result<Vec
     .await
 }
 
+/// Renews a session twice a second, as the `Coord` layer does, until dropped.
+struct KeepAlive(JoinHandle<()>);
+
+impl KeepAlive {
+    fn start(zk: &Arc<ZooKeeper>, session: SessionId) -> Self {
+        let zk = Arc::clone(zk);
+        KeepAlive(tokio::spawn(async move {
+            loop {
+                if let Err(CoordError::SessionExpired) = zk.renew(session).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Campaigns in the background.
 fn spawn_campaign(
     zk: &Arc<ZooKeeper>,
@@ -202,6 +225,48 @@ async fn sessions_are_zookeeper_sessions_with_the_negotiated_timeout() -> Result
         Err(CoordError::SessionExpired)
     ));
     assert!(f.zk.describe().contains(&endpoints()));
+    f.cleanup().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_renews_ends_after_its_timeout() -> Result<()> {
+    let f = Fixture::new().await?;
+    // A session renewed as the Coord layer does, opened first...
+    let zk = Arc::new(f.peer().await?);
+    let (kept, _) = zk.open_session(TTL).await?;
+    let renewing = KeepAlive::start(&zk, kept);
+    zk.put("kept", Bytes::from_static(b"1"), Some(kept)).await?;
+    // ...and one nobody renews. The client would keep its ZooKeeper session alive by itself;
+    // the backend ends it when its timeout passes after the last renewal, as a lease ends.
+    let opened = Instant::now();
+    let (s, granted) = f.zk.open_session(TTL).await?;
+    f.zk.put("lapsing", Bytes::from_static(b"1"), Some(s))
+        .await?;
+    let held = f.zk.campaign(s, "e", Bytes::from_static(b"a")).await?;
+    within(
+        "released without renewals",
+        granted * 3,
+        f.zk.released(&held),
+    )
+    .await??;
+    assert!(
+        opened.elapsed() >= granted,
+        "ended after {:?}",
+        opened.elapsed()
+    );
+    assert!(matches!(
+        f.zk.renew(s).await,
+        Err(CoordError::SessionExpired)
+    ));
+    eventually("the lapsed session's key is gone", SOON, || async {
+        Ok(f.zk.get("lapsing").await?.is_none().then_some(()))
+    })
+    .await?;
+    assert!(opened.elapsed() >= granted);
+    // The renewed one, older than a timeout by now, lives on.
+    assert!(zk.get("kept").await?.is_some());
+    drop(renewing);
+    zk.close_session(kept).await?;
     f.cleanup().await
 }
 
@@ -847,7 +912,9 @@ impl Proxy {
 async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Result<()> {
     let f = Fixture::new().await?;
     let (proxy, cut_off) = f.behind_proxy().await?;
+    let cut_off = Arc::new(cut_off);
     let (a, _) = cut_off.open_session(TTL).await?;
+    let _renewing_a = KeepAlive::start(&cut_off, a);
     let held_a = cut_off.campaign(a, "e", Bytes::from_static(b"a")).await?;
     cut_off
         .put("registry/svc/a", Bytes::from_static(b"{}"), Some(a))
@@ -855,6 +922,7 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
 
     let zk = Arc::new(f.peer().await?);
     let (b, _) = zk.open_session(TTL).await?;
+    let _renewing_b = KeepAlive::start(&zk, b);
     let standby = spawn_campaign(&zk, b, "e", Bytes::from_static(b"b"));
     contender_count(&f.raw, &format!("{}/elections/e", f.root()), 2).await?;
     assert!(matches!(
@@ -871,7 +939,6 @@ async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Resu
 
     // Two watchers of the old leader's candidacy: its own backend, and the standby's, which
     // only sees the node.
-    let cut_off = Arc::new(cut_off);
     let own_view = tokio::spawn({
         let (cut_off, held_a) = (Arc::clone(&cut_off), held_a.clone());
         async move { cut_off.released(&held_a).await }
@@ -1193,6 +1260,7 @@ async fn a_killed_kazoo_leader_hands_over_when_its_session_expires() -> Result<(
     kazoo.expect("leading").await?;
     let zk = Arc::new(f.peer().await?);
     let (s, _) = zk.open_session(TTL).await?;
+    let _renewing = KeepAlive::start(&zk, s);
     let waiting = spawn_campaign(&zk, s, "e", Bytes::from_static(b"heir"));
     contender_count(&f.raw, &path, 2).await?;
     let killed_at = Instant::now();
@@ -1215,9 +1283,12 @@ async fn a_killed_kazoo_leader_hands_over_when_its_session_expires() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zkcli_shows_the_election_and_lock_nodes() -> Result<()> {
     let f = Fixture::new().await?;
-    let (s, _) = f.zk.open_session(TTL).await?;
-    let leader = f.zk.campaign(s, "e", Bytes::from_static(b"node-a")).await?;
-    let lock = f.zk.lock(s, "l").await?;
+    let zk = Arc::new(f.peer().await?);
+    let (s, _) = zk.open_session(TTL).await?;
+    // zkCli.sh takes about a second a run: the session is renewed meanwhile.
+    let _renewing = KeepAlive::start(&zk, s);
+    let leader = zk.campaign(s, "e", Bytes::from_static(b"node-a")).await?;
+    let lock = zk.lock(s, "l").await?;
     let zkcli =
         std::env::var("ZKCLI").unwrap_or_else(|_| "/usr/share/zookeeper/bin/zkCli.sh".to_owned());
     for (dir, held) in [("elections/e", &leader), ("locks/l", &lock)] {
@@ -1250,7 +1321,7 @@ async fn zkcli_shows_the_election_and_lock_nodes() -> Result<()> {
             .lines()
             .any(|l| l == "node-a")
     );
-    f.zk.close_session(s).await?;
+    zk.close_session(s).await?;
     f.cleanup().await
 }
 

@@ -47,7 +47,9 @@
 //! # Sessions
 //! A sluice session is a ZooKeeper session with a connection of its own; `open_session`
 //! returns the timeout the server negotiated (clamped to its `minSessionTimeout` ..
-//! `maxSessionTimeout`). `renew` is a `sync` through the ensemble's leader on the session's
+//! `maxSessionTimeout`). The client pings by itself, so the backend closes a session whose
+//! timeout passed after its last renewal: it lives its timeout after the last renewal, as a
+//! lease does, and the server's expiry covers a client cut off or frozen. `renew` is a `sync` through the ensemble's leader on the session's
 //! connection: it proves the session alive (and restarts the server's timer), and returns the
 //! negotiated timeout. While the connection is down, `renew` answers `Unreachable` at once: a
 //! leader cannot prove its session and must act as if it had lost it; once the client sees
@@ -189,6 +191,7 @@ impl Backend for ZooKeeper {
             // for a reconnection, and a renew must not wait for one.
             let mut state = s.client.state_watcher();
             s.check(self.endpoints())?;
+            let sent = std::time::Instant::now();
             let synced = s.client.sync("/");
             tokio::select! {
                 synced = synced => {
@@ -196,6 +199,9 @@ impl Backend for ZooKeeper {
                 }
                 lost = session::connection_lost(&mut state, self.endpoints()) => return Err(lost),
                 () = s.closed() => return Err(CoordError::SessionExpired),
+            }
+            if !s.renewed(sent) {
+                return Err(CoordError::SessionExpired);
             }
             Ok(s.client.session_timeout())
         })

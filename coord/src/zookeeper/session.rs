@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use zookeeper_client as zk;
@@ -16,15 +16,27 @@ use crate::error::CoordError;
 /// no ephemeral nodes: long enough to ride out a short partition.
 pub const SHARED_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The sessions by id.
+type Open = Arc<Mutex<HashMap<i64, Arc<Session>>>>;
+
 /// A session opened through [`Sessions::open`].
 pub struct Session {
     /// Its only connection; the session ends when the last clone of it is dropped.
     pub client: zk::Client,
     /// Set once the session is closed, so that waits on it give up their clones at once.
     closed: watch::Sender<bool>,
+    /// When the last successful renewal (or the open) was sent: the session is closed when
+    /// its timeout passes after that without another.
+    renewed: watch::Sender<Instant>,
 }
 
 impl Session {
+    /// Records a renewal sent at `sent`; `false` when the session was closed meanwhile.
+    pub fn renewed(&self, sent: Instant) -> bool {
+        self.renewed.send_replace(sent);
+        !*self.closed.borrow()
+    }
+
     /// Resolves once [`Sessions::close`] closed this session.
     pub async fn closed(&self) {
         let mut closed = self.closed.subscribe();
@@ -55,7 +67,7 @@ impl Session {
 pub struct Sessions {
     /// The connect string: endpoints separated by commas.
     pub endpoints: String,
-    open: Mutex<HashMap<i64, Arc<Session>>>,
+    open: Open,
     shared: tokio::sync::Mutex<Option<zk::Client>>,
 }
 
@@ -64,7 +76,7 @@ impl Sessions {
     pub fn new(endpoints: String) -> Self {
         Sessions {
             endpoints,
-            open: Mutex::default(),
+            open: Open::default(),
             shared: tokio::sync::Mutex::default(),
         }
     }
@@ -81,13 +93,24 @@ impl Sessions {
     }
 
     /// Opens a session with the given timeout; returns it with the timeout negotiated.
+    ///
+    /// The client keeps a ZooKeeper session alive by itself while connected; to live `ttl`
+    /// after its last renewal as the trait says, the session is also closed here when its
+    /// timeout passes after the last renewal sent without another.
     pub async fn open(&self, ttl: Duration) -> Result<(SessionId, Duration), CoordError> {
+        let sent = Instant::now();
         let client = self.connect(ttl).await?;
         let id = client.session_id().0;
         let granted = client.session_timeout();
         let (closed, _) = watch::channel(false);
-        self.open_sessions()
-            .insert(id, Arc::new(Session { client, closed }));
+        let (renewed, _) = watch::channel(sent);
+        let session = Arc::new(Session {
+            client,
+            closed,
+            renewed,
+        });
+        lock(&self.open).insert(id, Arc::clone(&session));
+        tokio::spawn(lease(Arc::clone(&self.open), id, session, granted));
         tracing::debug!(session = %SessionId(id), granted_ms = granted.as_millis() as u64, "zookeeper session opened");
         Ok((SessionId(id), granted))
     }
@@ -95,7 +118,7 @@ impl Sessions {
     /// The session `id`, `SessionExpired` when this backend does not have it (closed, never
     /// opened here, or ended: an ended session is forgotten here).
     pub fn get(&self, id: SessionId) -> Result<Arc<Session>, CoordError> {
-        let mut open = self.open_sessions();
+        let mut open = lock(&self.open);
         match open.get(&id.0) {
             Some(session) if session.client.state().is_terminated() => {
                 open.remove(&id.0);
@@ -109,7 +132,7 @@ impl Sessions {
     /// Ends session `id`: waits stop, the connection closes and ZooKeeper deletes the session's
     /// ephemeral nodes as part of closing it. Closing an unknown session does nothing.
     pub async fn close(&self, id: SessionId) -> Result<(), CoordError> {
-        let Some(session) = self.open_sessions().remove(&id.0) else {
+        let Some(session) = lock(&self.open).remove(&id.0) else {
             return Ok(());
         };
         session.closed.send_replace(true);
@@ -144,11 +167,36 @@ impl Sessions {
         *shared = Some(client.clone());
         Ok(client)
     }
+}
 
-    fn open_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Session>>> {
-        // The map stays consistent whatever panicked while holding it: every change is one call.
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock(open: &Open) -> std::sync::MutexGuard<'_, HashMap<i64, Arc<Session>>> {
+    // The map stays consistent whatever panicked while holding it: every change is one call.
+    open.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Closes `session` once `granted` passes after its last renewal without another.
+async fn lease(open: Open, id: i64, session: Arc<Session>, granted: Duration) {
+    let mut renewed = session.renewed.subscribe();
+    let mut closed = session.closed.subscribe();
+    loop {
+        let deadline = *renewed.borrow_and_update() + granted;
+        tokio::select! {
+            () = tokio::time::sleep_until(deadline.into()) => break,
+            changed = renewed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = closed.wait_for(|closed| *closed) => return,
+        }
     }
+    tracing::info!(session = %SessionId(id), "zookeeper session not renewed within its timeout; closing it");
+    let mut open = lock(&open);
+    if open.get(&id).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+        open.remove(&id);
+    }
+    drop(open);
+    session.closed.send_replace(true);
 }
 
 /// The backend's error for a ZooKeeper error met while `doing` something.
