@@ -854,6 +854,47 @@ async fn a_watch_sees_a_sub_tree_deleted_by_another_client() -> Result<()> {
     f.cleanup().await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_from_a_range_of_the_same_backend_replays_the_difference() -> Result<()> {
+    let f = Fixture::new().await?;
+    let zk = &f.zk;
+    zk.put("d/gone", Bytes::from_static(b"1"), None).await?;
+    zk.put("d/kept", Bytes::from_static(b"1"), None).await?;
+    zk.put("d/changed", Bytes::from_static(b"1"), None).await?;
+    let (_, read_at) = zk.range("d/").await?;
+    let created = zk.put("d/new", Bytes::from_static(b"1"), None).await?;
+    let deleted = zk.delete("d/gone").await?.context("gone")?;
+    zk.put("d/changed", Bytes::from_static(b"2"), None).await?;
+    let changed = zk.put("d/changed", Bytes::from_static(b"3"), None).await?;
+
+    // This backend read the prefix at that revision: it knows what was there, so a deletion
+    // cannot hide, and the watch replays the difference (latest values) instead of Compacted.
+    let mut stream = zk.watch("d/", read_at).await?;
+    let first = collect(&mut stream, |c| c.len() >= 3).await?;
+    let got: Vec<(&str, u64, bool)> = first
+        .iter()
+        .map(|c| (c.key(), c.revision(), matches!(c, Change::Put(_))))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("d/new", created, true),
+            ("d/gone", deleted, false),
+            ("d/changed", changed, true)
+        ]
+    );
+    drop(stream);
+
+    // Another backend never saw that revision: it cannot rule out a hidden deletion.
+    let other = f.peer().await?;
+    let mut stream = other.watch("d/", read_at).await?;
+    match within("compacted", SOON, stream.next()).await? {
+        Some(Ok(WatchEvent::Compacted { .. })) => {}
+        other => bail!("expected compacted, got {other:?}"),
+    }
+    f.cleanup().await
+}
+
 /// A loopback TCP proxy to ZooKeeper that the test can cut: open connections close, new ones
 /// are closed on accept.
 struct Proxy {

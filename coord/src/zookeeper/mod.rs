@@ -49,8 +49,8 @@
 //! returns the timeout the server negotiated (clamped to its `minSessionTimeout` ..
 //! `maxSessionTimeout`). The client pings by itself, so the backend closes a session whose
 //! timeout passed after its last renewal: it lives its timeout after the last renewal, as a
-//! lease does, and the server's expiry covers a client cut off or frozen. `renew` is a `sync` through the ensemble's leader on the session's
-//! connection: it proves the session alive (and restarts the server's timer), and returns the
+//! lease does, and the server's expiry covers a client cut off or frozen. `renew` is a `sync`
+//! through the ensemble's leader on the session's connection: it proves the session alive (and restarts the server's timer), and returns the
 //! negotiated timeout. While the connection is down, `renew` answers `Unreachable` at once: a
 //! leader cannot prove its session and must act as if it had lost it; once the client sees
 //! the server expire the session (or fails to reconnect within the timeout), `SessionExpired`.
@@ -60,11 +60,14 @@
 //! `watch(prefix, after)` sets a persistent recursive watch on the prefix's directory (`a/b`
 //! → `{root}/a`) from a connection of its own, then reads the sub-tree consistently, then
 //! follows the events, reading back the nodes they name. ZooKeeper keeps no history, so:
-//! - the first batch holds each key changed after `after` **with its latest value** (writes in
-//!   between are not seen), in revision order; a key deleted since `after` cannot be seen, so
-//!   when any node below the directory gained or lost a child since `after` (its `pzxid`), the
-//!   watch says `Compacted` with the revision of its read and ends, unless the node is younger
-//!   than `after` and never lost a child;
+//! - when this backend read the prefix at exactly `after` (a recent `range`, or a watch that
+//!   ended with an error there), the first batch is the difference: each key created or
+//!   changed since with its latest value, each key gone, in revision order;
+//! - otherwise the first batch holds each key changed after `after` **with its latest value**
+//!   (writes in between are not seen), in revision order; a key deleted since `after` cannot
+//!   be seen, so when any node below the directory gained or lost a child since `after` (its
+//!   `pzxid`), the watch says `Compacted` with the revision of its read and ends, unless the
+//!   node is younger than `after` and never lost a child;
 //! - after that, every change is delivered once, in revision order, but writes to one key in
 //!   quick succession may arrive as one `Put` of the latest value, a deletion's revision is the
 //!   `pzxid` of its closest remaining ancestor when read (not earlier than the deletion, and
@@ -117,6 +120,8 @@ struct Inner {
     /// The namespace root, such as `/sluice`.
     root: String,
     sessions: Sessions,
+    /// Recent views of prefixes, for exact replays of watches from their revisions.
+    recents: watch::Recents,
 }
 
 impl ZooKeeper {
@@ -142,7 +147,11 @@ impl ZooKeeper {
             .map_err(|e| to_coord(e, &sessions.endpoints, "creating the namespace root"))?;
         tracing::debug!(endpoints = %sessions.endpoints, %root, "zookeeper backend connected");
         Ok(ZooKeeper {
-            inner: Arc::new(Inner { root, sessions }),
+            inner: Arc::new(Inner {
+                root,
+                sessions,
+                recents: watch::Recents::default(),
+            }),
         })
     }
 
@@ -291,7 +300,9 @@ impl Backend for ZooKeeper {
             let base = paths::prefix_base(&self.inner.root, prefix)?;
             let client = self.inner.sessions.shared().await?;
             let snapshot = kv::snapshot(&client, &base, self.endpoints()).await?;
-            Ok((snapshot.keys(&self.inner.root, prefix), snapshot.revision))
+            let keys = snapshot.keys(&self.inner.root, prefix);
+            watch::remember_range(&self.inner.recents, prefix, snapshot.revision, &keys);
+            Ok((keys, snapshot.revision))
         })
     }
 

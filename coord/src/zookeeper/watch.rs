@@ -2,8 +2,8 @@
 //! the prefix's directory, a consistent snapshot read after setting it, and changes read back
 //! from the nodes the watch names. See the module docs of [`super`] for what that guarantees.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::FutureExt;
 use tokio::sync::mpsc;
@@ -13,7 +13,7 @@ use super::Inner;
 use super::kv::{self, Snapshot, key_value, revision};
 use super::paths;
 use super::session::{SHARED_SESSION_TIMEOUT, is_connection_loss, to_coord};
-use crate::backend::{BoxStream, Change, WatchEvent};
+use crate::backend::{BoxStream, Change, KeyValue, WatchEvent};
 use crate::error::CoordError;
 
 /// Events buffered for a slow reader before the watch waits for it.
@@ -28,6 +28,64 @@ struct Seen {
     mzxid: i64,
 }
 
+/// How many recent views of a prefix a backend keeps, and up to how many keys each: a watch
+/// from the revision of one of them replays the difference exactly.
+const RECENT_VIEWS: usize = 16;
+const RECENT_KEYS: usize = 10_000;
+
+/// A view of the keys under a prefix as of a revision: a `range`'s, or what a watch had
+/// delivered when it ended with an error.
+pub struct Recent {
+    prefix: String,
+    revision: u64,
+    keys: BTreeMap<String, Seen>,
+}
+
+/// The recent views a backend keeps.
+pub type Recents = Mutex<VecDeque<Recent>>;
+
+/// Keeps the view of `prefix` at `revision`.
+fn remember(recents: &Recents, prefix: &str, revision: u64, keys: BTreeMap<String, Seen>) {
+    if keys.len() > RECENT_KEYS {
+        return;
+    }
+    let mut recents = recents.lock().unwrap_or_else(PoisonError::into_inner);
+    recents.retain(|r| !(r.prefix == prefix && r.revision == revision));
+    if recents.len() == RECENT_VIEWS {
+        recents.pop_front();
+    }
+    recents.push_back(Recent {
+        prefix: prefix.to_owned(),
+        revision,
+        keys,
+    });
+}
+
+/// Keeps what a `range` of `prefix` read.
+pub fn remember_range(recents: &Recents, prefix: &str, revision: u64, keys: &[KeyValue]) {
+    let keys = keys
+        .iter()
+        .map(|kv| {
+            let seen = Seen {
+                czxid: i64::try_from(kv.create_revision).unwrap_or(i64::MAX),
+                mzxid: i64::try_from(kv.mod_revision).unwrap_or(i64::MAX),
+            };
+            (kv.key.clone(), seen)
+        })
+        .collect();
+    remember(recents, prefix, revision, keys);
+}
+
+/// The view of `prefix` at exactly `revision`, if this backend has it.
+fn recall(recents: &Recents, prefix: &str, revision: u64) -> Option<BTreeMap<String, Seen>> {
+    let recents = recents.lock().unwrap_or_else(PoisonError::into_inner);
+    recents
+        .iter()
+        .rev()
+        .find(|r| r.prefix == prefix && r.revision == revision)
+        .map(|r| r.keys.clone())
+}
+
 /// Starts watching `prefix` for changes after `after`.
 pub async fn watch(
     inner: Arc<Inner>,
@@ -38,16 +96,28 @@ pub async fn watch(
     let (client, watcher) = connect(&inner, &base).await?;
     let snapshot = kv::snapshot(&client, &base, &inner.sessions.endpoints).await?;
     let (tx, rx) = mpsc::channel(BUFFER);
+    let recalled = recall(&inner.recents, &prefix, after);
     let mut task = Watch {
         inner,
         prefix,
         base,
         after,
+        through: after,
         client,
         known: BTreeMap::new(),
         tx,
     };
-    let first = task.first(&snapshot);
+    let first = match recalled {
+        Some(known) => {
+            task.known = known;
+            let changes = task.diff(&snapshot);
+            task.sorted(changes).map(WatchEvent::Changes)
+        }
+        None => task.first(&snapshot),
+    };
+    if let Some(WatchEvent::Changes(changes)) = &first {
+        task.through = changes.last().map_or(after, Change::revision);
+    }
     tokio::spawn(async move {
         let ended = match first {
             Some(event) => {
@@ -84,14 +154,17 @@ struct Watch {
     prefix: String,
     base: String,
     after: u64,
+    /// The revision the watch has delivered everything up to: what `known` is the state at.
+    through: u64,
     client: zk::Client,
     known: BTreeMap<String, Seen>,
     tx: mpsc::Sender<Result<WatchEvent, CoordError>>,
 }
 
 impl Watch {
-    /// From the first snapshot: the keys changed after `after` (their latest values), or
-    /// `Compacted` when a key may have been deleted since then, which ZooKeeper cannot tell.
+    /// From the first snapshot, when this backend has no view at `after`: the keys changed
+    /// after `after` (their latest values), or `Compacted` when a key may have been deleted
+    /// since then, which ZooKeeper cannot tell.
     fn first(&mut self, snapshot: &Snapshot) -> Option<WatchEvent> {
         let after = i64::try_from(self.after).unwrap_or(i64::MAX);
         let mut changes = Vec::new();
@@ -178,7 +251,7 @@ impl Watch {
                     }
                     Err(Interrupted::Session(s)) => state = Some(s),
                     Err(Interrupted::Failed(err)) => {
-                        self.send(Err(err)).await;
+                        self.fail(err).await;
                         return;
                     }
                 }
@@ -205,14 +278,14 @@ impl Watch {
                             }
                         }
                         Err(err) => {
-                            self.send(Err(err)).await;
+                            self.fail(err).await;
                             return;
                         }
                     }
                 }
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
                 zk::SessionState::AuthFailed | zk::SessionState::Closed => {
-                    self.send(Err(CoordError::SessionExpired)).await;
+                    self.fail(CoordError::SessionExpired).await;
                     return;
                 }
             }
@@ -258,12 +331,12 @@ impl Watch {
                         return self.resync().await;
                     }
                     Err(err) => {
-                        self.send(Err(err)).await;
+                        self.fail(err).await;
                         return false;
                     }
                 },
                 zk::SessionState::AuthFailed | zk::SessionState::Closed => {
-                    self.send(Err(CoordError::SessionExpired)).await;
+                    self.fail(CoordError::SessionExpired).await;
                     return false;
                 }
             }
@@ -277,10 +350,18 @@ impl Watch {
             match kv::snapshot(&self.client, &self.base, &self.inner.sessions.endpoints).await {
                 Ok(snapshot) => snapshot,
                 Err(err) => {
-                    self.send(Err(err)).await;
+                    self.fail(err).await;
                     return false;
                 }
             };
+        let changes = self.diff(&snapshot);
+        self.deliver(changes).await
+    }
+
+    /// What differs between the keys the watch knows and `snapshot`, `known` brought up to
+    /// date: a `Put` for each key new or changed, a `Delete` for each key gone, dated by the
+    /// `pzxid` of its closest ancestor left (not earlier than the deletion).
+    fn diff(&mut self, snapshot: &Snapshot) -> Vec<Change> {
         let mut changes = Vec::new();
         let mut present = BTreeSet::new();
         for (path, node) in &snapshot.nodes {
@@ -306,21 +387,53 @@ impl Watch {
             .collect();
         for key in gone {
             self.known.remove(&key);
-            // When it went is lost; not later than this read.
+            let mut at = paths::key_path(&self.inner.root, &key).ok();
+            let mut when = None;
+            while let Some(path) = at.as_deref().and_then(paths::parent) {
+                if let Some(node) = snapshot.nodes.get(path) {
+                    when = Some(revision(node.stat.pzxid));
+                    break;
+                }
+                at = Some(path.to_owned());
+            }
+            let when = when
+                .or(snapshot
+                    .ancestor
+                    .as_ref()
+                    .map(|(_, stat)| revision(stat.pzxid)))
+                .unwrap_or(snapshot.revision);
             changes.push(Change::Delete {
                 key,
-                mod_revision: snapshot.revision,
+                mod_revision: when,
             });
         }
-        self.deliver(changes).await
+        changes
     }
 
-    async fn deliver(&self, mut changes: Vec<Change>) -> bool {
+    /// `changes` after `after`, sorted by revision; `None` when none is left.
+    fn sorted(&self, mut changes: Vec<Change>) -> Option<Vec<Change>> {
         changes.retain(|c| c.revision() > self.after);
-        if changes.is_empty() {
-            return true;
-        }
         changes.sort_by_key(Change::revision);
+        (!changes.is_empty()).then_some(changes)
+    }
+
+    /// Ends the watch with `err`, keeping what it had delivered as a view, so that a watch
+    /// from its last revision replays the difference exactly.
+    async fn fail(&self, err: CoordError) {
+        remember(
+            &self.inner.recents,
+            &self.prefix,
+            self.through,
+            self.known.clone(),
+        );
+        self.send(Err(err)).await;
+    }
+
+    async fn deliver(&mut self, changes: Vec<Change>) -> bool {
+        let Some(changes) = self.sorted(changes) else {
+            return true;
+        };
+        self.through = changes.last().map_or(self.through, Change::revision);
         self.send(Ok(WatchEvent::Changes(changes))).await
     }
 
