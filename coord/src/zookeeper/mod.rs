@@ -50,10 +50,11 @@
 //! `maxSessionTimeout`). The client pings by itself, so the backend closes a session whose
 //! timeout passed after its last renewal: it lives its timeout after the last renewal, as a
 //! lease does, and the server's expiry covers a client cut off or frozen. `renew` is a `sync`
-//! through the ensemble's leader on the session's connection: it proves the session alive (and restarts the server's timer), and returns the
-//! negotiated timeout. While the connection is down, `renew` answers `Unreachable` at once: a
-//! leader cannot prove its session and must act as if it had lost it; once the client sees
-//! the server expire the session (or fails to reconnect within the timeout), `SessionExpired`.
+//! through the ensemble's leader on the session's connection: it proves the session alive
+//! (and restarts the server's timer), and returns the negotiated timeout. While the
+//! connection is down, `renew` answers `Unreachable` at once: a leader cannot prove its
+//! session and must act as if it had lost it; once the client sees the server expire the
+//! session (or fails to reconnect within the timeout), `SessionExpired`.
 //! Reads, plain writes and fenced writes go over one shared connection.
 //!
 //! # Watch
