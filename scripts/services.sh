@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Local services for sluice's tests and for local development (DESIGN.md §7):
-# PostgreSQL (wal_level=logical), RabbitMQ, etcd and Redis, all on loopback.
+# PostgreSQL (wal_level=logical), RabbitMQ, etcd, Redis and ZooKeeper, all on loopback, and
+# Python's kazoo (Debian python3-kazoo), the ZooKeeper recipe library sluice's tests
+# interoperate with.
 #
 #   scripts/services.sh up      install what is missing (Debian, as root), start what is not
 #                               answering, wait until all answer, print the export lines
@@ -12,7 +14,7 @@
 # Progress goes to stderr; only the export lines go to stdout.
 #
 # The script manages the standard local ports below. DATABASE_URL, AMQP_URL,
-# ETCD_ENDPOINTS and REDIS_URL, if already set, are passed through unchanged by `env`/`up`
+# ETCD_ENDPOINTS, REDIS_URL and ZOOKEEPER_ENDPOINTS, if already set, are passed through unchanged by `env`/`up`
 # (to point the tests elsewhere); they do not change which local servers are managed.
 #
 # Environment knobs: SLUICE_SERVICES_STATE (state dir, default /var/lib/sluice-services
@@ -24,6 +26,7 @@ AMQP_PORT=5672
 ETCD_CLIENT_PORT=2379
 ETCD_PEER_PORT=2380
 REDIS_PORT=6379
+ZK_PORT=2181
 
 # Minimums for PostgreSQL: tests create many logical replication slots in parallel.
 PG_MIN_REPLICATION_SLOTS=64
@@ -41,6 +44,15 @@ ETCD_LOG=$STATE_DIR/etcd.log
 ETCD_PIDFILE=$STATE_DIR/etcd.pid
 ETCD_EP=http://127.0.0.1:$ETCD_CLIENT_PORT
 REDIS_LOG=/var/log/redis/ci.log
+# ZooKeeper: Debian's package ships the jars and zkCli.sh but starts nothing; this script runs
+# a standalone server with its own config, data and log under the state dir.
+ZK_HOME=/usr/share/zookeeper
+ZK_JAR=/usr/share/java/zookeeper.jar
+ZK_CONF_DIR=$STATE_DIR/zookeeper-conf
+ZK_CFG=$ZK_CONF_DIR/zoo.cfg
+ZK_DATA_DIR=$STATE_DIR/zookeeper-data
+ZK_LOG=$STATE_DIR/zookeeper.log
+ZK_PIDFILE=$STATE_DIR/zookeeper.pid
 RABBIT_LOG_DIR=/var/log/rabbitmq
 
 export ETCDCTL_API=3
@@ -57,6 +69,7 @@ print_env() {
     printf 'export AMQP_URL=%q\n' "${AMQP_URL:-amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f}"
     printf 'export ETCD_ENDPOINTS=%q\n' "${ETCD_ENDPOINTS:-$ETCD_EP}"
     printf 'export REDIS_URL=%q\n' "${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
+    printf 'export ZOOKEEPER_ENDPOINTS=%q\n' "${ZOOKEEPER_ENDPOINTS:-127.0.0.1:$ZK_PORT}"
 }
 
 # wait_until NAME LOGFILE CMD...: poll CMD until it succeeds or TIMEOUT seconds pass.
@@ -76,6 +89,39 @@ wait_until() {
 
 tcp_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 
+# our_pid PIDFILE CMDLINE_PART: the pid in PIDFILE if that process is alive and its command
+# line holds CMDLINE_PART (so that a reused pid is not taken for ours), else nothing.
+our_pid() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    if { tr '\0' ' ' <"/proc/$pid/cmdline"; } 2>/dev/null | grep -qF -- "$2"; then
+        echo "$pid"
+    fi
+}
+
+# answering_or_gone NAME ADDRESS LOG READY_FN PID_FN: for waiting on a server this script
+# runs: ready, or fail at once (with the log's tail) when no process of ours is left.
+answering_or_gone() {
+    "$4" && return 0
+    if [[ -z $("$5") ]]; then
+        tail -n 30 "$3" >&2 2>/dev/null || true
+        die "$1 exited or is not answering on $2 (log: $3)"
+    fi
+    return 1
+}
+
+# stop_pid NAME PID PIDFILE: stop PID (TERM, then KILL after 10 s) and forget PIDFILE.
+stop_pid() {
+    if [[ -n $2 ]]; then
+        log "stopping $1 (pid $2)"
+        kill -TERM "$2" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$2" 2>/dev/null || break; sleep 0.25; done
+        if kill -0 "$2" 2>/dev/null; then kill -KILL "$2" 2>/dev/null || true; fi
+    fi
+    rm -f "$3"
+}
+
 # ---------------------------------------------------------------------------------------
 # Packages
 # ---------------------------------------------------------------------------------------
@@ -91,6 +137,8 @@ missing_packages() {
     command -v etcdctl >/dev/null || echo etcd-client
     { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } || echo redis-server
     command -v protoc >/dev/null || echo protobuf-compiler
+    { [[ -r $ZK_JAR && -x $ZK_HOME/bin/zkCli.sh ]] && command -v java >/dev/null; } || echo zookeeper
+    /usr/bin/python3 -c 'import kazoo' 2>/dev/null || echo python3-kazoo
 }
 
 POLICY_RC=/usr/sbin/policy-rc.d
@@ -328,23 +376,13 @@ etcd_ready() {
 # Pid from our pid file if that process is alive and is our etcd, else nothing.
 etcd_our_pid() {
     local pid
-    pid=$(cat "$ETCD_PIDFILE" 2>/dev/null) || return 0
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
-    if [[ $(cat "/proc/$pid/comm" 2>/dev/null) == etcd ]] &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--data-dir $ETCD_DATA_DIR"; then
+    pid=$(our_pid "$ETCD_PIDFILE" "--data-dir $ETCD_DATA_DIR")
+    if [[ -n $pid && $(cat "/proc/$pid/comm" 2>/dev/null) == etcd ]]; then
         echo "$pid"
     fi
 }
 
-# For waiting: ready, or fail at once if no etcd of ours is left running.
-etcd_check() {
-    etcd_ready && return 0
-    if [[ -z $(etcd_our_pid) ]]; then
-        tail -n 30 "$ETCD_LOG" >&2 2>/dev/null || true
-        die "etcd exited or is not answering on 127.0.0.1:$ETCD_CLIENT_PORT (log: $ETCD_LOG)"
-    fi
-    return 1
-}
+etcd_check() { answering_or_gone etcd "127.0.0.1:$ETCD_CLIENT_PORT" "$ETCD_LOG" etcd_ready etcd_our_pid; }
 
 etcd_start() {
     if etcd_ready; then return; fi
@@ -369,6 +407,91 @@ etcd_start() {
 }
 
 # ---------------------------------------------------------------------------------------
+# ZooKeeper
+# ---------------------------------------------------------------------------------------
+
+# tickTime 1000 ms lets sessions be negotiated from 2 s (minSessionTimeout, sluice's smallest
+# TTL) to 60 s. No admin HTTP server (it would take port 8080); the four-letter words stay for
+# probes (srvr, ruok, mntr) and for the tests that check who watches what (wchp); no limit on
+# connections from one address (every sluice session and watch is a connection, and all the
+# tests come from 127.0.0.1; the default is 60); autopurge keeps the data dir small.
+zk_config() {
+    cat <<CFG
+# written by sluice scripts/services.sh: standalone, loopback only
+tickTime=1000
+minSessionTimeout=2000
+maxSessionTimeout=60000
+dataDir=$ZK_DATA_DIR
+clientPort=$ZK_PORT
+clientPortAddress=127.0.0.1
+maxClientCnxns=0
+admin.enableServer=false
+4lw.commands.whitelist=srvr,ruok,mntr,wchp
+autopurge.snapRetainCount=3
+autopurge.purgeInterval=1
+CFG
+}
+
+zk_log4j() {
+    printf '%s\n' '# written by sluice scripts/services.sh' \
+        'log4j.rootLogger=INFO, CONSOLE' \
+        'log4j.appender.CONSOLE=org.apache.log4j.ConsoleAppender' \
+        'log4j.appender.CONSOLE.layout=org.apache.log4j.PatternLayout' \
+        'log4j.appender.CONSOLE.layout.ConversionPattern=%d{ISO8601} %-5p [%t] %c{1}: %m%n'
+}
+
+# Answers `srvr` (allowed by default, unlike ruok) with a serving mode.
+zk_ready() {
+    local reply
+    reply=$(timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/$ZK_PORT && printf srvr >&3 && cat <&3" 2>/dev/null) || return 1
+    [[ $reply == *'Mode: '* ]]
+}
+
+# Pid from our pid file if that process is alive and is our ZooKeeper, else nothing.
+zk_our_pid() { our_pid "$ZK_PIDFILE" "QuorumPeerMain $ZK_CFG"; }
+
+zk_check() { answering_or_gone ZooKeeper "127.0.0.1:$ZK_PORT" "$ZK_LOG" zk_ready zk_our_pid; }
+
+# Write FILE from stdin only when its content differs, so a second `up` changes nothing.
+write_if_changed() {
+    local file=$1 tmp
+    tmp=$(mktemp)
+    cat >"$tmp"
+    if [[ -e $file ]] && cmp -s "$tmp" "$file"; then
+        rm -f "$tmp"
+        return 1
+    fi
+    mv -f "$tmp" "$file"
+    chmod 644 "$file"
+}
+
+zk_start() {
+    if zk_ready; then
+        if [[ -n $(zk_our_pid) ]] && ! zk_config | cmp -s - "$ZK_CFG"; then
+            log "note: ZooKeeper runs with an older $ZK_CFG; 'down' then 'up' applies the new one"
+        fi
+        return
+    fi
+    if [[ -n $(zk_our_pid) ]]; then
+        log "ZooKeeper (pid $(zk_our_pid)) is running but not answering yet; waiting"
+        return
+    fi
+    command -v java >/dev/null || die "ZooKeeper needs java (Debian default-jre-headless)"
+    mkdir -p "$ZK_CONF_DIR" "$ZK_DATA_DIR"
+    chmod 700 "$ZK_DATA_DIR"
+    if zk_config | write_if_changed "$ZK_CFG"; then log "wrote $ZK_CFG"; fi
+    zk_log4j | write_if_changed "$ZK_CONF_DIR/log4j.properties" || true
+    log "starting ZooKeeper on 127.0.0.1:$ZK_PORT (data $ZK_DATA_DIR, log $ZK_LOG)"
+    # The jar's manifest names its dependencies; log4j 1.2 with its slf4j binding gives logs.
+    # setsid: its own session, so it outlives the shell (and CI step) that started it.
+    setsid java -Xms64m -Xmx256m -Dzookeeper.log.dir="$STATE_DIR" \
+        -cp "$ZK_CONF_DIR:$ZK_JAR:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar" \
+        org.apache.zookeeper.server.quorum.QuorumPeerMain "$ZK_CFG" \
+        >>"$ZK_LOG" 2>&1 </dev/null &
+    echo $! >"$ZK_PIDFILE"
+}
+
+# ---------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------
 
@@ -380,6 +503,7 @@ cmd_up() {
     rabbit_start
     etcd_start
     redis_start
+    zk_start
     pg_start
 
     wait_until PostgreSQL "$PG_LOG" pg_ready
@@ -387,6 +511,7 @@ cmd_up() {
     wait_until Redis "$REDIS_LOG" redis_ready
     if [[ -n $REDIS_STARTED ]]; then redis_os_pid >"$STATE_DIR/redis.pid"; fi
     wait_until etcd "$ETCD_LOG" etcd_check
+    wait_until ZooKeeper "$ZK_LOG" zk_check
     wait_until RabbitMQ "$RABBIT_LOG_DIR/*.log" rabbit_ready
     if [[ -n $RABBIT_STARTED ]]; then rabbit_os_pid >"$STATE_DIR/rabbitmq.pid"; fi
 
@@ -407,14 +532,16 @@ cmd_status() {
         bad=1
     fi
     local svc port logf
-    for svc in rabbitmq etcd redis; do
+    for svc in rabbitmq etcd redis zookeeper; do
         case $svc in
             rabbitmq) port=$AMQP_PORT logf="$RABBIT_LOG_DIR/" ;;
             etcd) port=$ETCD_CLIENT_PORT logf=$ETCD_LOG ;;
             redis) port=$REDIS_PORT logf=$REDIS_LOG ;;
+            zookeeper) port=$ZK_PORT logf=$ZK_LOG ;;
         esac
         local ready=${svc}_ready
         [[ $svc != rabbitmq ]] || ready=rabbit_ready
+        [[ $svc != zookeeper ]] || ready=zk_ready
         if "$ready"; then
             printf '%-11s up    127.0.0.1:%s\n' "$svc" "$port"
         else
@@ -431,14 +558,8 @@ cmd_down() {
     [[ -d $STATE_DIR ]] || { log "nothing was started by this script"; return 0; }
     local pid cur
 
-    pid=$(etcd_our_pid)
-    if [[ -n $pid ]]; then
-        log "stopping etcd (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
-    fi
-    rm -f "$ETCD_PIDFILE"
+    stop_pid etcd "$(etcd_our_pid)" "$ETCD_PIDFILE"
+    stop_pid ZooKeeper "$(zk_our_pid)" "$ZK_PIDFILE"
 
     if [[ -s $STATE_DIR/redis.pid ]]; then
         pid=$(cat "$STATE_DIR/redis.pid") cur=$(redis_os_pid)

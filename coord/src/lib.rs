@@ -4,9 +4,12 @@
 //! resource (which provides the engine's `Leadership`), a watch source and a KV sink.
 //!
 //! - [`backend`]: what every backend provides; [`error`]: its errors.
+//! - [`zookeeper`] (cargo feature `zookeeper`, on by default): the ZooKeeper backend.
 
 pub mod backend;
 pub mod error;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
 
 pub use backend::{Backend, Change, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent};
 pub use error::CoordError;
