@@ -11,7 +11,7 @@ use crate::leadership::{Election, Role};
 use crate::metrics::{SourceFigures, ready_gauge};
 
 /// Every component's ready flag, and every election's role. A handle may be scoped to one
-/// pipeline of the process (see [`Health::scoped`]); all handles see everything.
+/// pipeline of the process; all handles see everything.
 #[derive(Clone, Default)]
 pub struct Health {
     inner: Arc<Mutex<Registered>>,

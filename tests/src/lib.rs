@@ -268,10 +268,12 @@ pub fn metric(all: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) 
         .map(|(_, v)| *v)
 }
 
-/// Reads a JSON-lines file into values (an absent file is empty).
+/// Reads a JSON-lines file into values (an absent file is empty). A last line without its
+/// newline is one a running relay is writing: it is left for the next read.
 pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|l| serde_json::from_str(l).expect("a valid JSON line"))
         .collect()
