@@ -9,7 +9,8 @@ use sluice_pipeline::{Config, Finding, Level};
 /// How long one component's checks may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Runs the live checks of every source and sink; fails (exit 1) if any finding failed.
+/// Runs the live checks of every resource section, source and sink; fails (exit 1) if any
+/// finding failed.
 pub async fn live(config: &Config) -> ExitCode {
     let sources = config
         .sources
@@ -19,8 +20,12 @@ pub async fn live(config: &Config) -> ExitCode {
         .sinks
         .iter()
         .map(|(id, c)| (format!("sinks.{id}"), c.config.check()));
+    let resources = config
+        .resources
+        .iter()
+        .map(|(name, r)| (name.clone(), r.config.check()));
     let mut failed = false;
-    for (component, findings) in sources.chain(sinks) {
+    for (component, findings) in resources.chain(sources).chain(sinks) {
         let findings = tokio::time::timeout(CHECK_TIMEOUT, findings)
             .await
             .unwrap_or_else(|_| {

@@ -1,6 +1,7 @@
 //! The `sluice` command: runs and checks pipelines.
 
 mod check;
+mod id;
 mod registry;
 
 /// jemalloc instead of glibc's malloc: a relay allocates and frees many small, short-lived
@@ -67,6 +68,11 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Issue ids (Snowflake, UUID v4/v7, ULID) or decode a Snowflake id.
+    Id {
+        #[command(subcommand)]
+        command: id::IdCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +116,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Id { command } => id::run(command),
         Command::Run { configs: paths } => {
             let mut configs = Vec::with_capacity(paths.len());
             for path in &paths {

@@ -9,6 +9,8 @@ use sluice_connectors::postgres::cdc::PostgresCdcConfig;
 use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
+use sluice_ids::config::IdsConfig;
+use sluice_ids::transform::IdTransformConfig;
 use sluice_pipeline::Registry;
 
 /// The registry of built-in components.
@@ -19,10 +21,12 @@ pub fn registry() -> Registry {
         .source::<PostgresCdcConfig>("postgres_cdc")
         .source::<PollConfig>("postgres_poll")
         .transform::<OutboxConfig>("outbox")
+        .transform::<IdTransformConfig>("id")
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")
         .sink::<RabbitmqSinkConfig>("rabbitmq")
+        .resource::<IdsConfig>("ids")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry
 }

@@ -91,6 +91,11 @@ pub fn rounds(scenarios: &[&str], runs: usize, extra: &[String]) -> Vec<Sample> 
 /// Runs one scenario in a child process (this program with `--scenario NAME` and `extra`
 /// arguments) and returns the sample it reports.
 pub fn child(scenario: &str, extra: &[String]) -> Sample {
+    child_as(scenario, extra)
+}
+
+/// [`child`] for a scenario that reports more than a [`Sample`].
+pub fn child_as<T: serde::de::DeserializeOwned>(scenario: &str, extra: &[String]) -> T {
     let exe = std::env::current_exe().expect("the benchmark's own path");
     let out = Command::new(&exe)
         .args(["--scenario", scenario])
