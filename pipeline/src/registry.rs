@@ -23,6 +23,8 @@ pub struct Registry {
     transforms: BTreeMap<&'static str, Parse<dyn TransformConfig>>,
     sinks: BTreeMap<&'static str, Parse<dyn SinkConfig>>,
     resources: BTreeMap<&'static str, Parse<dyn ResourceConfig>>,
+    /// Resource sections in the order they were registered: the order they are built in.
+    resource_order: Vec<&'static str>,
     quarantine_file: Option<QuarantineFileSink>,
 }
 
@@ -40,6 +42,7 @@ impl Registry {
             transforms: BTreeMap::new(),
             sinks: BTreeMap::new(),
             resources: BTreeMap::new(),
+            resource_order: Vec::new(),
             quarantine_file: None,
         };
         crate::transforms::register(&mut registry);
@@ -70,14 +73,26 @@ impl Registry {
     }
 
     /// Registers a resource: the top-level section `name` (such as `coord`), whose config
-    /// deserializes into `C`.
+    /// deserializes into `C`. Resources are built in the order they were registered, each
+    /// seeing what the earlier ones provide: register a resource after those it uses.
     pub fn resource<C: ResourceConfig + DeserializeOwned>(
         &mut self,
         name: &'static str,
     ) -> &mut Self {
         self.resources
             .insert(name, |v| Ok(Box::new(checked::<C>(v)?)));
+        if !self.resource_order.contains(&name) {
+            self.resource_order.push(name);
+        }
         self
+    }
+
+    /// Where resource section `name` comes in the build order.
+    pub(crate) fn resource_rank(&self, name: &str) -> usize {
+        self.resource_order
+            .iter()
+            .position(|n| *n == name)
+            .unwrap_or(usize::MAX)
     }
 
     pub(crate) fn has_resource(&self, name: &str) -> bool {

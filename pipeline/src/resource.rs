@@ -2,8 +2,9 @@
 //! and shared by every component that asks for them by type.
 //!
 //! A crate registers the section with [`Registry::resource`](crate::Registry::resource). The
-//! runtime builds each configured resource (no I/O), lets it [`provide`](Resource::provide)
-//! the handles components may ask for, runs it on a task of its own under the restart policy
+//! runtime builds each configured resource (no I/O) in the order the registry registered
+//! them — so a resource can use what an earlier one provides, as `[ids]` uses `[coord]` —
+//! lets it [`provide`](Resource::provide) the handles components may ask for, runs it on a task of its own under the restart policy
 //! (connecting, keeping a session alive), counts it in `/ready`, and stops it after every
 //! pipeline of the process has drained. Components find the handles through
 //! [`BuildContext::resources`](crate::BuildContext); a component never opens its own client
@@ -82,7 +83,7 @@ impl ResourceContext {
 /// Collects the handles resources provide; becomes [`Resources`].
 #[derive(Default)]
 pub struct Provider {
-    by_type: HashMap<TypeId, (&'static str, Box<dyn Any + Send + Sync>)>,
+    by_type: HashMap<TypeId, (&'static str, Handle)>,
     duplicates: Vec<&'static str>,
 }
 
@@ -93,10 +94,22 @@ impl Provider {
         let name = std::any::type_name::<T>();
         if self
             .by_type
-            .insert(TypeId::of::<T>(), (name, Box::new(value)))
+            .insert(TypeId::of::<T>(), (name, Arc::new(value)))
             .is_some()
         {
             self.duplicates.push(name);
+        }
+    }
+
+    /// What has been provided so far, for a resource built after the ones that provided it.
+    pub(crate) fn so_far(&self) -> Resources {
+        Resources {
+            by_type: Arc::new(
+                self.by_type
+                    .iter()
+                    .map(|(id, (_, value))| (*id, Arc::clone(value)))
+                    .collect(),
+            ),
         }
     }
 
@@ -124,8 +137,11 @@ impl Provider {
 /// The handles the process's resources provide, by type.
 #[derive(Clone, Default)]
 pub struct Resources {
-    by_type: Arc<HashMap<TypeId, Box<dyn Any + Send + Sync>>>,
+    by_type: Arc<HashMap<TypeId, Handle>>,
 }
+
+/// One provided handle: an `Arc<T>`, type-erased.
+type Handle = Arc<dyn Any + Send + Sync>;
 
 impl Resources {
     /// The `T` a resource provides, if any.

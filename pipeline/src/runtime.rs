@@ -382,27 +382,32 @@ pub fn try_build(config: &Config) -> Result<(), RunError> {
 
 type BuiltResources<'a> = Vec<(&'a String, Arc<dyn crate::resource::Resource>)>;
 
-/// Builds every resource section of `configs` once, and collects what they provide.
+/// Builds every resource section of `configs` once, in the registry's order, each seeing
+/// what the ones built before it provide, and collects what they all provide.
 fn build_resources<'a>(
     configs: &[&'a Config],
 ) -> Result<(BuiltResources<'a>, Resources), RunError> {
-    let mut provider = Provider::default();
-    let mut built: BuiltResources<'a> = Vec::new();
+    let mut sections: Vec<(&'a String, &'a crate::config::Resource, &'a Config)> = Vec::new();
     for config in configs {
         for (name, section) in &config.resources {
-            if built.iter().any(|(done, _)| *done == name) {
-                continue;
+            if !sections.iter().any(|(done, _, _)| *done == name) {
+                sections.push((name, section, config));
             }
-            let cx = BuildContext {
-                id: name.clone(),
-                data_dir: config.pipeline.data_dir.clone(),
-                leader: None,
-                resources: Resources::default(),
-            };
-            let resource = section.config.build(&cx).map_err(build_error(name))?;
-            Arc::clone(&resource).provide(&mut provider);
-            built.push((name, resource));
         }
+    }
+    sections.sort_by_key(|(_, section, _)| section.rank);
+    let mut provider = Provider::default();
+    let mut built: BuiltResources<'a> = Vec::new();
+    for (name, section, config) in sections {
+        let cx = BuildContext {
+            id: name.clone(),
+            data_dir: config.pipeline.data_dir.clone(),
+            leader: None,
+            resources: provider.so_far(),
+        };
+        let resource = section.config.build(&cx).map_err(build_error(name))?;
+        Arc::clone(&resource).provide(&mut provider);
+        built.push((name, resource));
     }
     let provided = provider.finish().map_err(build_error("resources"))?;
     Ok((built, provided))

@@ -384,7 +384,37 @@ impl Resource for Elections {
     }
 }
 
-/// A registry of the test components: `count`, `hold`, `flaky` and `[elections]`.
+/// A resource that needs, when it is built, the leadership an earlier one provides; its name
+/// sorts before `elections`, so only the registry's order builds it after them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditConfig {}
+impl Validate for AuditConfig {}
+impl ResourceConfig for AuditConfig {
+    fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Resource>, Error> {
+        cx.resources
+            .require::<dyn Leadership>("[audit]", "elections")?;
+        Ok(Arc::new(Audit))
+    }
+}
+
+/// What `[audit]` builds: it only proves it found the leadership.
+struct Audit;
+
+impl Resource for Audit {
+    fn run<'a>(&'a self, cx: &'a mut ResourceContext) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            cx.set_ready(true);
+            cx.shutdown().requested().await;
+            Ok(())
+        })
+    }
+    fn provide(self: Arc<Self>, provider: &mut Provider) {
+        provider.insert::<Audit>(self);
+    }
+}
+
+/// A registry of the test components: `count`, `hold`, `flaky`, `[elections]` and `[audit]`.
 pub(crate) fn registry() -> Registry {
     let mut registry = Registry::new();
     registry
@@ -392,7 +422,8 @@ pub(crate) fn registry() -> Registry {
         .source::<RequestsConfig>("requests")
         .sink::<HoldConfig>("hold")
         .transform::<FlakyConfig>("flaky")
-        .resource::<ElectionsConfig>("elections");
+        .resource::<ElectionsConfig>("elections")
+        .resource::<AuditConfig>("audit");
     registry
 }
 

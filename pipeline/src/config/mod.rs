@@ -195,6 +195,8 @@ pub struct Resource {
     pub raw: toml::Value,
     /// The typed config.
     pub config: Box<dyn ResourceConfig>,
+    /// Its place in the build order (the order the registry registered the sections in).
+    pub rank: usize,
 }
 
 const SECTIONS: &str = "api, pipeline, quarantine, sources, transforms, sinks";
@@ -281,11 +283,13 @@ impl Config {
                 _ if registry.has_resource(&key) => {
                     match registry.parse_resource(&key, value.clone()) {
                         Ok(parsed) => {
+                            let rank = registry.resource_rank(&key);
                             config.resources.insert(
                                 key,
                                 Resource {
                                     raw: value,
                                     config: parsed,
+                                    rank,
                                 },
                             );
                         }
@@ -591,7 +595,7 @@ mod tests {
         assert_eq!(
             found,
             [
-                "cord: unknown section (expected one of: api, pipeline, quarantine, sources, transforms, sinks, elections)"
+                "cord: unknown section (expected one of: api, pipeline, quarantine, sources, transforms, sinks, audit, elections)"
             ]
         );
     }

@@ -3,7 +3,7 @@
 
 use crate::ack::Outcome;
 use crate::component::Refused;
-use crate::runtime::{RunError, run};
+use crate::runtime::{RunError, run, try_build};
 use crate::shutdown::ShutdownTrigger;
 use crate::testing::{config, ids, probe};
 
@@ -266,5 +266,30 @@ async fn an_emitter_refuses_at_once_when_the_budget_is_full() {
             ("first".to_owned(), Ok(Outcome::Delivered)),
         ],
         "the second request was refused while the first was held"
+    );
+}
+
+#[test]
+fn a_resource_is_built_after_those_registered_before_it_and_sees_what_they_provide() {
+    let sinks = "[sources.s]\ntype = \"count\"\nprobe = \"order\"\ncount = 1\n\
+                 [sinks.out]\ntype = \"hold\"\nprobe = \"order\"\ninputs = [\"s\"]\n";
+    let both = config(
+        "order",
+        "",
+        &format!("{sinks}[elections]\nprobe = \"order\"\n[audit]\n"),
+    );
+    if let Err(error) = try_build(&both) {
+        panic!(
+            "[audit] sees what [elections] provides: {}",
+            crate::error::chain(&error)
+        );
+    }
+    let alone = config("order-alone", "", &format!("{sinks}[audit]\n"));
+    let Err(error) = try_build(&alone) else {
+        panic!("[audit] without [elections] was built");
+    };
+    assert!(
+        crate::error::chain(&error).contains("[audit] needs a [elections] section"),
+        "{error}"
     );
 }
