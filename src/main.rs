@@ -3,6 +3,7 @@
 mod check;
 mod id;
 mod registry;
+mod status;
 
 /// jemalloc instead of glibc's malloc: a relay allocates and frees many small, short-lived
 /// objects across threads (events, frames, confirms), where glibc's malloc took about a third
@@ -28,6 +29,7 @@ Examples:
   sluice run a.toml b.toml                   run two pipelines in one process
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
+  sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
   sluice --log-format json run pipeline.toml log as JSON lines
 
 A first SIGTERM or SIGINT drains: sources stop, in-flight events are delivered and
@@ -67,6 +69,16 @@ enum Command {
         /// Only validate the file; do not connect to any server.
         #[arg(long)]
         offline: bool,
+    },
+    /// Show what a running process reports: each pipeline, its election, role and fencing
+    /// token, and each source's in-flight events, checkpoint and lag.
+    Status {
+        /// The process's API address (its `[api] address`).
+        #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:9464")]
+        api: String,
+        /// Print the API's JSON as it is.
+        #[arg(long)]
+        json: bool,
     },
     /// Issue ids (Snowflake, UUID v4/v7, ULID) or decode a Snowflake id.
     Id {
@@ -108,15 +120,10 @@ fn main() -> ExitCode {
             if offline {
                 return ExitCode::SUCCESS;
             }
-            match tokio::runtime::Runtime::new() {
-                Ok(runtime) => runtime.block_on(check::live(&c)),
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    ExitCode::from(EXIT_FAILED)
-                }
-            }
+            block_on(check::live(&c))
         }
         Command::Id { command } => id::run(command),
+        Command::Status { api, json } => block_on(status::run(&api, json)),
         Command::Run { configs: paths } => {
             let mut configs = Vec::with_capacity(paths.len());
             for path in &paths {
@@ -130,14 +137,18 @@ fn main() -> ExitCode {
                 problems.iter().for_each(|p| eprintln!("{p}"));
                 return config_failure();
             }
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(EXIT_FAILED);
-                }
-            };
-            runtime.block_on(run(configs, paths, registry))
+            block_on(run(configs, paths, registry))
+        }
+    }
+}
+
+/// Runs `work` on a multi-threaded runtime.
+fn block_on(work: impl Future<Output = ExitCode>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(work),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::from(EXIT_FAILED)
         }
     }
 }

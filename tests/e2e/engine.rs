@@ -485,6 +485,21 @@ fn several_pipelines_run_in_one_process_and_share_its_api() {
         })
         .unwrap();
     }
+    let status = sluice().output(&["status", "--api", &api.to_string()]);
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{table}");
+    for name in ["a", "b"] {
+        let line = table
+            .lines()
+            .find(|l| l.contains(&format!("{name}_gen")))
+            .unwrap_or_else(|| panic!("sluice status shows {name}_gen: {table}"));
+        assert!(
+            line.contains(&format!("{name}.toml"))
+                && line.contains("always")
+                && line.contains("true"),
+            "{line}"
+        );
+    }
     running.signal("TERM");
     assert!(running.wait().unwrap().success(), "{}", running.log());
     for name in ["a", "b"] {
