@@ -1,9 +1,11 @@
 //! The `sluice` command: runs and checks pipelines.
 
+mod api_client;
 mod check;
 mod id;
 mod registry;
 mod status;
+mod tap;
 
 /// jemalloc instead of glibc's malloc: a relay allocates and frees many small, short-lived
 /// objects across threads (events, frames, confirms), where glibc's malloc took about a third
@@ -30,6 +32,7 @@ Examples:
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
   sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
+  sluice tap pipeline.toml router --limit 5  five events leaving component router, live
   sluice --log-format json run pipeline.toml log as JSON lines
 
 A first SIGTERM or SIGINT drains: sources stop, in-flight events are delivered and
@@ -80,6 +83,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Watch the events leaving a component of a running process, live, one JSON object per
+    /// line (metadata; payloads with --payload). The process is the one running CONFIG (its
+    /// `[api] address`), or the one at --api.
+    Tap {
+        /// `[CONFIG] COMPONENT`: the running process's config (for its API address), and the
+        /// source or transform to watch.
+        #[arg(required = true, num_args = 1..=2, value_names = ["CONFIG", "COMPONENT"])]
+        args: Vec<String>,
+        /// The process's API address, when no CONFIG is given.
+        #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:9464")]
+        api: String,
+        /// Show each event's payload too.
+        #[arg(long)]
+        payload: bool,
+        /// Show one event in N.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+        every: u64,
+        /// Stop after N events.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
     /// Issue ids (Snowflake, UUID v4/v7, ULID) or decode a Snowflake id.
     Id {
         #[command(subcommand)]
@@ -124,6 +148,32 @@ fn main() -> ExitCode {
         }
         Command::Id { command } => id::run(command),
         Command::Status { api, json } => block_on(status::run(&api, json)),
+        Command::Tap {
+            mut args,
+            api,
+            payload,
+            every,
+            limit,
+        } => {
+            let component = args.pop().unwrap_or_default();
+            let api = match args.pop() {
+                Some(config) => match tap::api_of(Path::new(&config), &registry) {
+                    Ok(api) => api,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                None => api,
+            };
+            block_on(tap::run(tap::Tap {
+                api,
+                component,
+                payload,
+                every,
+                limit,
+            }))
+        }
         Command::Run { configs: paths } => {
             let mut configs = Vec::with_capacity(paths.len());
             for path in &paths {

@@ -3,8 +3,7 @@
 use std::process::ExitCode;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 use crate::EXIT_FAILED;
 
@@ -35,30 +34,13 @@ pub async fn run(api: &str, json: bool) -> ExitCode {
 
 /// GET /status from `api`, parsed.
 async fn fetch(api: &str) -> Result<Value, String> {
-    let mut stream = TcpStream::connect(api)
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    // HTTP/1.0: the answer ends with the connection, never chunked.
-    let request =
-        format!("GET /status HTTP/1.0\r\nHost: {api}\r\nAccept: application/json\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("cannot send the request: {e}"))?;
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
+    let mut body = String::new();
+    crate::api_client::get(api, "/status")
+        .await?
+        .read_to_string(&mut body)
         .await
         .map_err(|e| format!("cannot read the answer: {e}"))?;
-    let text = String::from_utf8_lossy(&answer);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("the answer is not HTTP")?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("GET /status answered {status_line:?}"));
-    }
-    serde_json::from_str(body).map_err(|e| format!("GET /status answered no JSON: {e}"))
+    serde_json::from_str(&body).map_err(|e| format!("GET /status answered no JSON: {e}"))
 }
 
 /// One line per source of each pipeline: the pipeline's config, its election, role and

@@ -1,5 +1,6 @@
-//! The HTTP API: `/metrics` (Prometheus text), `/health` (the process is alive) and `/ready`
-//! (every component started and connected, and the role of each election: leader or standby).
+//! The HTTP API: `/metrics` (Prometheus text), `/health` (the process is alive), `/ready`
+//! (every component started and connected, and the role of each election: leader or standby),
+//! `/status` (JSON for `sluice status`) and `/tap/ID` (events leaving a component, live).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -18,6 +19,8 @@ use tower::ServiceExt;
 
 use crate::health::Health;
 use crate::leadership::Role;
+use crate::tap::Taps;
+use tokio::sync::broadcast;
 
 /// How often histograms are compacted between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -104,6 +107,16 @@ pub async fn serve(
             }),
         )
         .route(
+            "/tap/{component}",
+            get({
+                let taps = health.taps().clone();
+                move |request: Request| {
+                    let taps = taps.clone();
+                    async move { tap(&taps, &request) }
+                }
+            }),
+        )
+        .route(
             "/ready",
             get(move || {
                 let health = health.clone();
@@ -151,6 +164,66 @@ pub async fn serve(
         task,
         address,
     })
+}
+
+/// `GET /tap/ID?payload=true&every=N`: the events leaving component ID, one JSON object per
+/// line, every Nth (default 1), with payloads only when asked; `{"missed": N}` when the watcher
+/// fell behind. Ends when the component's run does.
+fn tap(taps: &Taps, request: &Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let component = request
+        .uri()
+        .path()
+        .strip_prefix("/tap/")
+        .unwrap_or_default();
+    let mut payload = false;
+    let mut every: u64 = 1;
+    for pair in request.uri().query().unwrap_or_default().split('&') {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("payload", value) => payload = matches!(value, "" | "true" | "1"),
+            ("every", value) => match value.parse() {
+                Ok(n) if n > 0 => every = n,
+                _ => {
+                    let refusal = format!("every={value:?}: expected a whole number above 0\n");
+                    return (StatusCode::BAD_REQUEST, refusal).into_response();
+                }
+            },
+            ("", _) => {}
+            (other, _) => {
+                let refusal = format!("unknown parameter {other:?} (expected payload, every)\n");
+                return (StatusCode::BAD_REQUEST, refusal).into_response();
+            }
+        }
+    }
+    let receiver = match taps.watch(component) {
+        Ok(receiver) => receiver,
+        Err(e) => return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    };
+    let lines = futures::stream::unfold(
+        (receiver, 0u64),
+        move |(mut receiver, mut seen)| async move {
+            loop {
+                let line = match receiver.recv().await {
+                    Ok(tapped) => {
+                        seen += 1;
+                        if (seen - 1) % every != 0 {
+                            continue;
+                        }
+                        tapped.to_json(payload)
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        serde_json::json!({ "missed": missed })
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                let mut bytes = line.to_string().into_bytes();
+                bytes.push(b'\n');
+                return Some((Ok::<_, std::convert::Infallible>(bytes), (receiver, seen)));
+            }
+        },
+    );
+    let ndjson = [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")];
+    (ndjson, axum::body::Body::from_stream(lines)).into_response()
 }
 
 /// `ready` or `not ready: <ids>`, then one line per election saying this process's role.

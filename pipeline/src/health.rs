@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::leadership::{Election, Role};
 use crate::metrics::{SourceFigures, ready_gauge};
+use crate::tap::Taps;
 
 /// Every component's ready flag, and every election's role. A handle may be scoped to one
 /// pipeline of the process; all handles see everything.
@@ -17,6 +18,8 @@ pub struct Health {
     inner: Arc<Mutex<Registered>>,
     /// The pipeline what this handle registers belongs to.
     pipeline: Arc<str>,
+    /// The running components' outputs, for `/tap`.
+    taps: Taps,
 }
 
 #[derive(Default)]
@@ -76,6 +79,11 @@ impl Health {
         flag
     }
 
+    /// The outputs of this process's running components, to watch.
+    pub fn taps(&self) -> &Taps {
+        &self.taps
+    }
+
     /// Registers election `name`, in standby.
     pub(crate) fn election(&self, name: &str) -> Arc<Election> {
         let election = Election::new(name);
@@ -90,6 +98,7 @@ impl Health {
         Health {
             inner: Arc::clone(&self.inner),
             pipeline: Arc::from(name),
+            taps: self.taps.clone(),
         }
     }
 

@@ -30,6 +30,7 @@ pub mod resource;
 pub mod runtime;
 pub mod shutdown;
 pub mod supervise;
+pub mod tap;
 pub mod template;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -31,6 +31,7 @@ use crate::metrics::{
 use crate::resource::{Provider, ResourceContext, Resources};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::supervise::{self, Gate, SourceSlot, TransformSlot};
+use crate::tap::TapPoint;
 use crate::topology::consumers;
 
 /// The id of the built-in quarantine file sink.
@@ -79,6 +80,7 @@ pub enum RunError {
 #[derive(Clone)]
 pub(crate) struct Fanout {
     targets: Vec<mpsc::Sender<Batch>>,
+    tap: TapPoint,
 }
 
 impl Fanout {
@@ -91,6 +93,7 @@ impl Fanout {
         if batch.is_empty() {
             return;
         }
+        self.tap.offer(&batch);
         for target in rest {
             let _ = target.send(batch.clone()).await;
         }
@@ -657,11 +660,13 @@ fn spawn_components(
         component: Text::from(id),
         counter: quarantined_counter(kind, id),
     };
+    let taps = health.taps();
     let fanout = |id: &str| Fanout {
         targets: consumers(config, id)
             .into_iter()
             .filter_map(|reader| senders.get(reader).cloned())
             .collect(),
+        tap: taps.output(id),
     };
     let budget = Budget {
         max_events: config.pipeline.max_in_flight_events,
@@ -721,6 +726,8 @@ fn spawn_components(
     }
     for (id, sink) in sinks {
         let input = receivers.remove(id).ok_or_else(|| missing_channel(id))?;
+        let inputs = config.sinks.get(id).map(|c| c.inputs.clone());
+        taps.sink(id, inputs.unwrap_or_default());
         let cx = SinkContext {
             id: Arc::from(id),
             input,

@@ -13,6 +13,7 @@ mod outbox;
 mod postgres_cdc;
 mod postgres_poll;
 mod rabbitmq;
+mod tap;
 
 use sluice_tests::Binary;
 
