@@ -8,8 +8,6 @@
 //! backend is one `conformance!` line and its subject function.
 
 use std::future::Future;
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +18,11 @@ use futures::future::BoxFuture;
 use sluice_coord::etcd::{Etcd, EtcdOptions};
 use sluice_coord::zookeeper::{ZooKeeper, ZooKeeperOptions};
 use sluice_coord::{Backend, Change, CoordError, Fenced, Held, Op, SessionId, WatchEvent};
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
+
+#[path = "support/private_etcd.rs"]
+mod private_etcd;
+use private_etcd::PrivateEtcd;
 
 /// The TTL sessions ask for: the smallest sluice allows.
 const TTL: Duration = Duration::from_secs(2);
@@ -65,19 +66,6 @@ struct Compactable {
     compact: Box<dyn Fn(u64) -> BoxFuture<'static, Result<()>> + Send + Sync>,
     /// The server, stopped when dropped.
     _server: PrivateEtcd,
-}
-
-/// An etcd process of the test's own, killed and its data removed when dropped.
-struct PrivateEtcd {
-    process: Child,
-    dir: PathBuf,
-}
-
-impl Drop for PrivateEtcd {
-    fn drop(&mut self) {
-        let _ = self.process.start_kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// One namespace of a test's own, and a backend on it.
@@ -669,46 +657,10 @@ fn etcd_subject() -> Subject {
     }
 }
 
-/// A free loopback port (a race with other processes is possible, and fails loudly).
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// An etcd of the test's own, to compact: the shared one's history is everybody's.
 async fn private_etcd() -> Result<Compactable> {
-    let (client, peer) = (free_port()?, free_port()?);
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "sluice-conformance-etcd-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    let url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let server = Command::new("etcd")
-        .args(["--name", "conformance", "--data-dir"])
-        .arg(&dir)
-        .args([
-            "--listen-client-urls",
-            &url,
-            "--advertise-client-urls",
-            &url,
-        ])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("conformance={peer_url}")])
-        .args(["--log-level", "error"])
-        .env(
-            "ETCD_UNSUPPORTED_ARCH",
-            std::env::consts::ARCH.replace("aarch64", "arm64"),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting a private etcd")?;
-    let server = PrivateEtcd {
-        process: server,
-        dir,
-    };
+    let server = PrivateEtcd::start(None).await?;
+    let url = server.url.clone();
     let backend = eventually("the private etcd answers", SOON, || {
         let url = url.clone();
         async move { Ok(etcd_on(vec![url], None).await.ok()) }
