@@ -4,10 +4,13 @@
 //! resource (which provides the engine's `Leadership`), a watch source and a KV sink.
 //!
 //! - [`backend`]: what every backend provides; [`error`]: its errors.
+//! - [`etcd`] (cargo feature `etcd`, on by default): the etcd backend.
 //! - [`zookeeper`] (cargo feature `zookeeper`, on by default): the ZooKeeper backend.
 
 pub mod backend;
 pub mod error;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 

@@ -1,0 +1,519 @@
+//! The etcd backend: sluice's coordination on an etcd v3 cluster (3.4 or later), with the
+//! `etcd-client` crate.
+//!
+//! # Layout
+//! Without a namespace sluice's names are etcd's own; with namespace `NS` every key below is
+//! prefixed `NS/`:
+//!
+//! | what | key |
+//! |---|---|
+//! | election `NAME` | `NAME/<lease id hex>`, one per candidate, the value the candidate's |
+//! | lock `NAME` | `NAME/<lease id hex>`, one per holder or waiter, empty |
+//! | key `a/b` | `a/b` |
+//! | instance `ID` of `SERVICE` | `services/SERVICE/ID` |
+//! | configuration `KEY` | `config/KEY` |
+//!
+//! Elections and locks follow etcd's `concurrency` package, which `etcdctl elect NAME` and
+//! `etcdctl lock NAME` run: a candidate puts `NAME/<lease hex>` under its lease if absent, the
+//! key with the lowest create revision under `NAME/` leads (holds the lock), and every other
+//! candidate waits for the deletion of the key created just before its own. So
+//! `etcdctl elect --listen NAME` prints the value sluice's leader campaigned with, a candidate
+//! `etcdctl elect NAME v` started first keeps sluice waiting, and `etcdctl lock NAME` and
+//! sluice's lock `NAME` exclude each other. As in etcd, an election and a lock of the same
+//! name share one queue, and one lease contends at most once per name: a second campaign or
+//! lock of the same name under the same session is refused.
+//!
+//! # Tokens and fencing
+//! The fencing token is the candidate key's create revision, the store's revision at its
+//! put: every later candidate's is larger. A fenced write is one transaction that compares
+//! the key's create revision with the token (what etcd's `Proclaim` does).
+//!
+//! # Sessions
+//! A sluice session is an etcd lease: `open_session` grants one of the TTL (whole seconds,
+//! rounded up; etcd grants at least its minimum, 2 s by default); `renew` is one keep-alive
+//! and returns the TTL granted; `close_session` revokes the lease, which deletes its keys.
+//! Keys put with a session are attached to its lease.
+//!
+//! # Keys and watches
+//! Key `K` is the etcd key `NS/K`; keys are any non-empty UTF-8 string (etcd keys written by
+//! others that are not UTF-8 are skipped). Revisions are etcd's: `create_revision`,
+//! `mod_revision` and `version` as etcd reports them. `watch(prefix, after)` is an etcd watch
+//! of the prefix from revision `after + 1`: every change once, in revision order, deletes
+//! included; when `after + 1` was compacted, [`WatchEvent::Compacted`] with the revision just
+//! before etcd's compaction revision. A watch ends after an error; the caller watches again
+//! from the last revision it saw.
+//!
+//! # Connecting
+//! Endpoints are `host:port` (or `http://…`, `https://…`). With [`EtcdTls`] every endpoint is
+//! reached over TLS (rustls), the server checked against the CA, with a client certificate
+//! when one is given; with a user, the client authenticates with its password and keeps the
+//! token fresh. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
+//! reached within the connect timeout is [`CoordError::Unreachable`] naming every endpoint.
+
+mod errors;
+mod keys;
+mod recipe;
+mod watch;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use etcd_client::{
+    Certificate, Client, ConnectOptions, DeleteOptions, GetOptions, Identity, PutOptions,
+    TlsOptions, TxnOp,
+};
+use sluice_pipeline::component::BoxFuture;
+
+use crate::backend::{
+    Backend, BoxStream, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent,
+};
+use crate::error::CoordError;
+use errors::to_coord;
+use keys::Keys;
+use recipe::{header_revision, still_ours, to_i64, to_u64};
+
+/// How long [`Etcd::connect`] waits for the cluster when [`EtcdOptions::connect_timeout`] is
+/// not chosen otherwise.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the etcd cluster is, which part of its key space is sluice's, and how to log in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// The members' client URLs: `host:port`, `http://host:port` or `https://host:port`.
+    pub endpoints: Vec<String>,
+    /// The namespace: every key is prefixed `NS/`; `None` for etcd's own names.
+    pub namespace: Option<String>,
+    /// How long connecting to a member, and the first request, may take.
+    pub connect_timeout: Duration,
+    /// The etcd user to authenticate as (with [`EtcdOptions::password`]).
+    pub user: Option<String>,
+    /// The user's password.
+    pub password: Option<Password>,
+    /// TLS: the CA to check the members against, and a client certificate.
+    pub tls: Option<EtcdTls>,
+}
+
+impl EtcdOptions {
+    /// Options for `endpoints` with no namespace, no credentials, no TLS and the default
+    /// connect timeout.
+    pub fn new(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            namespace: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            user: None,
+            password: None,
+            tls: None,
+        }
+    }
+}
+
+/// A password, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Self {
+        Password(password.into())
+    }
+
+    /// The password itself, for the one place that sends it.
+    fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// TLS to the etcd members: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA certificate that signed the members' certificates.
+    pub ca: PathBuf,
+    /// A client certificate, for members that require one (`--client-cert-auth`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<PathBuf>,
+}
+
+/// The etcd backend. See the [module docs](self) for the layout and the guarantees.
+pub struct Etcd {
+    client: Client,
+    keys: Keys,
+    /// The endpoints, joined, for messages.
+    endpoints: String,
+    /// The TTL each lease opened here was granted: a keep-alive's answer is consumed by the
+    /// client, and a keep-alive restores the granted TTL.
+    granted: Mutex<HashMap<i64, Duration>>,
+}
+
+impl Etcd {
+    /// Connects to the cluster and checks that it answers.
+    pub async fn connect(options: EtcdOptions) -> Result<Self, CoordError> {
+        let keys = Keys::new(keys::namespace_prefix(options.namespace.as_deref())?);
+        if options.endpoints.is_empty() {
+            return Err(CoordError::Config("etcd: no endpoints".to_owned()));
+        }
+        if let Some(bad) = options
+            .endpoints
+            .iter()
+            .find(|e| e.is_empty() || e.contains([',', ' ']))
+        {
+            return Err(CoordError::Config(format!(
+                "etcd endpoint {bad:?}: expected one host:port or URL per endpoint"
+            )));
+        }
+        let endpoints = options.endpoints.join(",");
+        let connect = connect_options(&options)?;
+        let unreachable = |source: etcd_client::Error| CoordError::Unreachable {
+            endpoints: endpoints.clone(),
+            source: Box::new(source),
+        };
+        let answered = tokio::time::timeout(options.connect_timeout, async {
+            let mut client = Client::connect(&options.endpoints, Some(connect))
+                .await
+                .map_err(|e| match &options.user {
+                    Some(user) => match to_coord(e, &endpoints, "") {
+                        CoordError::Refused { source, .. } => CoordError::Refused {
+                            doing: format!("authenticating as {user:?} (etcd {endpoints})"),
+                            source,
+                        },
+                        other => other,
+                    },
+                    None => to_coord(e, &endpoints, "connecting"),
+                })?;
+            client
+                .status()
+                .await
+                .map_err(|e| to_coord(e, &endpoints, "asking for the cluster's status"))?;
+            Ok(client)
+        })
+        .await;
+        let client = match answered {
+            Ok(Ok(client)) => client,
+            Ok(Err(CoordError::Unreachable { source, .. })) => {
+                return Err(CoordError::Unreachable { endpoints, source });
+            }
+            Ok(Err(err)) => return Err(err),
+            Err(_) => {
+                return Err(unreachable(etcd_client::Error::Internal(format!(
+                    "no answer within {:?}",
+                    options.connect_timeout
+                ))));
+            }
+        };
+        tracing::debug!(%endpoints, "etcd backend connected");
+        Ok(Etcd {
+            client,
+            keys,
+            endpoints,
+            granted: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn error<'a>(&'a self, doing: &'a str) -> impl FnOnce(etcd_client::Error) -> CoordError + 'a {
+        move |err| to_coord(err, &self.endpoints, doing)
+    }
+
+    fn granted(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Duration>> {
+        // The map holds plain values: one poisoned by a panic elsewhere is still consistent.
+        self.granted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// The client's options: timeouts, credentials and TLS.
+fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, CoordError> {
+    let mut connect = ConnectOptions::new().with_connect_timeout(options.connect_timeout);
+    match (&options.user, &options.password) {
+        (Some(user), Some(password)) => {
+            connect = connect.with_user(user.clone(), password.expose().to_owned());
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(CoordError::Config(
+                "etcd: a user is set without a password".to_owned(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(CoordError::Config(
+                "etcd: a password is set without a user".to_owned(),
+            ));
+        }
+    }
+    if let Some(tls) = &options.tls {
+        connect = connect.with_tls(tls_options(tls)?);
+    }
+    Ok(connect)
+}
+
+/// Reads the TLS files.
+fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, CoordError> {
+    let read = |what: &str, path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| CoordError::Config(format!("etcd tls {what} {}: {e}", path.display())))
+    };
+    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &tls.ca)?));
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            options = options.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(CoordError::Config(
+                "etcd tls: cert and key go together".to_owned(),
+            ));
+        }
+    }
+    Ok(options)
+}
+
+impl Backend for Etcd {
+    fn describe(&self) -> String {
+        format!("etcd {}", self.endpoints)
+    }
+
+    fn layout(&self) -> Layout {
+        // Keys as the KV methods take them; the etcd key is the namespace prefix and the key.
+        Layout {
+            election: "{name}/".to_owned(),
+            lock: "{name}/".to_owned(),
+            instance: "services/{service}/{id}".to_owned(),
+            config: "config/{key}".to_owned(),
+            key: "{key}".to_owned(),
+        }
+    }
+
+    fn open_session(
+        &self,
+        ttl: Duration,
+    ) -> BoxFuture<'_, Result<(SessionId, Duration), CoordError>> {
+        Box::pin(async move {
+            let seconds = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+            let seconds = i64::try_from(seconds.max(1))
+                .map_err(|_| CoordError::Config(format!("session ttl {ttl:?} is too long")))?;
+            let lease = self
+                .client
+                .clone()
+                .lease_grant(seconds, None)
+                .await
+                .map_err(self.error("granting a lease"))?;
+            let granted = Duration::from_secs(lease.ttl().unsigned_abs());
+            self.granted().insert(lease.id(), granted);
+            Ok((SessionId(lease.id()), granted))
+        })
+    }
+
+    fn renew(&self, session: SessionId) -> BoxFuture<'_, Result<Duration, CoordError>> {
+        Box::pin(async move {
+            // One keep-alive: the client sends it and fails unless the answer has a TTL.
+            self.client
+                .clone()
+                .lease_keep_alive(session.0)
+                .await
+                .map_err(self.error("renewing a lease"))?;
+            let known = self.granted().get(&session.0).copied();
+            match known {
+                Some(granted) => Ok(granted),
+                None => {
+                    let lease = self
+                        .client
+                        .clone()
+                        .lease_time_to_live(session.0, None)
+                        .await
+                        .map_err(self.error("reading a lease"))?;
+                    if lease.ttl() <= 0 {
+                        return Err(CoordError::SessionExpired);
+                    }
+                    let granted = Duration::from_secs(lease.granted_ttl().unsigned_abs());
+                    self.granted().insert(session.0, granted);
+                    Ok(granted)
+                }
+            }
+        })
+    }
+
+    fn close_session(&self, session: SessionId) -> BoxFuture<'_, Result<(), CoordError>> {
+        Box::pin(async move {
+            self.granted().remove(&session.0);
+            match self.client.clone().lease_revoke(session.0).await {
+                Ok(_) => Ok(()),
+                Err(err) => match to_coord(err, &self.endpoints, "revoking a lease") {
+                    CoordError::SessionExpired => Ok(()),
+                    other => Err(other),
+                },
+            }
+        })
+    }
+
+    fn campaign<'a>(
+        &'a self,
+        session: SessionId,
+        name: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<Held, CoordError>> {
+        Box::pin(async move {
+            let recipe = self.keys.recipe(name)?;
+            recipe::contend(&self.client, session, &recipe, value, &self.endpoints).await
+        })
+    }
+
+    fn resign<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
+        Box::pin(recipe::give_up(&self.client, held, &self.endpoints))
+    }
+
+    fn leader<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(Bytes, u64)>, CoordError>> {
+        Box::pin(async move {
+            let recipe = self.keys.recipe(name)?;
+            recipe::first(&self.client, &recipe, &self.endpoints).await
+        })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        session: SessionId,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Held, CoordError>> {
+        Box::pin(async move {
+            let recipe = self.keys.recipe(name)?;
+            // `concurrency.Mutex` puts an empty value too.
+            recipe::contend(
+                &self.client,
+                session,
+                &recipe,
+                Bytes::new(),
+                &self.endpoints,
+            )
+            .await
+        })
+    }
+
+    fn unlock<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
+        self.resign(held)
+    }
+
+    fn released<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
+        Box::pin(recipe::released(&self.client, held, &self.endpoints))
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, CoordError>> {
+        Box::pin(async move {
+            let full = self.keys.key(key)?;
+            let found = self
+                .client
+                .clone()
+                .get(full, None)
+                .await
+                .map_err(self.error("reading a key"))?;
+            match found.kvs().first() {
+                Some(kv) => watch::key_value(&self.keys, kv),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn range<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> BoxFuture<'a, Result<(Vec<KeyValue>, u64), CoordError>> {
+        Box::pin(async move {
+            let found = self
+                .client
+                .clone()
+                .get(
+                    self.keys.prefixed(prefix),
+                    Some(GetOptions::new().with_prefix()),
+                )
+                .await
+                .map_err(self.error("reading a prefix"))?;
+            let revision = to_u64(header_revision(found.header())?)?;
+            let mut keys = Vec::with_capacity(found.kvs().len());
+            for kv in found.kvs() {
+                keys.extend(watch::key_value(&self.keys, kv)?);
+            }
+            Ok((keys, revision))
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        session: Option<SessionId>,
+    ) -> BoxFuture<'a, Result<u64, CoordError>> {
+        Box::pin(async move {
+            let full = self.keys.key(key)?;
+            let options = session.map(|s| PutOptions::new().with_lease(s.0));
+            let put = self
+                .client
+                .clone()
+                .put(full, value.to_vec(), options)
+                .await
+                .map_err(self.error("writing a key"))?;
+            to_u64(header_revision(put.header())?)
+        })
+    }
+
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, CoordError>> {
+        Box::pin(async move {
+            let full = self.keys.key(key)?;
+            let deleted = self
+                .client
+                .clone()
+                .delete(full, None::<DeleteOptions>)
+                .await
+                .map_err(self.error("deleting a key"))?;
+            if deleted.deleted() == 0 {
+                return Ok(None);
+            }
+            Ok(Some(to_u64(header_revision(deleted.header())?)?))
+        })
+    }
+
+    fn watch<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: u64,
+    ) -> BoxFuture<'a, Result<BoxStream<'static, Result<WatchEvent, CoordError>>, CoordError>> {
+        Box::pin(watch::watch(
+            &self.client,
+            self.keys.clone(),
+            self.endpoints.clone(),
+            prefix,
+            after,
+        ))
+    }
+
+    fn fenced<'a>(&'a self, held: &'a Held, op: Op) -> BoxFuture<'a, Result<Fenced, CoordError>> {
+        Box::pin(async move {
+            let write = match &op {
+                Op::Put { key, value } => TxnOp::put(self.keys.key(key)?, value.to_vec(), None),
+                Op::Delete { key } => TxnOp::delete(self.keys.key(key)?, None),
+            };
+            let txn = still_ours(&held.key, to_i64(held.token)?).and_then([write]);
+            let done = self
+                .client
+                .clone()
+                .txn(txn)
+                .await
+                .map_err(self.error("a fenced write"))?;
+            if !done.succeeded() {
+                return Ok(Fenced::Refused);
+            }
+            Ok(Fenced::Applied(to_u64(header_revision(done.header())?)?))
+        })
+    }
+}

@@ -1,0 +1,498 @@
+//! The etcd backend against the real etcd of `scripts/services.sh` (`ETCD_ENDPOINTS`, default
+//! http://127.0.0.1:2379) and the real `etcdctl` (API v3): sluice and etcdctl share elections
+//! and locks; a lease revoked by hand ends sluice's hold. Elections and locks here use etcd's
+//! own names (no namespace), each test a name of its own. Auth and TLS run on an etcd of the
+//! test's own. The rules every backend keeps are in `conformance.rs`.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use sluice_coord::etcd::{Etcd, EtcdOptions, EtcdTls, Password};
+use sluice_coord::{Backend, CoordError, Fenced, Op};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+#[path = "support/private_etcd.rs"]
+mod private_etcd;
+use private_etcd::{PrivateEtcd, ServerTls};
+
+/// The TTL sessions ask for.
+const TTL: Duration = Duration::from_secs(2);
+/// How long a condition that should hold soon may take.
+const SOON: Duration = Duration::from_secs(10);
+
+fn endpoints() -> Vec<String> {
+    std::env::var("ETCD_ENDPOINTS")
+        .unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned())
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A name no other test or run uses.
+fn unique(what: &str) -> String {
+    format!("sluice-test-{what}-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn etcd() -> Result<Arc<Etcd>> {
+    Ok(Arc::new(
+        Etcd::connect(EtcdOptions::new(endpoints())).await?,
+    ))
+}
+
+/// `etcdctl` on the shared etcd, its output piped.
+fn etcdctl(args: &[&str]) -> Result<Etcdctl> {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints().join(",")))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting etcdctl")?;
+    let stdout = child.stdout.take().context("etcdctl's stdout")?;
+    Ok(Etcdctl {
+        child,
+        lines: BufReader::new(stdout).lines(),
+    })
+}
+
+/// A running etcdctl.
+struct Etcdctl {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Etcdctl {
+    /// The next line it prints.
+    async fn line(&mut self) -> Result<String> {
+        tokio::time::timeout(SOON, self.lines.next_line())
+            .await
+            .context("etcdctl printed nothing")??
+            .context("etcdctl ended")
+    }
+
+    /// Sends SIGTERM, on which etcdctl gives up its election or lock and exits, and waits.
+    async fn terminate(mut self) -> Result<()> {
+        let pid = self.child.id().context("etcdctl already exited")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        ensure!(status.success(), "kill -TERM {pid}");
+        tokio::time::timeout(SOON, self.child.wait())
+            .await
+            .context("etcdctl did not exit on SIGTERM")??;
+        Ok(())
+    }
+}
+
+/// Keys under `prefix` on the shared etcd, in create order.
+async fn candidates(b: &Etcd, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let (mut keys, _) = b.range(prefix).await?;
+    keys.sort_by_key(|kv| kv.create_revision);
+    Ok(keys
+        .into_iter()
+        .map(|kv| (kv.key, kv.create_revision))
+        .collect())
+}
+
+async fn wait_candidates(b: &Etcd, prefix: &str, n: usize) -> Result<Vec<(String, u64)>> {
+    let deadline = tokio::time::Instant::now() + SOON;
+    loop {
+        let found = candidates(b, prefix).await?;
+        if found.len() == n {
+            return Ok(found);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{n} candidates under {prefix}: found {found:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(SOON, fut)
+        .await
+        .with_context(|| format!("{what}: not within {SOON:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcdctl_elect_listen_prints_the_value_sluice_campaigned_with() -> Result<()> {
+    let b = etcd().await?;
+    let name = unique("listen");
+    let (s, _) = b.open_session(SOON).await?;
+    let held = b.campaign(s, &name, Bytes::from_static(b"node-a")).await?;
+    assert_eq!(held.key, format!("{name}/{:x}", s.0), "etcd's key layout");
+    let mut listen = etcdctl(&["elect", "--listen", &name])?;
+    assert_eq!(listen.line().await?, held.key);
+    assert_eq!(listen.line().await?, "node-a");
+    b.close_session(s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcdctl_candidate_started_first_keeps_sluice_waiting() -> Result<()> {
+    let b = etcd().await?;
+    let name = unique("elect");
+    let mut first = etcdctl(&["elect", &name, "etcdctl-first"])?;
+    // etcdctl prints its key and value once it leads.
+    let key = first.line().await?;
+    ensure!(key.starts_with(&format!("{name}/")), "{key}");
+    let (s, _) = b.open_session(SOON).await?;
+    let campaign = {
+        let (b, name) = (Arc::clone(&b), name.clone());
+        tokio::spawn(async move { b.campaign(s, &name, Bytes::from_static(b"sluice")).await })
+    };
+    let queue = wait_candidates(&b, &format!("{name}/"), 2).await?;
+    assert_eq!(queue[0].0, key);
+    let (value, token) = b.leader(&name).await?.context("a leader")?;
+    assert_eq!((&value[..], token), (&b"etcdctl-first"[..], queue[0].1));
+    // A write after sluice's candidacy, then the check: still waiting.
+    b.put(&unique("probe"), Bytes::from_static(b"1"), None)
+        .await?;
+    ensure!(!campaign.is_finished(), "sluice leads beside etcdctl");
+    first.terminate().await?;
+    let held = within("sluice leads", campaign).await???;
+    ensure!(held.token > queue[0].1);
+    let mut listen = etcdctl(&["elect", "--listen", &name])?;
+    assert_eq!(listen.line().await?, held.key);
+    assert_eq!(listen.line().await?, "sluice");
+    b.close_session(s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_by_etcdctl_keeps_sluice_waiting() -> Result<()> {
+    let b = etcd().await?;
+    let name = unique("lock");
+    let mut holder = etcdctl(&["lock", &name])?;
+    // Without a command, etcdctl prints its key once it holds the lock.
+    let key = holder.line().await?;
+    let (s, _) = b.open_session(SOON).await?;
+    let lock = {
+        let (b, name) = (Arc::clone(&b), name.clone());
+        tokio::spawn(async move { b.lock(s, &name).await })
+    };
+    let queue = wait_candidates(&b, &format!("{name}/"), 2).await?;
+    assert_eq!(queue[0].0, key);
+    b.put(&unique("probe"), Bytes::from_static(b"1"), None)
+        .await?;
+    ensure!(!lock.is_finished(), "sluice holds the lock beside etcdctl");
+    holder.terminate().await?;
+    let held = within("sluice holds", lock).await???;
+    ensure!(held.token > queue[0].1);
+    b.close_session(s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_by_sluice_keeps_etcdctl_waiting() -> Result<()> {
+    let b = etcd().await?;
+    let name = unique("lock");
+    let (s, _) = b.open_session(SOON).await?;
+    let held = b.lock(s, &name).await?;
+    let mut waiter = etcdctl(&["lock", &name, "echo", "etcdctl holds it"])?;
+    let queue = wait_candidates(&b, &format!("{name}/"), 2).await?;
+    assert_eq!(queue[0].0, held.key);
+    b.put(&unique("probe"), Bytes::from_static(b"1"), None)
+        .await?;
+    ensure!(
+        waiter.child.try_wait()?.is_none(),
+        "etcdctl ran its command while sluice held the lock"
+    );
+    b.unlock(&held).await?;
+    assert_eq!(waiter.line().await?, "etcdctl holds it");
+    let status = within("etcdctl exits", waiter.child.wait()).await??;
+    ensure!(status.success(), "etcdctl lock: {status}");
+    b.close_session(s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_revoked_with_etcdctl_releases_and_fences() -> Result<()> {
+    let b = etcd().await?;
+    let name = unique("revoked");
+    let (s, _) = b.open_session(SOON).await?;
+    let held = b.lock(s, &name).await?;
+    let key = unique("fenced");
+    let put = |value: &'static [u8]| Op::Put {
+        key: key.clone(),
+        value: Bytes::from_static(value),
+    };
+    assert!(matches!(
+        b.fenced(&held, put(b"1")).await?,
+        Fenced::Applied(_)
+    ));
+    let released = {
+        let (b, held) = (Arc::clone(&b), held.clone());
+        tokio::spawn(async move { b.released(&held).await })
+    };
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints().join(",")))
+        .args(["lease", "revoke", &format!("{:x}", s.0)])
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    ensure!(status.success(), "etcdctl lease revoke: {status}");
+    within("released", released).await???;
+    assert_eq!(b.fenced(&held, put(b"2")).await?, Fenced::Refused);
+    assert_eq!(
+        &b.get(&key).await?.context("the first write")?.value[..],
+        b"1"
+    );
+    assert!(matches!(b.renew(s).await, Err(CoordError::SessionExpired)));
+    b.delete(&key).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_claim_of_one_name_under_one_session_is_refused() -> Result<()> {
+    let b = etcd().await?;
+    let name = unique("twice");
+    let (s, _) = b.open_session(SOON).await?;
+    let held = b.lock(s, &name).await?;
+    match b.lock(s, &name).await {
+        Err(CoordError::Config(message)) => ensure!(message.contains(&held.key), "{message}"),
+        other => bail!("a second lock under one lease gave {other:?}"),
+    }
+    b.close_session(s).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_prefixes_every_key() -> Result<()> {
+    let ns = unique("ns");
+    let mut options = EtcdOptions::new(endpoints());
+    options.namespace = Some(ns.clone());
+    let b = Etcd::connect(options).await?;
+    let plain = etcd().await?;
+    let (s, _) = b.open_session(SOON).await?;
+    b.put("config/a", Bytes::from_static(b"1"), Some(s)).await?;
+    let held = b.campaign(s, "e", Bytes::from_static(b"v")).await?;
+    assert_eq!(held.key, format!("{ns}/e/{:x}", s.0));
+    let raw = plain
+        .get(&format!("{ns}/config/a"))
+        .await?
+        .context("NS/config/a")?;
+    assert_eq!(raw.session, Some(s));
+    let (keys, _) = b.range("").await?;
+    let names: Vec<&str> = keys.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(names, ["config/a", &format!("e/{:x}", s.0)]);
+    b.close_session(s).await?;
+    assert!(plain.range(&format!("{ns}/")).await?.0.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_names_every_endpoint() -> Result<()> {
+    // Ports nobody listens on: bound, then closed.
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        })
+        .collect::<Result<_>>()?;
+    let tried: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut options = EtcdOptions::new(tried.clone());
+    options.connect_timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    match Etcd::connect(options).await {
+        Err(err @ CoordError::Unreachable { .. }) => {
+            let message = err.to_string();
+            for endpoint in &tried {
+                ensure!(
+                    message.contains(endpoint),
+                    "{message} does not name {endpoint}"
+                );
+            }
+            ensure!(err.is_retryable());
+        }
+        Err(other) => bail!("expected Unreachable, got {other}"),
+        Ok(_) => bail!("connected to nothing"),
+    }
+    ensure!(started.elapsed() < SOON, "connect did not keep its timeout");
+    // Bad options are refused before any connection, named.
+    for (options, needle) in [
+        (EtcdOptions::new(Vec::new()), "no endpoints"),
+        (EtcdOptions::new(vec!["a:1,b:2".to_owned()]), "a:1,b:2"),
+        (
+            EtcdOptions {
+                namespace: Some("/abs".to_owned()),
+                ..EtcdOptions::new(endpoints())
+            },
+            "namespace",
+        ),
+        (
+            EtcdOptions {
+                user: Some("u".to_owned()),
+                ..EtcdOptions::new(endpoints())
+            },
+            "password",
+        ),
+    ] {
+        match Etcd::connect(options).await {
+            Err(CoordError::Config(message)) => ensure!(message.contains(needle), "{message}"),
+            Err(other) => bail!("expected a config error naming {needle}, got {other}"),
+            Ok(_) => bail!("accepted options that should name {needle}"),
+        }
+    }
+    Ok(())
+}
+
+/// etcdctl on a private etcd, run to completion.
+async fn etcdctl_on(url: &str, args: &[&str]) -> Result<()> {
+    let status = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={url}"))
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    ensure!(status.success(), "etcdctl {args:?}: {status}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_logs_in_with_its_password_and_a_wrong_one_is_refused() -> Result<()> {
+    let server = PrivateEtcd::start(None).await?;
+    let deadline = tokio::time::Instant::now() + SOON;
+    while etcdctl_on(&server.url, &["user", "add", "root:s3cret-pw"])
+        .await
+        .is_err()
+    {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the private etcd never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    etcdctl_on(&server.url, &["auth", "enable"]).await?;
+    let login = |password: &str| EtcdOptions {
+        user: Some("root".to_owned()),
+        password: Some(Password::new(password)),
+        ..EtcdOptions::new(vec![server.url.clone()])
+    };
+    let options = login("s3cret-pw");
+    ensure!(
+        !format!("{options:?}").contains("s3cret-pw"),
+        "Debug shows the password"
+    );
+    let b = Etcd::connect(options).await?;
+    ensure!(!b.describe().contains("s3cret-pw"));
+    let (s, _) = b.open_session(TTL).await?;
+    b.put("authed", Bytes::from_static(b"1"), Some(s)).await?;
+    match Etcd::connect(login("wrong")).await {
+        Err(err @ CoordError::Refused { .. }) => {
+            let message = err.to_string();
+            ensure!(
+                message.contains("root") && !message.contains("wrong"),
+                "{message}"
+            );
+            ensure!(!err.is_retryable());
+        }
+        Err(other) => bail!("a wrong password gave {other}"),
+        Ok(_) => bail!("a wrong password logged in"),
+    }
+    // Without credentials, auth-enabled etcd refuses the requests.
+    let anonymous = Etcd::connect(EtcdOptions::new(vec![server.url.clone()])).await;
+    match anonymous {
+        Ok(b) => ensure!(b.get("authed").await.is_err(), "read without a user"),
+        Err(err) => ensure!(matches!(err, CoordError::Refused { .. }), "{err}"),
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_checks_the_server_against_the_ca() -> Result<()> {
+    let dir = std::env::temp_dir().join(unique("tls"));
+    std::fs::create_dir_all(&dir)?;
+    let path = |name: &str| dir.join(name);
+    // Arguments without spaces, split on whitespace.
+    let openssl = |args: &str| {
+        let status = std::process::Command::new("openssl")
+            .args(args.split_whitespace())
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "openssl {args}: {status}");
+        Ok(())
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for ca in ["ca", "other-ca"] {
+        openssl(&format!(
+            "req -x509 {key} -days 1 -subj /CN={ca} -keyout {ca}.key -out {ca}.pem"
+        ))?;
+    }
+    // Version 3 certificates (rustls takes no other), with their usage.
+    std::fs::write(
+        path("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )?;
+    std::fs::write(path("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+    for (name, cn) in [("server", "127.0.0.1"), ("client", "sluice")] {
+        openssl(&format!(
+            "req {key} -subj /CN={cn} -keyout {name}.key -out {name}.csr"
+        ))?;
+        openssl(&format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+             -extfile {name}.ext -out {name}.pem"
+        ))?;
+    }
+    let server = PrivateEtcd::start(Some(ServerTls {
+        ca: &path("ca.pem"),
+        cert: &path("server.pem"),
+        key: &path("server.key"),
+    }))
+    .await?;
+    // The server checks client certificates against the same CA (`--trusted-ca-file`).
+    let over_tls = |ca: &str, client: Option<&str>| EtcdOptions {
+        tls: Some(EtcdTls {
+            ca: path(ca),
+            cert: client.map(|c| path(&format!("{c}.pem"))),
+            key: client.map(|c| path(&format!("{c}.key"))),
+        }),
+        ..EtcdOptions::new(vec![server.url.trim_start_matches("https://").to_owned()])
+    };
+    let deadline = tokio::time::Instant::now() + SOON;
+    let b = loop {
+        match Etcd::connect(over_tls("ca.pem", Some("client"))).await {
+            Ok(b) => break b,
+            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let written = b.put("over-tls", Bytes::from_static(b"1"), None).await?;
+    assert_eq!(
+        b.get("over-tls").await?.context("over-tls")?.mod_revision,
+        written
+    );
+    // A server the CA did not sign is not trusted; a client without a certificate is not let in.
+    ensure!(
+        Etcd::connect(over_tls("other-ca.pem", Some("client")))
+            .await
+            .is_err(),
+        "a server signed by another CA was trusted"
+    );
+    ensure!(
+        Etcd::connect(over_tls("ca.pem", None)).await.is_err(),
+        "connected without the client certificate the server requires"
+    );
+    // A missing file is named.
+    match Etcd::connect(over_tls("missing.pem", Some("client"))).await {
+        Err(CoordError::Config(message)) => ensure!(message.contains("missing.pem"), "{message}"),
+        other => bail!("a missing CA file gave {:?}", other.err()),
+    }
+    drop(server);
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
