@@ -9,6 +9,7 @@ use sluice_connectors::postgres::cdc::PostgresCdcConfig;
 use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
+use sluice_coord::CoordConfig;
 use sluice_ids::config::IdsConfig;
 use sluice_ids::transform::IdTransformConfig;
 use sluice_pipeline::Registry;
@@ -27,6 +28,7 @@ pub fn registry() -> Registry {
         .sink::<BlackholeSinkConfig>("blackhole")
         .sink::<RabbitmqSinkConfig>("rabbitmq")
         .resource::<IdsConfig>("ids")
+        .resource::<CoordConfig>("coord")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry
 }

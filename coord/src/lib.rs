@@ -3,16 +3,41 @@
 //! registry and configuration watched for live reload, exposed to pipelines as the `[coord]`
 //! resource (which provides the engine's `Leadership`), a watch source and a KV sink.
 //!
-//! - [`backend`]: what every backend provides; [`error`]: its errors.
-//! - [`etcd`] (cargo feature `etcd`, on by default): the etcd backend.
-//! - [`zookeeper`] (cargo feature `zookeeper`, on by default): the ZooKeeper backend.
+//! - [`Coord`]: the API users and components see; [`CoordConfig`]: the `[coord]` section
+//!   (also the engine's resource), and its `--coord URL` form.
+//! - [`LeaderTerm`] from [`Coord::campaign`], [`LockGuard`] from [`Coord::lock`],
+//!   [`Registration`] from [`Coord::register`], [`Follow`] from [`Coord::follow`].
+//! - [`backend`]: what every backend provides; [`error`]: its errors;
+//!   [`embedded`]: the in-process backend; [`etcd`] (cargo feature `etcd`, on by default):
+//!   the etcd backend; [`zookeeper`] (cargo feature `zookeeper`, on by default): the
+//!   ZooKeeper backend.
+//! - [`session`]: how a session is kept, and why a leader never acts after its lease.
 
 pub mod backend;
+pub mod config;
+mod config_store;
+mod coord;
+mod election;
+pub mod embedded;
 pub mod error;
 #[cfg(feature = "etcd")]
 pub mod etcd;
+mod follow;
+mod hold;
+mod lock;
+pub mod metrics;
+mod registry;
+mod resource;
+pub mod session;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
 pub use backend::{Backend, Change, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent};
+pub use config::{BackendKind, CoordConfig, Password, TlsConfig};
+pub use coord::Coord;
+pub use election::{Leader, LeaderTerm};
+pub use embedded::Embedded;
 pub use error::CoordError;
+pub use follow::Follow;
+pub use lock::LockGuard;
+pub use registry::{Instance, Registration};

@@ -4,8 +4,9 @@
 //! `scripts/services.sh`. Each test has a namespace of its own.
 //!
 //! A backend is one [`Subject`]: how to connect a backend (a process, in effect) to a
-//! namespace, and its declared [`Capabilities`] where backends legitimately differ. Adding a
-//! backend is one `conformance!` line and its subject function.
+//! namespace, and its declared [`Capabilities`] where backends legitimately differ. The suite
+//! runs on the embedded backend, etcd and ZooKeeper; adding a backend is one `conformance!`
+//! line and its subject function.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,7 +18,9 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use sluice_coord::etcd::{Etcd, EtcdOptions};
 use sluice_coord::zookeeper::{ZooKeeper, ZooKeeperOptions};
-use sluice_coord::{Backend, Change, CoordError, Fenced, Held, Op, SessionId, WatchEvent};
+use sluice_coord::{
+    Backend, Change, CoordError, Embedded, Fenced, Held, Op, SessionId, WatchEvent,
+};
 use tokio::task::JoinHandle;
 
 #[path = "support/private_etcd.rs"]
@@ -64,8 +67,8 @@ enum Forgets {
 struct Compactable {
     backend: Arc<dyn Backend>,
     compact: Box<dyn Fn(u64) -> BoxFuture<'static, Result<()>> + Send + Sync>,
-    /// The server, stopped when dropped.
-    _server: PrivateEtcd,
+    /// The server, stopped when dropped (nothing, for a store in the process).
+    _server: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// One namespace of a test's own, and a backend on it.
@@ -625,12 +628,38 @@ macro_rules! conformance {
     };
 }
 
+conformance!(embedded, embedded_subject());
 conformance!(etcd, etcd_subject());
 conformance!(zookeeper, zookeeper_subject());
 
 // ---------------------------------------------------------------------------------------------
 // The backends
 // ---------------------------------------------------------------------------------------------
+
+fn embedded_subject() -> Subject {
+    Subject {
+        connect: Box::new(|ns| {
+            Box::pin(async move { Ok(Arc::new(Embedded::shared(Some(&ns))) as Arc<dyn Backend>) })
+        }),
+        caps: Capabilities {
+            every_write: true,
+            history: true,
+            forgets: Forgets::ByCompaction(|| {
+                Box::pin(async {
+                    let store = Embedded::new();
+                    Ok(Compactable {
+                        backend: Arc::new(store.clone()),
+                        compact: Box::new(move |revision| {
+                            store.compact(revision);
+                            Box::pin(std::future::ready(Ok(())))
+                        }),
+                        _server: Box::new(()),
+                    })
+                })
+            }),
+        },
+    }
+}
 
 fn etcd_endpoints() -> Vec<String> {
     std::env::var("ETCD_ENDPOINTS")
@@ -676,7 +705,7 @@ async fn private_etcd() -> Result<Compactable> {
                 Ok(())
             })
         }),
-        _server: server,
+        _server: Box::new(server),
     })
 }
 

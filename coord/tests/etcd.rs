@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
-use sluice_coord::etcd::{Etcd, EtcdOptions, EtcdTls, Password};
+use sluice_coord::etcd::{Etcd, EtcdOptions};
 use sluice_coord::{Backend, CoordError, Fenced, Op};
+use sluice_coord::{Password, TlsConfig};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -456,8 +457,8 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
     .await?;
     // The server checks client certificates against the same CA (`--trusted-ca-file`).
     let over_tls = |ca: &str, client: Option<&str>| EtcdOptions {
-        tls: Some(EtcdTls {
-            ca: path(ca),
+        tls: Some(TlsConfig {
+            ca: Some(path(ca)),
             cert: client.map(|c| path(&format!("{c}.pem"))),
             key: client.map(|c| path(&format!("{c}.key"))),
         }),

@@ -44,7 +44,7 @@
 //! from the last revision it saw.
 //!
 //! # Connecting
-//! Endpoints are `host:port` (or `http://…`, `https://…`). With [`EtcdTls`] every endpoint is
+//! Endpoints are `host:port` (or `http://…`, `https://…`). With [`TlsConfig`] every endpoint is
 //! reached over TLS (rustls), the server checked against the CA, with a client certificate
 //! when one is given; with a user, the client authenticates with its password and keeps the
 //! token fresh. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
@@ -56,7 +56,6 @@ mod recipe;
 mod watch;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -71,6 +70,7 @@ use sluice_pipeline::component::BoxFuture;
 use crate::backend::{
     Backend, BoxStream, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent,
 };
+use crate::config::{Password, TlsConfig};
 use crate::error::CoordError;
 use errors::to_coord;
 use keys::Keys;
@@ -94,7 +94,7 @@ pub struct EtcdOptions {
     /// The user's password.
     pub password: Option<Password>,
     /// TLS: the CA to check the members against, and a client certificate.
-    pub tls: Option<EtcdTls>,
+    pub tls: Option<TlsConfig>,
 }
 
 impl EtcdOptions {
@@ -110,39 +110,6 @@ impl EtcdOptions {
             tls: None,
         }
     }
-}
-
-/// A password, never shown by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps a password.
-    pub fn new(password: impl Into<String>) -> Self {
-        Password(password.into())
-    }
-
-    /// The password itself, for the one place that sends it.
-    fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Password(<redacted>)")
-    }
-}
-
-/// TLS to the etcd members: PEM files.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EtcdTls {
-    /// The CA certificate that signed the members' certificates.
-    pub ca: PathBuf,
-    /// A client certificate, for members that require one (`--client-cert-auth`).
-    pub cert: Option<PathBuf>,
-    /// The client certificate's private key.
-    pub key: Option<PathBuf>,
 }
 
 /// The etcd backend. See the [module docs](self) for the layout and the guarantees.
@@ -258,12 +225,15 @@ fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, CoordError> 
 }
 
 /// Reads the TLS files.
-fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, CoordError> {
+fn tls_options(tls: &TlsConfig) -> Result<TlsOptions, CoordError> {
     let read = |what: &str, path: &PathBuf| {
         std::fs::read(path)
             .map_err(|e| CoordError::Config(format!("etcd tls {what} {}: {e}", path.display())))
     };
-    let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(read("ca", &tls.ca)?));
+    let mut options = TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        options = options.ca_certificate(Certificate::from_pem(read("ca", ca)?));
+    }
     match (&tls.cert, &tls.key) {
         (Some(cert), Some(key)) => {
             options = options.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));

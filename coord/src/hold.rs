@@ -1,0 +1,180 @@
+//! What a won election and a taken lock share: a [`Held`] under a session, valid while both
+//! its key and the session's deadline last, given back when done or dropped.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{OwnedMutexGuard, watch};
+use tokio::task::JoinHandle;
+
+use crate::backend::{Backend, Held};
+use crate::coord::Coord;
+use crate::error::CoordError;
+use crate::session::Session;
+
+/// Whether a hold is a term of an election or a lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Election,
+    Lock,
+}
+
+impl Kind {
+    /// The in-process queue's name for `name`.
+    fn queue(self, name: &str) -> String {
+        match self {
+            Kind::Election => format!("election/{name}"),
+            Kind::Lock => format!("lock/{name}"),
+        }
+    }
+}
+
+/// A held election or lock.
+pub(crate) struct Hold {
+    kind: Kind,
+    held: Held,
+    session: Arc<Session>,
+    backend: Arc<dyn Backend>,
+    /// Set once the key is gone (seen by `watcher`) or given back.
+    over: watch::Sender<bool>,
+    watcher: JoinHandle<()>,
+    /// Keeps other tasks of this process out of the same name meanwhile.
+    _queue: OwnedMutexGuard<()>,
+}
+
+impl Hold {
+    /// Waits until this process holds `name`, under whichever session is current: a
+    /// candidacy whose session is lost while it waits starts again under the next one.
+    pub(crate) async fn take(
+        coord: &Coord,
+        kind: Kind,
+        name: &str,
+        value: Bytes,
+    ) -> Result<Hold, CoordError> {
+        let queue = coord.local_queue(kind.queue(name)).lock_owned().await;
+        loop {
+            let session = coord.session().await;
+            let backend = coord.connected().await;
+            let asking = async {
+                match kind {
+                    Kind::Election => backend.campaign(session.id(), name, value.clone()).await,
+                    Kind::Lock => backend.lock(session.id(), name).await,
+                }
+            };
+            let taken = tokio::select! {
+                taken = asking => taken,
+                // Dropping the request withdraws the candidacy.
+                () = session.ended() => continue,
+            };
+            match taken {
+                Ok(held) if session.is_valid() => {
+                    return Ok(Hold::new(kind, held, session, backend, queue));
+                }
+                Ok(held) => {
+                    // Won after the deadline: not usable, so let the next candidate have it.
+                    let _ = release(kind, &*backend, &held).await;
+                }
+                Err(CoordError::SessionExpired) => session.give_up(),
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn new(
+        kind: Kind,
+        held: Held,
+        session: Arc<Session>,
+        backend: Arc<dyn Backend>,
+        queue: OwnedMutexGuard<()>,
+    ) -> Hold {
+        let over = watch::channel(false).0;
+        let watcher = tokio::spawn({
+            let backend = Arc::clone(&backend);
+            let held = held.clone();
+            let over = over.clone();
+            let session = Arc::clone(&session);
+            async move {
+                // An error says nothing about the key; the session's deadline still bounds
+                // the hold, so keep asking while it lasts.
+                while let Err(error) = backend.released(&held).await {
+                    tracing::debug!(
+                        key = %held.key,
+                        error = %sluice_pipeline::error::chain(&error),
+                        "cannot watch a held key"
+                    );
+                    if tokio::time::timeout(std::time::Duration::from_millis(200), session.ended())
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                over.send_replace(true);
+            }
+        });
+        Hold {
+            kind,
+            held,
+            session,
+            backend,
+            over,
+            watcher,
+            _queue: queue,
+        }
+    }
+
+    pub(crate) fn held(&self) -> &Held {
+        &self.held
+    }
+
+    /// Not over, and the session within its deadline.
+    pub(crate) fn is_valid(&self) -> bool {
+        !*self.over.borrow() && self.session.is_valid()
+    }
+
+    /// Resolves once the hold is no longer valid.
+    pub(crate) async fn ended(&self) {
+        let mut over = self.over.subscribe();
+        tokio::select! {
+            _ = over.wait_for(|over| *over) => {}
+            () = self.session.ended() => {}
+        }
+    }
+
+    /// Gives it back, so that the next candidate or waiter has it.
+    pub(crate) async fn release(&self) -> Result<(), CoordError> {
+        let was_over = self.over.send_replace(true);
+        if was_over || !self.session.is_valid() {
+            return Ok(());
+        }
+        release(self.kind, &*self.backend, &self.held).await
+    }
+}
+
+async fn release(kind: Kind, backend: &dyn Backend, held: &Held) -> Result<(), CoordError> {
+    match kind {
+        Kind::Election => backend.resign(held).await,
+        Kind::Lock => backend.unlock(held).await,
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        if *self.over.borrow() {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (kind, backend, held) = (self.kind, Arc::clone(&self.backend), self.held.clone());
+            runtime.spawn(async move {
+                if let Err(error) = release(kind, &*backend, &held).await {
+                    tracing::debug!(
+                        key = %held.key,
+                        error = %sluice_pipeline::error::chain(&error),
+                        "cannot give back a dropped hold; it ends with its session"
+                    );
+                }
+            });
+        }
+    }
+}
