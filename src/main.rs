@@ -2,6 +2,7 @@
 
 mod api_client;
 mod check;
+mod coordination;
 mod id;
 mod registry;
 mod status;
@@ -19,6 +20,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use coordination::ConfigSource;
 use sluice_pipeline::error::chain;
 use sluice_pipeline::metrics::reload_counter;
 use sluice_pipeline::{Config, PipelineSpec, Registry, ShutdownTrigger};
@@ -29,6 +31,11 @@ const EXAMPLES: &str = "\
 Examples:
   sluice run examples/generator.toml         run a pipeline until it finishes or is signalled
   sluice run a.toml b.toml                   run two pipelines in one process
+  sluice --coord etcd://127.0.0.1:2379 config put relay relay.toml
+  sluice --coord etcd://127.0.0.1:2379 run coord:relay
+                                             run a stored config; reload when it changes
+  sluice --coord etcd://127.0.0.1:2379 lock nightly -- ./backup.sh
+                                             run a command under a lock (SLUICE_FENCING_TOKEN)
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
   sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
@@ -52,6 +59,11 @@ struct Cli {
     /// Log filter, such as `info` or `sluice_pipeline=debug,info` (overrides SLUICE_LOG).
     #[arg(long, global = true)]
     log: Option<String>,
+    /// The coordination service, for `lock`, `config` and `coord:KEY` configs, and as the
+    /// `[coord]` section of configs that have none: `etcd://HOST:PORT[,HOST:PORT…]`,
+    /// `zookeeper://HOST:PORT[,…]` or `embedded:`.
+    #[arg(long, global = true, env = "SLUICE_COORD", value_name = "URL")]
+    coord: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,9 +72,26 @@ struct Cli {
 enum Command {
     /// Run a pipeline until every source finishes or a signal asks it to stop.
     Run {
-        /// The pipeline configs (TOML): several run in one process, sharing its resources.
+        /// The pipeline configs: TOML files (reloaded on SIGHUP) or `coord:KEY` (read from the
+        /// coordination service, reloaded when the key changes). Several run in one process,
+        /// sharing its resources.
         #[arg(required = true, value_name = "CONFIG")]
-        configs: Vec<PathBuf>,
+        configs: Vec<String>,
+    },
+    /// Run a command while holding lock NAME of the coordination service, its fencing token
+    /// in SLUICE_FENCING_TOKEN (as `etcdctl lock NAME COMMAND`). Exits with the command's
+    /// code, or 1 if the lock was lost (the command is then sent SIGTERM).
+    Lock {
+        /// The lock's name.
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Store or read pipeline configs in the coordination service, for `sluice run coord:KEY`.
+    Config {
+        #[command(subcommand)]
+        command: coordination::ConfigCommand,
     },
     /// Check a pipeline config, then the servers it uses: 0 when all is well, 2 with every
     /// problem listed when the config is invalid, 1 when a server is not ready for it.
@@ -130,9 +159,23 @@ fn main() -> ExitCode {
     let registry = Arc::new(registry::registry());
     match cli.command {
         Command::Check { config, offline } => {
-            let c = match load(&config, &registry) {
+            let source = ConfigSource::File(config.clone());
+            let checked = std::fs::read_to_string(&config)
+                .map_err(|e| {
+                    vec![format!(
+                        "{}: cannot read the config file: {e}",
+                        config.display()
+                    )]
+                })
+                .and_then(|text| {
+                    coordination::validated(&text, &source, cli.coord.as_deref(), &registry)
+                });
+            let c = match checked {
                 Ok(c) => c,
-                Err(code) => return code,
+                Err(problems) => {
+                    problems.iter().for_each(|p| eprintln!("{p}"));
+                    return config_failure();
+                }
             };
             println!(
                 "{}: ok ({} sources, {} transforms, {} sinks)",
@@ -174,21 +217,15 @@ fn main() -> ExitCode {
                 limit,
             }))
         }
-        Command::Run { configs: paths } => {
-            let mut configs = Vec::with_capacity(paths.len());
-            for path in &paths {
-                match load(path, &registry) {
-                    Ok(c) => configs.push(c),
-                    Err(code) => return code,
-                }
-            }
-            let problems = sluice_pipeline::check_together(&configs.iter().collect::<Vec<_>>());
-            if !problems.is_empty() {
-                problems.iter().for_each(|p| eprintln!("{p}"));
-                return config_failure();
-            }
-            block_on(run(configs, paths, registry))
+        Command::Run { configs } => block_on(run(configs, cli.coord, registry)),
+        Command::Lock { name, command } => {
+            block_on(coordination::lock(&name, &command, cli.coord.as_deref()))
         }
+        Command::Config { command } => block_on(coordination::config(
+            command,
+            cli.coord.as_deref(),
+            &registry,
+        )),
     }
 }
 
@@ -203,42 +240,80 @@ fn block_on(work: impl Future<Output = ExitCode>) -> ExitCode {
     }
 }
 
-/// Loads, checks and builds (without running anything) the config at `path`; on failure
-/// prints every problem and returns the exit code for an invalid config.
-fn load(path: &Path, registry: &Registry) -> Result<Config, ExitCode> {
-    let config = Config::load(path, registry).map_err(|errors| {
-        eprintln!("{errors}");
-        config_failure()
-    })?;
-    if let Err(error) = sluice_pipeline::try_build(&config) {
-        eprintln!("{}: {}", path.display(), chain(&error));
-        return Err(config_failure());
-    }
-    Ok(config)
-}
-
 fn config_failure() -> ExitCode {
     eprintln!("(the config is invalid; nothing was started)");
     ExitCode::from(EXIT_CONFIG)
 }
 
-async fn run(configs: Vec<Config>, paths: Vec<PathBuf>, registry: Arc<Registry>) -> ExitCode {
+/// Loads every config (files, `coord:` keys), refuses the lot if any is invalid or they clash,
+/// and runs them in one process until they finish or a signal stops them.
+async fn run(args: Vec<String>, coord_url: Option<String>, registry: Arc<Registry>) -> ExitCode {
+    let sources: Vec<ConfigSource> = args.iter().map(|a| ConfigSource::parse(a)).collect();
+    let coord = if sources.iter().any(|s| matches!(s, ConfigSource::Coord(_))) {
+        match coordination::connect(coord_url.as_deref(), "a coord: config").await {
+            Ok(coord) => Some(coord),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        }
+    } else {
+        None
+    };
+    let mut configs = Vec::with_capacity(sources.len());
+    for source in &sources {
+        let text = match coordination::read(source, coord.as_ref()).await {
+            Ok(text) => text,
+            Err(e) => {
+                eprintln!("{e}");
+                return config_failure();
+            }
+        };
+        match coordination::validated(&text, source, coord_url.as_deref(), &registry) {
+            Ok(config) => configs.push(config),
+            Err(problems) => {
+                problems.iter().for_each(|p| eprintln!("{p}"));
+                return config_failure();
+            }
+        }
+    }
+    let problems = sluice_pipeline::check_together(&configs.iter().collect::<Vec<_>>());
+    if !problems.is_empty() {
+        problems.iter().for_each(|p| eprintln!("{p}"));
+        return config_failure();
+    }
+
     let trigger = ShutdownTrigger::new();
     let shutdown = trigger.subscribe();
     tokio::spawn(handle_signals(trigger));
     let mut pipelines = Vec::with_capacity(configs.len());
-    let mut reloads = Vec::with_capacity(configs.len());
-    for (config, path) in configs.iter().zip(paths) {
+    let mut files = Vec::new();
+    for (config, source) in configs.iter().zip(sources) {
         tracing::info!(config = %config.file.display(), "starting");
         let (updates, receiver) = mpsc::channel(1);
-        reloads.push((path, updates));
+        match (source, &coord) {
+            (ConfigSource::Coord(key), Some(coord)) => {
+                tokio::spawn(coordination::reload_on_change(
+                    coord.clone(),
+                    key,
+                    coord_url.clone(),
+                    Arc::clone(&registry),
+                    updates,
+                ));
+            }
+            (source, _) => files.push((source, updates)),
+        }
         pipelines.push(PipelineSpec {
             config,
             updates: receiver,
         });
     }
-    tokio::spawn(reload_on_hangup(reloads, registry));
-    match sluice_pipeline::run_process(pipelines, shutdown).await {
+    tokio::spawn(reload_on_hangup(files, coord_url, registry));
+    let result = sluice_pipeline::run_process(pipelines, shutdown).await;
+    if let Some(coord) = coord {
+        coord.close().await;
+    }
+    match result {
         Ok(()) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
@@ -250,10 +325,11 @@ async fn run(configs: Vec<Config>, paths: Vec<PathBuf>, registry: Arc<Registry>)
     }
 }
 
-/// On each SIGHUP, loads every config file again and hands each valid one to its pipeline; an
+/// On each SIGHUP, reads every config file again and hands each valid one to its pipeline; an
 /// invalid one is logged with every problem, counted, and changes nothing.
 async fn reload_on_hangup(
-    pipelines: Vec<(PathBuf, mpsc::Sender<Config>)>,
+    pipelines: Vec<(ConfigSource, mpsc::Sender<Config>)>,
+    coord_url: Option<String>,
     registry: Arc<Registry>,
 ) {
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
@@ -261,9 +337,13 @@ async fn reload_on_hangup(
         return;
     };
     while hangups.recv().await.is_some() {
-        for (path, updates) in &pipelines {
-            tracing::info!(config = %path.display(), "SIGHUP: checking the config before reloading");
-            match validated(path, &registry) {
+        for (source, updates) in &pipelines {
+            tracing::info!(config = %source.name(), "SIGHUP: checking the config before reloading");
+            let checked = match coordination::read(source, None).await {
+                Ok(text) => coordination::validated(&text, source, coord_url.as_deref(), &registry),
+                Err(e) => Err(vec![e]),
+            };
+            match checked {
                 Ok(config) => {
                     // A pipeline that has ended takes no more reloads.
                     let _ = updates.send(config).await;
@@ -277,20 +357,6 @@ async fn reload_on_hangup(
             }
         }
     }
-}
-
-/// The config at `path` if it loads and builds, else its problems, one per line.
-fn validated(path: &Path, registry: &Registry) -> Result<Config, Vec<String>> {
-    let config = Config::load(path, registry).map_err(|errors| {
-        errors
-            .to_string()
-            .lines()
-            .map(str::to_owned)
-            .collect::<Vec<_>>()
-    })?;
-    sluice_pipeline::try_build(&config)
-        .map_err(|error| vec![format!("{}: {}", path.display(), chain(&error))])?;
-    Ok(config)
 }
 
 /// First SIGTERM/SIGINT: drain. Second: exit at once.

@@ -10,6 +10,8 @@ use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_coord::CoordConfig;
+use sluice_coord::kv_sink::CoordKvConfig;
+use sluice_coord::watch_source::CoordWatchConfig;
 use sluice_ids::config::IdsConfig;
 use sluice_ids::transform::IdTransformConfig;
 use sluice_pipeline::Registry;
@@ -27,8 +29,11 @@ pub fn registry() -> Registry {
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")
         .sink::<RabbitmqSinkConfig>("rabbitmq")
-        .resource::<IdsConfig>("ids")
+        .source::<CoordWatchConfig>("coord_watch")
+        .sink::<CoordKvConfig>("coord_kv")
+        // Resources are built in this order: [ids] may lease its worker id through [coord].
         .resource::<CoordConfig>("coord")
+        .resource::<IdsConfig>("ids")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry
 }

@@ -12,6 +12,8 @@
 //!   the etcd backend; [`zookeeper`] (cargo feature `zookeeper`, on by default): the
 //!   ZooKeeper backend.
 //! - [`session`]: how a session is kept, and why a leader never acts after its lease.
+//! - [`watch_source`] (`coord_watch`) and [`kv_sink`] (`coord_kv`): the service's keys as a
+//!   pipeline source and sink.
 
 pub mod backend;
 pub mod config;
@@ -24,11 +26,13 @@ pub mod error;
 pub mod etcd;
 mod follow;
 mod hold;
+pub mod kv_sink;
 mod lock;
 pub mod metrics;
 mod registry;
 mod resource;
 pub mod session;
+pub mod watch_source;
 #[cfg(feature = "zookeeper")]
 pub mod zookeeper;
 
