@@ -7,6 +7,7 @@
 mod api;
 mod cli;
 mod config_errors;
+mod coord;
 mod engine;
 mod ids;
 mod outbox;

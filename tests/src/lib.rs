@@ -7,6 +7,7 @@
 pub mod rabbitmq;
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -100,12 +101,18 @@ impl Binary {
     /// Starts `sluice <extra args> run <configs…>` in the background, logging to the first
     /// config's `.log`.
     pub fn spawn_all(&self, configs: &[&Path], extra: &[&str]) -> Running {
-        let log = configs[0].with_extension("log");
-        let stderr = std::fs::File::create(&log).unwrap();
+        let mut args: Vec<&OsStr> = extra.iter().map(OsStr::new).collect();
+        args.push(OsStr::new("run"));
+        args.extend(configs.iter().map(|c| c.as_os_str()));
+        self.spawn_logged(&args, &configs[0].with_extension("log"))
+    }
+
+    /// Starts `sluice <args>` in the background, logging to `log`.
+    pub fn spawn_logged(&self, args: &[&OsStr], log: &Path) -> Running {
+        let stderr = std::fs::File::create(log).unwrap();
+        let log = log.to_owned();
         let child = Command::new(&self.0)
-            .args(extra)
-            .arg("run")
-            .args(configs)
+            .args(args)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)

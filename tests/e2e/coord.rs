@@ -1,0 +1,539 @@
+//! Coordination through the binary, on the real etcd of `scripts/services.sh` and the real
+//! `etcdctl`: `sluice lock` against `etcdctl lock`, a leader-gated pipeline as etcdctl's
+//! elections see it, `coord_watch` across a restart, `coord_kv` fenced on leadership, and
+//! configs stored in etcd that reload when they change.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+
+use crate::sluice;
+use sluice_tests::{Scratch, free_port, http_get, json_lines, metric, metrics, wait_for};
+
+fn endpoints() -> String {
+    std::env::var("ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned())
+}
+
+/// `--coord` for the shared etcd.
+fn coord_url() -> String {
+    let all = endpoints();
+    let hosts: Vec<&str> = all
+        .split(',')
+        .map(|e| e.trim_start_matches("http://"))
+        .collect();
+    format!("etcd://{}", hosts.join(","))
+}
+
+/// A name no other test or run uses.
+fn unique(what: &str) -> String {
+    format!("e2e-{what}-{}-{}", std::process::id(), free_port())
+}
+
+fn etcdctl(args: &[&str]) -> Command {
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", endpoints()))
+        .args(args);
+    command
+}
+
+/// Runs etcdctl to completion; its standard output.
+fn etcdctl_output(args: &[&str]) -> String {
+    let out = etcdctl(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The keys under `prefix`.
+fn keys(prefix: &str) -> Vec<String> {
+    etcdctl_output(&["get", "--prefix", "--keys-only", prefix])
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A long-running etcdctl (`lock NAME`, `elect NAME VALUE`, `elect --listen NAME`).
+struct Holding {
+    child: Child,
+    /// Kept open: etcdctl killed by a broken pipe would not give up what it holds.
+    output: BufReader<std::process::ChildStdout>,
+}
+
+impl Holding {
+    fn start(args: &[&str]) -> Holding {
+        let mut child = etcdctl(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let output = BufReader::new(child.stdout.take().unwrap());
+        Holding { child, output }
+    }
+
+    /// The next line it prints (etcdctl lock and elect print once they hold).
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        line.trim().to_owned()
+    }
+}
+
+/// Starts etcdctl with `args` and waits for the first line it prints: it holds what it asked
+/// for from then on. Returns it and that line.
+fn etcdctl_holding(args: &[&str]) -> (Holding, String) {
+    let mut holding = Holding::start(args);
+    let first = holding.line();
+    (holding, first)
+}
+
+/// SIGTERM, on which etcdctl gives up what it holds, and waits for it to exit.
+fn stop(mut holding: Holding) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &holding.child.id().to_string()])
+        .status();
+    holding.child.wait().unwrap();
+}
+
+#[test]
+fn sluice_lock_and_etcdctl_lock_exclude_each_other_and_the_token_grows() {
+    let name = unique("lock");
+    let dir = Scratch::new("coord-lock");
+    let (holder, held_key) = etcdctl_holding(&["lock", &name]);
+    assert!(
+        held_key.starts_with(&name),
+        "etcdctl lock printed {held_key:?}"
+    );
+    let holder_token: u64 = etcdctl_output(&["get", &held_key, "-w", "fields"])
+        .lines()
+        .find_map(|l| l.strip_prefix("\"CreateRevision\" : "))
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let out = dir.join("token");
+    let mut waiting = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--coord", &coord_url(), "lock", &name, "--", "sh", "-c"])
+        .arg(format!("echo $SLUICE_FENCING_TOKEN > {}", out.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("sluice to queue behind etcdctl", || {
+        (keys(&format!("{name}/")).len() == 2).then_some(())
+    })
+    .unwrap();
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "sluice ran while etcdctl held the lock"
+    );
+    assert!(!out.exists(), "the command ran while etcdctl held the lock");
+    stop(holder);
+    assert!(waiting.wait().unwrap().success());
+    let token: u64 = std::fs::read_to_string(&out)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        token > holder_token,
+        "token {token} after etcdctl's {holder_token}"
+    );
+
+    // The other way round: while sluice holds it, etcdctl waits.
+    let fifo = dir.join("release");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut holding = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--coord", &coord_url(), "lock", &name, "--", "sh", "-c"])
+        .arg(format!("read line < {}", fifo.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("sluice to hold the lock", || {
+        (keys(&format!("{name}/")).len() == 1).then_some(())
+    })
+    .unwrap();
+    let mut etcdctl_waiting = Holding::start(&["lock", &name]);
+    wait_for("etcdctl to queue behind sluice", || {
+        (keys(&format!("{name}/")).len() == 2).then_some(())
+    })
+    .unwrap();
+    std::fs::write(&fifo, "go\n").unwrap();
+    assert!(holding.wait().unwrap().success());
+    let printed = etcdctl_waiting.line();
+    assert!(
+        printed.starts_with(&name),
+        "etcdctl took the lock after sluice: {printed:?}"
+    );
+    stop(etcdctl_waiting);
+}
+
+/// A leader-gated generator → file pipeline on the shared etcd, as node `node`.
+fn gated(dir: &Scratch, election: &str, node: &str) -> (std::path::PathBuf, SocketAddr) {
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let endpoints: Vec<String> = coord_url()
+        .trim_start_matches("etcd://")
+        .split(',')
+        .map(|e| format!("{e:?}"))
+        .collect();
+    let config = dir.write(
+        &format!("{node}.toml"),
+        &format!(
+            r#"
+            [api]
+            address = "{api}"
+            [coord]
+            backend = "etcd"
+            endpoints = [{endpoints}]
+            ttl = "2s"
+            node = "{node}"
+            [pipeline]
+            data_dir = "{data}"
+            leader = "{election}"
+            [sources.gen]
+            type = "generator"
+            rate = 200
+            [sinks.out]
+            type = "file"
+            inputs = ["gen"]
+            path = "{data}/out.jsonl"
+            "#,
+            endpoints = endpoints.join(", "),
+            data = dir.join(node).display()
+        ),
+    );
+    (config, api)
+}
+
+fn role(api: SocketAddr) -> Option<String> {
+    let (_, body) = http_get(api, "/ready").ok()?;
+    body.lines()
+        .find(|l| l.contains("election"))
+        .map(str::to_owned)
+}
+
+#[test]
+fn etcdctl_sees_sluices_leader_and_a_candidate_it_started_first_keeps_sluice_standby() {
+    let election = unique("elect");
+    let dir = Scratch::new("coord-elect");
+    let (first, _) = etcdctl_holding(&["elect", &election, "outsider"]);
+    let (config, api) = gated(&dir, &election, "node-a");
+    let mut running = sluice().spawn(&config);
+    running.wait_ready(api).unwrap();
+    assert_eq!(
+        role(api).as_deref(),
+        Some(format!("standby for election {election}").as_str())
+    );
+    let leading = format!("leader of election {election}");
+    assert!(
+        json_lines(&dir.join("node-a/out.jsonl")).is_empty(),
+        "a standby delivered events"
+    );
+    stop(first);
+    wait_for("sluice to lead once etcdctl is gone", || {
+        role(api).filter(|r| r.starts_with(&leading))
+    })
+    .unwrap();
+    let mut listen = Holding::start(&["elect", "--listen", &election]);
+    // etcdctl prints the leader's key, then its value.
+    let key = listen.line();
+    assert!(key.starts_with(&format!("{election}/")), "{key}");
+    assert_eq!(listen.line(), "node-a");
+    stop(listen);
+    wait_for("events delivered by the leader", || {
+        (json_lines(&dir.join("node-a/out.jsonl")).len() > 10).then_some(())
+    })
+    .unwrap();
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+}
+
+/// The `[coord]` section for the shared etcd.
+fn coord_section(node: &str) -> String {
+    let endpoints: Vec<String> = coord_url()
+        .trim_start_matches("etcd://")
+        .split(',')
+        .map(|e| format!("{e:?}"))
+        .collect();
+    format!(
+        "[coord]\nbackend = \"etcd\"\nendpoints = [{}]\nttl = \"2s\"\nnode = \"{node}\"\n",
+        endpoints.join(", ")
+    )
+}
+
+#[test]
+fn coord_watch_delivers_every_change_once_in_revision_order_across_a_restart() {
+    let prefix = format!("{}/", unique("watch"));
+    let dir = Scratch::new("coord-watch");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let out = dir.join("changes.jsonl");
+    let config = dir.write(
+        "watch.toml",
+        &format!(
+            r#"
+            [api]
+            address = "{api}"
+            {coord}
+            [pipeline]
+            data_dir = "{data}"
+            [sources.changes]
+            type = "coord_watch"
+            prefix = "{prefix}"
+            [sinks.out]
+            type = "file"
+            inputs = ["changes"]
+            path = "{out}"
+            "#,
+            coord = coord_section("watcher"),
+            data = dir.join("data").display(),
+            out = out.display()
+        ),
+    );
+    etcdctl_output(&["put", &format!("{prefix}a"), "1"]);
+    let mut running = sluice().spawn(&config);
+    running.wait_ready(api).unwrap();
+    wait_for("the initial snapshot", || {
+        (json_lines(&out).len() == 1).then_some(())
+    })
+    .unwrap();
+    for i in 0..20 {
+        etcdctl_output(&["put", &format!("{prefix}k{}", i % 4), &i.to_string()]);
+    }
+    etcdctl_output(&["del", &format!("{prefix}a")]);
+    wait_for("22 events", || (json_lines(&out).len() == 22).then_some(())).unwrap();
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+
+    // Written while nothing watches: the restarted source catches up from its checkpoint.
+    for i in 20..30 {
+        etcdctl_output(&["put", &format!("{prefix}k{}", i % 4), &i.to_string()]);
+    }
+    let mut running = sluice().spawn(&config);
+    running.wait_ready(api).unwrap();
+    etcdctl_output(&["put", &format!("{prefix}last"), "x"]);
+    wait_for("33 events", || (json_lines(&out).len() == 33).then_some(())).unwrap();
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+
+    let events = json_lines(&out);
+    let revisions: Vec<u64> = events
+        .iter()
+        .map(|e| e["fields"]["revision"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let mut sorted = revisions.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(revisions, sorted, "every change once, in revision order");
+    assert_eq!(events[0]["fields"]["snapshot"], "initial");
+    assert_eq!(events[21]["type"], "delete");
+    // The values are JSON numbers, so the file sink embeds them as such.
+    let values: Vec<String> = events[1..21]
+        .iter()
+        .chain(&events[22..32])
+        .map(|e| e["payload"].to_string())
+        .collect();
+    let expected: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    assert_eq!(values, expected, "every value, in the order written");
+}
+
+#[test]
+fn coord_kv_writes_while_leading_and_refuses_fenced_writes_once_leadership_is_lost() {
+    let election = unique("kv");
+    let prefix = format!("{election}-keys/");
+    let dir = Scratch::new("coord-kv");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.write(
+        "kv.toml",
+        &format!(
+            r#"
+            [api]
+            address = "{api}"
+            {coord}
+            [pipeline]
+            data_dir = "{data}"
+            leader = "{election}"
+            [sources.gen]
+            type = "generator"
+            rate = 500
+            [sinks.kv]
+            type = "coord_kv"
+            inputs = ["gen"]
+            key = "{prefix}{{id}}"
+            fenced = true
+            "#,
+            coord = coord_section("writer"),
+            data = dir.join("data").display(),
+        ),
+    );
+    let mut running = sluice().spawn(&config);
+    running.wait_ready(api).unwrap();
+    wait_for("keys written by the leader", || {
+        (keys(&prefix).len() > 50).then_some(())
+    })
+    .unwrap();
+    let leader_key = keys(&format!("{election}/")).remove(0);
+    // Frozen past its lease: etcd ends the term, and a candidate that was waiting leads.
+    let mut outsider = Holding::start(&["elect", &election, "outsider"]);
+    wait_for("etcdctl to queue behind sluice", || {
+        (keys(&format!("{election}/")).len() == 2).then_some(())
+    })
+    .unwrap();
+    running.signal("STOP");
+    outsider.line();
+    // sluice is frozen: nothing it sends is written after this revision, which is at or past
+    // the one at which its lease ended and etcdctl took over.
+    let taken_at: u64 = etcdctl_output(&["get", &leader_key, "-w", "fields"])
+        .lines()
+        .find_map(|l| l.strip_prefix("\"Revision\" : "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        keys(&format!("{election}/"))
+            .iter()
+            .all(|k| *k != leader_key)
+    );
+    running.signal("CONT");
+    wait_for("sluice to know it is a standby", || {
+        role(api).filter(|r| r.starts_with("standby"))
+    })
+    .unwrap();
+    let written_after: Vec<String> = etcdctl_output(&["get", "--prefix", &prefix, "-w", "fields"])
+        .lines()
+        .filter_map(|l| l.strip_prefix("\"ModRevision\" : "))
+        .filter(|r| r.parse::<u64>().unwrap() > taken_at)
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        written_after.is_empty(),
+        "writes accepted after the new leader was elected: {written_after:?}"
+    );
+    let refused = metric(
+        &metrics(api).unwrap(),
+        "sluice_coord_kv_fenced_refusals_total",
+        &[("component_id", "kv")],
+    );
+    eprintln!("fenced writes refused after the freeze: {refused:?}");
+    stop(outsider);
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+}
+
+#[test]
+fn a_config_stored_in_etcd_runs_and_reloads_when_it_changes_refusing_an_invalid_one() {
+    let key = unique("config");
+    let dir = Scratch::new("coord-config");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let data = dir.join("data");
+    let version = |out: &str| {
+        format!(
+            r#"
+            [api]
+            address = "{api}"
+            [pipeline]
+            data_dir = "{data}"
+            [sources.gen]
+            type = "generator"
+            rate = 500
+            [sinks.out]
+            type = "file"
+            inputs = ["gen"]
+            path = "{out}"
+            "#,
+            data = data.display(),
+            out = dir.join(out).display()
+        )
+    };
+    let url = coord_url();
+    let put = |file: &std::path::Path| {
+        sluice().output(&[
+            "--coord",
+            &url,
+            "config",
+            "put",
+            &key,
+            file.to_str().unwrap(),
+        ])
+    };
+
+    let bad = dir.write("bad.toml", "[sources.gen]\ntype = \"nope\"\n");
+    let refused = put(&bad);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("nothing was stored"));
+    assert!(keys(&format!("config/{key}")).is_empty());
+
+    let first = dir.write("first.toml", &version("first.jsonl"));
+    let stored = put(&first);
+    assert!(
+        stored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stored.stderr)
+    );
+    let get = sluice().output(&["--coord", &url, "config", "get", &key]);
+    assert_eq!(String::from_utf8_lossy(&get.stdout), version("first.jsonl"));
+
+    let source = format!("coord:{key}");
+    let args = ["--coord", &url, "run", &source].map(std::ffi::OsStr::new);
+    let mut running = sluice().spawn_logged(&args, &dir.join("run.log"));
+    running.wait_ready(api).unwrap();
+    let delivered = || {
+        metric(
+            &metrics(api).ok()?,
+            "sluice_component_received_events_total",
+            &[("component_id", "out")],
+        )
+    };
+    wait_for("events into first.jsonl", || {
+        (json_lines(&dir.join("first.jsonl")).len() > 50).then_some(())
+    })
+    .unwrap();
+
+    // Written around the validation: the running pipeline refuses it and goes on.
+    etcdctl_output(&["put", &format!("config/{key}"), "[sources.gen\n"]);
+    wait_for("the invalid reload counted", || {
+        let all = metrics(api).ok()?;
+        (metric(
+            &all,
+            "sluice_config_reloads_total",
+            &[("result", "invalid")],
+        )? >= 1.0)
+            .then_some(())
+    })
+    .unwrap();
+    let before = delivered().unwrap();
+    wait_for("events still flowing", || {
+        (delivered()? > before + 50.0).then_some(())
+    })
+    .unwrap();
+
+    let second = dir.write("second.toml", &version("second.jsonl"));
+    assert!(put(&second).status.success());
+    wait_for("events into second.jsonl", || {
+        (json_lines(&dir.join("second.jsonl")).len() > 50).then_some(())
+    })
+    .unwrap();
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+
+    let ids: Vec<String> = json_lines(&dir.join("first.jsonl"))
+        .into_iter()
+        .chain(json_lines(&dir.join("second.jsonl")))
+        .map(|e| e["id"].as_str().unwrap().to_owned())
+        .collect();
+    let last = sluice_tests::saved_checkpoint(&data, "gen").unwrap();
+    let expected: Vec<String> = (1..=last).map(|n| format!("gen-{n}")).collect();
+    assert_eq!(
+        ids, expected,
+        "every event once, in order, across the reload"
+    );
+}
