@@ -10,7 +10,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use metrics::{Counter, Gauge};
 use tokio::sync::watch;
@@ -110,7 +110,7 @@ pub enum Role {
 /// One election's role, published to `/ready`, the gauges and the components.
 pub(crate) struct Election {
     name: Arc<str>,
-    role: Mutex<Role>,
+    /// The running term, while this process leads.
     term: watch::Sender<Option<Arc<dyn Term>>>,
     gauge: Gauge,
     token_gauge: Gauge,
@@ -129,7 +129,6 @@ impl Election {
         gauge.set(0.0);
         Arc::new(Election {
             name: Arc::from(name),
-            role: Mutex::new(Role::Standby),
             term: watch::channel(None).0,
             gauge,
             token_gauge: leader_token_gauge(name),
@@ -141,11 +140,13 @@ impl Election {
         &self.name
     }
 
+    /// Leader while the term is valid right now: a process that was frozen past its lease
+    /// says standby from the moment it runs again, before the runtime has stopped its sources.
     pub(crate) fn role(&self) -> Role {
-        self.role
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        match &*self.term.borrow() {
+            Some(term) if term.is_valid() => Role::Leader(term.token()),
+            _ => Role::Standby,
+        }
     }
 
     pub(crate) fn view(&self) -> LeaderView {
@@ -155,7 +156,6 @@ impl Election {
     /// This process now leads with `term`.
     pub(crate) fn won(&self, term: Arc<dyn Term>) {
         let token = term.token();
-        *self.role.lock().unwrap_or_else(PoisonError::into_inner) = Role::Leader(token);
         self.gauge.set(1.0);
         self.token_gauge.set(token.0 as f64);
         self.terms.increment(1);
@@ -164,7 +164,6 @@ impl Election {
 
     /// This process no longer leads.
     pub(crate) fn lost(&self) {
-        *self.role.lock().unwrap_or_else(PoisonError::into_inner) = Role::Standby;
         self.gauge.set(0.0);
         self.term.send_replace(None);
     }
@@ -174,11 +173,26 @@ impl Election {
 pub(crate) mod tests {
     //! An in-memory election for the engine's own tests: one process, terms ended on demand.
 
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     use tokio::sync::Notify;
 
     use super::*;
+
+    #[tokio::test]
+    async fn the_role_is_standby_as_soon_as_the_term_is_invalid() {
+        let local = Local::default();
+        let election = Election::new("roles");
+        assert_eq!(election.role(), Role::Standby);
+        election.won(local.campaign("roles").await.unwrap());
+        assert_eq!(election.role(), Role::Leader(FencingToken(1)));
+        // The lease is gone; the runtime has not yet stopped the sources and called `lost`.
+        local.end_term();
+        assert_eq!(election.role(), Role::Standby);
+        election.lost();
+        assert_eq!(election.role(), Role::Standby);
+    }
 
     /// Grants a term whenever asked and none is running; the test ends terms.
     #[derive(Default)]
