@@ -537,3 +537,80 @@ fn a_config_stored_in_etcd_runs_and_reloads_when_it_changes_refusing_an_invalid_
         "every event once, in order, across the reload"
     );
 }
+
+/// The candidate leading, once exactly one does among those not in `skip` (killed or frozen:
+/// a frozen process would hold each poll until it timed out); checks at every poll that at
+/// most one does.
+fn the_leader(apis: &[SocketAddr], skip: &[usize]) -> usize {
+    wait_for("one leader", || {
+        let leaders: Vec<usize> = (0..apis.len())
+            .filter(|i| !skip.contains(i))
+            .filter(|i| role(apis[*i]).is_some_and(|r| r.starts_with("leader")))
+            .collect();
+        assert!(
+            leaders.len() <= 1,
+            "two candidates lead at once: {leaders:?}"
+        );
+        leaders.first().copied()
+    })
+    .unwrap()
+}
+
+#[test]
+fn five_candidates_one_leader_a_killed_or_frozen_leader_is_replaced_within_ttl_and_a_second() {
+    let election = unique("five");
+    let dir = Scratch::new("coord-five");
+    let ttl = std::time::Duration::from_secs(2);
+    let mut candidates = Vec::new();
+    let mut apis = Vec::new();
+    for n in 0..5 {
+        let (config, api) = gated(&dir, &election, &format!("node-{n}"));
+        let mut running = sluice().spawn(&config);
+        running.wait_ready(api).unwrap();
+        candidates.push(running);
+        apis.push(api);
+    }
+    let mut gone = Vec::new();
+    for round in 0..3 {
+        let leader = the_leader(&apis, &gone);
+        let killed = std::time::Instant::now();
+        candidates[leader].signal("KILL");
+        gone.push(leader);
+        let next = the_leader(&apis, &gone);
+        let failover = killed.elapsed();
+        eprintln!("round {round}: node-{leader} killed, node-{next} leads after {failover:?}");
+        assert!(
+            failover <= ttl + std::time::Duration::from_secs(1),
+            "failover took {failover:?} with a TTL of {ttl:?}"
+        );
+    }
+    // Frozen for twice the TTL: replaced, and on waking it knows it no longer leads.
+    let frozen = the_leader(&apis, &gone);
+    let stopped = std::time::Instant::now();
+    candidates[frozen].signal("STOP");
+    let next = the_leader(&apis, &[gone.as_slice(), &[frozen]].concat());
+    let failover = stopped.elapsed();
+    assert!(
+        failover <= ttl + std::time::Duration::from_secs(1),
+        "{failover:?}"
+    );
+    while stopped.elapsed() < 2 * ttl {
+        assert_eq!(
+            the_leader(&apis, &[gone.as_slice(), &[frozen]].concat()),
+            next
+        );
+    }
+    candidates[frozen].signal("CONT");
+    let woken = wait_for("the frozen leader to answer", || role(apis[frozen])).unwrap();
+    assert!(
+        woken.starts_with("standby"),
+        "after waking it said {woken:?}"
+    );
+    assert_eq!(the_leader(&apis, &gone), next);
+    for (n, mut running) in candidates.into_iter().enumerate() {
+        if !gone.contains(&n) {
+            running.signal("TERM");
+            assert!(running.wait().unwrap().success(), "{}", running.log());
+        }
+    }
+}
