@@ -21,9 +21,10 @@
 //! deadline < `s + t` ≤ the server's expiry, a new leader can only be elected (its
 //! predecessor's key deleted) after the old one stopped being valid.
 //!
-//! A renewal that takes longer than the time left is abandoned at the deadline rather than
-//! awaited; a late answer could only extend from its own send instant, which is already
-//! accounted for. What remains is the fencing token: a resource that refuses writes with a
+//! A renewal unanswered after a quarter of the TTL is abandoned and sent again (a request
+//! can hang on a cluster member that just died while the others answer at once), and none is
+//! awaited past the deadline; a late answer could only extend from its own send instant,
+//! which is already accounted for. What remains is the fencing token: a resource that refuses writes with a
 //! token lower than the highest it has seen makes even a process that ignored its deadline
 //! harmless.
 
@@ -45,6 +46,12 @@ pub(crate) fn margin(ttl: Duration) -> Duration {
 /// How often a session is renewed: three times per TTL.
 fn renew_interval(ttl: Duration) -> Duration {
     ttl / 3
+}
+
+/// How long one renewal may take before another is sent: a quarter of the TTL, so that
+/// several attempts fit between the last renewal and the deadline.
+fn attempt_timeout(ttl: Duration) -> Duration {
+    ttl / 4
 }
 
 /// One session, as this process sees it.
@@ -169,10 +176,16 @@ async fn renew_until_lost(
             return;
         }
         let now = Instant::now();
-        let renewed =
-            tokio::time::timeout_at(session.deadline().into(), backend.renew(session.id())).await;
+        // One attempt may hang (a request routed to a member that just died): it gets a part
+        // of the time left, so that others, to other members, fit before the deadline.
+        let give_up_at = session.deadline().min(now + attempt_timeout(granted));
+        let renewed = tokio::time::timeout_at(give_up_at.into(), backend.renew(session.id())).await;
         match renewed {
-            Err(_) => return,
+            Err(_) if Instant::now() >= session.deadline() => return,
+            Err(_) => {
+                tracing::debug!(session = %session.id(), "a renewal went unanswered; trying again before the deadline");
+                next = Instant::now();
+            }
             Ok(Ok(ttl)) => {
                 granted = ttl;
                 session.extend(now + ttl - margin(ttl));

@@ -60,8 +60,10 @@ pub async fn contend(
 ) -> Result<Held, CoordError> {
     let key = candidate(recipe, session.0);
     let mut kv = client.clone();
-    // Create the key only if it is absent, as `concurrency.Election.Campaign` does; a key that
-    // exists is another candidacy of this same session, which cannot be told apart from ours.
+    // Create the key only if it is absent, as `concurrency.Election.Campaign` does. A key that
+    // exists is this session's own earlier candidacy (one that gave up waiting on an error, its
+    // withdrawal not yet done): a `Coord` campaigns once per name at a time, so it is adopted,
+    // its place in the queue kept, as etcd's own client resumes a campaign.
     let created = kv
         .txn(
             Txn::new()
@@ -70,17 +72,32 @@ pub async fn contend(
                     key.as_str(),
                     value.to_vec(),
                     Some(PutOptions::new().with_lease(session.0)),
-                )]),
+                )])
+                .or_else([TxnOp::get(key.as_str(), None)]),
         )
         .await
         .map_err(|e| to_coord(e, endpoints, "putting a candidate key"))?;
-    if !created.succeeded() {
-        return Err(CoordError::Config(format!(
-            "{key} exists: session {session} already contends for {recipe} (etcd keys one \
-             candidacy per lease and name)"
-        )));
-    }
-    let revision = header_revision(created.header())?;
+    let revision = if created.succeeded() {
+        header_revision(created.header())?
+    } else {
+        match created.op_responses().as_slice() {
+            [TxnOpResponse::Get(found)] => found
+                .kvs()
+                .first()
+                .filter(|kv| kv.lease() == session.0)
+                .map(etcd_client::KeyValue::create_revision)
+                .ok_or_else(|| {
+                    CoordError::Protocol(format!(
+                        "{key} is held under another lease than {session}'s"
+                    ))
+                })?,
+            _ => {
+                return Err(CoordError::Protocol(format!(
+                    "an unexpected answer to the candidacy of {key}"
+                )));
+            }
+        }
+    };
     let mut withdraw = Withdraw {
         client: client.clone(),
         key: key.clone(),

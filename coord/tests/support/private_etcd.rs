@@ -89,6 +89,6 @@ impl Drop for PrivateEtcd {
 }
 
 /// A free loopback port (another process may take it first: the start then fails loudly).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
