@@ -31,7 +31,8 @@
 //! # Sessions
 //! A sluice session is an etcd lease: `open_session` grants one of the TTL (whole seconds,
 //! rounded up; etcd grants at least its minimum, 2 s by default); `renew` is one keep-alive
-//! and returns the TTL granted; `close_session` revokes the lease, which deletes its keys.
+//! and returns the TTL granted, or `Unreachable` when no answer comes within that TTL;
+//! `close_session` revokes the lease, which deletes its keys.
 //! Keys put with a session are attached to its lease.
 //!
 //! # Keys and watches
@@ -47,7 +48,9 @@
 //! Endpoints are `host:port` (or `http://…`, `https://…`). With [`EtcdTls`] every endpoint is
 //! reached over TLS (rustls), the server checked against the CA, with a client certificate
 //! when one is given; with a user, the client authenticates with its password and keeps the
-//! token fresh. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
+//! token fresh. Every request requires the member to have a Raft leader (etcd's
+//! `WithRequireLeader`): a member cut off from its quorum fails requests and ends watches at
+//! once instead of leaving them waiting. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
 //! reached within the connect timeout is [`CoordError::Unreachable`] naming every endpoint.
 
 mod errors;
@@ -79,6 +82,10 @@ use recipe::{header_revision, still_ours, to_i64, to_u64};
 /// How long [`Etcd::connect`] waits for the cluster when [`EtcdOptions::connect_timeout`] is
 /// not chosen otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long renewing a lease this backend did not open may wait for an answer (one it
+/// opened waits at most its TTL).
+const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the etcd cluster is, which part of its key space is sluice's, and how to log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +158,8 @@ pub struct Etcd {
     keys: Keys,
     /// The endpoints, joined, for messages.
     endpoints: String,
+    /// The namespace prefix, for messages.
+    namespace: String,
     /// The TTL each lease opened here was granted: a keep-alive's answer is consumed by the
     /// client, and a keep-alive restores the granted TTL.
     granted: Mutex<HashMap<i64, Duration>>,
@@ -214,6 +223,7 @@ impl Etcd {
         tracing::debug!(%endpoints, "etcd backend connected");
         Ok(Etcd {
             client,
+            namespace: keys.prefixed(""),
             keys,
             endpoints,
             granted: Mutex::new(HashMap::new()),
@@ -234,7 +244,11 @@ impl Etcd {
 
 /// The client's options: timeouts, credentials and TLS.
 fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, CoordError> {
-    let mut connect = ConnectOptions::new().with_connect_timeout(options.connect_timeout);
+    // Requests to a member that lost its leader fail instead of waiting (and watches on it
+    // end), so a partitioned member cannot keep a leader believing it leads.
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.connect_timeout)
+        .with_require_leader(true);
     match (&options.user, &options.password) {
         (Some(user), Some(password)) => {
             connect = connect.with_user(user.clone(), password.expose().to_owned());
@@ -280,7 +294,10 @@ fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, CoordError> {
 
 impl Backend for Etcd {
     fn describe(&self) -> String {
-        format!("etcd {}", self.endpoints)
+        match self.namespace.as_str() {
+            "" => format!("etcd {}", self.endpoints),
+            namespace => format!("etcd {} (keys under {namespace})", self.endpoints),
+        }
     }
 
     fn layout(&self) -> Layout {
@@ -316,13 +333,23 @@ impl Backend for Etcd {
 
     fn renew(&self, session: SessionId) -> BoxFuture<'_, Result<Duration, CoordError>> {
         Box::pin(async move {
-            // One keep-alive: the client sends it and fails unless the answer has a TTL.
-            self.client
-                .clone()
-                .lease_keep_alive(session.0)
-                .await
-                .map_err(self.error("renewing a lease"))?;
             let known = self.granted().get(&session.0).copied();
+            // One keep-alive: the client sends it and fails unless the answer has a TTL. An
+            // answer later than the TTL is worth nothing (the lease may be gone by then), so
+            // a renewal waits no longer.
+            let mut client = self.client.clone();
+            let keep_alive = client.lease_keep_alive(session.0);
+            match tokio::time::timeout(known.unwrap_or(RENEW_TIMEOUT), keep_alive).await {
+                Ok(answer) => {
+                    answer.map_err(self.error("renewing a lease"))?;
+                }
+                Err(_) => {
+                    return Err(CoordError::Unreachable {
+                        endpoints: self.endpoints.clone(),
+                        source: "no answer to a lease keep-alive within its TTL".into(),
+                    });
+                }
+            }
             match known {
                 Some(granted) => Ok(granted),
                 None => {
