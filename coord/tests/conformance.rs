@@ -491,6 +491,45 @@ async fn waiters_wait_on_their_predecessor(subject: &Subject) -> Result<()> {
     f.cleanup().await
 }
 
+/// Dropping a waiting campaign withdraws it, and the same session may campaign again at once.
+async fn a_dropped_campaign_withdraws_its_candidacy(subject: &Subject) -> Result<()> {
+    let f = Fixture::new(subject).await?;
+    let layout = f.b.layout();
+    let (b1, b2) = (Arc::clone(&f.b), f.peer().await?);
+    let (s1, _) = b1.open_session(SOON).await?;
+    let (s2, _) = b2.open_session(SOON).await?;
+    let first = b1.campaign(s1, "e", v("one")).await?;
+    // Drive the second campaign until its candidacy is there, then drop it.
+    let mut waiting = b2.campaign(s2, "e", v("dropped"));
+    let deadline = Instant::now() + SOON;
+    while f.candidates(&layout.election, "e").await? < 2 {
+        ensure!(
+            Instant::now() < deadline,
+            "the second candidacy never appeared"
+        );
+        tokio::select! {
+            won = &mut waiting => bail!("a waiter won beside a leader: {won:?}"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    drop(waiting);
+    let again = spawn_campaign(&b2, s2, "e", b"again");
+    f.wait_candidates(&layout.election, "e", 2).await?;
+    let (keys, _) = f.b.range(&layout.election.replace("{name}", "e")).await?;
+    let values: Vec<&[u8]> = keys.iter().map(|kv| &kv.value[..]).collect();
+    ensure!(
+        !values.contains(&&b"dropped"[..]),
+        "the dropped candidacy stayed: {values:?}"
+    );
+    b1.resign(&first).await?;
+    let again = within("the new candidacy leads", SOON, again).await???;
+    assert_eq!(b1.leader("e").await?, Some((v("again"), again.token)));
+    for (b, s) in [(&b1, s1), (&b2, s2)] {
+        b.close_session(s).await?;
+    }
+    f.cleanup().await
+}
+
 /// A lock excludes across sessions and backends, and is served in request order.
 async fn locks_exclude_and_serve_in_order(subject: &Subject) -> Result<()> {
     let f = Fixture::new(subject).await?;
@@ -610,6 +649,11 @@ macro_rules! conformance {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn waiters_wait_on_their_predecessor() -> Result<()> {
                 super::waiters_wait_on_their_predecessor(&$subject).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_dropped_campaign_withdraws_its_candidacy() -> Result<()> {
+                super::a_dropped_campaign_withdraws_its_candidacy(&$subject).await
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,7 @@ pub struct Etcd {
     /// The TTL each lease opened here was granted: a keep-alive's answer is consumed by the
     /// client, and a keep-alive restores the granted TTL.
     granted: Mutex<HashMap<i64, Duration>>,
+    withdrawals: recipe::Withdrawals,
 }
 
 impl Etcd {
@@ -227,6 +228,7 @@ impl Etcd {
             keys,
             endpoints,
             granted: Mutex::new(HashMap::new()),
+            withdrawals: recipe::Withdrawals::default(),
         })
     }
 
@@ -391,7 +393,15 @@ impl Backend for Etcd {
     ) -> BoxFuture<'a, Result<Held, CoordError>> {
         Box::pin(async move {
             let recipe = self.keys.recipe(name)?;
-            recipe::contend(&self.client, session, &recipe, value, &self.endpoints).await
+            recipe::contend(
+                &self.client,
+                &self.withdrawals,
+                session,
+                &recipe,
+                value,
+                &self.endpoints,
+            )
+            .await
         })
     }
 
@@ -419,6 +429,7 @@ impl Backend for Etcd {
             // `concurrency.Mutex` puts an empty value too.
             recipe::contend(
                 &self.client,
+                &self.withdrawals,
                 session,
                 &recipe,
                 Bytes::new(),

@@ -3,6 +3,9 @@
 //! create revision under the prefix leads (holds), and every other candidate waits for the
 //! deletion of the key created just before its own (`waitDeletes`), so no herd wakes up.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
 use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
@@ -13,18 +16,41 @@ use super::errors::to_coord;
 use super::keys::candidate;
 use crate::backend::{Held, SessionId};
 use crate::error::CoordError;
+use tokio::task::JoinHandle;
+
+/// Withdrawals of dropped candidacies still on their way, by key: a new candidacy of the same
+/// session and name waits for its predecessor's withdrawal instead of finding its key.
+#[derive(Default)]
+pub struct Withdrawals(Arc<Mutex<HashMap<String, JoinHandle<()>>>>);
+
+impl Withdrawals {
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        // Plain values: a map poisoned by a panic elsewhere is still consistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until a withdrawal of `key` in flight is done.
+    async fn settled(&self, key: &str) {
+        let pending = self.pending().remove(key);
+        if let Some(withdrawal) = pending {
+            // A withdrawal that failed leaves the key to its lease: the create then says so.
+            let _ = withdrawal.await;
+        }
+    }
+}
 
 /// Withdraws a candidacy that was not won when the future holding it is dropped: deletes the
 /// key in the background, if it still is this candidacy's.
-struct Withdraw {
-    client: Client,
+struct Withdraw<'a> {
+    client: &'a Client,
+    withdrawals: &'a Withdrawals,
     key: String,
     revision: i64,
     /// Disarmed: won, or failed after the key was deleted.
     done: bool,
 }
 
-impl Drop for Withdraw {
+impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -37,11 +63,19 @@ impl Drop for Withdraw {
         let txn =
             still_ours(&self.key, self.revision).and_then([TxnOp::delete(self.key.as_str(), None)]);
         tracing::debug!(key = %self.key, "etcd candidacy withdrawn");
-        runtime.spawn(async move {
+        let (withdrawals, key) = (Arc::clone(&self.withdrawals.0), self.key.clone());
+        // Held while spawning, so the task's own removal comes after the insert.
+        let mut pending = self.withdrawals.pending();
+        let task = runtime.spawn(async move {
             if let Err(err) = client.txn(txn).await {
                 tracing::debug!(error = %err, "withdrawing an etcd candidacy failed; its lease's end removes it");
             }
+            withdrawals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
         });
+        pending.insert(self.key.clone(), task);
     }
 }
 
@@ -53,12 +87,14 @@ pub fn still_ours(key: &str, revision: i64) -> Txn {
 /// Puts this session's candidate under `recipe` (`NS/NAME/`) and waits until it is the oldest.
 pub async fn contend(
     client: &Client,
+    withdrawals: &Withdrawals,
     session: SessionId,
     recipe: &str,
     value: Bytes,
     endpoints: &str,
 ) -> Result<Held, CoordError> {
     let key = candidate(recipe, session.0);
+    withdrawals.settled(&key).await;
     let mut kv = client.clone();
     // Create the key only if it is absent, as `concurrency.Election.Campaign` does; a key that
     // exists is another candidacy of this same session, which cannot be told apart from ours.
@@ -82,7 +118,8 @@ pub async fn contend(
     }
     let revision = header_revision(created.header())?;
     let mut withdraw = Withdraw {
-        client: client.clone(),
+        client,
+        withdrawals,
         key: key.clone(),
         revision,
         done: false,
