@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
+use futures::StreamExt;
 use sluice_coord::etcd::{Etcd, EtcdOptions, EtcdTls, Password};
-use sluice_coord::{Backend, CoordError, Fenced, Op};
+use sluice_coord::{Backend, CoordError, Fenced, Op, WatchEvent};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -408,6 +409,41 @@ async fn a_user_logs_in_with_its_password_and_a_wrong_one_is_refused() -> Result
         Ok(b) => ensure!(b.get("authed").await.is_err(), "read without a user"),
         Err(err) => ensure!(matches!(err, CoordError::Refused { .. }), "{err}"),
     }
+    // A user allowed only `allowed/`: elsewhere reads and watches are refused, for good.
+    for args in [
+        "role add reader",
+        "role grant-permission reader readwrite allowed/ --prefix=true",
+        "user add reader:reader-pw",
+        "user grant-role reader reader",
+    ] {
+        let mut args: Vec<&str> = args.split_whitespace().collect();
+        args.splice(0..0, ["--user", "root:s3cret-pw"]);
+        etcdctl_on(&server.url, &args).await?;
+    }
+    let reader = Etcd::connect(EtcdOptions {
+        user: Some("reader".to_owned()),
+        password: Some(Password::new("reader-pw")),
+        ..EtcdOptions::new(vec![server.url.clone()])
+    })
+    .await?;
+    let written = reader
+        .put("allowed/x", Bytes::from_static(b"1"), None)
+        .await?;
+    let mut watch = reader.watch("allowed/", written - 1).await?;
+    match within("the allowed watch", watch.next()).await? {
+        Some(Ok(WatchEvent::Changes(changes))) => assert_eq!(changes[0].revision(), written),
+        other => bail!("the allowed watch gave {other:?}"),
+    }
+    match reader.get("authed").await {
+        Err(err @ CoordError::Refused { .. }) => ensure!(!err.is_retryable()),
+        other => bail!("a read without permission gave {other:?}"),
+    }
+    let mut watch = reader.watch("secret/", written).await?;
+    match within("the refused watch", watch.next()).await? {
+        Some(Err(err @ CoordError::Refused { .. })) => ensure!(!err.is_retryable()),
+        other => bail!("a watch without permission gave {other:?}"),
+    }
+    ensure!(within("its end", watch.next()).await?.is_none());
     Ok(())
 }
 

@@ -63,10 +63,7 @@ impl Following {
                 return self.end(compacted.map(|compacted| WatchEvent::Compacted { compacted }));
             }
             if response.canceled() {
-                let reason = response.cancel_reason().to_owned();
-                return self.end(Err(CoordError::Protocol(format!(
-                    "etcd cancelled the watch: {reason}"
-                ))));
+                return self.end(Err(cancelled(response.cancel_reason(), &self.endpoints)));
             }
             let changes: Result<Vec<Change>, CoordError> = response
                 .events()
@@ -107,6 +104,23 @@ impl Following {
                 None => None,
             },
         })
+    }
+}
+
+/// Why etcd ended a watch that was not compacted: no permission on the prefix is final;
+/// anything else (the member lost its Raft leader, above all) is worth watching again.
+fn cancelled(reason: &str, endpoints: &str) -> CoordError {
+    let source = format!("etcd cancelled the watch: {reason}").into();
+    if reason.contains("permission denied") {
+        CoordError::Refused {
+            doing: "watching".to_owned(),
+            source,
+        }
+    } else {
+        CoordError::Unreachable {
+            endpoints: endpoints.to_owned(),
+            source,
+        }
     }
 }
 
