@@ -532,3 +532,45 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_renewals_and_its_lease_is_gone_when_it_thaws() -> Result<()> {
+    let server = PrivateEtcd::start(None).await?;
+    let connect = || Etcd::connect(EtcdOptions::new(vec![server.url.clone()]));
+    let deadline = tokio::time::Instant::now() + SOON;
+    let b = loop {
+        match connect().await {
+            Ok(b) => break Arc::new(b),
+            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (s, granted) = b.open_session(TTL).await?;
+    let held = b.lock(s, "frozen").await?;
+    let released = {
+        let (b, held) = (Arc::clone(&b), held.clone());
+        tokio::spawn(async move { b.released(&held).await })
+    };
+    server.signal("STOP").await?;
+    // The renewal gets no answer: it says so after the TTL instead of waiting.
+    let frozen = std::time::Instant::now();
+    match within("a renewal of a frozen server", b.renew(s)).await? {
+        Err(err @ CoordError::Unreachable { .. }) => ensure!(err.is_retryable()),
+        other => bail!("renewing on a frozen server gave {other:?}"),
+    }
+    ensure!(frozen.elapsed() >= granted, "gave up before the TTL");
+    ensure!(
+        !released.is_finished(),
+        "released while the server could not say so"
+    );
+    server.signal("CONT").await?;
+    // The lease was not renewed within its TTL: the server revokes it on waking up.
+    within("released after the thaw", released).await???;
+    assert!(matches!(b.renew(s).await, Err(CoordError::SessionExpired)));
+    let put = Op::Put {
+        key: "after-thaw".to_owned(),
+        value: Bytes::from_static(b"1"),
+    };
+    assert_eq!(b.fenced(&held, put).await?, Fenced::Refused);
+    Ok(())
+}

@@ -81,8 +81,27 @@ impl PrivateEtcd {
     }
 }
 
+impl PrivateEtcd {
+    /// Sends `signal` (`STOP`, `CONT`…) to the etcd process.
+    #[allow(
+        dead_code,
+        reason = "not every test binary including this file signals"
+    )]
+    pub async fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.process.id().context("the private etcd exited")?;
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
+        Ok(())
+    }
+}
+
 impl Drop for PrivateEtcd {
     fn drop(&mut self) {
+        // SIGKILL ends a stopped process too.
         let _ = self.process.start_kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
