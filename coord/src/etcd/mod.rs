@@ -61,7 +61,7 @@ mod watch;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -184,41 +184,28 @@ impl Etcd {
         }
         let endpoints = options.endpoints.join(",");
         let connect = connect_options(&options)?;
-        let unreachable = |source: etcd_client::Error| CoordError::Unreachable {
-            endpoints: endpoints.clone(),
-            source: Box::new(source),
+        let doing = match &options.user {
+            Some(user) => format!("authenticating as {user:?}"),
+            None => "connecting".to_owned(),
         };
         let answered = tokio::time::timeout(options.connect_timeout, async {
             let mut client = Client::connect(&options.endpoints, Some(connect))
                 .await
-                .map_err(|e| match &options.user {
-                    Some(user) => match to_coord(e, &endpoints, "") {
-                        CoordError::Refused { source, .. } => CoordError::Refused {
-                            doing: format!("authenticating as {user:?} (etcd {endpoints})"),
-                            source,
-                        },
-                        other => other,
-                    },
-                    None => to_coord(e, &endpoints, "connecting"),
-                })?;
+                .map_err(|e| to_coord(e, &endpoints, &doing))?;
             client
                 .status()
                 .await
                 .map_err(|e| to_coord(e, &endpoints, "asking for the cluster's status"))?;
-            Ok(client)
+            Ok::<_, CoordError>(client)
         })
         .await;
         let client = match answered {
-            Ok(Ok(client)) => client,
-            Ok(Err(CoordError::Unreachable { source, .. })) => {
-                return Err(CoordError::Unreachable { endpoints, source });
-            }
-            Ok(Err(err)) => return Err(err),
+            Ok(connected) => connected?,
             Err(_) => {
-                return Err(unreachable(etcd_client::Error::Internal(format!(
-                    "no answer within {:?}",
-                    options.connect_timeout
-                ))));
+                return Err(CoordError::Unreachable {
+                    endpoints,
+                    source: format!("no answer within {:?}", options.connect_timeout).into(),
+                });
             }
         };
         tracing::debug!(%endpoints, "etcd backend connected");
@@ -236,11 +223,9 @@ impl Etcd {
         move |err| to_coord(err, &self.endpoints, doing)
     }
 
-    fn granted(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Duration>> {
+    fn granted(&self) -> MutexGuard<'_, HashMap<i64, Duration>> {
         // The map holds plain values: one poisoned by a panic elsewhere is still consistent.
-        self.granted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.granted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
