@@ -574,3 +574,81 @@ async fn a_frozen_server_fails_renewals_and_its_lease_is_gone_when_it_thaws() ->
     assert_eq!(b.fenced(&held, put).await?, Fenced::Refused);
     Ok(())
 }
+
+/// A figure from a private etcd's `/metrics`: the sum of the samples whose line starts with
+/// `sample` (a name, and optionally the start of its labels).
+async fn metric(url: &str, sample: &str) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    let mut sum = 0.0;
+    for line in body.lines().filter(|l| l.starts_with(sample)) {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .context("a sample without a value")?;
+        sum += value
+            .parse::<f64>()
+            .with_context(|| format!("sample {line}"))?;
+    }
+    Ok(sum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_next_waiter_wakes_when_a_lock_is_released() -> Result<()> {
+    const WAITERS: usize = 5;
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    const TXNS: &str = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\"";
+    // A server of the test's own: its counters count this test's requests only.
+    let server = PrivateEtcd::start(None).await?;
+    let deadline = tokio::time::Instant::now() + SOON;
+    let b = loop {
+        match Etcd::connect(EtcdOptions::new(vec![server.url.clone()])).await {
+            Ok(b) => break Arc::new(b),
+            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let (s0, _) = b.open_session(SOON).await?;
+    let holder = b.lock(s0, "herd").await?;
+    let mut waiters = Vec::new();
+    for n in 1..=WAITERS {
+        let (s, _) = b.open_session(SOON).await?;
+        let b2 = Arc::clone(&b);
+        waiters.push(tokio::spawn(async move { b2.lock(s, "herd").await }));
+        wait_candidates(&b, "herd/", n + 1).await?;
+    }
+    // Each waiter watches its predecessor's key and its own.
+    let settle = |watchers: usize| {
+        let url = server.url.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + SOON;
+            while metric(&url, WATCHERS).await? != watchers as f64 {
+                ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "{watchers} watchers"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    settle(2 * WAITERS).await?;
+    let before = metric(&server.url, TXNS).await?;
+    b.unlock(&holder).await?;
+    let next = within("the first waiter holds", waiters.remove(0)).await???;
+    ensure!(next.token > holder.token);
+    // Its two watchers are gone; the other waiters' stayed as they were.
+    settle(2 * (WAITERS - 1)).await?;
+    let woke = metric(&server.url, TXNS).await? - before;
+    // The unlock, and the one read of the waiter whose predecessor went; a herd would make
+    // every waiter read again.
+    assert_eq!(woke, 2.0, "transactions after the unlock");
+    ensure!(waiters.iter().all(|w| !w.is_finished()));
+    Ok(())
+}
