@@ -20,8 +20,11 @@ use sluice_coord::zookeeper::{ZooKeeper, ZooKeeperOptions};
 use sluice_coord::{Backend, Change, CoordError, Fenced, Held, Op, SessionId, WatchEvent};
 use tokio::task::JoinHandle;
 
+#[path = "support/poll.rs"]
+mod poll;
 #[path = "support/private_etcd.rs"]
 mod private_etcd;
+use poll::eventually;
 use private_etcd::PrivateEtcd;
 
 /// The TTL sessions ask for: the smallest sluice allows.
@@ -113,24 +116,6 @@ impl<'s> Fixture<'s> {
             self.b.delete(&kv.key).await?;
         }
         Ok(())
-    }
-}
-
-/// Polls `check` until it gives `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await? {
-            return Ok(found);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -16,9 +16,12 @@ use sluice_coord::{Backend, CoordError, Fenced, Op, WatchEvent};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+#[path = "support/poll.rs"]
+mod poll;
 #[path = "support/private_etcd.rs"]
 mod private_etcd;
-use private_etcd::{PrivateEtcd, ServerTls};
+use poll::eventually;
+use private_etcd::{PrivateEtcd, ServerTls, signal};
 
 /// The TTL sessions ask for.
 const TTL: Duration = Duration::from_secs(2);
@@ -80,12 +83,7 @@ impl Etcdctl {
 
     /// Sends SIGTERM, on which etcdctl gives up its election or lock and exits, and waits.
     async fn terminate(mut self) -> Result<()> {
-        let pid = self.child.id().context("etcdctl already exited")?;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        ensure!(status.success(), "kill -TERM {pid}");
+        signal(self.child.id().context("etcdctl already exited")?, "TERM").await?;
         tokio::time::timeout(SOON, self.child.wait())
             .await
             .context("etcdctl did not exit on SIGTERM")??;
@@ -104,17 +102,20 @@ async fn candidates(b: &Etcd, prefix: &str) -> Result<Vec<(String, u64)>> {
 }
 
 async fn wait_candidates(b: &Etcd, prefix: &str, n: usize) -> Result<Vec<(String, u64)>> {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
+    eventually(&format!("{n} candidates under {prefix}"), SOON, || async {
         let found = candidates(b, prefix).await?;
-        if found.len() == n {
-            return Ok(found);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{n} candidates under {prefix}: found {found:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok((found.len() == n).then_some(found))
+    })
+    .await
+}
+
+/// Connects to a server that may still be starting.
+async fn connect_when_up(options: &EtcdOptions) -> Result<Arc<Etcd>> {
+    let connected = eventually("the etcd answers", SOON, || async {
+        Ok(Etcd::connect(options.clone()).await.ok())
+    })
+    .await?;
+    Ok(Arc::new(connected))
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
@@ -365,17 +366,12 @@ async fn etcdctl_on(url: &str, args: &[&str]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_with_its_password_and_a_wrong_one_is_refused() -> Result<()> {
     let server = PrivateEtcd::start(None).await?;
-    let deadline = tokio::time::Instant::now() + SOON;
-    while etcdctl_on(&server.url, &["user", "add", "root:s3cret-pw"])
-        .await
-        .is_err()
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the private etcd never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the private etcd takes a user", SOON, || async {
+        Ok(etcdctl_on(&server.url, &["user", "add", "root:s3cret-pw"])
+            .await
+            .ok())
+    })
+    .await?;
     etcdctl_on(&server.url, &["auth", "enable"]).await?;
     let login = |password: &str| EtcdOptions {
         user: Some("root".to_owned()),
@@ -499,14 +495,7 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
         }),
         ..EtcdOptions::new(vec![server.url.trim_start_matches("https://").to_owned()])
     };
-    let deadline = tokio::time::Instant::now() + SOON;
-    let b = loop {
-        match Etcd::connect(over_tls("ca.pem", Some("client"))).await {
-            Ok(b) => break b,
-            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let b = connect_when_up(&over_tls("ca.pem", Some("client"))).await?;
     let written = b.put("over-tls", Bytes::from_static(b"1"), None).await?;
     assert_eq!(
         b.get("over-tls").await?.context("over-tls")?.mod_revision,
@@ -536,15 +525,7 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_server_fails_renewals_and_its_lease_is_gone_when_it_thaws() -> Result<()> {
     let server = PrivateEtcd::start(None).await?;
-    let connect = || Etcd::connect(EtcdOptions::new(vec![server.url.clone()]));
-    let deadline = tokio::time::Instant::now() + SOON;
-    let b = loop {
-        match connect().await {
-            Ok(b) => break Arc::new(b),
-            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let b = connect_when_up(&EtcdOptions::new(vec![server.url.clone()])).await?;
     let (s, granted) = b.open_session(TTL).await?;
     let held = b.lock(s, "frozen").await?;
     let released = {
@@ -606,14 +587,7 @@ async fn only_the_next_waiter_wakes_when_a_lock_is_released() -> Result<()> {
     const TXNS: &str = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\"";
     // A server of the test's own: its counters count this test's requests only.
     let server = PrivateEtcd::start(None).await?;
-    let deadline = tokio::time::Instant::now() + SOON;
-    let b = loop {
-        match Etcd::connect(EtcdOptions::new(vec![server.url.clone()])).await {
-            Ok(b) => break Arc::new(b),
-            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let b = connect_when_up(&EtcdOptions::new(vec![server.url.clone()])).await?;
     let (s0, _) = b.open_session(SOON).await?;
     let holder = b.lock(s0, "herd").await?;
     let mut waiters = Vec::new();
@@ -627,15 +601,10 @@ async fn only_the_next_waiter_wakes_when_a_lock_is_released() -> Result<()> {
     let settle = |watchers: usize| {
         let url = server.url.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + SOON;
-            while metric(&url, WATCHERS).await? != watchers as f64 {
-                ensure!(
-                    tokio::time::Instant::now() < deadline,
-                    "{watchers} watchers"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok::<_, anyhow::Error>(())
+            eventually(&format!("{watchers} watchers"), SOON, || async {
+                Ok((metric(&url, WATCHERS).await? == watchers as f64).then_some(()))
+            })
+            .await
         }
     };
     settle(2 * WAITERS).await?;

@@ -1,4 +1,4 @@
-//! An etcd process of a test's own, on free loopback ports with a fresh data directory: for
+//! An etcd process of a test's own (and signals for the processes tests start), on free loopback ports with a fresh data directory: for
 //! what must not touch the shared server (compaction, enabling auth, TLS).
 
 use std::net::TcpListener;
@@ -82,21 +82,25 @@ impl PrivateEtcd {
 }
 
 impl PrivateEtcd {
-    /// Sends `signal` (`STOP`, `CONT`…) to the etcd process.
+    /// Sends `name` (`STOP`, `CONT`…) to the etcd process.
     #[allow(
         dead_code,
         reason = "not every test binary including this file signals"
     )]
-    pub async fn signal(&self, signal: &str) -> Result<()> {
-        let pid = self.process.id().context("the private etcd exited")?;
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "kill -{signal} {pid}: {status}");
-        Ok(())
+    pub async fn signal(&self, name: &str) -> Result<()> {
+        signal(self.process.id().context("the private etcd exited")?, name).await
     }
+}
+
+/// Sends signal `name` (`TERM`, `STOP`…) to process `pid`.
+pub async fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "kill -{name} {pid}: {status}");
+    Ok(())
 }
 
 impl Drop for PrivateEtcd {
