@@ -67,8 +67,8 @@ enum Forgets {
 struct Compactable {
     backend: Arc<dyn Backend>,
     compact: Box<dyn Fn(u64) -> BoxFuture<'static, Result<()>> + Send + Sync>,
-    /// The server, stopped when dropped.
-    _server: PrivateEtcd,
+    /// What must live as long as the backend (a server of the test's own), dropped with it.
+    _alive: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// One namespace of a test's own, and a backend on it.
@@ -705,7 +705,7 @@ async fn private_etcd() -> Result<Compactable> {
                 Ok(())
             })
         }),
-        _server: server,
+        _alive: Box::new(server),
     })
 }
 
