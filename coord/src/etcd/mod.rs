@@ -327,8 +327,13 @@ impl Backend for Etcd {
             let mut client = self.client.clone();
             let keep_alive = client.lease_keep_alive(session.0);
             match tokio::time::timeout(known.unwrap_or(RENEW_TIMEOUT), keep_alive).await {
-                Ok(answer) => {
-                    answer.map_err(self.error("renewing a lease"))?;
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    let err = to_coord(err, &self.endpoints, "renewing a lease");
+                    if let CoordError::SessionExpired = err {
+                        self.granted().remove(&session.0);
+                    }
+                    return Err(err);
                 }
                 Err(_) => {
                     return Err(CoordError::Unreachable {
