@@ -621,3 +621,90 @@ async fn only_the_next_waiter_wakes_when_a_lock_is_released() -> Result<()> {
     ensure!(waiters.iter().all(|w| !w.is_finished()));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_cluster_keeps_a_leader_through_one_loss_and_fails_without_quorum()
+-> Result<()> {
+    let mut cluster = PrivateEtcd::cluster(3, None).await?;
+    let b = connect_when_up(&EtcdOptions::new(cluster.urls())).await?;
+    // Long enough to ride out a Raft election of the cluster itself (etcd extends every lease
+    // on a new Raft leader, too).
+    let (s, _) = b.open_session(Duration::from_secs(5)).await?;
+    let held = b.campaign(s, "leader", Bytes::from_static(b"n1")).await?;
+    let released = {
+        let (b, held) = (Arc::clone(&b), held.clone());
+        tokio::spawn(async move { b.released(&held).await })
+    };
+    let put = |value: &'static [u8]| Op::Put {
+        key: "fenced".to_owned(),
+        value: Bytes::from_static(value),
+    };
+
+    let (_, from) = b.range("w/").await?;
+    let mut watch = b.watch("w/", from).await?;
+    let before_loss = b.put("w/before", Bytes::from_static(b"1"), None).await?;
+
+    // One member down: the others still form a quorum. Once they have a Raft leader, every
+    // renewal and fenced write goes through (a request the client sends to the dead member
+    // fails before it leaves, and goes to another).
+    cluster.kill(0).await?;
+    eventually("a renewal with one member down", SOON, || async {
+        Ok(b.renew(s).await.ok())
+    })
+    .await?;
+    for n in 0..50 {
+        b.renew(s)
+            .await
+            .with_context(|| format!("renewal {n} with one member down"))?;
+    }
+    let Fenced::Applied(applied) = b.fenced(&held, put(b"1")).await? else {
+        bail!("a fenced write refused while the lease lives");
+    };
+    ensure!(applied > held.token);
+    ensure!(!released.is_finished(), "released while held");
+    // The watch goes on (from another member if its own died): each change once, in order.
+    let after_loss = b.put("w/after", Bytes::from_static(b"2"), None).await?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match within("watch events", watch.next()).await? {
+            Some(Ok(WatchEvent::Changes(changes))) => {
+                seen.extend(changes.iter().map(|c| (c.key().to_owned(), c.revision())));
+            }
+            other => bail!("the watch across a member's loss gave {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("w/before".to_owned(), before_loss),
+            ("w/after".to_owned(), after_loss)
+        ]
+    );
+
+    // Two down: no quorum, so no Raft leader; the last member refuses what needs one, and a
+    // leader cannot renew.
+    cluster.kill(1).await?;
+    let refused = eventually("a failed renewal without quorum", SOON, || async {
+        Ok(b.renew(s).await.err())
+    })
+    .await?;
+    assert!(
+        matches!(refused, CoordError::Unreachable { .. }),
+        "{refused}"
+    );
+
+    // Quorum back: the cluster serves again, and a candidate can lead.
+    cluster.restart(0).await?;
+    cluster.restart(1).await?;
+    let (after, _) = eventually("a session once quorum is back", SOON, || async {
+        Ok(b.open_session(TTL).await.ok())
+    })
+    .await?;
+    let next = within(
+        "leading once quorum is back",
+        b.campaign(after, "after", Bytes::new()),
+    )
+    .await??;
+    ensure!(next.token > applied);
+    Ok(())
+}

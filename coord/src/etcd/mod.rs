@@ -53,6 +53,7 @@
 //! once instead of leaving them waiting. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
 //! reached within the connect timeout is [`CoordError::Unreachable`] naming every endpoint.
 
+mod conn;
 mod errors;
 mod keys;
 mod recipe;
@@ -75,6 +76,7 @@ use crate::backend::{
     Backend, BoxStream, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent,
 };
 use crate::error::CoordError;
+use conn::Conn;
 use errors::to_coord;
 use keys::Keys;
 use recipe::{header_revision, still_ours, to_i64, to_u64};
@@ -84,7 +86,8 @@ use recipe::{header_revision, still_ours, to_i64, to_u64};
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long renewing a lease this backend did not open may wait for an answer (one it
-/// opened waits at most its TTL).
+/// opened waits at most its TTL), and how long `released` tries to read a key of such a
+/// lease while no member answers.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the etcd cluster is, which part of its key space is sluice's, and how to log in.
@@ -154,10 +157,8 @@ pub struct EtcdTls {
 
 /// The etcd backend. See the [module docs](self) for the layout and the guarantees.
 pub struct Etcd {
-    client: Client,
+    conn: Conn,
     keys: Keys,
-    /// The endpoints, joined, for messages.
-    endpoints: String,
     /// The namespace prefix, for messages.
     namespace: String,
     /// The TTL each lease opened here was granted: a keep-alive's answer is consumed by the
@@ -210,17 +211,12 @@ impl Etcd {
         };
         tracing::debug!(%endpoints, "etcd backend connected");
         Ok(Etcd {
-            client,
+            conn: Conn::new(client, endpoints, options.endpoints.len()),
             namespace: keys.prefixed(""),
             keys,
-            endpoints,
             granted: Mutex::new(HashMap::new()),
             withdrawals: recipe::Withdrawals::default(),
         })
-    }
-
-    fn error<'a>(&'a self, doing: &'a str) -> impl FnOnce(etcd_client::Error) -> CoordError + 'a {
-        move |err| to_coord(err, &self.endpoints, doing)
     }
 
     fn granted(&self) -> MutexGuard<'_, HashMap<i64, Duration>> {
@@ -282,8 +278,8 @@ fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, CoordError> {
 impl Backend for Etcd {
     fn describe(&self) -> String {
         match self.namespace.as_str() {
-            "" => format!("etcd {}", self.endpoints),
-            namespace => format!("etcd {} (keys under {namespace})", self.endpoints),
+            "" => format!("etcd {}", self.conn.endpoints),
+            namespace => format!("etcd {} (keys under {namespace})", self.conn.endpoints),
         }
     }
 
@@ -307,11 +303,11 @@ impl Backend for Etcd {
             let seconds = i64::try_from(seconds.max(1))
                 .map_err(|_| CoordError::Config(format!("session ttl {ttl:?} is too long")))?;
             let lease = self
-                .client
-                .clone()
-                .lease_grant(seconds, None)
-                .await
-                .map_err(self.error("granting a lease"))?;
+                .conn
+                .call("granting a lease", |mut c| async move {
+                    c.lease_grant(seconds, None).await
+                })
+                .await?;
             let granted = Duration::from_secs(lease.ttl().unsigned_abs());
             self.granted().insert(lease.id(), granted);
             Ok((SessionId(lease.id()), granted))
@@ -324,12 +320,12 @@ impl Backend for Etcd {
             // One keep-alive: the client sends it and fails unless the answer has a TTL. An
             // answer later than the TTL is worth nothing (the lease may be gone by then), so
             // a renewal waits no longer.
-            let mut client = self.client.clone();
-            let keep_alive = client.lease_keep_alive(session.0);
+            let keep_alive = self.conn.call("renewing a lease", |mut c| async move {
+                c.lease_keep_alive(session.0).await
+            });
             match tokio::time::timeout(known.unwrap_or(RENEW_TIMEOUT), keep_alive).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(err)) => {
-                    let err = to_coord(err, &self.endpoints, "renewing a lease");
                     if let CoordError::SessionExpired = err {
                         self.granted().remove(&session.0);
                     }
@@ -337,40 +333,41 @@ impl Backend for Etcd {
                 }
                 Err(_) => {
                     return Err(CoordError::Unreachable {
-                        endpoints: self.endpoints.clone(),
+                        endpoints: self.conn.endpoints.clone(),
                         source: "no answer to a lease keep-alive within its TTL".into(),
                     });
                 }
             }
-            match known {
-                Some(granted) => Ok(granted),
-                None => {
-                    let lease = self
-                        .client
-                        .clone()
-                        .lease_time_to_live(session.0, None)
-                        .await
-                        .map_err(self.error("reading a lease"))?;
-                    if lease.ttl() <= 0 {
-                        return Err(CoordError::SessionExpired);
-                    }
-                    let granted = Duration::from_secs(lease.granted_ttl().unsigned_abs());
-                    self.granted().insert(session.0, granted);
-                    Ok(granted)
-                }
+            if let Some(granted) = known {
+                return Ok(granted);
             }
+            let lease = self
+                .conn
+                .call("reading a lease", |mut c| async move {
+                    c.lease_time_to_live(session.0, None).await
+                })
+                .await?;
+            if lease.ttl() <= 0 {
+                return Err(CoordError::SessionExpired);
+            }
+            let granted = Duration::from_secs(lease.granted_ttl().unsigned_abs());
+            self.granted().insert(session.0, granted);
+            Ok(granted)
         })
     }
 
     fn close_session(&self, session: SessionId) -> BoxFuture<'_, Result<(), CoordError>> {
         Box::pin(async move {
             self.granted().remove(&session.0);
-            match self.client.clone().lease_revoke(session.0).await {
-                Ok(_) => Ok(()),
-                Err(err) => match to_coord(err, &self.endpoints, "revoking a lease") {
-                    CoordError::SessionExpired => Ok(()),
-                    other => Err(other),
-                },
+            let revoked = self
+                .conn
+                .call("revoking a lease", |mut c| async move {
+                    c.lease_revoke(session.0).await
+                })
+                .await;
+            match revoked {
+                Ok(_) | Err(CoordError::SessionExpired) => Ok(()),
+                Err(other) => Err(other),
             }
         })
     }
@@ -383,20 +380,12 @@ impl Backend for Etcd {
     ) -> BoxFuture<'a, Result<Held, CoordError>> {
         Box::pin(async move {
             let recipe = self.keys.recipe(name)?;
-            recipe::contend(
-                &self.client,
-                &self.withdrawals,
-                session,
-                &recipe,
-                value,
-                &self.endpoints,
-            )
-            .await
+            recipe::contend(&self.conn, &self.withdrawals, session, &recipe, value).await
         })
     }
 
     fn resign<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
-        Box::pin(recipe::give_up(&self.client, held, &self.endpoints))
+        Box::pin(recipe::give_up(&self.conn, held))
     }
 
     fn leader<'a>(
@@ -405,7 +394,7 @@ impl Backend for Etcd {
     ) -> BoxFuture<'a, Result<Option<(Bytes, u64)>, CoordError>> {
         Box::pin(async move {
             let recipe = self.keys.recipe(name)?;
-            recipe::first(&self.client, &recipe, &self.endpoints).await
+            recipe::first(&self.conn, &recipe).await
         })
     }
 
@@ -418,12 +407,11 @@ impl Backend for Etcd {
             let recipe = self.keys.recipe(name)?;
             // `concurrency.Mutex` puts an empty value too.
             recipe::contend(
-                &self.client,
+                &self.conn,
                 &self.withdrawals,
                 session,
                 &recipe,
                 Bytes::new(),
-                &self.endpoints,
             )
             .await
         })
@@ -434,18 +422,23 @@ impl Backend for Etcd {
     }
 
     fn released<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
-        Box::pin(recipe::released(&self.client, held, &self.endpoints))
+        let patience = self
+            .granted()
+            .get(&held.session.0)
+            .copied()
+            .unwrap_or(RENEW_TIMEOUT);
+        Box::pin(recipe::released(&self.conn, held, patience))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, CoordError>> {
         Box::pin(async move {
-            let full = self.keys.key(key)?;
+            let full = &self.keys.key(key)?;
             let found = self
-                .client
-                .clone()
-                .get(full, None)
-                .await
-                .map_err(self.error("reading a key"))?;
+                .conn
+                .call("reading a key", |mut c| async move {
+                    c.get(full.as_str(), None).await
+                })
+                .await?;
             match found.kvs().first() {
                 Some(kv) => watch::key_value(&self.keys, kv),
                 None => Ok(None),
@@ -458,15 +451,14 @@ impl Backend for Etcd {
         prefix: &'a str,
     ) -> BoxFuture<'a, Result<(Vec<KeyValue>, u64), CoordError>> {
         Box::pin(async move {
+            let full = &self.keys.prefixed(prefix);
             let found = self
-                .client
-                .clone()
-                .get(
-                    self.keys.prefixed(prefix),
-                    Some(GetOptions::new().with_prefix()),
-                )
-                .await
-                .map_err(self.error("reading a prefix"))?;
+                .conn
+                .call("reading a prefix", |mut c| async move {
+                    c.get(full.as_str(), Some(GetOptions::new().with_prefix()))
+                        .await
+                })
+                .await?;
             let revision = to_u64(header_revision(found.header())?)?;
             let mut keys = Vec::with_capacity(found.kvs().len());
             for kv in found.kvs() {
@@ -483,27 +475,28 @@ impl Backend for Etcd {
         session: Option<SessionId>,
     ) -> BoxFuture<'a, Result<u64, CoordError>> {
         Box::pin(async move {
-            let full = self.keys.key(key)?;
-            let options = session.map(|s| PutOptions::new().with_lease(s.0));
+            let full = &self.keys.key(key)?;
+            let value = &value;
             let put = self
-                .client
-                .clone()
-                .put(full, value.to_vec(), options)
-                .await
-                .map_err(self.error("writing a key"))?;
+                .conn
+                .call("writing a key", |mut c| async move {
+                    let options = session.map(|s| PutOptions::new().with_lease(s.0));
+                    c.put(full.as_str(), value.to_vec(), options).await
+                })
+                .await?;
             to_u64(header_revision(put.header())?)
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, CoordError>> {
         Box::pin(async move {
-            let full = self.keys.key(key)?;
+            let full = &self.keys.key(key)?;
             let deleted = self
-                .client
-                .clone()
-                .delete(full, None::<DeleteOptions>)
-                .await
-                .map_err(self.error("deleting a key"))?;
+                .conn
+                .call("deleting a key", |mut c| async move {
+                    c.delete(full.as_str(), None::<DeleteOptions>).await
+                })
+                .await?;
             if deleted.deleted() == 0 {
                 return Ok(None);
             }
@@ -516,13 +509,7 @@ impl Backend for Etcd {
         prefix: &'a str,
         after: u64,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Result<WatchEvent, CoordError>>, CoordError>> {
-        Box::pin(watch::watch(
-            &self.client,
-            self.keys.clone(),
-            self.endpoints.clone(),
-            prefix,
-            after,
-        ))
+        Box::pin(watch::watch(&self.conn, self.keys.clone(), prefix, after))
     }
 
     fn fenced<'a>(&'a self, held: &'a Held, op: Op) -> BoxFuture<'a, Result<Fenced, CoordError>> {
@@ -533,11 +520,12 @@ impl Backend for Etcd {
             };
             let txn = still_ours(&held.key, to_i64(held.token)?).and_then([write]);
             let done = self
-                .client
-                .clone()
-                .txn(txn)
-                .await
-                .map_err(self.error("a fenced write"))?;
+                .conn
+                .call("a fenced write", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
             if !done.succeeded() {
                 return Ok(Fenced::Refused);
             }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use etcd_client::{
@@ -12,11 +13,14 @@ use etcd_client::{
     TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use super::errors::to_coord;
+use super::conn::Conn;
 use super::keys::candidate;
 use crate::backend::{Held, SessionId};
 use crate::error::CoordError;
 use tokio::task::JoinHandle;
+
+/// The pause between reads of a candidate key while no member answers.
+const REREAD_PAUSE: Duration = Duration::from_millis(100);
 
 /// Withdrawals of dropped candidacies still on their way, by key: a new candidacy of the same
 /// session and name waits for its predecessor's withdrawal instead of finding its key.
@@ -86,30 +90,29 @@ pub fn still_ours(key: &str, revision: i64) -> Txn {
 
 /// Puts this session's candidate under `recipe` (`NS/NAME/`) and waits until it is the oldest.
 pub async fn contend(
-    client: &Client,
+    conn: &Conn,
     withdrawals: &Withdrawals,
     session: SessionId,
     recipe: &str,
     value: Bytes,
-    endpoints: &str,
 ) -> Result<Held, CoordError> {
     let key = candidate(recipe, session.0);
     withdrawals.settled(&key).await;
-    let mut kv = client.clone();
     // Create the key only if it is absent, as `concurrency.Election.Campaign` does; a key that
     // exists is another candidacy of this same session, which cannot be told apart from ours.
-    let created = kv
-        .txn(
-            Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value.to_vec(),
-                    Some(PutOptions::new().with_lease(session.0)),
-                )]),
-        )
-        .await
-        .map_err(|e| to_coord(e, endpoints, "putting a candidate key"))?;
+    let create = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(session.0)),
+        )]);
+    let created = conn
+        .call("putting a candidate key", |mut c| {
+            let create = create.clone();
+            async move { c.txn(create).await }
+        })
+        .await?;
     if !created.succeeded() {
         return Err(CoordError::Config(format!(
             "{key} exists: session {session} already contends for {recipe} (etcd keys one \
@@ -118,14 +121,14 @@ pub async fn contend(
     }
     let revision = header_revision(created.header())?;
     let mut withdraw = Withdraw {
-        client,
+        client: conn.client(),
         withdrawals,
         key: key.clone(),
         revision,
         done: false,
     };
     loop {
-        match wait_for_predecessor(client, recipe, &key, revision, endpoints).await {
+        match wait_for_predecessor(conn, recipe, &key, revision).await {
             Ok(true) => {
                 withdraw.done = true;
                 return Ok(Held {
@@ -148,22 +151,23 @@ pub async fn contend(
 /// `recipe`, `Ok(false)` once the candidate just before it is gone (look again), and
 /// [`CoordError::SessionExpired`] when `key` itself went (its lease ended).
 async fn wait_for_predecessor(
-    client: &Client,
+    conn: &Conn,
     recipe: &str,
     key: &str,
     revision: i64,
-    endpoints: &str,
 ) -> Result<bool, CoordError> {
-    let mut kv = client.clone();
     let before = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Descend)
         .with_max_create_revision(revision - 1)
         .with_limit(1);
-    let read = kv
-        .txn(Txn::new().and_then([TxnOp::get(recipe, Some(before)), TxnOp::get(key, None)]))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "reading an election's candidates"))?;
+    let reads = Txn::new().and_then([TxnOp::get(recipe, Some(before)), TxnOp::get(key, None)]);
+    let read = conn
+        .call("reading an election's candidates", |mut c| {
+            let reads = reads.clone();
+            async move { c.txn(reads).await }
+        })
+        .await?;
     let at = header_revision(read.header())?;
     let (predecessor, ours) = match read.op_responses().as_slice() {
         [TxnOpResponse::Get(before), TxnOpResponse::Get(ours)] => (
@@ -184,24 +188,22 @@ async fn wait_for_predecessor(
         return Ok(true);
     };
     // Watch both keys from just after the read: the predecessor's delete, or our own.
-    let mut watch = client
-        .clone()
-        .watch(
-            predecessor.clone(),
-            Some(WatchOptions::new().with_start_revision(at + 1)),
-        )
-        .await
-        .map_err(|e| to_coord(e, endpoints, "watching the previous candidate"))?;
-    watch
-        .watch(key, Some(WatchOptions::new().with_start_revision(at + 1)))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "watching the candidate key"))?;
+    let from = || Some(WatchOptions::new().with_start_revision(at + 1));
+    let mut watch = conn
+        .call("watching the previous candidate", |mut c| {
+            let predecessor = predecessor.clone();
+            async move {
+                let mut watch = c.watch(predecessor, from()).await?;
+                watch.watch(key, from()).await?;
+                Ok(watch)
+            }
+        })
+        .await?;
     loop {
-        let response = watch
-            .message()
-            .await
-            .map_err(|e| to_coord(e, endpoints, "waiting for the previous candidate"))?
-            .ok_or_else(|| watch_ended(endpoints))?;
+        let Ok(Some(response)) = watch.message().await else {
+            // The stream was lost (its member, say): read again, maybe from another.
+            return Ok(false);
+        };
         if response.canceled() {
             // Compacted past `at` (or cancelled by the server): read again.
             return Ok(false);
@@ -222,20 +224,17 @@ async fn wait_for_predecessor(
 }
 
 /// The oldest candidate under `recipe`: its value and create revision (the leader).
-pub async fn first(
-    client: &Client,
-    recipe: &str,
-    endpoints: &str,
-) -> Result<Option<(Bytes, u64)>, CoordError> {
+pub async fn first(conn: &Conn, recipe: &str) -> Result<Option<(Bytes, u64)>, CoordError> {
     let oldest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
-    let found = client
-        .clone()
-        .get(recipe, Some(oldest))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "reading an election's leader"))?;
+    let found = conn
+        .call("reading an election's leader", |mut c| {
+            let oldest = oldest.clone();
+            async move { c.get(recipe, Some(oldest)).await }
+        })
+        .await?;
     found
         .kvs()
         .first()
@@ -249,54 +248,72 @@ pub async fn first(
 }
 
 /// Gives up `held`: deletes its key if it is still the one taken with its token.
-pub async fn give_up(client: &Client, held: &Held, endpoints: &str) -> Result<(), CoordError> {
-    let revision = to_i64(held.token)?;
-    client
-        .clone()
-        .txn(still_ours(&held.key, revision).and_then([TxnOp::delete(held.key.as_str(), None)]))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "deleting a candidate key"))?;
+pub async fn give_up(conn: &Conn, held: &Held) -> Result<(), CoordError> {
+    let delete = still_ours(&held.key, to_i64(held.token)?)
+        .and_then([TxnOp::delete(held.key.as_str(), None)]);
+    conn.call("deleting a candidate key", |mut c| {
+        let delete = delete.clone();
+        async move { c.txn(delete).await }
+    })
+    .await?;
     Ok(())
 }
 
 /// Resolves once `held`'s key is gone or is no longer the one taken with its token.
-pub async fn released(client: &Client, held: &Held, endpoints: &str) -> Result<(), CoordError> {
+///
+/// A read that finds no member able to answer (during a Raft election, say) is tried again
+/// for up to `patience` (the lease's TTL: the key cannot outlive it unrenewed); after that,
+/// the error.
+pub async fn released(conn: &Conn, held: &Held, patience: Duration) -> Result<(), CoordError> {
     let revision = to_i64(held.token)?;
-    let read = client
-        .clone()
-        .get(held.key.as_str(), None)
-        .await
-        .map_err(|e| to_coord(e, endpoints, "reading a candidate key"))?;
-    if read.kvs().first().map(|kv| kv.create_revision()) != Some(revision) {
-        return Ok(());
-    }
-    let at = header_revision(read.header())?;
-    let mut watch = client
-        .clone()
-        .watch(
-            held.key.as_str(),
-            Some(WatchOptions::new().with_start_revision(at + 1)),
-        )
-        .await
-        .map_err(|e| to_coord(e, endpoints, "watching a candidate key"))?;
+    let mut failing_since: Option<Instant> = None;
     loop {
-        let response = watch
-            .message()
-            .await
-            .map_err(|e| to_coord(e, endpoints, "watching a candidate key"))?
-            .ok_or_else(|| watch_ended(endpoints))?;
-        if response.canceled() {
-            // Cannot follow from `at` any more: look at the key again.
-            return Box::pin(released(client, held, endpoints)).await;
-        }
-        let gone = response.events().iter().any(|event| {
-            event.event_type() == EventType::Delete
-                || event
-                    .kv()
-                    .is_some_and(|kv| kv.create_revision() != revision)
-        });
-        if gone {
+        let read = conn
+            .call("reading a candidate key", |mut c| async move {
+                c.get(held.key.as_str(), None).await
+            })
+            .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(err @ CoordError::Unreachable { .. }) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= patience {
+                    return Err(err);
+                }
+                tokio::time::sleep(REREAD_PAUSE).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        failing_since = None;
+        if read.kvs().first().map(|kv| kv.create_revision()) != Some(revision) {
             return Ok(());
+        }
+        let at = header_revision(read.header())?;
+        let mut watch = conn
+            .call("watching a candidate key", |mut c| async move {
+                let from = WatchOptions::new().with_start_revision(at + 1);
+                c.watch(held.key.as_str(), Some(from)).await
+            })
+            .await?;
+        loop {
+            // A lost stream, or one that cannot follow from `at` any more: look at the key
+            // again (the read fails if no member answers).
+            let Ok(Some(response)) = watch.message().await else {
+                break;
+            };
+            if response.canceled() {
+                break;
+            }
+            let gone = response.events().iter().any(|event| {
+                event.event_type() == EventType::Delete
+                    || event
+                        .kv()
+                        .is_some_and(|kv| kv.create_revision() != revision)
+            });
+            if gone {
+                return Ok(());
+            }
         }
     }
 }
