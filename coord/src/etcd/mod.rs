@@ -41,8 +41,10 @@
 //! `mod_revision` and `version` as etcd reports them. `watch(prefix, after)` is an etcd watch
 //! of the prefix from revision `after + 1`: every change once, in revision order, deletes
 //! included; when `after + 1` was compacted, [`WatchEvent::Compacted`] with the revision just
-//! before etcd's compaction revision. A watch ends after an error; the caller watches again
-//! from the last revision it saw.
+//! before etcd's compaction revision. A watch whose stream is lost (its member died) opens it
+//! again from the revision after its last change, on whichever member answers; it yields an
+//! error and ends only when that fails (three losses in a row with no change between), and
+//! the caller watches again from the last revision it saw.
 //!
 //! # Connecting
 //! Endpoints are `host:port` (or `http://…`, `https://…`). With [`EtcdTls`] every endpoint is
@@ -50,7 +52,10 @@
 //! when one is given; with a user, the client authenticates with its password and keeps the
 //! token fresh. Every request requires the member to have a Raft leader (etcd's
 //! `WithRequireLeader`): a member cut off from its quorum fails requests and ends watches at
-//! once instead of leaving them waiting. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
+//! once instead of leaving them waiting. The client balances requests over the endpoints
+//! without knowing which members are down; a request whose connection could not be made
+//! never left, and goes again (up to twice per endpoint), so one dead member of three costs
+//! no request. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
 //! reached within the connect timeout is [`CoordError::Unreachable`] naming every endpoint.
 
 mod conn;
