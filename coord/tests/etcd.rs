@@ -443,16 +443,26 @@ async fn a_user_logs_in_with_its_password_and_a_wrong_one_is_refused() -> Result
     Ok(())
 }
 
+/// A directory of the test's own, removed when dropped (whether the test passed or not).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_checks_the_server_against_the_ca() -> Result<()> {
-    let dir = std::env::temp_dir().join(unique("tls"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = Scratch(std::env::temp_dir().join(unique("tls")));
+    std::fs::create_dir_all(&dir.0)?;
+    let dir = &dir.0;
     let path = |name: &str| dir.join(name);
     // Arguments without spaces, split on whitespace.
     let openssl = |args: &str| {
         let status = std::process::Command::new("openssl")
             .args(args.split_whitespace())
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()?;
@@ -517,8 +527,6 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
         Err(CoordError::Config(message)) => ensure!(message.contains("missing.pem"), "{message}"),
         other => bail!("a missing CA file gave {:?}", other.err()),
     }
-    drop(server);
-    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
 
