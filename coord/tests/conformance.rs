@@ -4,9 +4,8 @@
 //! `scripts/services.sh`. Each test has a namespace of its own.
 //!
 //! A backend is one [`Subject`]: how to connect a backend (a process, in effect) to a
-//! namespace, and its declared [`Capabilities`] where backends legitimately differ. The suite
-//! runs on the embedded backend, etcd and ZooKeeper; adding a backend is one `conformance!`
-//! line and its subject function.
+//! namespace, and its declared [`Capabilities`] where backends legitimately differ. Adding a
+//! backend is one `conformance!` line and its subject function.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,8 +22,11 @@ use sluice_coord::{
 };
 use tokio::task::JoinHandle;
 
+#[path = "support/poll.rs"]
+mod poll;
 #[path = "support/private_etcd.rs"]
 mod private_etcd;
+use poll::eventually;
 use private_etcd::PrivateEtcd;
 
 /// The TTL sessions ask for: the smallest sluice allows.
@@ -67,8 +69,8 @@ enum Forgets {
 struct Compactable {
     backend: Arc<dyn Backend>,
     compact: Box<dyn Fn(u64) -> BoxFuture<'static, Result<()>> + Send + Sync>,
-    /// The server, stopped when dropped (nothing, for a store in the process).
-    _server: Box<dyn std::any::Any + Send + Sync>,
+    /// What must live as long as the backend (a server of the test's own), dropped with it.
+    _alive: Box<dyn std::any::Any + Send + Sync>,
 }
 
 /// One namespace of a test's own, and a backend on it.
@@ -116,24 +118,6 @@ impl<'s> Fixture<'s> {
             self.b.delete(&kv.key).await?;
         }
         Ok(())
-    }
-}
-
-/// Polls `check` until it gives `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await? {
-            return Ok(found);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -494,6 +478,45 @@ async fn waiters_wait_on_their_predecessor(subject: &Subject) -> Result<()> {
     f.cleanup().await
 }
 
+/// Dropping a waiting campaign withdraws it, and the same session may campaign again at once.
+async fn a_dropped_campaign_withdraws_its_candidacy(subject: &Subject) -> Result<()> {
+    let f = Fixture::new(subject).await?;
+    let layout = f.b.layout();
+    let (b1, b2) = (Arc::clone(&f.b), f.peer().await?);
+    let (s1, _) = b1.open_session(SOON).await?;
+    let (s2, _) = b2.open_session(SOON).await?;
+    let first = b1.campaign(s1, "e", v("one")).await?;
+    // Drive the second campaign until its candidacy is there, then drop it.
+    let mut waiting = b2.campaign(s2, "e", v("dropped"));
+    let deadline = Instant::now() + SOON;
+    while f.candidates(&layout.election, "e").await? < 2 {
+        ensure!(
+            Instant::now() < deadline,
+            "the second candidacy never appeared"
+        );
+        tokio::select! {
+            won = &mut waiting => bail!("a waiter won beside a leader: {won:?}"),
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    drop(waiting);
+    let again = spawn_campaign(&b2, s2, "e", b"again");
+    f.wait_candidates(&layout.election, "e", 2).await?;
+    let (keys, _) = f.b.range(&layout.election.replace("{name}", "e")).await?;
+    let values: Vec<&[u8]> = keys.iter().map(|kv| &kv.value[..]).collect();
+    ensure!(
+        !values.contains(&&b"dropped"[..]),
+        "the dropped candidacy stayed: {values:?}"
+    );
+    b1.resign(&first).await?;
+    let again = within("the new candidacy leads", SOON, again).await???;
+    assert_eq!(b1.leader("e").await?, Some((v("again"), again.token)));
+    for (b, s) in [(&b1, s1), (&b2, s2)] {
+        b.close_session(s).await?;
+    }
+    f.cleanup().await
+}
+
 /// A lock excludes across sessions and backends, and is served in request order.
 async fn locks_exclude_and_serve_in_order(subject: &Subject) -> Result<()> {
     let f = Fixture::new(subject).await?;
@@ -616,6 +639,11 @@ macro_rules! conformance {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_dropped_campaign_withdraws_its_candidacy() -> Result<()> {
+                super::a_dropped_campaign_withdraws_its_candidacy(&$subject).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn locks_exclude_and_serve_in_order() -> Result<()> {
                 super::locks_exclude_and_serve_in_order(&$subject).await
             }
@@ -653,7 +681,7 @@ fn embedded_subject() -> Subject {
                             store.compact(revision);
                             Box::pin(std::future::ready(Ok(())))
                         }),
-                        _server: Box::new(()),
+                        _alive: Box::new(()),
                     })
                 })
             }),
@@ -705,7 +733,7 @@ async fn private_etcd() -> Result<Compactable> {
                 Ok(())
             })
         }),
-        _server: Box::new(server),
+        _alive: Box::new(server),
     })
 }
 

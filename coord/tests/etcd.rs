@@ -10,15 +10,19 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
+use futures::StreamExt;
 use sluice_coord::etcd::{Etcd, EtcdOptions};
-use sluice_coord::{Backend, CoordError, Fenced, Op};
+use sluice_coord::{Backend, CoordError, Fenced, Op, WatchEvent};
 use sluice_coord::{Password, TlsConfig};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
+#[path = "support/poll.rs"]
+mod poll;
 #[path = "support/private_etcd.rs"]
 mod private_etcd;
-use private_etcd::{PrivateEtcd, ServerTls};
+use poll::eventually;
+use private_etcd::{PrivateEtcd, ServerTls, signal};
 
 /// The TTL sessions ask for.
 const TTL: Duration = Duration::from_secs(2);
@@ -80,12 +84,7 @@ impl Etcdctl {
 
     /// Sends SIGTERM, on which etcdctl gives up its election or lock and exits, and waits.
     async fn terminate(mut self) -> Result<()> {
-        let pid = self.child.id().context("etcdctl already exited")?;
-        let status = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        ensure!(status.success(), "kill -TERM {pid}");
+        signal(self.child.id().context("etcdctl already exited")?, "TERM").await?;
         tokio::time::timeout(SOON, self.child.wait())
             .await
             .context("etcdctl did not exit on SIGTERM")??;
@@ -104,17 +103,20 @@ async fn candidates(b: &Etcd, prefix: &str) -> Result<Vec<(String, u64)>> {
 }
 
 async fn wait_candidates(b: &Etcd, prefix: &str, n: usize) -> Result<Vec<(String, u64)>> {
-    let deadline = tokio::time::Instant::now() + SOON;
-    loop {
+    eventually(&format!("{n} candidates under {prefix}"), SOON, || async {
         let found = candidates(b, prefix).await?;
-        if found.len() == n {
-            return Ok(found);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("{n} candidates under {prefix}: found {found:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok((found.len() == n).then_some(found))
+    })
+    .await
+}
+
+/// Connects to a server that may still be starting.
+async fn connect_when_up(options: &EtcdOptions) -> Result<Arc<Etcd>> {
+    let connected = eventually("the etcd answers", SOON, || async {
+        Ok(Etcd::connect(options.clone()).await.ok())
+    })
+    .await?;
+    Ok(Arc::new(connected))
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> Result<T> {
@@ -253,17 +255,16 @@ async fn a_lease_revoked_with_etcdctl_releases_and_fences() -> Result<()> {
     Ok(())
 }
 
-/// As etcd's own client resumes a campaign: a second claim of one name under one session is
-/// the same candidacy (its key, its place, its token) — a claim that gave up waiting on an
-/// error and is made again keeps its place. `Coord` makes one claim per name at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_claim_of_one_name_under_one_session_resumes_the_first() -> Result<()> {
+async fn a_second_claim_of_one_name_under_one_session_is_refused() -> Result<()> {
     let b = etcd().await?;
     let name = unique("twice");
     let (s, _) = b.open_session(SOON).await?;
     let held = b.lock(s, &name).await?;
-    let again = b.lock(s, &name).await?;
-    ensure!(again == held, "{again:?} is not {held:?}");
+    match b.lock(s, &name).await {
+        Err(CoordError::Config(message)) => ensure!(message.contains(&held.key), "{message}"),
+        other => bail!("a second lock under one lease gave {other:?}"),
+    }
     b.close_session(s).await?;
     Ok(())
 }
@@ -366,17 +367,12 @@ async fn etcdctl_on(url: &str, args: &[&str]) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_logs_in_with_its_password_and_a_wrong_one_is_refused() -> Result<()> {
     let server = PrivateEtcd::start(None).await?;
-    let deadline = tokio::time::Instant::now() + SOON;
-    while etcdctl_on(&server.url, &["user", "add", "root:s3cret-pw"])
-        .await
-        .is_err()
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the private etcd never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the private etcd takes a user", SOON, || async {
+        Ok(etcdctl_on(&server.url, &["user", "add", "root:s3cret-pw"])
+            .await
+            .ok())
+    })
+    .await?;
     etcdctl_on(&server.url, &["auth", "enable"]).await?;
     let login = |password: &str| EtcdOptions {
         user: Some("root".to_owned()),
@@ -410,19 +406,64 @@ async fn a_user_logs_in_with_its_password_and_a_wrong_one_is_refused() -> Result
         Ok(b) => ensure!(b.get("authed").await.is_err(), "read without a user"),
         Err(err) => ensure!(matches!(err, CoordError::Refused { .. }), "{err}"),
     }
+    // A user allowed only `allowed/`: elsewhere reads and watches are refused, for good.
+    for args in [
+        "role add reader",
+        "role grant-permission reader readwrite allowed/ --prefix=true",
+        "user add reader:reader-pw",
+        "user grant-role reader reader",
+    ] {
+        let mut args: Vec<&str> = args.split_whitespace().collect();
+        args.splice(0..0, ["--user", "root:s3cret-pw"]);
+        etcdctl_on(&server.url, &args).await?;
+    }
+    let reader = Etcd::connect(EtcdOptions {
+        user: Some("reader".to_owned()),
+        password: Some(Password::new("reader-pw")),
+        ..EtcdOptions::new(vec![server.url.clone()])
+    })
+    .await?;
+    let written = reader
+        .put("allowed/x", Bytes::from_static(b"1"), None)
+        .await?;
+    let mut watch = reader.watch("allowed/", written - 1).await?;
+    match within("the allowed watch", watch.next()).await? {
+        Some(Ok(WatchEvent::Changes(changes))) => assert_eq!(changes[0].revision(), written),
+        other => bail!("the allowed watch gave {other:?}"),
+    }
+    match reader.get("authed").await {
+        Err(err @ CoordError::Refused { .. }) => ensure!(!err.is_retryable()),
+        other => bail!("a read without permission gave {other:?}"),
+    }
+    let mut watch = reader.watch("secret/", written).await?;
+    match within("the refused watch", watch.next()).await? {
+        Some(Err(err @ CoordError::Refused { .. })) => ensure!(!err.is_retryable()),
+        other => bail!("a watch without permission gave {other:?}"),
+    }
+    ensure!(within("its end", watch.next()).await?.is_none());
     Ok(())
+}
+
+/// A directory of the test's own, removed when dropped (whether the test passed or not).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_checks_the_server_against_the_ca() -> Result<()> {
-    let dir = std::env::temp_dir().join(unique("tls"));
-    std::fs::create_dir_all(&dir)?;
+    let dir = Scratch(std::env::temp_dir().join(unique("tls")));
+    std::fs::create_dir_all(&dir.0)?;
+    let dir = &dir.0;
     let path = |name: &str| dir.join(name);
     // Arguments without spaces, split on whitespace.
     let openssl = |args: &str| {
         let status = std::process::Command::new("openssl")
             .args(args.split_whitespace())
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()?;
@@ -465,14 +506,7 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
         }),
         ..EtcdOptions::new(vec![server.url.trim_start_matches("https://").to_owned()])
     };
-    let deadline = tokio::time::Instant::now() + SOON;
-    let b = loop {
-        match Etcd::connect(over_tls("ca.pem", Some("client"))).await {
-            Ok(b) => break b,
-            Err(err) if tokio::time::Instant::now() >= deadline => return Err(err.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
+    let b = connect_when_up(&over_tls("ca.pem", Some("client"))).await?;
     let written = b.put("over-tls", Bytes::from_static(b"1"), None).await?;
     assert_eq!(
         b.get("over-tls").await?.context("over-tls")?.mod_revision,
@@ -494,7 +528,192 @@ async fn tls_checks_the_server_against_the_ca() -> Result<()> {
         Err(CoordError::Config(message)) => ensure!(message.contains("missing.pem"), "{message}"),
         other => bail!("a missing CA file gave {:?}", other.err()),
     }
-    drop(server);
-    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_server_fails_renewals_and_its_lease_is_gone_when_it_thaws() -> Result<()> {
+    let server = PrivateEtcd::start(None).await?;
+    let b = connect_when_up(&EtcdOptions::new(vec![server.url.clone()])).await?;
+    let (s, granted) = b.open_session(TTL).await?;
+    let held = b.lock(s, "frozen").await?;
+    let released = {
+        let (b, held) = (Arc::clone(&b), held.clone());
+        tokio::spawn(async move { b.released(&held).await })
+    };
+    server.signal("STOP").await?;
+    // The renewal gets no answer: it says so after the TTL instead of waiting.
+    let frozen = std::time::Instant::now();
+    match within("a renewal of a frozen server", b.renew(s)).await? {
+        Err(err @ CoordError::Unreachable { .. }) => ensure!(err.is_retryable()),
+        other => bail!("renewing on a frozen server gave {other:?}"),
+    }
+    ensure!(frozen.elapsed() >= granted, "gave up before the TTL");
+    ensure!(
+        !released.is_finished(),
+        "released while the server could not say so"
+    );
+    server.signal("CONT").await?;
+    // The lease was not renewed within its TTL: the server revokes it on waking up.
+    within("released after the thaw", released).await???;
+    assert!(matches!(b.renew(s).await, Err(CoordError::SessionExpired)));
+    let put = Op::Put {
+        key: "after-thaw".to_owned(),
+        value: Bytes::from_static(b"1"),
+    };
+    assert_eq!(b.fenced(&held, put).await?, Fenced::Refused);
+    Ok(())
+}
+
+/// A figure from a private etcd's `/metrics`: the sum of the samples whose line starts with
+/// `sample` (a name, and optionally the start of its labels).
+async fn metric(url: &str, sample: &str) -> Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await?;
+    stream
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await?;
+    let mut sum = 0.0;
+    for line in body.lines().filter(|l| l.starts_with(sample)) {
+        let value = line
+            .rsplit(' ')
+            .next()
+            .context("a sample without a value")?;
+        sum += value
+            .parse::<f64>()
+            .with_context(|| format!("sample {line}"))?;
+    }
+    Ok(sum)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_next_waiter_wakes_when_a_lock_is_released() -> Result<()> {
+    const WAITERS: usize = 5;
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    const TXNS: &str = "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Txn\"";
+    // A server of the test's own: its counters count this test's requests only.
+    let server = PrivateEtcd::start(None).await?;
+    let b = connect_when_up(&EtcdOptions::new(vec![server.url.clone()])).await?;
+    let (s0, _) = b.open_session(SOON).await?;
+    let holder = b.lock(s0, "herd").await?;
+    let mut waiters = Vec::new();
+    for n in 1..=WAITERS {
+        let (s, _) = b.open_session(SOON).await?;
+        let b2 = Arc::clone(&b);
+        waiters.push(tokio::spawn(async move { b2.lock(s, "herd").await }));
+        wait_candidates(&b, "herd/", n + 1).await?;
+    }
+    // Each waiter watches its predecessor's key and its own.
+    let settle = |watchers: usize| {
+        let url = server.url.clone();
+        async move {
+            eventually(&format!("{watchers} watchers"), SOON, || async {
+                Ok((metric(&url, WATCHERS).await? == watchers as f64).then_some(()))
+            })
+            .await
+        }
+    };
+    settle(2 * WAITERS).await?;
+    let before = metric(&server.url, TXNS).await?;
+    b.unlock(&holder).await?;
+    let next = within("the first waiter holds", waiters.remove(0)).await???;
+    ensure!(next.token > holder.token);
+    // Its two watchers are gone; the other waiters' stayed as they were.
+    settle(2 * (WAITERS - 1)).await?;
+    let woke = metric(&server.url, TXNS).await? - before;
+    // The unlock, and the one read of the waiter whose predecessor went; a herd would make
+    // every waiter read again.
+    assert_eq!(woke, 2.0, "transactions after the unlock");
+    ensure!(waiters.iter().all(|w| !w.is_finished()));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_member_cluster_keeps_a_leader_through_one_loss_and_fails_without_quorum()
+-> Result<()> {
+    let mut cluster = PrivateEtcd::cluster(3, None).await?;
+    let b = connect_when_up(&EtcdOptions::new(cluster.urls())).await?;
+    // Long enough to ride out a Raft election of the cluster itself (etcd extends every lease
+    // on a new Raft leader, too).
+    let (s, _) = b.open_session(Duration::from_secs(5)).await?;
+    let held = b.campaign(s, "leader", Bytes::from_static(b"n1")).await?;
+    let released = {
+        let (b, held) = (Arc::clone(&b), held.clone());
+        tokio::spawn(async move { b.released(&held).await })
+    };
+    let put = |value: &'static [u8]| Op::Put {
+        key: "fenced".to_owned(),
+        value: Bytes::from_static(value),
+    };
+
+    let (_, from) = b.range("w/").await?;
+    let mut watch = b.watch("w/", from).await?;
+    let before_loss = b.put("w/before", Bytes::from_static(b"1"), None).await?;
+
+    // One member down: the others still form a quorum. Once they have a Raft leader, every
+    // renewal and fenced write goes through (a request the client sends to the dead member
+    // fails before it leaves, and goes to another).
+    cluster.kill(0).await?;
+    eventually("a renewal with one member down", SOON, || async {
+        Ok(b.renew(s).await.ok())
+    })
+    .await?;
+    for n in 0..50 {
+        b.renew(s)
+            .await
+            .with_context(|| format!("renewal {n} with one member down"))?;
+    }
+    let Fenced::Applied(applied) = b.fenced(&held, put(b"1")).await? else {
+        bail!("a fenced write refused while the lease lives");
+    };
+    ensure!(applied > held.token);
+    ensure!(!released.is_finished(), "released while held");
+    // The watch goes on (from another member if its own died): each change once, in order.
+    let after_loss = b.put("w/after", Bytes::from_static(b"2"), None).await?;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match within("watch events", watch.next()).await? {
+            Some(Ok(WatchEvent::Changes(changes))) => {
+                seen.extend(changes.iter().map(|c| (c.key().to_owned(), c.revision())));
+            }
+            other => bail!("the watch across a member's loss gave {other:?}"),
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            ("w/before".to_owned(), before_loss),
+            ("w/after".to_owned(), after_loss)
+        ]
+    );
+
+    // Two down: no quorum, so no Raft leader; the last member refuses what needs one, and a
+    // leader cannot renew.
+    cluster.kill(1).await?;
+    let refused = eventually("a failed renewal without quorum", SOON, || async {
+        Ok(b.renew(s).await.err())
+    })
+    .await?;
+    assert!(
+        matches!(refused, CoordError::Unreachable { .. }),
+        "{refused}"
+    );
+
+    // Quorum back: the cluster serves again, and a candidate can lead.
+    cluster.restart(0).await?;
+    cluster.restart(1).await?;
+    let (after, _) = eventually("a session once quorum is back", SOON, || async {
+        Ok(b.open_session(TTL).await.ok())
+    })
+    .await?;
+    let next = within(
+        "leading once quorum is back",
+        b.campaign(after, "after", Bytes::new()),
+    )
+    .await??;
+    ensure!(next.token > applied);
     Ok(())
 }

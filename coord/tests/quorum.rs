@@ -1,11 +1,10 @@
 //! A 3-member etcd cluster of the test's own (three etcd processes on loopback ports): one
-//! member killed, leadership goes on; two killed (quorum lost), the leader steps down within
-//! the TTL and nobody leads; quorum back, a leader again.
+//! member killed, leadership goes on; two killed (quorum lost), the leader steps down (within
+//! the TTL of the last renewal the cluster answered) and nobody leads; quorum back, a leader
+//! again. The backend's own view of the same is in `etcd.rs`; this is what a `Coord` does.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/private_cluster.rs"]
-mod private_cluster;
 #[path = "support/private_etcd.rs"]
 #[allow(dead_code)]
 mod private_etcd;
@@ -14,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use private_cluster::PrivateCluster;
+use private_etcd::PrivateEtcd;
 use sluice_coord::etcd::{Etcd, EtcdOptions};
 use sluice_coord::{Coord, LeaderTerm};
 use sluice_pipeline::leadership::Term;
@@ -25,8 +24,8 @@ const TTL: Duration = Duration::from_secs(2);
 /// one passed without the others, so up to twice that.
 const ETCD_QUORUM_CHECK: Duration = Duration::from_secs(2);
 
-async fn candidate(cluster: &PrivateCluster, node: &str) -> Result<Coord> {
-    let backend = Etcd::connect(EtcdOptions::new(cluster.endpoints())).await?;
+async fn candidate(cluster: &PrivateEtcd, node: &str) -> Result<Coord> {
+    let backend = Etcd::connect(EtcdOptions::new(cluster.urls())).await?;
     Ok(Coord::with_backend(Arc::new(backend), TTL, node))
 }
 
@@ -39,7 +38,7 @@ async fn ends_within(term: &LeaderTerm, within: Duration) -> Option<Duration> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leadership_survives_one_member_stops_without_quorum_and_returns_with_it() -> Result<()> {
-    let mut cluster = PrivateCluster::start(3).await?;
+    let mut cluster = PrivateEtcd::cluster(3, None).await?;
     let (a, b) = (
         candidate(&cluster, "a").await?,
         candidate(&cluster, "b").await?,

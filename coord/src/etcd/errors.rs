@@ -8,7 +8,6 @@ use crate::error::CoordError;
 /// gRPC status codes (the numbers every gRPC implementation shares) this backend tells apart.
 mod code {
     pub const CANCELLED: i32 = 1;
-    pub const UNKNOWN: i32 = 2;
     pub const DEADLINE_EXCEEDED: i32 = 4;
     pub const NOT_FOUND: i32 = 5;
     pub const PERMISSION_DENIED: i32 = 7;
@@ -18,6 +17,13 @@ mod code {
 
 /// What etcd answers for a lease that is gone (`rpctypes.ErrLeaseNotFound`).
 const LEASE_NOT_FOUND: &str = "lease not found";
+
+/// Whether the request failed before it left: the connection to the member it was sent to
+/// could not be made (tonic's "tcp connect error"), so sending it again is safe.
+pub fn never_sent(err: &Error) -> bool {
+    matches!(err, Error::GRpcStatus(status)
+        if i32::from(status.code()) == code::UNAVAILABLE && status.message().contains("connect error"))
+}
 
 /// The error of `doing` against `endpoints`.
 pub fn to_coord(err: Error, endpoints: &str, doing: &str) -> CoordError {
@@ -36,8 +42,9 @@ pub fn to_coord(err: Error, endpoints: &str, doing: &str) -> CoordError {
                 CoordError::SessionExpired
             }
             code::UNAVAILABLE | code::DEADLINE_EXCEEDED | code::CANCELLED => unreachable(err),
-            // tonic reports a connection it could not make as Unknown with a transport cause.
-            code::UNKNOWN if status.message().contains("transport") => unreachable(err),
+            // A status with a cause was made here, from the connection failing under it (an
+            // HTTP/2 stream broken, a reset): the server never said it.
+            _ if std::error::Error::source(status).is_some() => unreachable(err),
             code::UNAUTHENTICATED | code::PERMISSION_DENIED => CoordError::Refused {
                 doing: format!("{doing} (etcd {endpoints})"),
                 source: Box::new(err),

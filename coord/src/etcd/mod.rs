@@ -31,7 +31,8 @@
 //! # Sessions
 //! A sluice session is an etcd lease: `open_session` grants one of the TTL (whole seconds,
 //! rounded up; etcd grants at least its minimum, 2 s by default); `renew` is one keep-alive
-//! and returns the TTL granted; `close_session` revokes the lease, which deletes its keys.
+//! and returns the TTL granted, or `Unreachable` when no answer comes within that TTL;
+//! `close_session` revokes the lease, which deletes its keys.
 //! Keys put with a session are attached to its lease.
 //!
 //! # Keys and watches
@@ -40,16 +41,24 @@
 //! `mod_revision` and `version` as etcd reports them. `watch(prefix, after)` is an etcd watch
 //! of the prefix from revision `after + 1`: every change once, in revision order, deletes
 //! included; when `after + 1` was compacted, [`WatchEvent::Compacted`] with the revision just
-//! before etcd's compaction revision. A watch ends after an error; the caller watches again
-//! from the last revision it saw.
+//! before etcd's compaction revision. A watch whose stream is lost (its member died) opens it
+//! again from the revision after its last change, on whichever member answers; it yields an
+//! error and ends only when that fails (three losses in a row with no change between), and
+//! the caller watches again from the last revision it saw.
 //!
 //! # Connecting
 //! Endpoints are `host:port` (or `http://…`, `https://…`). With [`TlsConfig`] every endpoint is
 //! reached over TLS (rustls), the server checked against the CA, with a client certificate
 //! when one is given; with a user, the client authenticates with its password and keeps the
-//! token fresh. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
+//! token fresh. Every request requires the member to have a Raft leader (etcd's
+//! `WithRequireLeader`): a member cut off from its quorum fails requests and ends watches at
+//! once instead of leaving them waiting. The client balances requests over the endpoints
+//! without knowing which members are down; a request whose connection could not be made
+//! never left, and goes again (up to twice per endpoint), so one dead member of three costs
+//! no request. [`Etcd::connect`] asks the cluster for its status, so a cluster that cannot be
 //! reached within the connect timeout is [`CoordError::Unreachable`] naming every endpoint.
 
+mod conn;
 mod errors;
 mod keys;
 mod recipe;
@@ -57,7 +66,7 @@ mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,6 +81,7 @@ use crate::backend::{
 };
 use crate::config::{Password, TlsConfig};
 use crate::error::CoordError;
+use conn::Conn;
 use errors::to_coord;
 use keys::Keys;
 use recipe::{header_revision, still_ours, to_i64, to_u64};
@@ -79,6 +89,11 @@ use recipe::{header_revision, still_ours, to_i64, to_u64};
 /// How long [`Etcd::connect`] waits for the cluster when [`EtcdOptions::connect_timeout`] is
 /// not chosen otherwise.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long renewing a lease this backend did not open may wait for an answer (one it
+/// opened waits at most its TTL), and how long `released` tries to read a key of such a
+/// lease while no member answers.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the etcd cluster is, which part of its key space is sluice's, and how to log in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,13 +129,14 @@ impl EtcdOptions {
 
 /// The etcd backend. See the [module docs](self) for the layout and the guarantees.
 pub struct Etcd {
-    client: Client,
+    conn: Conn,
     keys: Keys,
-    /// The endpoints, joined, for messages.
-    endpoints: String,
+    /// The namespace prefix, for messages.
+    namespace: String,
     /// The TTL each lease opened here was granted: a keep-alive's answer is consumed by the
     /// client, and a keep-alive restores the granted TTL.
     granted: Mutex<HashMap<i64, Duration>>,
+    withdrawals: recipe::Withdrawals,
 }
 
 impl Etcd {
@@ -141,67 +157,53 @@ impl Etcd {
         }
         let endpoints = options.endpoints.join(",");
         let connect = connect_options(&options)?;
-        let unreachable = |source: etcd_client::Error| CoordError::Unreachable {
-            endpoints: endpoints.clone(),
-            source: Box::new(source),
+        let doing = match &options.user {
+            Some(user) => format!("authenticating as {user:?}"),
+            None => "connecting".to_owned(),
         };
         let answered = tokio::time::timeout(options.connect_timeout, async {
             let mut client = Client::connect(&options.endpoints, Some(connect))
                 .await
-                .map_err(|e| match &options.user {
-                    Some(user) => match to_coord(e, &endpoints, "") {
-                        CoordError::Refused { source, .. } => CoordError::Refused {
-                            doing: format!("authenticating as {user:?} (etcd {endpoints})"),
-                            source,
-                        },
-                        other => other,
-                    },
-                    None => to_coord(e, &endpoints, "connecting"),
-                })?;
+                .map_err(|e| to_coord(e, &endpoints, &doing))?;
             client
                 .status()
                 .await
                 .map_err(|e| to_coord(e, &endpoints, "asking for the cluster's status"))?;
-            Ok(client)
+            Ok::<_, CoordError>(client)
         })
         .await;
         let client = match answered {
-            Ok(Ok(client)) => client,
-            Ok(Err(CoordError::Unreachable { source, .. })) => {
-                return Err(CoordError::Unreachable { endpoints, source });
-            }
-            Ok(Err(err)) => return Err(err),
+            Ok(connected) => connected?,
             Err(_) => {
-                return Err(unreachable(etcd_client::Error::Internal(format!(
-                    "no answer within {:?}",
-                    options.connect_timeout
-                ))));
+                return Err(CoordError::Unreachable {
+                    endpoints,
+                    source: format!("no answer within {:?}", options.connect_timeout).into(),
+                });
             }
         };
         tracing::debug!(%endpoints, "etcd backend connected");
         Ok(Etcd {
-            client,
+            conn: Conn::new(client, endpoints, options.endpoints.len()),
+            namespace: keys.prefixed(""),
             keys,
-            endpoints,
             granted: Mutex::new(HashMap::new()),
+            withdrawals: recipe::Withdrawals::default(),
         })
     }
 
-    fn error<'a>(&'a self, doing: &'a str) -> impl FnOnce(etcd_client::Error) -> CoordError + 'a {
-        move |err| to_coord(err, &self.endpoints, doing)
-    }
-
-    fn granted(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Duration>> {
+    fn granted(&self) -> MutexGuard<'_, HashMap<i64, Duration>> {
         // The map holds plain values: one poisoned by a panic elsewhere is still consistent.
-        self.granted
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.granted.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// The client's options: timeouts, credentials and TLS.
 fn connect_options(options: &EtcdOptions) -> Result<ConnectOptions, CoordError> {
-    let mut connect = ConnectOptions::new().with_connect_timeout(options.connect_timeout);
+    // Requests to a member that lost its leader fail instead of waiting (and watches on it
+    // end), so a partitioned member cannot keep a leader believing it leads.
+    let mut connect = ConnectOptions::new()
+        .with_connect_timeout(options.connect_timeout)
+        .with_require_leader(true);
     match (&options.user, &options.password) {
         (Some(user), Some(password)) => {
             connect = connect.with_user(user.clone(), password.expose().to_owned());
@@ -250,7 +252,10 @@ fn tls_options(tls: &TlsConfig) -> Result<TlsOptions, CoordError> {
 
 impl Backend for Etcd {
     fn describe(&self) -> String {
-        format!("etcd {}", self.endpoints)
+        match self.namespace.as_str() {
+            "" => format!("etcd {}", self.conn.endpoints),
+            namespace => format!("etcd {} (keys under {namespace})", self.conn.endpoints),
+        }
     }
 
     fn layout(&self) -> Layout {
@@ -273,11 +278,11 @@ impl Backend for Etcd {
             let seconds = i64::try_from(seconds.max(1))
                 .map_err(|_| CoordError::Config(format!("session ttl {ttl:?} is too long")))?;
             let lease = self
-                .client
-                .clone()
-                .lease_grant(seconds, None)
-                .await
-                .map_err(self.error("granting a lease"))?;
+                .conn
+                .call("granting a lease", |mut c| async move {
+                    c.lease_grant(seconds, None).await
+                })
+                .await?;
             let granted = Duration::from_secs(lease.ttl().unsigned_abs());
             self.granted().insert(lease.id(), granted);
             Ok((SessionId(lease.id()), granted))
@@ -286,42 +291,58 @@ impl Backend for Etcd {
 
     fn renew(&self, session: SessionId) -> BoxFuture<'_, Result<Duration, CoordError>> {
         Box::pin(async move {
-            // One keep-alive: the client sends it and fails unless the answer has a TTL.
-            self.client
-                .clone()
-                .lease_keep_alive(session.0)
-                .await
-                .map_err(self.error("renewing a lease"))?;
             let known = self.granted().get(&session.0).copied();
-            match known {
-                Some(granted) => Ok(granted),
-                None => {
-                    let lease = self
-                        .client
-                        .clone()
-                        .lease_time_to_live(session.0, None)
-                        .await
-                        .map_err(self.error("reading a lease"))?;
-                    if lease.ttl() <= 0 {
-                        return Err(CoordError::SessionExpired);
+            // One keep-alive: the client sends it and fails unless the answer has a TTL. An
+            // answer later than the TTL is worth nothing (the lease may be gone by then), so
+            // a renewal waits no longer.
+            let keep_alive = self.conn.call("renewing a lease", |mut c| async move {
+                c.lease_keep_alive(session.0).await
+            });
+            match tokio::time::timeout(known.unwrap_or(RENEW_TIMEOUT), keep_alive).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(err)) => {
+                    if let CoordError::SessionExpired = err {
+                        self.granted().remove(&session.0);
                     }
-                    let granted = Duration::from_secs(lease.granted_ttl().unsigned_abs());
-                    self.granted().insert(session.0, granted);
-                    Ok(granted)
+                    return Err(err);
+                }
+                Err(_) => {
+                    return Err(CoordError::Unreachable {
+                        endpoints: self.conn.endpoints.clone(),
+                        source: "no answer to a lease keep-alive within its TTL".into(),
+                    });
                 }
             }
+            if let Some(granted) = known {
+                return Ok(granted);
+            }
+            let lease = self
+                .conn
+                .call("reading a lease", |mut c| async move {
+                    c.lease_time_to_live(session.0, None).await
+                })
+                .await?;
+            if lease.ttl() <= 0 {
+                return Err(CoordError::SessionExpired);
+            }
+            let granted = Duration::from_secs(lease.granted_ttl().unsigned_abs());
+            self.granted().insert(session.0, granted);
+            Ok(granted)
         })
     }
 
     fn close_session(&self, session: SessionId) -> BoxFuture<'_, Result<(), CoordError>> {
         Box::pin(async move {
             self.granted().remove(&session.0);
-            match self.client.clone().lease_revoke(session.0).await {
-                Ok(_) => Ok(()),
-                Err(err) => match to_coord(err, &self.endpoints, "revoking a lease") {
-                    CoordError::SessionExpired => Ok(()),
-                    other => Err(other),
-                },
+            let revoked = self
+                .conn
+                .call("revoking a lease", |mut c| async move {
+                    c.lease_revoke(session.0).await
+                })
+                .await;
+            match revoked {
+                Ok(_) | Err(CoordError::SessionExpired) => Ok(()),
+                Err(other) => Err(other),
             }
         })
     }
@@ -334,12 +355,12 @@ impl Backend for Etcd {
     ) -> BoxFuture<'a, Result<Held, CoordError>> {
         Box::pin(async move {
             let recipe = self.keys.recipe(name)?;
-            recipe::contend(&self.client, session, &recipe, value, &self.endpoints).await
+            recipe::contend(&self.conn, &self.withdrawals, session, &recipe, value).await
         })
     }
 
     fn resign<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
-        Box::pin(recipe::give_up(&self.client, held, &self.endpoints))
+        Box::pin(recipe::give_up(&self.conn, held))
     }
 
     fn leader<'a>(
@@ -348,7 +369,7 @@ impl Backend for Etcd {
     ) -> BoxFuture<'a, Result<Option<(Bytes, u64)>, CoordError>> {
         Box::pin(async move {
             let recipe = self.keys.recipe(name)?;
-            recipe::first(&self.client, &recipe, &self.endpoints).await
+            recipe::first(&self.conn, &recipe).await
         })
     }
 
@@ -361,11 +382,11 @@ impl Backend for Etcd {
             let recipe = self.keys.recipe(name)?;
             // `concurrency.Mutex` puts an empty value too.
             recipe::contend(
-                &self.client,
+                &self.conn,
+                &self.withdrawals,
                 session,
                 &recipe,
                 Bytes::new(),
-                &self.endpoints,
             )
             .await
         })
@@ -376,18 +397,23 @@ impl Backend for Etcd {
     }
 
     fn released<'a>(&'a self, held: &'a Held) -> BoxFuture<'a, Result<(), CoordError>> {
-        Box::pin(recipe::released(&self.client, held, &self.endpoints))
+        let patience = self
+            .granted()
+            .get(&held.session.0)
+            .copied()
+            .unwrap_or(RENEW_TIMEOUT);
+        Box::pin(recipe::released(&self.conn, held, patience))
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<KeyValue>, CoordError>> {
         Box::pin(async move {
-            let full = self.keys.key(key)?;
+            let full = &self.keys.key(key)?;
             let found = self
-                .client
-                .clone()
-                .get(full, None)
-                .await
-                .map_err(self.error("reading a key"))?;
+                .conn
+                .call("reading a key", |mut c| async move {
+                    c.get(full.as_str(), None).await
+                })
+                .await?;
             match found.kvs().first() {
                 Some(kv) => watch::key_value(&self.keys, kv),
                 None => Ok(None),
@@ -400,15 +426,14 @@ impl Backend for Etcd {
         prefix: &'a str,
     ) -> BoxFuture<'a, Result<(Vec<KeyValue>, u64), CoordError>> {
         Box::pin(async move {
+            let full = &self.keys.prefixed(prefix);
             let found = self
-                .client
-                .clone()
-                .get(
-                    self.keys.prefixed(prefix),
-                    Some(GetOptions::new().with_prefix()),
-                )
-                .await
-                .map_err(self.error("reading a prefix"))?;
+                .conn
+                .call("reading a prefix", |mut c| async move {
+                    c.get(full.as_str(), Some(GetOptions::new().with_prefix()))
+                        .await
+                })
+                .await?;
             let revision = to_u64(header_revision(found.header())?)?;
             let mut keys = Vec::with_capacity(found.kvs().len());
             for kv in found.kvs() {
@@ -425,27 +450,28 @@ impl Backend for Etcd {
         session: Option<SessionId>,
     ) -> BoxFuture<'a, Result<u64, CoordError>> {
         Box::pin(async move {
-            let full = self.keys.key(key)?;
-            let options = session.map(|s| PutOptions::new().with_lease(s.0));
+            let full = &self.keys.key(key)?;
+            let value = &value;
             let put = self
-                .client
-                .clone()
-                .put(full, value.to_vec(), options)
-                .await
-                .map_err(self.error("writing a key"))?;
+                .conn
+                .call("writing a key", |mut c| async move {
+                    let options = session.map(|s| PutOptions::new().with_lease(s.0));
+                    c.put(full.as_str(), value.to_vec(), options).await
+                })
+                .await?;
             to_u64(header_revision(put.header())?)
         })
     }
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<u64>, CoordError>> {
         Box::pin(async move {
-            let full = self.keys.key(key)?;
+            let full = &self.keys.key(key)?;
             let deleted = self
-                .client
-                .clone()
-                .delete(full, None::<DeleteOptions>)
-                .await
-                .map_err(self.error("deleting a key"))?;
+                .conn
+                .call("deleting a key", |mut c| async move {
+                    c.delete(full.as_str(), None::<DeleteOptions>).await
+                })
+                .await?;
             if deleted.deleted() == 0 {
                 return Ok(None);
             }
@@ -458,13 +484,7 @@ impl Backend for Etcd {
         prefix: &'a str,
         after: u64,
     ) -> BoxFuture<'a, Result<BoxStream<'static, Result<WatchEvent, CoordError>>, CoordError>> {
-        Box::pin(watch::watch(
-            &self.client,
-            self.keys.clone(),
-            self.endpoints.clone(),
-            prefix,
-            after,
-        ))
+        Box::pin(watch::watch(&self.conn, self.keys.clone(), prefix, after))
     }
 
     fn fenced<'a>(&'a self, held: &'a Held, op: Op) -> BoxFuture<'a, Result<Fenced, CoordError>> {
@@ -475,11 +495,12 @@ impl Backend for Etcd {
             };
             let txn = still_ours(&held.key, to_i64(held.token)?).and_then([write]);
             let done = self
-                .client
-                .clone()
-                .txn(txn)
-                .await
-                .map_err(self.error("a fenced write"))?;
+                .conn
+                .call("a fenced write", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
             if !done.succeeded() {
                 return Ok(Fenced::Refused);
             }

@@ -3,28 +3,58 @@
 //! create revision under the prefix leads (holds), and every other candidate waits for the
 //! deletion of the key created just before its own (`waitDeletes`), so no herd wakes up.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
     TxnOp, TxnOpResponse, WatchOptions,
 };
 
-use super::errors::to_coord;
+use super::conn::Conn;
 use super::keys::candidate;
 use crate::backend::{Held, SessionId};
 use crate::error::CoordError;
+use tokio::task::JoinHandle;
+
+/// The pause between reads of a candidate key while no member answers.
+const REREAD_PAUSE: Duration = Duration::from_millis(100);
+
+/// Withdrawals of dropped candidacies still on their way, by key: a new candidacy of the same
+/// session and name waits for its predecessor's withdrawal instead of finding its key.
+#[derive(Default)]
+pub struct Withdrawals(Arc<Mutex<HashMap<String, JoinHandle<()>>>>);
+
+impl Withdrawals {
+    fn pending(&self) -> MutexGuard<'_, HashMap<String, JoinHandle<()>>> {
+        // Plain values: a map poisoned by a panic elsewhere is still consistent.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until a withdrawal of `key` in flight is done.
+    async fn settled(&self, key: &str) {
+        let pending = self.pending().remove(key);
+        if let Some(withdrawal) = pending {
+            // A withdrawal that failed leaves the key to its lease: the create then says so.
+            let _ = withdrawal.await;
+        }
+    }
+}
 
 /// Withdraws a candidacy that was not won when the future holding it is dropped: deletes the
 /// key in the background, if it still is this candidacy's.
-struct Withdraw {
-    client: Client,
+struct Withdraw<'a> {
+    client: &'a Client,
+    withdrawals: &'a Withdrawals,
     key: String,
     revision: i64,
     /// Disarmed: won, or failed after the key was deleted.
     done: bool,
 }
 
-impl Drop for Withdraw {
+impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -37,11 +67,19 @@ impl Drop for Withdraw {
         let txn =
             still_ours(&self.key, self.revision).and_then([TxnOp::delete(self.key.as_str(), None)]);
         tracing::debug!(key = %self.key, "etcd candidacy withdrawn");
-        runtime.spawn(async move {
+        let (withdrawals, key) = (Arc::clone(&self.withdrawals.0), self.key.clone());
+        // Held while spawning, so the task's own removal comes after the insert.
+        let mut pending = self.withdrawals.pending();
+        let task = runtime.spawn(async move {
             if let Err(err) = client.txn(txn).await {
                 tracing::debug!(error = %err, "withdrawing an etcd candidacy failed; its lease's end removes it");
             }
+            withdrawals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&key);
         });
+        pending.insert(self.key.clone(), task);
     }
 }
 
@@ -52,60 +90,45 @@ pub fn still_ours(key: &str, revision: i64) -> Txn {
 
 /// Puts this session's candidate under `recipe` (`NS/NAME/`) and waits until it is the oldest.
 pub async fn contend(
-    client: &Client,
+    conn: &Conn,
+    withdrawals: &Withdrawals,
     session: SessionId,
     recipe: &str,
     value: Bytes,
-    endpoints: &str,
 ) -> Result<Held, CoordError> {
     let key = candidate(recipe, session.0);
-    let mut kv = client.clone();
-    // Create the key only if it is absent, as `concurrency.Election.Campaign` does. A key that
-    // exists is this session's own earlier candidacy (one that gave up waiting on an error, its
-    // withdrawal not yet done): a `Coord` campaigns once per name at a time, so it is adopted,
-    // its place in the queue kept, as etcd's own client resumes a campaign.
-    let created = kv
-        .txn(
-            Txn::new()
-                .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(
-                    key.as_str(),
-                    value.to_vec(),
-                    Some(PutOptions::new().with_lease(session.0)),
-                )])
-                .or_else([TxnOp::get(key.as_str(), None)]),
-        )
-        .await
-        .map_err(|e| to_coord(e, endpoints, "putting a candidate key"))?;
-    let revision = if created.succeeded() {
-        header_revision(created.header())?
-    } else {
-        match created.op_responses().as_slice() {
-            [TxnOpResponse::Get(found)] => found
-                .kvs()
-                .first()
-                .filter(|kv| kv.lease() == session.0)
-                .map(etcd_client::KeyValue::create_revision)
-                .ok_or_else(|| {
-                    CoordError::Protocol(format!(
-                        "{key} is held under another lease than {session}'s"
-                    ))
-                })?,
-            _ => {
-                return Err(CoordError::Protocol(format!(
-                    "an unexpected answer to the candidacy of {key}"
-                )));
-            }
-        }
-    };
+    withdrawals.settled(&key).await;
+    // Create the key only if it is absent, as `concurrency.Election.Campaign` does; a key that
+    // exists is another candidacy of this same session, which cannot be told apart from ours.
+    let create = Txn::new()
+        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key.as_str(),
+            value.to_vec(),
+            Some(PutOptions::new().with_lease(session.0)),
+        )]);
+    let created = conn
+        .call("putting a candidate key", |mut c| {
+            let create = create.clone();
+            async move { c.txn(create).await }
+        })
+        .await?;
+    if !created.succeeded() {
+        return Err(CoordError::Config(format!(
+            "{key} exists: session {session} already contends for {recipe} (etcd keys one \
+             candidacy per lease and name)"
+        )));
+    }
+    let revision = header_revision(created.header())?;
     let mut withdraw = Withdraw {
-        client: client.clone(),
+        client: conn.client(),
+        withdrawals,
         key: key.clone(),
         revision,
         done: false,
     };
     loop {
-        match wait_for_predecessor(client, recipe, &key, revision, endpoints).await {
+        match wait_for_predecessor(conn, recipe, &key, revision).await {
             Ok(true) => {
                 withdraw.done = true;
                 return Ok(Held {
@@ -128,22 +151,23 @@ pub async fn contend(
 /// `recipe`, `Ok(false)` once the candidate just before it is gone (look again), and
 /// [`CoordError::SessionExpired`] when `key` itself went (its lease ended).
 async fn wait_for_predecessor(
-    client: &Client,
+    conn: &Conn,
     recipe: &str,
     key: &str,
     revision: i64,
-    endpoints: &str,
 ) -> Result<bool, CoordError> {
-    let mut kv = client.clone();
     let before = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Descend)
         .with_max_create_revision(revision - 1)
         .with_limit(1);
-    let read = kv
-        .txn(Txn::new().and_then([TxnOp::get(recipe, Some(before)), TxnOp::get(key, None)]))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "reading an election's candidates"))?;
+    let reads = Txn::new().and_then([TxnOp::get(recipe, Some(before)), TxnOp::get(key, None)]);
+    let read = conn
+        .call("reading an election's candidates", |mut c| {
+            let reads = reads.clone();
+            async move { c.txn(reads).await }
+        })
+        .await?;
     let at = header_revision(read.header())?;
     let (predecessor, ours) = match read.op_responses().as_slice() {
         [TxnOpResponse::Get(before), TxnOpResponse::Get(ours)] => (
@@ -164,24 +188,22 @@ async fn wait_for_predecessor(
         return Ok(true);
     };
     // Watch both keys from just after the read: the predecessor's delete, or our own.
-    let mut watch = client
-        .clone()
-        .watch(
-            predecessor.clone(),
-            Some(WatchOptions::new().with_start_revision(at + 1)),
-        )
-        .await
-        .map_err(|e| to_coord(e, endpoints, "watching the previous candidate"))?;
-    watch
-        .watch(key, Some(WatchOptions::new().with_start_revision(at + 1)))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "watching the candidate key"))?;
+    let from = || Some(WatchOptions::new().with_start_revision(at + 1));
+    let mut watch = conn
+        .call("watching the previous candidate", |mut c| {
+            let predecessor = predecessor.clone();
+            async move {
+                let mut watch = c.watch(predecessor, from()).await?;
+                watch.watch(key, from()).await?;
+                Ok(watch)
+            }
+        })
+        .await?;
     loop {
-        let response = watch
-            .message()
-            .await
-            .map_err(|e| to_coord(e, endpoints, "waiting for the previous candidate"))?
-            .ok_or_else(|| watch_ended(endpoints))?;
+        let Ok(Some(response)) = watch.message().await else {
+            // The stream was lost (its member, say): read again, maybe from another.
+            return Ok(false);
+        };
         if response.canceled() {
             // Compacted past `at` (or cancelled by the server): read again.
             return Ok(false);
@@ -202,20 +224,17 @@ async fn wait_for_predecessor(
 }
 
 /// The oldest candidate under `recipe`: its value and create revision (the leader).
-pub async fn first(
-    client: &Client,
-    recipe: &str,
-    endpoints: &str,
-) -> Result<Option<(Bytes, u64)>, CoordError> {
+pub async fn first(conn: &Conn, recipe: &str) -> Result<Option<(Bytes, u64)>, CoordError> {
     let oldest = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend)
         .with_limit(1);
-    let found = client
-        .clone()
-        .get(recipe, Some(oldest))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "reading an election's leader"))?;
+    let found = conn
+        .call("reading an election's leader", |mut c| {
+            let oldest = oldest.clone();
+            async move { c.get(recipe, Some(oldest)).await }
+        })
+        .await?;
     found
         .kvs()
         .first()
@@ -229,54 +248,72 @@ pub async fn first(
 }
 
 /// Gives up `held`: deletes its key if it is still the one taken with its token.
-pub async fn give_up(client: &Client, held: &Held, endpoints: &str) -> Result<(), CoordError> {
-    let revision = to_i64(held.token)?;
-    client
-        .clone()
-        .txn(still_ours(&held.key, revision).and_then([TxnOp::delete(held.key.as_str(), None)]))
-        .await
-        .map_err(|e| to_coord(e, endpoints, "deleting a candidate key"))?;
+pub async fn give_up(conn: &Conn, held: &Held) -> Result<(), CoordError> {
+    let delete = still_ours(&held.key, to_i64(held.token)?)
+        .and_then([TxnOp::delete(held.key.as_str(), None)]);
+    conn.call("deleting a candidate key", |mut c| {
+        let delete = delete.clone();
+        async move { c.txn(delete).await }
+    })
+    .await?;
     Ok(())
 }
 
 /// Resolves once `held`'s key is gone or is no longer the one taken with its token.
-pub async fn released(client: &Client, held: &Held, endpoints: &str) -> Result<(), CoordError> {
+///
+/// A read that finds no member able to answer (during a Raft election, say) is tried again
+/// for up to `patience` (the lease's TTL: the key cannot outlive it unrenewed); after that,
+/// the error.
+pub async fn released(conn: &Conn, held: &Held, patience: Duration) -> Result<(), CoordError> {
     let revision = to_i64(held.token)?;
-    let read = client
-        .clone()
-        .get(held.key.as_str(), None)
-        .await
-        .map_err(|e| to_coord(e, endpoints, "reading a candidate key"))?;
-    if read.kvs().first().map(|kv| kv.create_revision()) != Some(revision) {
-        return Ok(());
-    }
-    let at = header_revision(read.header())?;
-    let mut watch = client
-        .clone()
-        .watch(
-            held.key.as_str(),
-            Some(WatchOptions::new().with_start_revision(at + 1)),
-        )
-        .await
-        .map_err(|e| to_coord(e, endpoints, "watching a candidate key"))?;
+    let mut failing_since: Option<Instant> = None;
     loop {
-        let response = watch
-            .message()
-            .await
-            .map_err(|e| to_coord(e, endpoints, "watching a candidate key"))?
-            .ok_or_else(|| watch_ended(endpoints))?;
-        if response.canceled() {
-            // Cannot follow from `at` any more: look at the key again.
-            return Box::pin(released(client, held, endpoints)).await;
-        }
-        let gone = response.events().iter().any(|event| {
-            event.event_type() == EventType::Delete
-                || event
-                    .kv()
-                    .is_some_and(|kv| kv.create_revision() != revision)
-        });
-        if gone {
+        let read = conn
+            .call("reading a candidate key", |mut c| async move {
+                c.get(held.key.as_str(), None).await
+            })
+            .await;
+        let read = match read {
+            Ok(read) => read,
+            Err(err @ CoordError::Unreachable { .. }) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= patience {
+                    return Err(err);
+                }
+                tokio::time::sleep(REREAD_PAUSE).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        failing_since = None;
+        if read.kvs().first().map(|kv| kv.create_revision()) != Some(revision) {
             return Ok(());
+        }
+        let at = header_revision(read.header())?;
+        let mut watch = conn
+            .call("watching a candidate key", |mut c| async move {
+                let from = WatchOptions::new().with_start_revision(at + 1);
+                c.watch(held.key.as_str(), Some(from)).await
+            })
+            .await?;
+        loop {
+            // A lost stream, or one that cannot follow from `at` any more: look at the key
+            // again (the read fails if no member answers).
+            let Ok(Some(response)) = watch.message().await else {
+                break;
+            };
+            if response.canceled() {
+                break;
+            }
+            let gone = response.events().iter().any(|event| {
+                event.event_type() == EventType::Delete
+                    || event
+                        .kv()
+                        .is_some_and(|kv| kv.create_revision() != revision)
+            });
+            if gone {
+                return Ok(());
+            }
         }
     }
 }
