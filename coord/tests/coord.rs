@@ -158,6 +158,7 @@ per_backend!(a_revoked_leader_stops_and_its_fenced_writes_are_refused);
 per_backend!(a_lock_makes_a_postgres_counter_exact);
 per_backend!(discovery_drops_crashed_instances_within_the_ttl);
 per_backend!(the_engine_campaigns_through_leadership);
+per_backend!(a_lost_session_ends_locks_and_registrations_come_back);
 
 /// The next item of `stream`, within [`SOON`].
 async fn next<T>(stream: &mut BoxStream<'static, Result<T, CoordError>>) -> Result<T> {
@@ -513,6 +514,60 @@ async fn discovery_drops_crashed_instances_within_the_ttl(store: Store) -> Resul
     Ok(())
 }
 
+/// When the server drops a process's session, its lock holder is told and its registration
+/// is put again under the next session; the lock can be taken again, with a larger token.
+async fn a_lost_session_ends_locks_and_registrations_come_back(store: Store) -> Result<()> {
+    let service = unique("again");
+    let lock = unique("lost");
+    let coord = store.coord("p").await?;
+    let registration = coord
+        .register(Instance {
+            service: service.clone(),
+            id: "only".into(),
+            address: "127.0.0.1:1".into(),
+            metadata: serde_json::Value::Null,
+        })
+        .await?;
+    let guard = coord.lock(&lock).await?;
+    let old = guard.held().session;
+    let backend = coord.backend().context("connected")?;
+    let key = backend
+        .layout()
+        .instance
+        .replace("{service}", &service)
+        .replace("{id}", "only");
+    ensure!(backend.get(&key).await?.context("registered")?.session == Some(old));
+    backend.close_session(old).await?;
+    tokio::time::timeout(SOON, guard.lost())
+        .await
+        .context("the holder is told the lock is lost")?;
+    ensure!(!guard.is_valid());
+    ensure!(
+        coord
+            .fenced(guard.held(), Op::Delete { key: key.clone() })
+            .await?
+            == Fenced::Refused
+    );
+    eventually(SOON, "registered again under a new session", || async {
+        let entry = backend.get(&key).await?;
+        Ok(entry
+            .and_then(|kv| kv.session)
+            .filter(|session| *session != old))
+    })
+    .await?;
+    let again = coord.lock(&lock).await?;
+    ensure!(again.token() > guard.token() && again.held().session != old);
+    again.unlock().await?;
+    drop(guard);
+    ensure!(registration.instance().id == "only");
+    registration.close().await?;
+    ensure!(
+        backend.get(&key).await?.is_none(),
+        "closed means deregistered"
+    );
+    Ok(())
+}
+
 /// The engine's view: `Leadership::campaign` proclaims the node name and gives a term whose
 /// token fences.
 async fn the_engine_campaigns_through_leadership(store: Store) -> Result<()> {
@@ -650,5 +705,38 @@ async fn an_unreachable_backend_is_named() -> Result<()> {
     let message = sluice_pipeline::error::chain(&error);
     ensure!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
     ensure!(matches!(error, CoordError::Unreachable { .. }), "{error:?}");
+    Ok(())
+}
+
+/// `sluice check` on `[coord]`: a reachable backend is named with the session it grants, an
+/// unreachable one with its endpoint.
+#[cfg(feature = "zookeeper")]
+#[tokio::test]
+async fn check_reaches_the_backend_or_names_the_endpoint() -> Result<()> {
+    use sluice_pipeline::component::Level;
+    use sluice_pipeline::resource::ResourceConfig;
+    let good = CoordConfig::from_url(&format!("zookeeper://{}", zk::endpoints()))?;
+    let findings = good.check().await;
+    ensure!(
+        findings.len() == 1 && findings[0].level == Level::Ok,
+        "{findings:?}"
+    );
+    ensure!(
+        findings[0].message.contains("grants sessions"),
+        "{findings:?}"
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    drop(listener);
+    let mut bad = CoordConfig::from_url(&format!("zookeeper://127.0.0.1:{port}"))?;
+    bad.connect_timeout = sluice_pipeline::HumanDuration(Duration::from_secs(1));
+    let findings = bad.check().await;
+    ensure!(
+        findings.len() == 1
+            && findings[0].level == Level::Fail
+            && findings[0].message.contains(&format!("127.0.0.1:{port}")),
+        "{findings:?}"
+    );
+    ensure!(good.provides_leadership());
     Ok(())
 }
