@@ -740,3 +740,40 @@ async fn check_reaches_the_backend_or_names_the_endpoint() -> Result<()> {
     ensure!(good.provides_leadership());
     Ok(())
 }
+
+/// A leader whose whole process freezes (here: its runtime's only thread blocked, as under
+/// `SIGSTOP`) for a TTL knows, at its first check after waking and before any of its tasks
+/// has run, that it no longer leads, and its fenced writes are refused.
+async fn a_frozen_leader_knows_before_anything_runs(store: Store) -> Result<()> {
+    let election = unique("frozen");
+    let coord = store.coord("frozen").await?;
+    let term = coord.campaign(&election, "frozen").await?;
+    ensure!(term.is_valid());
+    // The fault under test, not a wait for a condition: nothing of this process runs.
+    std::thread::sleep(TTL);
+    ensure!(
+        !term.is_valid(),
+        "the term is still valid after a freeze of a TTL"
+    );
+    let op = Op::Put {
+        key: unique("frozen-key"),
+        value: Bytes::from("late"),
+    };
+    ensure!(term.fenced(op).await? == Fenced::Refused);
+    Ok(())
+}
+
+// On a single-threaded runtime, so that blocking its thread freezes every task of the process.
+#[tokio::test(flavor = "current_thread")]
+async fn a_frozen_leader_knows_before_anything_runs_embedded() -> Result<()> {
+    a_frozen_leader_knows_before_anything_runs(Store::embedded()).await
+}
+
+#[cfg(feature = "zookeeper")]
+#[tokio::test(flavor = "current_thread")]
+async fn a_frozen_leader_knows_before_anything_runs_zookeeper() -> Result<()> {
+    let store = Store::zookeeper();
+    let outcome = a_frozen_leader_knows_before_anything_runs(store.clone()).await;
+    store.cleanup().await?;
+    outcome
+}
