@@ -23,7 +23,9 @@
 //!
 //! A renewal that takes longer than the time left is abandoned at the deadline rather than
 //! awaited; a late answer could only extend from its own send instant, which is already
-//! accounted for. What remains is the fencing token: a resource that refuses writes with a
+//! accounted for. A session *revoked* on the server before it could expire is not covered:
+//! the process learns of it from its key's deletion or its next renewal. What remains, for
+//! that case and for a process that ignores its deadline, is the fencing token: a resource that refuses writes with a
 //! token lower than the highest it has seen makes even a process that ignored its deadline
 //! harmless.
 
