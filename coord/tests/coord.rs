@@ -19,8 +19,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice_coord::backend::BoxStream;
 use sluice_coord::{
-    Backend, Change, Coord, CoordConfig, CoordError, Embedded, Fenced, Follow, Instance,
-    LeaderTerm, Op, SessionId,
+    Backend, Change, Coord, CoordError, Embedded, Fenced, Follow, Instance, LeaderTerm, Op,
+    SessionId,
 };
 use sluice_pipeline::leadership::{Leadership, Term};
 
@@ -75,8 +75,10 @@ impl Store {
             Store::Embedded(store) => Arc::new(store.clone()),
             #[cfg(feature = "zookeeper")]
             Store::ZooKeeper { namespace } => {
-                let mut config =
-                    CoordConfig::from_url(&format!("zookeeper://{}", zk::endpoints()))?;
+                let mut config = sluice_coord::CoordConfig::from_url(&format!(
+                    "zookeeper://{}",
+                    zk::endpoints()
+                ))?;
                 config.namespace = Some(namespace.clone());
                 config.ttl = sluice_pipeline::HumanDuration(TTL);
                 config.node = Some(node.to_owned());
@@ -497,6 +499,7 @@ async fn discovery_drops_crashed_instances_within_the_ttl(store: Store) -> Resul
         gone_after <= TTL + Duration::from_secs(1),
         "the crashed instances went after {gone_after:?}, more than the TTL + 1 s"
     );
+    eprintln!("crashed instances left discovery after {gone_after:?}");
     let expected: Vec<String> = (0..15).map(|n| format!("i{n:02}")).collect();
     eventually(SOON, "the watch's last list", || async {
         Ok((locked(&lists).last() == Some(&expected)).then_some(()))
@@ -712,7 +715,7 @@ async fn an_unreachable_backend_is_named() -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     drop(listener);
-    let mut config = CoordConfig::from_url(&format!("zookeeper://127.0.0.1:{port}"))?;
+    let mut config = sluice_coord::CoordConfig::from_url(&format!("zookeeper://127.0.0.1:{port}"))?;
     config.connect_timeout = sluice_pipeline::HumanDuration(Duration::from_secs(1));
     let error = Coord::connect(&config).await.unwrap_err();
     ensure!(error.is_retryable(), "{error:?}");
@@ -729,7 +732,7 @@ async fn an_unreachable_backend_is_named() -> Result<()> {
 async fn check_reaches_the_backend_or_names_the_endpoint() -> Result<()> {
     use sluice_pipeline::component::Level;
     use sluice_pipeline::resource::ResourceConfig;
-    let good = CoordConfig::from_url(&format!("zookeeper://{}", zk::endpoints()))?;
+    let good = sluice_coord::CoordConfig::from_url(&format!("zookeeper://{}", zk::endpoints()))?;
     let findings = good.check().await;
     ensure!(
         findings.len() == 1 && findings[0].level == Level::Ok,
@@ -742,7 +745,7 @@ async fn check_reaches_the_backend_or_names_the_endpoint() -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let port = listener.local_addr()?.port();
     drop(listener);
-    let mut bad = CoordConfig::from_url(&format!("zookeeper://127.0.0.1:{port}"))?;
+    let mut bad = sluice_coord::CoordConfig::from_url(&format!("zookeeper://127.0.0.1:{port}"))?;
     bad.connect_timeout = sluice_pipeline::HumanDuration(Duration::from_secs(1));
     let findings = bad.check().await;
     ensure!(
