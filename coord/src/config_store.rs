@@ -38,9 +38,10 @@ impl Coord {
         }
     }
 
-    /// Configuration `key`: its value now (`None` when not stored), then each new value as it
-    /// is written (`None` when deleted). Values are not repeated: a recovery read after a
-    /// compaction yields only a value that differs from the last one. Ends after its first
+    /// Configuration `key`: its value now (`None` when not stored), then each new value
+    /// (`None` when deleted). Writes the backend delivers together count as one, the latest
+    /// (a reload only needs the newest text); a value equal to the last one yielded, such as
+    /// from a recovery read after a compaction, is not yielded again. Ends after its first
     /// error.
     pub async fn watch_config(
         &self,

@@ -170,6 +170,24 @@ impl Coord {
         }
     }
 
+    /// Stops renewing the session without closing it, as a process killed with `kill -9`
+    /// would: what it holds ends here at once, and on the server only when the TTL runs out.
+    /// For failover drills and tests; a `Coord` is not usable afterwards.
+    pub fn abandon(&self) {
+        if let Some(task) = self
+            .inner
+            .keeper
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+        if let Some(session) = self.inner.session.send_replace(None) {
+            session.give_up();
+        }
+    }
+
     /// The backend, waiting for it to be connected.
     pub(crate) async fn connected(&self) -> Arc<dyn Backend> {
         let mut backend = self.inner.backend.subscribe();

@@ -26,7 +26,8 @@
 //! session are deleted in one revision.
 //!
 //! # Faults
-//! [`Embedded::block_renewals`] makes a session's renewals hang, as a cut network would;
+//! [`Embedded::block_renewals`] makes a session's renewals (and its closing) hang, as a cut
+//! network would;
 //! [`Embedded::compact`] drops history as etcd's compaction does. Both are for tests of the
 //! layers above.
 
@@ -133,8 +134,9 @@ impl Embedded {
             .clone()
     }
 
-    /// Makes `session`'s renewals hang (`true`) until called again with `false`, as a network
-    /// cut between the process and the server would. The session then expires on its TTL.
+    /// Makes `session`'s renewals and its closing hang (`true`) until called again with
+    /// `false`, as a network cut between its process and the server would. The session then
+    /// expires on its TTL.
     pub fn block_renewals(&self, session: SessionId, blocked: bool) {
         self.store.with(|s| {
             if blocked {
@@ -507,8 +509,18 @@ impl Backend for Embedded {
     }
 
     fn close_session(&self, session: SessionId) -> BoxFuture<'_, Result<(), CoordError>> {
-        self.store.with(|s| s.end_session(session));
-        Box::pin(std::future::ready(Ok(())))
+        Box::pin(async move {
+            self.store
+                .wait_until(|s| {
+                    if s.blocked.contains(&session.0) {
+                        return None;
+                    }
+                    s.end_session(session);
+                    Some(())
+                })
+                .await;
+            Ok(())
+        })
     }
 
     fn campaign<'a>(

@@ -1,7 +1,7 @@
 //! What a won election and a taken lock share: a [`Held`] under a session, valid while both
 //! its key and the session's deadline last, given back when done or dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedMutexGuard, watch};
@@ -38,8 +38,16 @@ pub(crate) struct Hold {
     /// Set once the key is gone (seen by `watcher`) or given back.
     over: watch::Sender<bool>,
     watcher: JoinHandle<()>,
-    /// Keeps other tasks of this process out of the same name meanwhile.
-    _queue: OwnedMutexGuard<()>,
+    /// Keeps other tasks of this process out of the same name until the hold is over and
+    /// given back (a second candidacy under the same session would be the same key).
+    queue: Queue,
+}
+
+/// The hold's place in the in-process queue of its name, until freed.
+type Queue = Arc<Mutex<Option<OwnedMutexGuard<()>>>>;
+
+fn free(queue: &Queue) {
+    queue.lock().unwrap_or_else(PoisonError::into_inner).take();
 }
 
 impl Hold {
@@ -88,28 +96,33 @@ impl Hold {
         queue: OwnedMutexGuard<()>,
     ) -> Hold {
         let over = watch::channel(false).0;
+        let queue: Queue = Arc::new(Mutex::new(Some(queue)));
         let watcher = tokio::spawn({
             let backend = Arc::clone(&backend);
             let held = held.clone();
             let over = over.clone();
             let session = Arc::clone(&session);
+            let queue = Arc::clone(&queue);
             async move {
-                // An error says nothing about the key; the session's deadline still bounds
-                // the hold, so keep asking while it lasts.
-                while let Err(error) = backend.released(&held).await {
-                    tracing::debug!(
-                        key = %held.key,
-                        error = %sluice_pipeline::error::chain(&error),
-                        "cannot watch a held key"
-                    );
-                    if tokio::time::timeout(std::time::Duration::from_millis(200), session.ended())
-                        .await
-                        .is_ok()
-                    {
-                        break;
+                let released = async {
+                    // An error says nothing about the key; the session's deadline still
+                    // bounds the hold, so keep asking while it lasts.
+                    while let Err(error) = backend.released(&held).await {
+                        tracing::debug!(
+                            key = %held.key,
+                            error = %sluice_pipeline::error::chain(&error),
+                            "cannot watch a held key"
+                        );
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
+                };
+                tokio::select! {
+                    () = released => {}
+                    () = session.ended() => {}
                 }
                 over.send_replace(true);
+                // The key is gone, or the session is (a next candidacy is under another).
+                free(&queue);
             }
         });
         Hold {
@@ -119,7 +132,7 @@ impl Hold {
             backend,
             over,
             watcher,
-            _queue: queue,
+            queue,
         }
     }
 
@@ -144,10 +157,13 @@ impl Hold {
     /// Gives it back, so that the next candidate or waiter has it.
     pub(crate) async fn release(&self) -> Result<(), CoordError> {
         let was_over = self.over.send_replace(true);
-        if was_over || !self.session.is_valid() {
-            return Ok(());
-        }
-        release(self.kind, &*self.backend, &self.held).await
+        let released = if was_over || !self.session.is_valid() {
+            Ok(())
+        } else {
+            release(self.kind, &*self.backend, &self.held).await
+        };
+        free(&self.queue);
+        released
     }
 }
 
@@ -161,20 +177,22 @@ async fn release(kind: Kind, backend: &dyn Backend, held: &Held) -> Result<(), C
 impl Drop for Hold {
     fn drop(&mut self) {
         self.watcher.abort();
-        if *self.over.borrow() {
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (!*self.over.borrow(), runtime) else {
+            free(&self.queue);
             return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (kind, backend, held) = (self.kind, Arc::clone(&self.backend), self.held.clone());
-            runtime.spawn(async move {
-                if let Err(error) = release(kind, &*backend, &held).await {
-                    tracing::debug!(
-                        key = %held.key,
-                        error = %sluice_pipeline::error::chain(&error),
-                        "cannot give back a dropped hold; it ends with its session"
-                    );
-                }
-            });
-        }
+        };
+        let (kind, backend, held) = (self.kind, Arc::clone(&self.backend), self.held.clone());
+        let queue = Arc::clone(&self.queue);
+        runtime.spawn(async move {
+            if let Err(error) = release(kind, &*backend, &held).await {
+                tracing::debug!(
+                    key = %held.key,
+                    error = %sluice_pipeline::error::chain(&error),
+                    "cannot give back a dropped hold; it ends with its session"
+                );
+            }
+            free(&queue);
+        });
     }
 }

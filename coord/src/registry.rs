@@ -120,7 +120,9 @@ impl Coord {
     }
 
     /// Registers `instance` under this process's session, and keeps it registered: after a
-    /// session is lost, it is put again under the next one.
+    /// session is lost, it is put again under the next one. Waits for the backend and a
+    /// session as needed; an instance registered twice (same service and id) is one entry,
+    /// the last registration's.
     pub async fn register(&self, instance: Instance) -> Result<Registration, CoordError> {
         check_segment("instance id", &instance.id)?;
         let key = format!(

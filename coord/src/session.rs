@@ -24,9 +24,11 @@
 //! A renewal unanswered after a quarter of the TTL is abandoned and sent again (a request
 //! can hang on a cluster member that just died while the others answer at once), and none is
 //! awaited past the deadline; a late answer could only extend from its own send instant,
-//! which is already accounted for. What remains is the fencing token: a resource that refuses writes with a
-//! token lower than the highest it has seen makes even a process that ignored its deadline
-//! harmless.
+//! which is already accounted for. A session *revoked* on the server before it could expire
+//! is not covered: the process learns of it from its key's deletion or its next renewal.
+//! What remains, for that case and for a process that ignores its deadline, is the fencing
+//! token: a resource that refuses writes with a token lower than the highest it has seen
+//! makes even a process that ignored its deadline harmless.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
