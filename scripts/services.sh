@@ -137,6 +137,8 @@ missing_packages() {
     command -v etcdctl >/dev/null || echo etcd-client
     { command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } || echo redis-server
     command -v protoc >/dev/null || echo protobuf-compiler
+    # etcd-client's build compiles etcd's protocol files, which import protobuf's own.
+    [[ -r /usr/include/google/protobuf/descriptor.proto ]] || echo libprotobuf-dev
     { [[ -r $ZK_JAR && -x $ZK_HOME/bin/zkCli.sh ]] && command -v java >/dev/null; } || echo zookeeper
     /usr/bin/python3 -c 'import kazoo' 2>/dev/null || echo python3-kazoo
 }
