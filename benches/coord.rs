@@ -15,8 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_coord::etcd::{Etcd, EtcdOptions};
 use sluice_coord::Coord;
+use sluice_coord::etcd::{Etcd, EtcdOptions};
 use support::Args;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -46,7 +46,13 @@ fn free_port() -> u16 {
 }
 
 /// A leader-gated generator → blackhole pipeline on `backend`, started.
-fn candidate(dir: &std::path::Path, backend: &str, endpoints: &[String], election: &str, n: usize) -> (Child, SocketAddr) {
+fn candidate(
+    dir: &std::path::Path,
+    backend: &str,
+    endpoints: &[String],
+    election: &str,
+    n: usize,
+) -> (Child, SocketAddr) {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let endpoints: Vec<String> = endpoints
         .iter()
@@ -77,7 +83,8 @@ fn candidate(dir: &std::path::Path, backend: &str, endpoints: &[String], electio
 /// Whether the process at `api` says it leads.
 fn leads(api: SocketAddr) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200)) else {
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200))
+    else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
@@ -90,7 +97,10 @@ fn leads(api: SocketAddr) -> bool {
 /// `rounds` kills of the leader among three candidates on `backend`: each failover's time,
 /// from the kill to another candidate leading.
 fn failovers(backend: &str, endpoints: &[String], rounds: usize) -> Vec<Duration> {
-    let dir = std::env::temp_dir().join(format!("sluice-bench-coord-{backend}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-bench-coord-{backend}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let election = format!("bench-{backend}-{}", std::process::id());
     let mut started = 0;
@@ -150,7 +160,10 @@ async fn raw_locks(client: &etcd_client::Client, name: &str, n: usize) -> Vec<Du
     for _ in 0..n {
         let at = Instant::now();
         let key = client
-            .lock(name, Some(etcd_client::LockOptions::new().with_lease(lease)))
+            .lock(
+                name,
+                Some(etcd_client::LockOptions::new().with_lease(lease)),
+            )
             .await
             .unwrap()
             .key()
@@ -180,24 +193,40 @@ fn figures(mut times: Vec<Duration>, wall: Duration) -> LockFigures {
 /// Uncontended and 10-contender lock figures for sluice and for the raw client.
 async fn locks(n: usize) -> Vec<(&'static str, LockFigures)> {
     let endpoints = etcd_endpoints();
-    let raw = etcd_client::Client::connect(&endpoints, None).await.unwrap();
+    let raw = etcd_client::Client::connect(&endpoints, None)
+        .await
+        .unwrap();
     let mut out = Vec::new();
     for contenders in [1, 10] {
         let name = format!("bench-lock-{contenders}-{}", std::process::id());
         let mut coords = Vec::new();
         for c in 0..contenders {
-            let backend = Etcd::connect(EtcdOptions::new(endpoints.clone())).await.unwrap();
-            coords.push(Coord::with_backend(Arc::new(backend), TTL, format!("bench-{c}")));
+            let backend = Etcd::connect(EtcdOptions::new(endpoints.clone()))
+                .await
+                .unwrap();
+            coords.push(Coord::with_backend(
+                Arc::new(backend),
+                TTL,
+                format!("bench-{c}"),
+            ));
         }
         // Interleaved runs, sluice then raw, three times: medians of the runs' figures.
         let mut sluice_runs = Vec::new();
         let mut raw_runs = Vec::new();
         for _ in 0..3 {
             let at = Instant::now();
-            let all = futures::future::join_all(coords.iter().map(|c| sluice_locks(c, &name, n / contenders))).await;
+            let all = futures::future::join_all(
+                coords
+                    .iter()
+                    .map(|c| sluice_locks(c, &name, n / contenders)),
+            )
+            .await;
             sluice_runs.push(figures(all.concat(), at.elapsed()));
             let at = Instant::now();
-            let all = futures::future::join_all((0..contenders).map(|_| raw_locks(&raw, &name, n / contenders))).await;
+            let all = futures::future::join_all(
+                (0..contenders).map(|_| raw_locks(&raw, &name, n / contenders)),
+            )
+            .await;
             raw_runs.push(figures(all.concat(), at.elapsed()));
         }
         let median = |mut runs: Vec<LockFigures>| {
@@ -228,7 +257,10 @@ fn main() {
     let rounds = args.number("--rounds", 20);
     let n_locks = args.number("--locks", 300);
     let mut rows = Vec::new();
-    for (backend, endpoints) in [("etcd", etcd_endpoints()), ("zookeeper", zookeeper_endpoints())] {
+    for (backend, endpoints) in [
+        ("etcd", etcd_endpoints()),
+        ("zookeeper", zookeeper_endpoints()),
+    ] {
         let mut times = failovers(backend, &endpoints, rounds);
         times.sort();
         rows.push((backend, times[times.len() / 2], *times.last().unwrap()));
@@ -236,8 +268,13 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let lock_rows = runtime.block_on(locks(n_locks));
 
-    println!("\nfailover: kill -9 of the leader of 3 leader-gated sluice processes, {rounds} rounds, TTL {TTL:?}");
-    println!("{:<12} {:>10} {:>10} {:>14}", "backend", "p50", "max", "target");
+    println!(
+        "\nfailover: kill -9 of the leader of 3 leader-gated sluice processes, {rounds} rounds, TTL {TTL:?}"
+    );
+    println!(
+        "{:<12} {:>10} {:>10} {:>14}",
+        "backend", "p50", "max", "target"
+    );
     for (backend, p50, max) in &rows {
         println!(
             "{backend:<12} {:>9.2}s {:>9.2}s {:>14}",
@@ -246,7 +283,9 @@ fn main() {
             "p50 ≤ 2.5 s, max ≤ 3 s"
         );
     }
-    println!("\nlocks on the shared etcd ({n_locks} lock + unlock pairs per run, median of 3 interleaved runs)");
+    println!(
+        "\nlocks on the shared etcd ({n_locks} lock + unlock pairs per run, median of 3 interleaved runs)"
+    );
     println!("{:<36} {:>10} {:>10} {:>10}", "", "p50", "p99", "pairs/s");
     for (label, f) in &lock_rows {
         println!(
@@ -259,7 +298,11 @@ fn main() {
     for pair in lock_rows.chunks(2) {
         println!(
             "{}: sluice / raw rate {:.2}, p50 {:.2}",
-            if pair[0].0.contains("uncontended") { "uncontended" } else { "10 contenders" },
+            if pair[0].0.contains("uncontended") {
+                "uncontended"
+            } else {
+                "10 contenders"
+            },
             pair[0].1.per_sec / pair[1].1.per_sec,
             pair[0].1.p50.as_secs_f64() / pair[1].1.p50.as_secs_f64()
         );

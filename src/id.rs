@@ -8,17 +8,25 @@
 //!
 //! A Snowflake generator started here issues its first id in the millisecond after it started,
 //! so runs one after another with the same pair never repeat an id; two runs at the same time
-//! with the same pair would, as would two processes anywhere: the pair is the caller's to
-//! keep unique (leasing it through `[coord]` comes with the coordination work).
+//! with the same pair would, as would two processes anywhere: a pair given with `--datacenter`
+//! and `--worker` is the caller's to keep unique. With `--coord URL` (and no `--worker`) the
+//! pair is leased from the coordination service instead: held while the command runs, never
+//! shared with a live process, reused only after the guard time.
+//!
+//! ```text
+//! sluice id snowflake --coord etcd://127.0.0.1:2379 --count 3
+//! ```
 
 use std::io::{BufWriter, ErrorKind, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Subcommand};
+use sluice_coord::{Coord, CoordConfig};
 use sluice_ids::calendar;
 use sluice_ids::random::{Ulids, Uuid7, uuid4};
-use sluice_ids::snowflake::{Layout, Node, Options, Snowflake, StaticWorker};
+use sluice_ids::snowflake::lease::{LeasedWorker, PairRange};
+use sluice_ids::snowflake::{Layout, Node, Options, Snowflake, StaticWorker, WorkerClaim};
 
 /// Exit code for input that cannot work (the CLI's own, as for an invalid config).
 const EXIT_USAGE: u8 = 2;
@@ -32,11 +40,13 @@ pub enum IdCommand {
     Snowflake {
         /// The datacenter (0 to 31 in the default layout).
         #[arg(long)]
-        datacenter: u64,
+        datacenter: Option<u64>,
         /// The worker within the datacenter (0 to 31 in the default layout). No other live
-        /// process may use the same pair.
+        /// process may use the same pair. Without it, with --coord, the pair is leased.
         #[arg(long)]
-        worker: u64,
+        worker: Option<u64>,
+        #[command(flatten)]
+        leased: LeaseArgs,
         /// How many ids.
         #[arg(long, default_value_t = 1)]
         count: u64,
@@ -71,6 +81,37 @@ pub enum IdCommand {
     },
 }
 
+/// Where a leased pair comes from: the global `--coord URL` and the range to lease in.
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// The datacenters to lease a pair in, `A-B` (default: every one the layout holds).
+    #[arg(long, value_name = "A-B")]
+    datacenters: Option<String>,
+    /// The workers to lease a pair among, `A-B` (default: every one the layout holds).
+    #[arg(long, value_name = "A-B")]
+    workers: Option<String>,
+    /// How long a reused pair waits before issuing: above the lease TTL plus the clock step
+    /// allowed between machines (default: the TTL plus 1 s).
+    #[arg(long, value_name = "DURATION")]
+    guard: Option<String>,
+}
+
+/// An inclusive range `A-B` (or one number).
+fn range(text: &str, what: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
+    let parse = |n: &str| {
+        n.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("--{what} {text:?}: expected A-B with whole numbers"))
+    };
+    match text.split_once('-') {
+        Some((a, b)) => Ok(parse(a)?..=parse(b)?),
+        None => {
+            let n = parse(text)?;
+            Ok(n..=n)
+        }
+    }
+}
+
 /// The layout and epoch of Snowflake ids.
 #[derive(Debug, Args)]
 pub struct LayoutArgs {
@@ -90,9 +131,9 @@ impl LayoutArgs {
     }
 }
 
-/// Runs `sluice id …`.
-pub fn run(command: IdCommand) -> ExitCode {
-    match execute(command) {
+/// Runs `sluice id …`; `coord` is the global `--coord URL`, for a leased pair.
+pub fn run(command: IdCommand, coord: Option<&str>) -> ExitCode {
+    match execute(command, coord) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
             eprintln!("sluice id: {message}");
@@ -104,6 +145,67 @@ pub fn run(command: IdCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What keeps a leased pair held while ids are issued: the runtime renewing its session.
+type Session = Option<(tokio::runtime::Runtime, Coord)>;
+
+/// The pair to issue under: the one given, or one leased (with what keeps it held).
+fn claim(
+    datacenter: Option<u64>,
+    worker: Option<u64>,
+    leased: &LeaseArgs,
+    coord: Option<&str>,
+    layout: &Layout,
+) -> Result<(Arc<dyn WorkerClaim>, Session), Failure> {
+    if let (Some(datacenter), Some(worker)) = (datacenter, worker) {
+        return Ok((Arc::new(StaticWorker(Node { datacenter, worker })), None));
+    }
+    if worker.is_some() {
+        return Err(Failure::Usage("--worker needs --datacenter".into()));
+    }
+    let url = coord.ok_or_else(|| {
+        Failure::Usage("give --datacenter and --worker, or --coord URL to lease a pair".into())
+    })?;
+    let all = PairRange::all(layout);
+    let range = PairRange {
+        datacenters: match (&leased.datacenters, datacenter) {
+            (Some(text), _) => range(text, "datacenters").map_err(Failure::Usage)?,
+            (None, Some(d)) => d..=d,
+            (None, None) => all.datacenters,
+        },
+        workers: match &leased.workers {
+            Some(text) => range(text, "workers").map_err(Failure::Usage)?,
+            None => all.workers,
+        },
+    };
+    range
+        .check(layout)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let config =
+        CoordConfig::from_url(url).map_err(|e| Failure::Usage(format!("--coord {url}: {e}")))?;
+    let guard = match &leased.guard {
+        Some(text) => text
+            .parse::<sluice_pipeline::HumanDuration>()
+            .map_err(|e| Failure::Usage(format!("--guard {text:?}: {e}")))?
+            .get(),
+        None => config.ttl() + std::time::Duration::from_secs(1),
+    };
+    let runtime = tokio::runtime::Runtime::new().map_err(Failure::Output)?;
+    let (coord, leased) = runtime
+        .block_on(async {
+            let coord = Coord::connect(&config).await?;
+            let leased = LeasedWorker::lease(&coord, &range, guard).await?;
+            anyhow::Ok((coord, leased))
+        })
+        .map_err(|e| Failure::Usage(format!("leasing a worker pair: {e:#}")))?;
+    eprintln!(
+        "sluice id: leased datacenter {} worker {} (token {})",
+        leased.node().datacenter,
+        leased.node().worker,
+        leased.token()
+    );
+    Ok((leased, Some((runtime, coord))))
 }
 
 enum Failure {
@@ -119,18 +221,20 @@ impl From<std::io::Error> for Failure {
     }
 }
 
-fn execute(command: IdCommand) -> Result<(), Failure> {
+fn execute(command: IdCommand, coord: Option<&str>) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     match command {
         IdCommand::Snowflake {
             datacenter,
             worker,
+            leased,
             count,
             layout,
         } => {
             let layout = layout.layout().map_err(Failure::Usage)?;
-            let claim = Arc::new(StaticWorker(Node { datacenter, worker }));
+            // The runtime keeps the lease's session renewed while the ids are issued.
+            let (claim, _session) = claim(datacenter, worker, &leased, coord, &layout)?;
             let generator = Snowflake::new(layout, claim, Options::default())
                 .map_err(|e| Failure::Usage(e.to_string()))?;
             let mut left = count;

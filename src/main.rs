@@ -189,7 +189,7 @@ fn main() -> ExitCode {
             }
             block_on(check::live(&c))
         }
-        Command::Id { command } => id::run(command),
+        Command::Id { command } => id::run(command, cli.coord.as_deref()),
         Command::Status { api, json } => block_on(status::run(&api, json)),
         Command::Tap {
             mut args,

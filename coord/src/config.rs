@@ -157,8 +157,9 @@ impl CoordConfig {
     }
 
     /// Reads the `--coord URL` / `SLUICE_COORD` form: `etcd://HOST:PORT[,HOST:PORT…]`,
-    /// `zookeeper://HOST:PORT[,…]` or `embedded:`; every other key at its default. The
-    /// result is validated.
+    /// `zookeeper://HOST:PORT[,…]` or `embedded:`, optionally followed by
+    /// `?namespace=NS&ttl=5s&node=NAME`; every other key at its default. The result is
+    /// validated.
     pub fn from_url(url: &str) -> Result<Self, CoordError> {
         // A URL with credentials is shown without them.
         let shown = match (url.find("//"), url.rfind('@')) {
@@ -173,6 +174,7 @@ impl CoordConfig {
             ))
         };
         let (scheme, rest) = url.split_once(':').ok_or_else(|| bad("no scheme"))?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
         let backend = match scheme {
             "etcd" => BackendKind::Etcd,
             "zookeeper" => BackendKind::Zookeeper,
@@ -196,7 +198,21 @@ impl CoordConfig {
             let hosts = hosts.strip_suffix('/').unwrap_or(hosts);
             hosts.split(',').map(str::to_owned).collect()
         };
-        let config = CoordConfig::new(backend, endpoints);
+        let mut config = CoordConfig::new(backend, endpoints);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=').unwrap_or((pair, "")) {
+                ("namespace", ns) if !ns.is_empty() => config.namespace = Some(ns.to_owned()),
+                ("ttl", ttl) => {
+                    config.ttl = ttl.parse().map_err(|e| bad(&format!("ttl={ttl:?}: {e}")))?;
+                }
+                ("node", node) if !node.is_empty() => config.node = Some(node.to_owned()),
+                (name, _) => {
+                    return Err(bad(&format!(
+                        "unknown or empty parameter {name:?} (expected namespace, ttl, node)"
+                    )));
+                }
+            }
+        }
         config
             .validate()
             .map_err(|e| bad(&format!("{}: {}", e.path, e.message)))?;
@@ -478,7 +494,16 @@ mod tests {
         let embedded = CoordConfig::from_url("embedded:").unwrap();
         assert_eq!(embedded.backend, BackendKind::Embedded);
         assert!(embedded.endpoints.is_empty());
+        let tuned = CoordConfig::from_url("etcd://h:1?namespace=team/a&ttl=5s&node=n1").unwrap();
+        assert_eq!(tuned.namespace.as_deref(), Some("team/a"));
+        assert_eq!(tuned.ttl(), Duration::from_secs(5));
+        assert_eq!(tuned.node(), "n1");
         for (url, why) in [
+            ("etcd://h:1?ttl=1s", "ttl"),
+            (
+                "etcd://h:1?color=red",
+                "unknown or empty parameter \"color\"",
+            ),
             ("consul://h:1", "unknown scheme"),
             ("etcd:h:1", "expected //"),
             ("etcd://", "has no port"),

@@ -3,6 +3,7 @@
 //! elections see it, `coord_watch` across a restart, `coord_kv` fenced on leadership, and
 //! configs stored in etcd that reload when they change.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -613,4 +614,140 @@ fn five_candidates_one_leader_a_killed_or_frozen_leader_is_replaced_within_ttl_a
             assert!(running.wait().unwrap().success(), "{}", running.log());
         }
     }
+}
+
+/// `sluice id snowflake` leasing its pair among 32 of namespace `namespace`, its output piped.
+fn leasing(namespace: &str, count: u64) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--coord")
+        .arg(format!("{}?namespace={namespace}&ttl=2s", coord_url()))
+        .args([
+            "id",
+            "snowflake",
+            "--datacenters",
+            "0-0",
+            "--workers",
+            "0-31",
+        ])
+        .args(["--count", &count.to_string()])
+        .env("SLUICE_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Reads stderr lines of `child` until one contains `what`; the line.
+fn said(child: &mut Child, what: &str) -> String {
+    let stderr = child.stderr.as_mut().unwrap();
+    let mut reader = BufReader::new(stderr);
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "ended before saying {what:?}"
+        );
+        if line.contains(what) {
+            return line;
+        }
+    }
+}
+
+/// Every id `child` printed, once it has ended.
+fn ids_of(mut child: Child) -> Vec<u64> {
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    child.wait().unwrap();
+    out.lines().map(|l| l.parse().unwrap()).collect()
+}
+
+/// The (worker, Unix ms) of a default-layout Snowflake id.
+fn decode(id: u64) -> (u64, u64) {
+    const EPOCH_MS: u64 = 1_704_067_200_000;
+    ((id >> 13) & 31, (id >> 23) + EPOCH_MS)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[test]
+fn thirty_two_processes_lease_distinct_workers_and_a_killed_ones_pair_waits_its_guard() {
+    let namespace = unique("ids");
+    let count = 10_000;
+    // Each holds its pair until its output is read: the pipe fills long before 10,000 ids.
+    let mut holders: Vec<(u64, Child)> = (0..32)
+        .map(|_| leasing(&namespace, count))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|mut child| {
+            let line = said(&mut child, "leased datacenter");
+            let worker = line
+                .split("worker ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            (worker.parse().unwrap(), child)
+        })
+        .collect();
+    let workers: BTreeSet<u64> = holders.iter().map(|(w, _)| *w).collect();
+    assert_eq!(workers.len(), 32, "32 distinct pairs");
+
+    let mut waiting = leasing(&namespace, count);
+    let line = said(
+        &mut waiting,
+        "all 32 Snowflake worker pairs of the range are held",
+    );
+    assert!(line.contains("waiting"), "{line}");
+
+    // Five killed with kill -9: their pairs go to the waiting process and four new ones,
+    // each only after the guard time (TTL 2 s + 1 s) since the kill.
+    let mut killed_at = std::collections::BTreeMap::new();
+    let mut all_ids = Vec::new();
+    for _ in 0..5 {
+        let (worker, mut child) = holders.remove(0);
+        child.kill().unwrap();
+        killed_at.insert(worker, unix_ms());
+        all_ids.extend(ids_of(child));
+    }
+    let mut reused = vec![waiting];
+    reused.extend((0..4).map(|_| leasing(&namespace, count)));
+    // Only the killed processes' pairs are free until the others' output is read.
+    for child in &mut reused {
+        said(child, "leased datacenter");
+    }
+    for (_, child) in holders {
+        all_ids.extend(ids_of(child));
+    }
+    let mut first_after_kill = Vec::new();
+    for child in reused {
+        let ids = ids_of(child);
+        assert_eq!(ids.len(), count as usize);
+        let (worker, first_ms) = decode(ids[0]);
+        let killed = killed_at
+            .get(&worker)
+            .copied()
+            .expect("a killed process's pair");
+        first_after_kill.push(first_ms.saturating_sub(killed));
+        assert!(
+            first_ms >= killed + 3_000,
+            "worker {worker} reused {} ms after the kill, before its guard time",
+            first_ms - killed
+        );
+        all_ids.extend(ids);
+    }
+    eprintln!("reused pairs issued their first id {first_after_kill:?} ms after the kill");
+    let distinct: BTreeSet<u64> = all_ids.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        all_ids.len(),
+        "0 duplicates among {} ids",
+        all_ids.len()
+    );
+    assert!(all_ids.len() >= 32 * count as usize);
 }

@@ -5,10 +5,13 @@
 //!   matter for storing ids.
 //! - [`Snowflake`]: the lock-free generator, its clock handling and [`SnowflakeStats`].
 //! - [`WorkerClaim`]: where the pair comes from and how it is proven before each id
-//!   ([`StaticWorker`] now; a leased claim later).
+//!   ([`StaticWorker`], or [`lease::LeasedWorker`] through the coordination service with the
+//!   `coord` feature).
 
 mod generator;
 mod layout;
+#[cfg(feature = "coord")]
+pub mod lease;
 mod worker;
 
 pub use generator::{DEFAULT_MAX_BACKWARD, OnBackward, Options, Snowflake, SnowflakeStats};
