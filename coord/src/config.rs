@@ -58,8 +58,10 @@ impl fmt::Display for BackendKind {
 pub struct CoordConfig {
     /// The coordination service: `etcd`, `zookeeper` or `embedded`.
     pub backend: BackendKind,
-    /// The servers, `host:port` each (none for `embedded`).
-    #[serde(default)]
+    /// The servers, `host:port` each (none for `embedded`). An entry may list several,
+    /// comma-separated, and carry an `http://` scheme, as `ETCD_ENDPOINTS` does
+    /// (`endpoints = ["${ETCD_ENDPOINTS}"]`); a single string is a one-entry list.
+    #[serde(default, deserialize_with = "endpoint_list")]
     pub endpoints: Vec<String>,
     /// A prefix that keeps this deployment's keys apart: etcd keys start with `NAMESPACE/`,
     /// the ZooKeeper tree lives under `/NAMESPACE` (default `/sluice`), the embedded store is
@@ -250,6 +252,27 @@ fn default_node() -> String {
 }
 
 /// Why `endpoint` is not `host:port`, if it is not.
+/// `endpoints` as written: a string or a list of strings, each split at commas, without an
+/// `http://` scheme.
+fn endpoint_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        One(String),
+        Many(Vec<String>),
+    }
+    let written = match Written::deserialize(d)? {
+        Written::One(one) => vec![one],
+        Written::Many(many) => many,
+    };
+    Ok(written
+        .iter()
+        .flat_map(|entry| entry.split(','))
+        .map(|e| e.trim().trim_start_matches("http://").to_owned())
+        .filter(|e| !e.is_empty())
+        .collect())
+}
+
 fn check_endpoint(endpoint: &str) -> Result<(), String> {
     let Some((host, port)) = endpoint.rsplit_once(':') else {
         return Err(format!("{endpoint:?} has no port: write host:port"));
@@ -403,6 +426,21 @@ mod tests {
         let debug = format!("{config:?}");
         assert!(!debug.contains("hunter2"), "{debug}");
         assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn endpoints_may_be_written_as_etcd_endpoints_is() {
+        for written in [
+            r#"endpoints = "http://127.0.0.1:2379,http://127.0.0.1:22379""#,
+            r#"endpoints = ["http://127.0.0.1:2379, 127.0.0.1:22379"]"#,
+        ] {
+            let config = parse(&format!("backend = \"etcd\"\n{written}")).unwrap();
+            assert_eq!(
+                config.endpoints,
+                ["127.0.0.1:2379", "127.0.0.1:22379"],
+                "{written}"
+            );
+        }
     }
 
     #[test]
