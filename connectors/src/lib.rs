@@ -20,3 +20,4 @@ pub mod postgres;
 pub mod rabbitmq;
 pub mod stdout;
 pub mod tls;
+mod url;

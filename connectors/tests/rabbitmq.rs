@@ -867,3 +867,186 @@ async fn an_idle_connection_keeps_its_heartbeats() {
     let messages = Reader::new(vhost.url()).take_ready("orders").await.unwrap();
     assert!(messages.len() >= 3);
 }
+
+/// The local CA (`SLUICE_TEST_CA`, from `scripts/services.sh`), beside which lie the client
+/// certificate (CN `sluice_cert`, a RabbitMQ user for EXTERNAL) and a CA that signed nothing.
+fn test_ca() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SLUICE_TEST_CA")
+            .expect("SLUICE_TEST_CA is set (eval \"$(scripts/services.sh up)\")"),
+    )
+}
+
+/// `amqps://` to the local broker's TLS listener, virtual host `vhost`, with `query`.
+fn amqps_url(userinfo: &str, host: &str, vhost: &str, query: &str) -> String {
+    let port = std::env::var("AMQPS_URL")
+        .ok()
+        .and_then(|url| {
+            let authority = url.split_once('@')?.1.split('/').next()?.to_owned();
+            Some(authority.rsplit_once(':')?.1.to_owned())
+        })
+        .unwrap_or_else(|| "5671".into());
+    format!("amqps://{userinfo}{host}:{port}/{vhost}?{query}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_over_verified_tls_with_a_password_and_with_a_client_certificate() {
+    let vhost = Vhost::create("tls").unwrap();
+    rabbitmqctl_patiently(&[
+        "set_permissions",
+        "-p",
+        vhost.name(),
+        "sluice_cert",
+        ".*",
+        ".*",
+        ".*",
+    ])
+    .unwrap();
+    let ca = test_ca();
+    let (user, password) = sluice_tests::rabbitmq::credentials();
+    let with_password = amqps_url(
+        &format!("{user}:{password}@"),
+        "localhost",
+        vhost.name(),
+        &format!("cacertfile={}", ca.display()),
+    );
+    let with_certificate = amqps_url(
+        "",
+        "localhost",
+        vhost.name(),
+        &format!(
+            "cacertfile={}&certfile={}&keyfile={}&auth_mechanism=external",
+            ca.display(),
+            ca.with_file_name("client.pem").display(),
+            ca.with_file_name("client.key").display()
+        ),
+    );
+    for (n, url) in [with_password, with_certificate].iter().enumerate() {
+        let dir = Scratch::new(&format!("rabbitmq-tls-{n}"));
+        let events: Vec<Ev> = (0..500u64)
+            .map(|i| Ev::order(if i % 2 == 0 { "a" } else { "b" }, i).with_field("login", url))
+            .collect();
+        let sink = format!(
+            "url = \"{url}\"\nrouting_key = \"tls\"\nchannels = 2\n[[declare.queues]]\nname = \"tls\""
+        );
+        let config = pipeline(&dir, &scripted(events.clone()), &sink, None);
+        run(&config).await.unwrap();
+        let messages = Reader::new(vhost.url()).take_ready("tls").await.unwrap();
+        assert_eq!(messages.len(), events.len(), "{url}: every event once");
+        assert_key_order(&messages);
+        assert_eq!(saved_checkpoint(&dir.join("data"), "events"), Some(500));
+    }
+}
+
+/// The findings of `sluice check` for a sink at `url` publishing to `exchange`.
+async fn check_findings(url: &str, extra: &str) -> Vec<sluice_pipeline::Finding> {
+    use sluice_pipeline::SinkConfig;
+    let text = format!("url = \"{url}\"\n{extra}");
+    let config: RabbitmqSinkConfig =
+        sluice_pipeline::config::deserialize(toml::from_str(&text).unwrap()).unwrap();
+    config.check().await
+}
+
+fn only_failure(findings: &[sluice_pipeline::Finding]) -> &str {
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        findings[0].level,
+        sluice_pipeline::Level::Fail,
+        "{findings:?}"
+    );
+    &findings[0].message
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_failures_name_the_certificate_problem() {
+    let ca = test_ca();
+    let cacert = |path: &std::path::Path| format!("cacertfile={}", path.display());
+    let untrusted = ca.with_file_name("untrusted-ca.pem");
+    let findings = check_findings(
+        &amqps_url("guest:guest@", "localhost", "%2f", &cacert(&untrusted)),
+        "",
+    )
+    .await;
+    let text = only_failure(&findings);
+    assert!(
+        text.contains("not signed by a trusted CA: set cacertfile"),
+        "{text}"
+    );
+
+    // The broker's certificate names `localhost`, not 127.0.0.1.
+    let findings = check_findings(
+        &amqps_url("guest:guest@", "127.0.0.1", "%2f", &cacert(&ca)),
+        "",
+    )
+    .await;
+    let text = only_failure(&findings);
+    assert!(text.contains("does not name the host in the URL"), "{text}");
+    let renamed = format!("{}&server_name_indication=localhost", cacert(&ca));
+    let findings =
+        check_findings(&amqps_url("guest:guest@", "127.0.0.1", "%2f", &renamed), "").await;
+    assert_eq!(
+        findings[0].level,
+        sluice_pipeline::Level::Ok,
+        "{findings:?}"
+    );
+
+    let missing = cacert(std::path::Path::new("/nonexistent/ca.pem"));
+    let findings =
+        check_findings(&amqps_url("guest:guest@", "localhost", "%2f", &missing), "").await;
+    let text = only_failure(&findings);
+    assert!(
+        text.contains("cacertfile=/nonexistent/ca.pem: cannot read the file"),
+        "{text}"
+    );
+
+    // TLS to the plain listener.
+    let plain = vhost_url("%2f").replacen("amqp://", "amqps://", 1);
+    let findings = check_findings(&format!("{plain}?{}", cacert(&ca)), "").await;
+    let text = only_failure(&findings);
+    assert!(text.contains("TLS handshake with"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_the_login_and_every_exchange_problem() {
+    let vhost = Vhost::create("check").unwrap();
+    let (_, password) = sluice_tests::rabbitmq::credentials();
+    let wrong = vhost
+        .url()
+        .replacen(&format!(":{password}@"), ":wrong-secret-3141@", 1);
+    let text = only_failure(&check_findings(&wrong, "").await).to_owned();
+    assert!(
+        text.contains("403") && text.contains("check the user"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-secret-3141"), "{text}");
+
+    let text = only_failure(&check_findings(&vhost_url("sluice-no-such-vhost-check"), "").await)
+        .to_owned();
+    assert!(text.contains("rabbitmqctl add_vhost"), "{text}");
+
+    let findings = check_findings(
+        vhost.url(),
+        "exchange = \"orders.missing\"\nquarantine_exchange = \"amq.fanout\"",
+    )
+    .await;
+    let levels: Vec<_> = findings.iter().map(|f| f.level).collect();
+    use sluice_pipeline::Level::{Fail, Ok};
+    assert_eq!(levels, [Ok, Fail, Ok], "{findings:?}");
+    assert!(
+        findings[1]
+            .message
+            .contains("exchange \"orders.missing\" does not exist"),
+        "{findings:?}"
+    );
+    let declared = check_findings(
+        vhost.url(),
+        "exchange = \"orders.missing\"\nexchange_type = \"topic\"",
+    )
+    .await;
+    assert!(
+        declared[1]
+            .message
+            .contains("the sink declares it on start"),
+        "{declared:?}"
+    );
+}

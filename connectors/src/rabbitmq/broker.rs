@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
-use amq_protocol::uri::AMQPUri;
 use bytes::Bytes;
 
 use super::config::{Argument, Declare};
+use super::endpoint::Endpoint;
 use super::lane::{Lane, Returned};
 use super::message::Message;
 use super::wire::{ChannelId, Wire, WireError, short, unexpected};
@@ -84,14 +84,14 @@ pub(crate) struct Broker {
 impl Broker {
     /// Connects, declares `declare`, and attaches one confirm-mode channel to each lane.
     pub async fn connect(
-        uri: &AMQPUri,
+        endpoint: &Endpoint,
         name: &str,
         timeout: Duration,
         declare: &Declare,
         lanes: &mut [Lane],
     ) -> Result<Broker, WireError> {
         let channels = FIRST_LANE - 1 + lanes.len() as ChannelId;
-        let wire = Wire::open(uri, name, timeout, channels).await?;
+        let wire = Wire::open(endpoint, name, timeout, channels).await?;
         let mut known = HashSet::new();
         // The default exchange always exists and cannot be declared.
         known.insert(ShortString::default());

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use amq_protocol::uri::{AMQPScheme, AMQPUri};
+use super::endpoint::Endpoint;
 use serde::{Deserialize, Deserializer};
-use sluice_pipeline::component::{BuildContext, DynSink};
-use sluice_pipeline::{Error, FieldError, HumanDuration, SinkConfig, Validate};
+use sluice_pipeline::component::{BoxFuture, BuildContext, DynSink};
+use sluice_pipeline::{Error, FieldError, Finding, HumanDuration, SinkConfig, Validate};
 
 use super::sink::RabbitmqSink;
 use sluice_pipeline::template::Template;
@@ -43,9 +42,13 @@ const MAX_CHANNELS: usize = 256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitmqSinkConfig {
-    /// The broker: `amqp://user:password@host:port/vhost`, the vhost URL-encoded (`%2f` is
-    /// `/`). Query parameters such as `heartbeat=10` or `frame_max=131072` go to the client.
-    /// The password is never logged or printed.
+    /// The broker: `amqp://user:password@host:port/vhost` or, over TLS,
+    /// `amqps://user:password@host:5671/vhost?cacertfile=/etc/ca.pem`, the vhost URL-encoded
+    /// (`%2f` is `/`). Query parameters: `heartbeat`, `frame_max`, `channel_max`,
+    /// `connection_timeout` (ms), `auth_mechanism` (`plain`, or `external` to log in with the
+    /// client certificate), and for `amqps://` `cacertfile`, `certfile`, `keyfile`, `verify`
+    /// (`verify_peer`, the default, or `verify_none`) and `server_name_indication`; any other
+    /// is refused. The password is never logged or printed.
     pub url: AmqpUrl,
     /// The exchange each message is published to, as a template over event values
     /// (`"outbox.{aggregatetype}"`). Empty (the default) is the default exchange, which
@@ -292,29 +295,15 @@ impl AmqpUrl {
     }
 
     /// Parses the URL, with a message that does not repeat it (it holds a password).
-    pub fn parse(&self) -> Result<AMQPUri, String> {
-        AMQPUri::from_str(&self.0).map_err(|reason| {
-            if reason.contains(&self.0) {
-                "is not a valid AMQP URL".to_owned()
-            } else {
-                format!("is not a valid AMQP URL: {reason}")
-            }
-        })
+    pub fn parse(&self) -> Result<Endpoint, String> {
+        Endpoint::parse(&self.0)
     }
 }
 
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.parse() {
-            Ok(uri) => write!(
-                f,
-                "\"{}://{}@{}:{}/{}\"",
-                uri.scheme,
-                uri.authority.userinfo.username,
-                uri.authority.host,
-                uri.authority.port,
-                uri.vhost
-            ),
+            Ok(endpoint) => fmt::Debug::fmt(&endpoint, f),
             Err(_) => f.write_str("\"<invalid url>\""),
         }
     }
@@ -398,13 +387,7 @@ fn declared_name(path: String, name: &str) -> Result<(), FieldError> {
 
 impl Validate for RabbitmqSinkConfig {
     fn validate(&self) -> Result<(), FieldError> {
-        let uri = self.url.parse().map_err(|m| FieldError::new("url", m))?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(FieldError::new(
-                "url",
-                "amqps:// (TLS) is not supported by this build of sluice; use amqp://",
-            ));
-        }
+        self.url.parse().map_err(|m| FieldError::new("url", m))?;
         if let Some(exchange) = self.exchange.constant() {
             short_name("exchange", exchange)?;
         }
@@ -499,6 +482,12 @@ impl Declare {
 impl SinkConfig for RabbitmqSinkConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
         Ok(Box::new(RabbitmqSink::new(self.clone())?))
+    }
+
+    /// Connects and logs in as `run` would, and checks the exchanges known before the first
+    /// event.
+    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(super::check::check(self))
     }
 }
 
@@ -656,8 +645,9 @@ mod tests {
 
     #[test]
     fn urls_are_checked_without_echoing_the_password() {
-        let error = parse(r#"url = "amqps://u:secret@localhost/""#).unwrap_err();
-        assert!(error.message.contains("TLS"), "{error}");
+        let error = parse(r#"url = "amqps://u:secret@localhost/?verify=no""#).unwrap_err();
+        assert!(error.message.contains("verify_peer"), "{error}");
+        assert!(!error.message.contains("secret"), "{error}");
         let error = parse(r#"url = "nope:secret""#).unwrap_err();
         assert_eq!(error.path, "url");
         assert!(!error.message.contains("secret"), "{error}");

@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use amq_protocol::types::ShortString;
-use amq_protocol::uri::AMQPUri;
 use sluice_pipeline::backoff::BackoffConfig;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use tokio::time::Sleep;
@@ -31,6 +30,7 @@ use tokio::time::Sleep;
 use super::avro::AvroEncoder;
 use super::broker::{Answer, Broker, ExchangeState};
 use super::config::{Encoding, RabbitmqSinkConfig};
+use super::endpoint::Endpoint;
 use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
@@ -40,7 +40,7 @@ use super::wire::WireError;
 #[derive(Debug)]
 pub struct RabbitmqSink {
     config: RabbitmqSinkConfig,
-    uri: AMQPUri,
+    endpoint: Endpoint,
     /// Made on the first start, and kept across restarts with what it has not settled.
     relay: Option<Relay>,
 }
@@ -48,13 +48,13 @@ pub struct RabbitmqSink {
 impl RabbitmqSink {
     /// A sink for a validated `config` (no I/O).
     pub fn new(config: RabbitmqSinkConfig) -> Result<Self, Error> {
-        let uri = config
+        let endpoint = config
             .url
             .parse()
             .map_err(|message| Error::new(ErrorKind::Config, format!("url {message}")))?;
         Ok(RabbitmqSink {
             config,
-            uri,
+            endpoint,
             relay: None,
         })
     }
@@ -75,7 +75,8 @@ impl Sink for RabbitmqSink {
                     Encoding::Json => None,
                 };
                 let builder = MessageBuilder::new(&self.config, avro, cx.id());
-                let relay = Relay::new(self.config.clone(), self.uri.clone(), builder, cx.id());
+                let relay =
+                    Relay::new(self.config.clone(), self.endpoint.clone(), builder, cx.id());
                 self.relay.insert(relay)
             }
         };
@@ -130,7 +131,7 @@ impl KeyState {
 
 /// The sink's state: the connection, and every record it holds until the broker settles it.
 struct Relay {
-    uri: AMQPUri,
+    endpoint: Endpoint,
     name: String,
     config: RabbitmqSinkConfig,
     builder: MessageBuilder,
@@ -172,9 +173,14 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    fn new(config: RabbitmqSinkConfig, uri: AMQPUri, builder: MessageBuilder, id: &str) -> Self {
+    fn new(
+        config: RabbitmqSinkConfig,
+        endpoint: Endpoint,
+        builder: MessageBuilder,
+        id: &str,
+    ) -> Self {
         Relay {
-            uri,
+            endpoint,
             name: id.to_owned(),
             builder,
             declare_as: config
@@ -297,7 +303,7 @@ impl Relay {
             move |e: WireError| Error::new(e.kind(), context).with_source(e)
         };
         let broker = Broker::connect(
-            &self.uri,
+            &self.endpoint,
             &self.name,
             self.config.connect_timeout.get(),
             &self.config.topology(),
