@@ -20,7 +20,7 @@ use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::rabbitmq::metrics as rabbitmq_metrics;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::{
-    Config, Error, Event, FieldError, Position, Registry, ShutdownTrigger, Source, SourceConfig,
+    Config, Error, Event, FieldErrors, Position, Registry, ShutdownTrigger, Source, SourceConfig,
     SourceContext, Validate,
 };
 use sluice_tests::rabbitmq::{Reader, Received, Vhost, rabbitmqctl_patiently, vhost_url};
@@ -82,7 +82,7 @@ fn default_batch() -> usize {
 }
 
 impl Validate for ScriptedConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         Ok(())
     }
 }

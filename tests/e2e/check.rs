@@ -128,3 +128,41 @@ exchange = "amq.topic"
     assert!(stdout.contains("does not exist yet;"), "{stdout}");
     assert!(!dir.join("data").exists(), "check creates nothing");
 }
+
+#[test]
+fn every_validation_problem_of_a_component_is_listed() {
+    let dir = Scratch::new("check-validate");
+    let config = r#"
+[sources.outbox]
+type = "postgres_cdc"
+url = "postgres://u:s3c@r3t@localhost/db?sslmode=verify-full"
+slot = "Bad-Slot"
+publication = ""
+tables = ["public.outbox"]
+
+[sinks.broker]
+type = "rabbitmq"
+inputs = ["outbox"]
+url = "amqps://localhost/%2f?hearbeat=5"
+channels = 0
+confirm_window = 0
+"#;
+    let path = dir.write("pipeline.toml", config);
+    let out = sluice().output(&["check", path.to_str().unwrap()]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "sources.outbox.url: the URL's user name or password holds an unescaped '@' or '/'",
+        "sources.outbox.slot:",
+        "sources.outbox.publication: must not be empty",
+        "sinks.broker.url: has an unknown query parameter \"hearbeat\"",
+        "sinks.broker.confirm_window:",
+        "sinks.broker.channels:",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("r3t"), "a password is shown:\n{stderr}");
+}
