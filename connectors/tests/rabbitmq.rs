@@ -1050,3 +1050,197 @@ async fn check_reports_the_login_and_every_exchange_problem() {
         "{declared:?}"
     );
 }
+
+/// A RabbitMQ node of this test's own (its own name, ports and data under a scratch
+/// directory), so that the test may raise a resource alarm without touching the shared
+/// broker; stopped (that node only) when dropped.
+struct OwnBroker {
+    node: String,
+    url: String,
+    _dir: Scratch,
+}
+
+impl OwnBroker {
+    fn start(test: &str) -> OwnBroker {
+        let dir = Scratch::new(test);
+        let (port, dist) = (free_port(), free_port());
+        let node = format!("sluice-{test}-{}@localhost", std::process::id());
+        let base = dir.path().to_owned();
+        std::fs::write(
+            base.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        // The node runs as the rabbitmq user, which must own what it writes.
+        let status = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&base)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown of {}", base.display());
+        let path = |name: &str| base.join(name).display().to_string();
+        let status = std::process::Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .current_dir(&base)
+            .status()
+            .unwrap();
+        assert!(status.success(), "rabbitmq-server -detached for {node}");
+        let broker = OwnBroker {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            node,
+            _dir: dir,
+        };
+        // await_startup waits for the node (bounded by its --timeout), polled until it answers.
+        sluice_tests::wait_for("the test's own RabbitMQ node", || {
+            broker.ctl(&["await_startup", "--timeout", "5"]).ok()
+        })
+        .unwrap();
+        broker
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if let Err(e) = self.ctl(&["stop"]) {
+            eprintln!("could not stop RabbitMQ node {}: {e}", self.node);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_broker_pauses_publishing_and_readiness_until_unblocked() {
+    let broker = OwnBroker::start("blocked");
+    let dir = Scratch::new("rabbitmq-blocked");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gate = dir.join("gate");
+    let source = ScriptedConfig {
+        events: (0..200u64).map(|n| Ev::order("k", n)).collect(),
+        batch: 10,
+        pace_ms: Some(2),
+        gate: Some(gate.clone()),
+        after_gate: 100,
+    };
+    let sink = format!(
+        "url = \"{}\"\nrouting_key = \"orders\"\n[[declare.queues]]\nname = \"orders\"",
+        broker.url
+    );
+    let config = pipeline(&dir, &source, &sink, Some(api));
+    let running = tokio::spawn(async move { run(&config).await });
+    let broker_id = [("component_id", "broker")];
+    let figure = move |name: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            metrics(api)
+                .ok()
+                .and_then(|m| metric(&m, name, &[("component_id", "broker")]))
+        })
+    };
+    let wait = |what: &'static str, probe: fn(&BTreeMap<String, f64>) -> bool| {
+        tokio::task::spawn_blocking(move || {
+            sluice_tests::wait_for(what, || metrics(api).ok().filter(&probe))
+        })
+    };
+    wait("some events confirmed", |m| {
+        metric(
+            m,
+            rabbitmq_metrics::CONFIRMED,
+            &[("component_id", "broker")],
+        )
+        .unwrap_or(0.0)
+            >= 50.0
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    // A watermark of (almost) no memory: the memory alarm goes off and the broker blocks
+    // every publishing connection.
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.0000001"])
+        .unwrap();
+    let m = wait("the sink to see the block", |m| {
+        let broker = [("component_id", "broker")];
+        metric(m, rabbitmq_metrics::BLOCKED, &broker) == Some(1.0)
+            && metric(m, "sluice_component_ready", &broker) == Some(0.0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(metric(&m, rabbitmq_metrics::BLOCKS, &broker_id), Some(1.0));
+    // Blocked, nothing more is published: the source goes on emitting into the pipeline
+    // (until its bounds stop it) while the sink's published count holds.
+    let published = metric(&m, rabbitmq_metrics::PUBLISHED, &broker_id).unwrap();
+    let waiting = wait("events to wait upstream of the blocked sink", |m| {
+        let in_flight = metric(
+            m,
+            "sluice_source_in_flight_events",
+            &[("component_id", "events")],
+        );
+        let published = metric(
+            m,
+            rabbitmq_metrics::PUBLISHED,
+            &[("component_id", "broker")],
+        );
+        let confirmed = metric(
+            m,
+            rabbitmq_metrics::CONFIRMED,
+            &[("component_id", "broker")],
+        );
+        // Emitted, not acknowledged, and not published either.
+        in_flight
+            .zip(published.zip(confirmed))
+            .is_some_and(|(i, (p, c))| i - (p - c) >= 5.0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        metric(&waiting, rabbitmq_metrics::PUBLISHED, &broker_id),
+        Some(published),
+        "published while blocked"
+    );
+
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.4"])
+        .unwrap();
+    wait("the sink to resume", |m| {
+        let broker = [("component_id", "broker")];
+        metric(m, rabbitmq_metrics::BLOCKED, &broker) == Some(0.0)
+            && metric(m, "sluice_component_ready", &broker) == Some(1.0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(figure(rabbitmq_metrics::BLOCKS).await.unwrap(), Some(1.0));
+    std::fs::write(&gate, b"").unwrap();
+    running.await.unwrap().unwrap();
+    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
+    let messages = Reader::new(&broker.url).take_ready("orders").await.unwrap();
+    let ids = assert_key_order(&messages);
+    assert_eq!(
+        ids.len() as u64,
+        checkpoint,
+        "every event delivered once the block lifted"
+    );
+}

@@ -79,6 +79,9 @@ pub(crate) struct Broker {
     reply: Option<Result<AMQPClass, WireError>>,
     known: HashSet<ShortString>,
     missing: HashMap<ShortString, Instant>,
+    /// Why the broker blocks publishing (`connection.blocked`, a resource alarm), until it
+    /// sends `connection.unblocked`.
+    blocked: Option<String>,
 }
 
 impl Broker {
@@ -105,6 +108,7 @@ impl Broker {
             reply: None,
             known,
             missing: HashMap::new(),
+            blocked: None,
         };
         broker.open_channel(CONTROL).await?;
         broker.declare_topology(declare).await?;
@@ -277,6 +281,11 @@ impl Broker {
         polled.and(handled)
     }
 
+    /// Why the broker blocks publishing on this connection, while it does.
+    pub fn blocked(&self) -> Option<&str> {
+        self.blocked.as_deref()
+    }
+
     /// The answers read so far, in the order they came.
     pub fn answers(&mut self) -> std::vec::Drain<'_, Answer> {
         self.answers.drain(..)
@@ -350,10 +359,10 @@ impl Broker {
                 });
             }
             AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked)) => {
-                tracing::warn!(reason = %blocked.reason, "the broker blocked publishing (resource alarm)");
+                self.blocked = Some(blocked.reason.to_string());
             }
             AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => {
-                tracing::info!("the broker unblocked publishing");
+                self.blocked = None;
             }
             AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
                 let close_ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});

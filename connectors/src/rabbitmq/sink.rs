@@ -108,6 +108,8 @@ enum Wake {
     RetryDue,
     /// The connection failed.
     Lost(WireError),
+    /// The broker blocked (true) or unblocked (false) publishing.
+    Blocked(bool),
 }
 
 /// The bookkeeping of one key (see the module documentation).
@@ -160,6 +162,8 @@ struct Relay {
     /// Waits before a nacked message is published again.
     nack_backoff: BackoffConfig,
     connected_once: bool,
+    /// The broker blocks publishing (a resource alarm): input waits, nothing new is published.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -206,6 +210,7 @@ impl Relay {
                 max: config.backoff_max,
             },
             connected_once: false,
+            blocked: false,
             config,
         }
     }
@@ -221,7 +226,8 @@ impl Relay {
             if !input_open && self.is_idle() {
                 break;
             }
-            let room = self.in_flight + self.incoming.len() < self.config.confirm_window;
+            let room =
+                !self.blocked && self.in_flight + self.incoming.len() < self.config.confirm_window;
             // Biased: the connection is polled first, so what was just published is written
             // before more input is taken.
             let input = tokio::select! {
@@ -241,6 +247,7 @@ impl Relay {
                 Err(Wake::Settled) => self.settle(),
                 Err(Wake::RetryDue) => self.retry_due(),
                 Err(Wake::Lost(error)) => self.failure = Some(error),
+                Err(Wake::Blocked(blocked)) => self.set_blocked(blocked, cx),
             }
             self.step_done(cx).await?;
         }
@@ -248,6 +255,28 @@ impl Relay {
             broker.close().await;
         }
         Ok(())
+    }
+
+    /// Follows the broker's `connection.blocked`/`unblocked`: while blocked, the sink takes no
+    /// input and publishes nothing new (what is published may still be confirmed), and is not
+    /// ready; each change is logged once and counted.
+    fn set_blocked(&mut self, blocked: bool, cx: &SinkContext) {
+        if blocked == self.blocked {
+            return;
+        }
+        self.blocked = blocked;
+        self.metrics.blocked.set(if blocked { 1.0 } else { 0.0 });
+        cx.set_ready(!blocked);
+        if blocked {
+            self.metrics.blocks.increment(1);
+            let reason = self.broker.as_ref().and_then(Broker::blocked).unwrap_or("");
+            tracing::warn!(
+                reason,
+                "the broker blocks publishing (resource alarm): pausing"
+            );
+        } else {
+            tracing::info!("the broker unblocked publishing: resuming");
+        }
     }
 
     /// After each step: sends the rejects on, and ends the run if the connection failed.
@@ -425,7 +454,7 @@ impl Relay {
     /// Turns received events into records and publishes or holds them.
     async fn accept_pending(&mut self) {
         let now = Instant::now();
-        while self.broker.is_some() {
+        while self.broker.is_some() && !self.blocked {
             let Some(event) = self.incoming.pop_front() else {
                 break;
             };
@@ -545,6 +574,9 @@ impl Relay {
             let answered = answer_lanes(&mut self.lanes, broker);
             if let Err(error) = polled.and(answered) {
                 return Poll::Ready(Wake::Lost(error));
+            }
+            if broker.blocked().is_some() != self.blocked {
+                return Poll::Ready(Wake::Blocked(!self.blocked));
             }
         }
         let mut settled = false;
@@ -753,6 +785,9 @@ impl Relay {
     /// hand the cause back.
     fn teardown(&mut self, error: WireError, cx: &SinkContext) -> WireError {
         cx.set_ready(false);
+        // A new connection starts unblocked; the broker says again if the alarm holds.
+        self.blocked = false;
+        self.metrics.blocked.set(0.0);
         self.metrics.reconnects.increment(1);
         tracing::warn!(
             unsettled = self.in_flight,
