@@ -34,8 +34,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Checks on a component's config that need no I/O.
 pub trait Validate {
     /// Checks rules the types alone do not express, and reports every problem found, not only
-    /// the first (collect them with [`FieldErrors::add`]; `?` on a single [`FieldError`] also
-    /// works). Paths are relative to the component (`count`, not `sources.gen.count`).
+    /// the first (collect them with [`FieldErrors::add`]; `?` on a single
+    /// [`FieldError`](crate::FieldError) also works). Paths are relative to the component
+    /// (`count`, not `sources.gen.count`).
     fn validate(&self) -> Result<(), FieldErrors> {
         Ok(())
     }
