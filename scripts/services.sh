@@ -723,9 +723,15 @@ cmd_up() {
     wait_until ZooKeeper "$ZK_LOG" zk_check
     wait_until RabbitMQ "$RABBIT_LOG_DIR/*.log" rabbit_ready
     if [[ -n $RABBIT_STARTED ]]; then rabbit_os_pid >"$STATE_DIR/rabbitmq.pid"; fi
-    tls_certs
-    pg_tls_configure
-    rabbit_tls_configure
+    # TLS set-up writes server configs and keys: root only. Without root, the plain servers
+    # are all `up` needs; `env` still prints the TLS URLs once root has set them up.
+    if is_root; then
+        tls_certs
+        pg_tls_configure
+        rabbit_tls_configure
+    else
+        log "note: not root, so the TLS set-up (certificates, TLS listeners) is left as it is"
+    fi
 
     log "all services answering ($((SECONDS - t0))s)"
     print_env
