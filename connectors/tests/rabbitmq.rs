@@ -1049,6 +1049,10 @@ async fn check_reports_the_login_and_every_exchange_problem() {
             .contains("the sink declares it on start"),
         "{declared:?}"
     );
+    let big = check_findings(vhost.url(), "max_payload_bytes = 200000000").await;
+    let last = big.last().unwrap();
+    assert_eq!(last.level, sluice_pipeline::Level::Warn, "{big:?}");
+    assert!(last.message.contains("max_message_size"), "{big:?}");
 }
 
 /// A RabbitMQ node of this test's own (its own name, ports and data under a scratch

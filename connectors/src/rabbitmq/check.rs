@@ -1,7 +1,8 @@
 //! Live checks of what the `rabbitmq` sink needs from the broker (`sluice check`), each
 //! failure with its remedy: the connection (TLS included), the login, the virtual host, and
 //! the exchanges known before the first event (a constant `exchange`, the
-//! `quarantine_exchange`), which must exist or be declared by the sink on start.
+//! `quarantine_exchange`), which must exist or be declared by the sink on start, and
+//! `max_payload_bytes` against RabbitMQ's default `max_message_size`.
 //!
 //! Only passive declarations are made: checking changes nothing on the broker.
 
@@ -15,6 +16,8 @@ use super::config::{Declare, RabbitmqSinkConfig};
 use super::endpoint::Endpoint;
 use super::wire::WireError;
 
+/// RabbitMQ's default `max_message_size` (128 MiB); the broker does not tell its own over AMQP.
+const RABBITMQ_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
 /// AMQP reply code of a refused login.
 const ACCESS_REFUSED: u16 = 403;
 /// AMQP reply code of a virtual host that is missing or not open to the user.
@@ -66,6 +69,12 @@ pub(crate) async fn check(config: &RabbitmqSinkConfig) -> Vec<Finding> {
                 chain(&error)
             )),
         });
+    }
+    if config.max_payload_bytes > RABBITMQ_MAX_MESSAGE_SIZE {
+        findings.push(Finding::warn(format!(
+            "max_payload_bytes {} is above RabbitMQ's default max_message_size (134217728): raise max_message_size on the broker to match, or the broker closes the channel of a larger message",
+            config.max_payload_bytes
+        )));
     }
     broker.close().await;
     findings
