@@ -31,6 +31,10 @@
 //!   defaults, persistent and confirmed), against the broker ceiling;
 //! - `cdc-rabbitmq-lean-B`: the same with the sink's `properties = []` (messages carry
 //!   `message_id`, `type` and `delivery_mode` only);
+//! - `cdc-rabbitmq-tls-B`: `cdc-rabbitmq-B` with TLS on both sides (`DATABASE_TLS_URL`'s
+//!   role with `sslmode=verify-full` for the SQL and replication connections, `amqps://` with
+//!   full verification to the broker), against `cdc-rabbitmq-B` of the same round: what TLS
+//!   costs. Every plain scenario connects with `sslmode=disable`;
 //! - `cdc-blackhole-B`: the same into `blackhole`: decoding alone, against `recvlogical-B`;
 //! - `poll-rabbitmq`: sluice drains N unpublished rows of a `postgres_poll` table (reloaded
 //!   before each run) into RabbitMQ, against the broker ceiling;
@@ -42,7 +46,8 @@
 //!   two seconds. The `poll` source polls every 20 ms, with no trigger on the table;
 //!   `latency-poll-notify-2000` listens on the table's NOTIFY trigger instead (PostgreSQL
 //!   serializes the commits of notifying transactions, so the order service cannot reach the
-//!   rate there: the run shows the cap).
+//!   rate there: the run shows the cap). `latency-cdc-tls-2000` is `latency-cdc-2000` with TLS on
+//!   both sides, as `cdc-rabbitmq-tls-B`.
 //!
 //! A drain is over when sluice's own counter (`sluice_rabbitmq_confirmed_messages_total`, or
 //! the blackhole's received events) reaches N, scraped from its `/metrics` every 100 ms; then
@@ -142,6 +147,8 @@ const SHAPED: (usize, usize) = (4096, 1);
 const CDC_DRAIN_RATIO: f64 = 0.90;
 const CDC_DECODE_RATIO: f64 = 0.90;
 const POLL_DRAIN_RATIO: f64 = 0.60;
+/// TLS on both sides costs at most 10% of the plain drain rate.
+const TLS_RATIO: f64 = 0.90;
 const CPU_S_PER_100K: f64 = 0.7;
 const PEAK_RSS_MIB: f64 = 64.0;
 
@@ -200,11 +207,15 @@ enum Scenario {
     LapinShaped,
     Recvlogical(Shape),
     CdcRabbitmq(Shape),
+    /// `cdc-rabbitmq` with TLS to PostgreSQL and RabbitMQ.
+    CdcRabbitmqTls(Shape),
     /// `cdc-rabbitmq` with the sink's `properties = []`.
     CdcRabbitmqLean(Shape),
     CdcBlackhole(Shape),
     PollRabbitmq,
     Latency(Live, Rate),
+    /// `latency-cdc-2000` with TLS to PostgreSQL and RabbitMQ.
+    LatencyCdcTls,
 }
 
 impl Scenario {
@@ -220,6 +231,7 @@ impl Scenario {
             all.extend([
                 Scenario::Recvlogical(shape),
                 Scenario::CdcRabbitmq(shape),
+                Scenario::CdcRabbitmqTls(shape),
                 Scenario::CdcRabbitmqLean(shape),
                 Scenario::CdcBlackhole(shape),
             ]);
@@ -228,6 +240,9 @@ impl Scenario {
         for live in [Live::Cdc, Live::Poll] {
             for rate in [Rate::Fixed, Rate::HalfCeiling] {
                 all.push(Scenario::Latency(live, rate));
+            }
+            if live == Live::Cdc {
+                all.push(Scenario::LatencyCdcTls);
             }
         }
         all.push(Scenario::Latency(Live::PollNotify, Rate::Fixed));
@@ -240,6 +255,8 @@ impl Scenario {
             Scenario::LapinShaped => "lapin-shaped".into(),
             Scenario::Recvlogical(shape) => format!("recvlogical-{}", shape.name()),
             Scenario::CdcRabbitmq(shape) => format!("cdc-rabbitmq-{}", shape.name()),
+            Scenario::CdcRabbitmqTls(shape) => format!("cdc-rabbitmq-tls-{}", shape.name()),
+            Scenario::LatencyCdcTls => "latency-cdc-tls-2000".into(),
             Scenario::CdcRabbitmqLean(shape) => format!("cdc-rabbitmq-lean-{}", shape.name()),
             Scenario::CdcBlackhole(shape) => format!("cdc-blackhole-{}", shape.name()),
             Scenario::PollRabbitmq => "poll-rabbitmq".into(),
@@ -262,6 +279,7 @@ impl Scenario {
         match self {
             Scenario::Recvlogical(s)
             | Scenario::CdcRabbitmq(s)
+            | Scenario::CdcRabbitmqTls(s)
             | Scenario::CdcRabbitmqLean(s)
             | Scenario::CdcBlackhole(s) => Some(s),
             _ => None,
@@ -498,14 +516,20 @@ impl Bench {
             }
             Scenario::Recvlogical(shape) => self.recvlogical(self.backlog(shape)),
             Scenario::CdcRabbitmq(shape)
+            | Scenario::CdcRabbitmqTls(shape)
             | Scenario::CdcRabbitmqLean(shape)
             | Scenario::CdcBlackhole(shape) => {
                 let backlog = self.backlog(shape);
                 let slot = backlog.copy_slot();
-                let source = cdc_source(&backlog.db.url, &slot, PUBLICATION);
+                let source = cdc_source(&plain(&backlog.db.url), &slot, PUBLICATION);
                 let sample = match scenario {
                     Scenario::CdcRabbitmq(_) => {
                         self.drain(&source, &rabbitmq_sink(url, ""), CONFIRMED)
+                    }
+                    Scenario::CdcRabbitmqTls(_) => {
+                        let source = cdc_source(&tls_db_url(&backlog.db), &slot, PUBLICATION);
+                        let sink = rabbitmq_sink(&amqps_url(self.vhost.name()), "");
+                        self.drain(&source, &sink, CONFIRMED)
                     }
                     Scenario::CdcRabbitmqLean(_) => {
                         self.drain(&source, &rabbitmq_sink(url, LEAN), CONFIRMED)
@@ -522,21 +546,29 @@ impl Bench {
                     .block_on(load(&db.url, 1, self.events, self.events, 1));
                 db.execute("VACUUM ANALYZE outbox");
                 self.drain(
-                    &poll_source(&db.url, None),
+                    &poll_source(&plain(&db.url), None),
                     &rabbitmq_sink(url, ""),
                     CONFIRMED,
                 )
             }
             Scenario::Latency(live, _) => {
                 let rate = rate.expect("a latency run has a rate");
-                let (sample, figures) = self.latency_run(live, rate, &route);
+                let (sample, figures) = self.latency_run(live, rate, &route, false);
+                latency = Some(figures);
+                sample
+            }
+            Scenario::LatencyCdcTls => {
+                let (sample, figures) = self.latency_run(Live::Cdc, LIVE_RATE, &route, true);
                 latency = Some(figures);
                 sample
             }
         };
         let held = self.runtime.block_on(route.delete_queue(url));
         let expected = match scenario {
-            Scenario::CdcBlackhole(_) | Scenario::Recvlogical(_) | Scenario::Latency(..) => 0,
+            Scenario::CdcBlackhole(_)
+            | Scenario::Recvlogical(_)
+            | Scenario::Latency(..)
+            | Scenario::LatencyCdcTls => 0,
             _ => self.events,
         };
         assert_eq!(
@@ -592,24 +624,31 @@ impl Bench {
     }
 
     /// Commits orders at `rate` for the run's duration while sluice relays them and a
-    /// consumer receives them; returns sluice's cost and the commit→receive figures.
-    fn latency_run(&self, live: Live, rate: f64, route: &Route) -> (Sample, Latency) {
+    /// consumer receives them; returns sluice's cost and the commit→receive figures. With
+    /// `tls`, sluice talks TLS to both servers (the order service and the consumer do not).
+    fn latency_run(&self, live: Live, rate: f64, route: &Route, tls: bool) -> (Sample, Latency) {
         let (db, source) = match live {
             Live::Cdc => {
                 let db = self.live.as_ref().unwrap();
                 let slot = slot_name(db, "live");
-                (db, cdc_source(&db.url, &slot, &slot))
+                let url = if tls { tls_db_url(db) } else { plain(&db.url) };
+                (db, cdc_source(&url, &slot, &slot))
             }
             Live::Poll => {
                 let db = self.poll.as_ref().unwrap();
                 db.execute("DROP TRIGGER IF EXISTS outbox_notify ON outbox");
-                (db, poll_source(&db.url, None))
+                (db, poll_source(&plain(&db.url), None))
             }
             Live::PollNotify => {
                 let db = self.poll.as_ref().unwrap();
                 db.execute(OUTBOX_POLL_SQL);
-                (db, poll_source(&db.url, Some(NOTIFY_CHANNEL)))
+                (db, poll_source(&plain(&db.url), Some(NOTIFY_CHANNEL)))
             }
+        };
+        let broker = if tls {
+            amqps_url(self.vhost.name())
+        } else {
+            self.vhost.url().to_owned()
         };
         db.execute("TRUNCATE outbox");
         let orders = (rate * self.latency.as_secs_f64()) as u64;
@@ -621,7 +660,7 @@ impl Bench {
             first..first + orders,
             Arc::clone(&expected),
         ));
-        let mut sluice = Sluice::start(&self.sluice, &source, &rabbitmq_sink(self.vhost.url(), ""));
+        let mut sluice = Sluice::start(&self.sluice, &source, &rabbitmq_sink(&broker, ""));
         sluice.running.wait_ready(sluice.api).unwrap();
         let cpu_before = support::cpu_time_ns(sluice.running.pid());
         let (scheduled_at, commits) =
@@ -905,6 +944,31 @@ tables = ["public.outbox"]
     )
 }
 
+/// `url` with `sslmode=disable`: the plain scenarios stay plain although the server offers TLS.
+fn plain(url: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}sslmode=disable")
+}
+
+/// The URL of `db` over TLS: `DATABASE_TLS_URL` (a SCRAM role, `verify-full` against the local
+/// CA) with the database's name.
+fn tls_db_url(db: &TestDb) -> String {
+    let url = std::env::var("DATABASE_TLS_URL")
+        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh up)\")");
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    format!("{server}/{}?{query}", db.name)
+}
+
+/// The bench's virtual host over TLS: `AMQPS_URL` with `vhost`.
+fn amqps_url(vhost: &str) -> String {
+    let url =
+        std::env::var("AMQPS_URL").expect("AMQPS_URL is set (eval \"$(scripts/services.sh up)\")");
+    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    format!("{server}/{vhost}?{query}")
+}
+
 /// The `postgres_poll` source: listening on `notify`, or polling every [`POLL_INTERVAL`].
 fn poll_source(url: &str, notify: Option<&str>) -> String {
     let wake = match notify {
@@ -1123,7 +1187,7 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         let Some(sample) = medians.get(&name) else {
             continue;
         };
-        if matches!(scenario, Scenario::Latency(..)) {
+        if matches!(scenario, Scenario::Latency(..) | Scenario::LatencyCdcTls) {
             continue;
         }
         let rss = sample.peak_rss_kib as f64 / 1024.0;
@@ -1159,7 +1223,18 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
                 });
                 (baseline, target + &check("RSS", rss, false, PEAK_RSS_MIB))
             }
-            Scenario::Latency(..) => unreachable!("latency runs have a table of their own"),
+            Scenario::CdcRabbitmqTls(shape) => {
+                let plain = medians
+                    .get(&Scenario::CdcRabbitmq(shape).name())
+                    .map(|m| m.events_per_sec);
+                let target = plain.map_or_else(String::new, |p| {
+                    check("ratio", sample.events_per_sec / p, true, TLS_RATIO) + "; "
+                });
+                (plain, target + &check("RSS", rss, false, PEAK_RSS_MIB))
+            }
+            Scenario::Latency(..) | Scenario::LatencyCdcTls => {
+                unreachable!("latency runs have a table of their own")
+            }
         };
         json_medians.push(serde_json::json!({
             "scenario": name,
@@ -1182,7 +1257,7 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         .collect();
     support::print_table(
         &format!(
-            "outbox drains: {events} events per run, median of {runs} rounds; baselines: lapin-wW-Cch rows vs the best of them (broker ceiling); lapin-shaped (sluice's message shape), cdc-rabbitmq* and poll-rabbitmq vs the broker ceiling; cdc-blackhole-B vs recvlogical-B (decode ceiling)"
+            "outbox drains: {events} events per run, median of {runs} rounds; baselines: lapin-wW-Cch rows vs the best of them (broker ceiling); lapin-shaped (sluice's message shape), cdc-rabbitmq* and poll-rabbitmq vs the broker ceiling; cdc-blackhole-B vs recvlogical-B (decode ceiling); cdc-rabbitmq-tls-B vs cdc-rabbitmq-B (TLS's cost)"
         ),
         &table,
     );
@@ -1201,9 +1276,13 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         "CPU-s per 100k",
         "peak RSS MiB"
     );
+    // latency-cdc-2000's p50 and p99, for latency-cdc-tls-2000 (which runs after it).
+    let mut plain_cdc = None;
     for &scenario in scenarios {
-        let Scenario::Latency(live, rate) = scenario else {
-            continue;
+        let (live, rate) = match scenario {
+            Scenario::Latency(live, rate) => (live, Some(rate)),
+            Scenario::LatencyCdcTls => (Live::Cdc, None),
+            _ => continue,
         };
         let name = scenario.name();
         let runs: Vec<&Record> = records.iter().filter(|r| r.scenario == name).collect();
@@ -1219,13 +1298,23 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         let cpu = figure(|r| r.sample.cpu_s_per_100k);
         let rss = figure(|r| r.sample.peak_rss_kib as f64) / 1024.0;
         let target = match (live, rate) {
-            (Live::Cdc, Rate::Fixed) => [
-                check("p50", p50, false, 2.0),
-                check("p99", p99, false, 8.0),
-                check("p99.9", p999, false, 20.0),
-            ]
-            .join("; "),
-            (Live::Poll | Live::PollNotify, Rate::Fixed) => check("p99", p99, false, 50.0),
+            (Live::Cdc, Some(Rate::Fixed)) => {
+                plain_cdc = Some((p50, p99));
+                [
+                    check("p50", p50, false, 2.0),
+                    check("p99", p99, false, 8.0),
+                    check("p99.9", p999, false, 20.0),
+                ]
+                .join("; ")
+            }
+            (Live::Cdc, None) => plain_cdc.map_or_else(String::new, |(plain50, plain99)| {
+                format!(
+                    "vs latency-cdc-2000: p50 x{:.2}, p99 x{:.2}",
+                    p50 / plain50,
+                    p99 / plain99
+                )
+            }),
+            (Live::Poll | Live::PollNotify, Some(Rate::Fixed)) => check("p99", p99, false, 50.0),
             _ => String::new(),
         };
         println!(

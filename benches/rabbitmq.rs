@@ -13,7 +13,9 @@
 //! - `lapin-W-sluice`: the same with the properties sluice sends, and `mandatory` (the same
 //!   job on the broker's side);
 //! - `sluice`: the generator and the sink with its defaults (1 channel, window 2048);
-//! - `sluice-Nch`, `sluice-wW`: the same with `N` channels, or a window of `W`.
+//! - `sluice-Nch`, `sluice-wW`: the same with `N` channels, or a window of `W`;
+//! - `sluice-tls`: `sluice` over `amqps://` with full verification (`AMQPS_URL`'s listener and
+//!   CA), against `sluice` of the same run: what TLS costs the sink.
 //!
 //! Every scenario checks at the end that its queue holds exactly the events sent.
 
@@ -31,12 +33,13 @@ use sluice_tests::rabbitmq::Vhost;
 use support::broker::{self, BATCH, Message, Route};
 use support::{Args, Sample};
 
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "lapin-1024",
     "lapin-4096",
     "lapin-1024-sluice",
     "lapin-4096-sluice",
     "sluice",
+    "sluice-tls",
     "sluice-2ch",
 ];
 const EXCHANGE: &str = "bench";
@@ -103,11 +106,15 @@ fn child(scenario: &str, events: u64, url: &str) {
             runtime.block_on(lapin_publisher(url, &route, events, window, same));
         }
         other => {
-            // sluice[-<N>ch][-w<W>]: N channels, window W (the sink's defaults otherwise).
+            // sluice[-<N>ch][-w<W>][-tls]: N channels, window W (the sink's defaults
+            // otherwise), over TLS.
             let mut channels = DEFAULT_CHANNELS;
             let mut window = DEFAULT_CONFIRM_WINDOW;
+            let mut sink_url = url.to_owned();
             for part in other.split('-').skip(1) {
-                if let Some(n) = part.strip_suffix("ch") {
+                if part == "tls" {
+                    sink_url = amqps(url);
+                } else if let Some(n) = part.strip_suffix("ch") {
                     channels = n.parse().unwrap();
                 } else if let Some(w) = part.strip_prefix('w') {
                     window = w.parse().unwrap();
@@ -116,7 +123,7 @@ fn child(scenario: &str, events: u64, url: &str) {
                 }
             }
             assert!(other.starts_with("sluice"), "unknown scenario {other}");
-            sluice(&runtime, url, events, channels, window, &data);
+            sluice(&runtime, &sink_url, events, channels, window, &data);
         }
     }
     let sample = Sample::measure(events, started, pid, cpu_before);
@@ -124,6 +131,17 @@ fn child(scenario: &str, events: u64, url: &str) {
     let held = runtime.block_on(route.delete_queue(url));
     assert_eq!(held, events, "{scenario}: the queue holds every event once");
     sample.report();
+}
+
+/// The virtual host of the plain `url` on the broker's TLS listener: `AMQPS_URL` (from
+/// `scripts/services.sh`) with that vhost.
+fn amqps(url: &str) -> String {
+    let tls =
+        std::env::var("AMQPS_URL").expect("AMQPS_URL is set (eval \"$(scripts/services.sh up)\")");
+    let (base, query) = tls.split_once('?').unwrap_or((&tls, ""));
+    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
+    let vhost = url.rsplit_once('/').map_or("%2f", |(_, vhost)| vhost);
+    format!("{server}/{vhost}?{query}")
 }
 
 fn generator_config() -> GeneratorConfig {

@@ -13,6 +13,18 @@
 # `up` is idempotent: where everything already runs and is configured it changes nothing.
 # Progress goes to stderr; only the export lines go to stdout.
 #
+# TLS (for the TLS tests and for trying sluice against TLS servers): `up` makes a local CA and
+# server/client certificates under $STATE_DIR/tls (openssl, once), serves PostgreSQL's TLS with
+# them (ssl=on, a reload, no restart) and adds hostssl rules for two roles: sluice_scram
+# (SCRAM-SHA-256 password, kept in $STATE_DIR/tls/pg-password) and sluice_cert (client
+# certificate, CN=sluice_cert). RabbitMQ gets a TLS listener on 5671 that verifies client
+# certificates when sent, and the EXTERNAL mechanism (rabbitmq_auth_mechanism_ssl) for the
+# user sluice_cert; adding that listener restarts RabbitMQ once. The plain ports stay as they
+# are. The server certificate names `localhost` only, not 127.0.0.1, so that connecting by
+# address with full verification shows a host name mismatch. `env` also prints
+# DATABASE_TLS_URL, AMQPS_URL (full verification against the local CA) and SLUICE_TEST_CA
+# (that CA's PEM file; untrusted-ca.pem beside it is a CA that signed nothing).
+#
 # The script manages the standard local ports below. DATABASE_URL, AMQP_URL,
 # ETCD_ENDPOINTS, REDIS_URL and ZOOKEEPER_ENDPOINTS, if already set, are passed through unchanged by `env`/`up`
 # (to point the tests elsewhere); they do not change which local servers are managed.
@@ -23,6 +35,7 @@ set -euo pipefail
 
 PG_PORT=5432
 AMQP_PORT=5672
+AMQPS_PORT=5671
 ETCD_CLIENT_PORT=2379
 ETCD_PEER_PORT=2380
 REDIS_PORT=6379
@@ -54,6 +67,13 @@ ZK_DATA_DIR=$STATE_DIR/zookeeper-data
 ZK_LOG=$STATE_DIR/zookeeper.log
 ZK_PIDFILE=$STATE_DIR/zookeeper.pid
 RABBIT_LOG_DIR=/var/log/rabbitmq
+RABBIT_CONF=/etc/rabbitmq/rabbitmq.conf
+TLS_DIR=$STATE_DIR/tls
+TLS_CA=$TLS_DIR/ca.pem
+# Roles the TLS set-up creates: one with a SCRAM password, one identified by its certificate
+# (PostgreSQL `cert` auth and RabbitMQ EXTERNAL both take the user from the certificate's CN).
+PG_SCRAM_ROLE=sluice_scram
+TLS_CERT_USER=sluice_cert
 
 export ETCDCTL_API=3
 # etcd 3.4 refuses to start on arm64 unless told to.
@@ -70,6 +90,13 @@ print_env() {
     printf 'export ETCD_ENDPOINTS=%q\n' "${ETCD_ENDPOINTS:-$ETCD_EP}"
     printf 'export REDIS_URL=%q\n' "${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT}"
     printf 'export ZOOKEEPER_ENDPOINTS=%q\n' "${ZOOKEEPER_ENDPOINTS:-127.0.0.1:$ZK_PORT}"
+    if [[ -r $TLS_CA ]]; then
+        local pw=''
+        pw=$(cat "$TLS_DIR/pg-password" 2>/dev/null) || true
+        printf 'export DATABASE_TLS_URL=%q\n' "${DATABASE_TLS_URL:-postgres://$PG_SCRAM_ROLE:$pw@localhost:$PG_PORT/postgres?sslmode=verify-full&sslrootcert=$TLS_CA}"
+        printf 'export AMQPS_URL=%q\n' "${AMQPS_URL:-amqps://guest:guest@localhost:$AMQPS_PORT/%2f?cacertfile=$TLS_CA}"
+        printf 'export SLUICE_TEST_CA=%q\n' "${SLUICE_TEST_CA:-$TLS_CA}"
+    fi
 }
 
 # wait_until NAME LOGFILE CMD...: poll CMD until it succeeds or TIMEOUT seconds pass.
@@ -494,6 +521,188 @@ zk_start() {
 }
 
 # ---------------------------------------------------------------------------------------
+# TLS: a local CA, certificates, and TLS on PostgreSQL and RabbitMQ
+# ---------------------------------------------------------------------------------------
+
+# tls_sign NAME SUBJECT EXTENSIONS: a key and a certificate NAME.{key,pem} signed by our CA.
+tls_sign() {
+    local name=$1 subj=$2 ext=$3
+    openssl req -new -newkey rsa:2048 -nodes -subj "$subj" \
+        -keyout "$TLS_DIR/$name.key" -out "$TLS_DIR/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_CA" -CAkey "$TLS_DIR/ca.key" \
+        -CAcreateserial -days 3650 -sha256 -extfile <(printf '%s\n' "$ext") \
+        -out "$TLS_DIR/$name.pem" 2>/dev/null
+    rm -f "$TLS_DIR/$name.csr"
+}
+
+# Make the CA and certificates once; a complete, valid set is left alone.
+tls_certs() {
+    if [[ -s $TLS_DIR/client.pem ]] && openssl verify -CAfile "$TLS_CA" \
+        "$TLS_DIR/server.pem" "$TLS_DIR/client.pem" >/dev/null 2>&1 && [[ -s $TLS_DIR/untrusted-ca.pem ]]; then
+        return 0
+    fi
+    need_root "creating TLS certificates in $TLS_DIR"
+    command -v openssl >/dev/null || die "creating TLS certificates needs openssl (Debian openssl)"
+    log "creating a local CA and server/client certificates in $TLS_DIR"
+    mkdir -p "$TLS_DIR"
+    chmod 755 "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 -subj '/CN=sluice local test CA' \
+        -addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$TLS_DIR/ca.key" -out "$TLS_CA" 2>/dev/null
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 -subj '/CN=sluice untrusted CA' \
+        -addext "basicConstraints=critical,CA:true" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+        -keyout "$TLS_DIR/untrusted-ca.key" -out "$TLS_DIR/untrusted-ca.pem" 2>/dev/null
+    rm -f "$TLS_DIR/untrusted-ca.key"
+    tls_sign server '/CN=localhost' 'basicConstraints=CA:false
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=DNS:localhost'
+    tls_sign client "/CN=$TLS_CERT_USER" 'basicConstraints=CA:false
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth'
+    chmod 600 "$TLS_DIR/ca.key" "$TLS_DIR/server.key" "$TLS_DIR/client.key"
+    chmod 644 "$TLS_CA" "$TLS_DIR/untrusted-ca.pem" "$TLS_DIR/server.pem" "$TLS_DIR/client.pem"
+    # Each server reads its own copy of the key, owned by its user (PostgreSQL insists).
+    rm -f "$TLS_DIR/postgresql-server.key" "$TLS_DIR/rabbitmq-server.key"
+    openssl verify -CAfile "$TLS_CA" "$TLS_DIR/server.pem" "$TLS_DIR/client.pem" >/dev/null ||
+        die "the certificates made in $TLS_DIR do not verify"
+}
+
+# install_key OWNER DEST: a copy of the server key that only OWNER reads.
+install_key() {
+    if [[ -e $2 && $(stat -c %U "$2") == "$1" ]] && cmp -s "$TLS_DIR/server.key" "$2"; then return 0; fi
+    need_root "installing $2"
+    install -m 600 -o "$1" -g "$1" "$TLS_DIR/server.key" "$2"
+}
+
+# The rules sluice's TLS roles need, ahead of the loopback trust rules.
+pg_tls_hba() {
+    echo '# sluice-services-tls: begin (scripts/services.sh) -- TLS roles, local development/CI only'
+    local net
+    for net in 127.0.0.1/32 ::1/128; do
+        printf '%-8s%-16s%-16s%-24s%s\n' \
+            host all "$PG_SCRAM_ROLE" "$net" scram-sha-256 \
+            host replication "$PG_SCRAM_ROLE" "$net" scram-sha-256 \
+            hostssl all "$TLS_CERT_USER" "$net" cert \
+            hostssl replication "$TLS_CERT_USER" "$net" cert \
+            host all "$TLS_CERT_USER" "$net" reject \
+            host replication "$TLS_CERT_USER" "$net" reject
+    done
+    echo '# sluice-services-tls: end'
+}
+
+pg_tls_ready() {
+    PGPASSWORD=$(cat "$TLS_DIR/pg-password") psql -X -w -q -At \
+        "host=localhost port=$PG_PORT user=$PG_SCRAM_ROLE dbname=postgres sslmode=verify-full sslrootcert=$TLS_CA" \
+        -c 'SELECT 1' >/dev/null 2>&1
+}
+
+# TLS on PostgreSQL: every setting involved is reloadable, so no restart.
+pg_tls_configure() {
+    install_key postgres "$TLS_DIR/postgresql-server.key"
+    if [[ ! -s $TLS_DIR/pg-password ]]; then
+        need_root "creating the $PG_SCRAM_ROLE password"
+        (umask 077 && openssl rand -hex 16 >"$TLS_DIR/pg-password")
+    fi
+    local want have
+    want="on $TLS_DIR/server.pem $TLS_DIR/postgresql-server.key $TLS_CA"
+    have=$(pg_sql -F ' ' -c "SELECT current_setting('ssl'), current_setting('ssl_cert_file'), current_setting('ssl_key_file'), current_setting('ssl_ca_file')")
+    local changed=
+    if [[ $have != "$want" ]]; then
+        need_root "enabling TLS on PostgreSQL"
+        log "serving PostgreSQL's TLS with the certificates in $TLS_DIR (reload)"
+        pg_sql -c "ALTER SYSTEM SET ssl = on" -c "ALTER SYSTEM SET ssl_cert_file = '$TLS_DIR/server.pem'" \
+            -c "ALTER SYSTEM SET ssl_key_file = '$TLS_DIR/postgresql-server.key'" \
+            -c "ALTER SYSTEM SET ssl_ca_file = '$TLS_CA'"
+        changed=1
+    fi
+    local role
+    for role in "$PG_SCRAM_ROLE" "$TLS_CERT_USER"; do
+        if [[ -z $(pg_sql -c "SELECT 1 FROM pg_roles WHERE rolname = '$role'") ]]; then
+            log "creating PostgreSQL role $role"
+            pg_sql -c "CREATE ROLE $role LOGIN SUPERUSER REPLICATION"
+        fi
+    done
+    local hba tmp
+    hba=$(pg_sql -c 'SHOW hba_file')
+    tmp=$(mktemp)
+    { pg_tls_hba; sed '/^# sluice-services-tls: begin/,/^# sluice-services-tls: end/d' "$hba"; } >"$tmp"
+    if ! cmp -s "$tmp" "$hba"; then
+        need_root "adding TLS rules to $hba"
+        log "adding hostssl/scram rules for $PG_SCRAM_ROLE and $TLS_CERT_USER to $hba"
+        cat "$tmp" >"$hba" # keep the file's owner and mode
+        changed=1
+    fi
+    rm -f "$tmp"
+    if [[ -n $changed ]]; then pg_sql -c 'SELECT pg_reload_conf()' >/dev/null; fi
+    if ! pg_tls_ready; then
+        # The password file is ours: make the role's password match it.
+        pg_sql -c "ALTER ROLE $PG_SCRAM_ROLE PASSWORD '$(cat "$TLS_DIR/pg-password")'" >/dev/null
+        wait_until "PostgreSQL over TLS" "$PG_LOG" pg_tls_ready
+    fi
+}
+
+rabbit_tls_config() {
+    cat <<CONF
+# sluice-services-tls: begin (scripts/services.sh) -- TLS listener and EXTERNAL, local use only
+listeners.ssl.default = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $TLS_CA
+ssl_options.certfile = $TLS_DIR/server.pem
+ssl_options.keyfile = $TLS_DIR/rabbitmq-server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+ssl_cert_login_from = common_name
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = AMQPLAIN
+auth_mechanisms.3 = EXTERNAL
+# sluice-services-tls: end
+CONF
+}
+
+rabbit_tls_ready() { rabbit_ready && tcp_open "$AMQPS_PORT"; }
+
+# TLS on RabbitMQ: a listener needs a node restart, done only when the config lacks it.
+rabbit_tls_configure() {
+    install_key rabbitmq "$TLS_DIR/rabbitmq-server.key"
+    local tmp
+    tmp=$(mktemp)
+    { sed '/^# sluice-services-tls: begin/,/^# sluice-services-tls: end/d' "$RABBIT_CONF" 2>/dev/null || true
+        rabbit_tls_config; } >"$tmp"
+    local restart=
+    if ! cmp -s "$tmp" "$RABBIT_CONF"; then
+        need_root "adding a TLS listener to $RABBIT_CONF"
+        log "adding a TLS listener on 127.0.0.1:$AMQPS_PORT and EXTERNAL to $RABBIT_CONF"
+        mkdir -p "$(dirname "$RABBIT_CONF")"
+        cat "$tmp" >"$RABBIT_CONF"
+        restart=1
+    fi
+    rm -f "$tmp"
+    if ! rabbitmq-plugins -q is_enabled rabbitmq_auth_mechanism_ssl >/dev/null 2>&1; then
+        need_root "enabling rabbitmq_auth_mechanism_ssl"
+        log "enabling the RabbitMQ plugin rabbitmq_auth_mechanism_ssl (EXTERNAL)"
+        rabbitmq-plugins -q enable rabbitmq_auth_mechanism_ssl >&2 || die "enabling rabbitmq_auth_mechanism_ssl failed"
+    fi
+    if [[ -n $restart ]] || ! tcp_open "$AMQPS_PORT"; then
+        need_root "restarting RabbitMQ"
+        local old_pid
+        old_pid=$(rabbit_os_pid)
+        log "restarting RabbitMQ once to open its TLS listener"
+        rabbitmqctl -q shutdown >&2 || die "rabbitmqctl shutdown failed"
+        rabbitmq-server -detached >&2 || die "rabbitmq-server -detached failed (logs: $RABBIT_LOG_DIR/)"
+        wait_until "RabbitMQ over TLS" "$RABBIT_LOG_DIR/*.log" rabbit_tls_ready
+        if [[ -n $RABBIT_STARTED || (-n $old_pid && $(cat "$STATE_DIR/rabbitmq.pid" 2>/dev/null) == "$old_pid") ]]; then
+            rabbit_os_pid >"$STATE_DIR/rabbitmq.pid"
+        fi
+    fi
+    if ! rabbitmqctl -q list_users 2>/dev/null | awk '{print $1}' | grep -qx "$TLS_CERT_USER"; then
+        log "creating RabbitMQ user $TLS_CERT_USER (EXTERNAL: no password)"
+        rabbitmqctl -q add_user "$TLS_CERT_USER" "$(openssl rand -hex 16)" >/dev/null
+        rabbitmqctl -q clear_password "$TLS_CERT_USER" >/dev/null
+        rabbitmqctl -q set_permissions -p / "$TLS_CERT_USER" '.*' '.*' '.*' >/dev/null
+    fi
+}
+
+# ---------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------
 
@@ -516,6 +725,15 @@ cmd_up() {
     wait_until ZooKeeper "$ZK_LOG" zk_check
     wait_until RabbitMQ "$RABBIT_LOG_DIR/*.log" rabbit_ready
     if [[ -n $RABBIT_STARTED ]]; then rabbit_os_pid >"$STATE_DIR/rabbitmq.pid"; fi
+    # TLS set-up writes server configs and keys: root only. Without root, the plain servers
+    # are all `up` needs; `env` still prints the TLS URLs once root has set them up.
+    if is_root; then
+        tls_certs
+        pg_tls_configure
+        rabbit_tls_configure
+    else
+        log "note: not root, so the TLS set-up (certificates, TLS listeners) is left as it is"
+    fi
 
     log "all services answering ($((SECONDS - t0))s)"
     print_env
@@ -528,9 +746,9 @@ cmd_status() {
         local wal slots senders
         read -r wal slots senders <<<"$(pg_settings 2>/dev/null || true)"
         pg_extra=" (cluster $PG_VER/$PG_NAME, wal_level=${wal:-?}, max_replication_slots=${slots:-?}, max_wal_senders=${senders:-?})"
-        printf '%-11s up    127.0.0.1:%s%s\n' postgresql "$PG_PORT" "$pg_extra"
+        printf '%-12s up    127.0.0.1:%s%s\n' postgresql "$PG_PORT" "$pg_extra"
     else
-        printf '%-11s DOWN  127.0.0.1:%s (log: %s)\n' postgresql "$PG_PORT" "${PG_LOG:-/var/log/postgresql/}"
+        printf '%-12s DOWN  127.0.0.1:%s (log: %s)\n' postgresql "$PG_PORT" "${PG_LOG:-/var/log/postgresql/}"
         bad=1
     fi
     local svc port logf
@@ -545,12 +763,24 @@ cmd_status() {
         [[ $svc != rabbitmq ]] || ready=rabbit_ready
         [[ $svc != zookeeper ]] || ready=zk_ready
         if "$ready"; then
-            printf '%-11s up    127.0.0.1:%s\n' "$svc" "$port"
+            printf '%-12s up    127.0.0.1:%s\n' "$svc" "$port"
         else
-            printf '%-11s DOWN  127.0.0.1:%s (log: %s)\n' "$svc" "$port" "$logf"
+            printf '%-12s DOWN  127.0.0.1:%s (log: %s)\n' "$svc" "$port" "$logf"
             bad=1
         fi
     done
+    if [[ -r $TLS_DIR/pg-password ]] && pg_tls_ready; then
+        printf '%-12s up    localhost:%s (verify-full, %s)\n' postgres-tls "$PG_PORT" "$PG_SCRAM_ROLE"
+    else
+        printf '%-12s DOWN  localhost:%s (run: %s up)\n' postgres-tls "$PG_PORT" "$0"
+        bad=1
+    fi
+    if tcp_open "$AMQPS_PORT"; then
+        printf '%-12s up    127.0.0.1:%s\n' rabbitmq-tls "$AMQPS_PORT"
+    else
+        printf '%-12s DOWN  127.0.0.1:%s (run: %s up)\n' rabbitmq-tls "$AMQPS_PORT" "$0"
+        bad=1
+    fi
     return "$bad"
 }
 

@@ -11,7 +11,7 @@
 use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSink};
 use sluice_pipeline::pace::Pace;
-use sluice_pipeline::{Error, FieldError, Sink, SinkConfig, SinkContext, Validate};
+use sluice_pipeline::{Error, FieldError, FieldErrors, Sink, SinkConfig, SinkContext, Validate};
 
 /// Config of the `blackhole` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -22,12 +22,13 @@ pub struct BlackholeSinkConfig {
 }
 
 impl Validate for BlackholeSinkConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         if self.rate == Some(0) {
             return Err(FieldError::new(
                 "rate",
                 "must be at least 1 event per second (omit it for no limit)",
-            ));
+            )
+            .into());
         }
         Ok(())
     }

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSink};
-use sluice_pipeline::{Error, ErrorKind, FieldError, Sink, SinkConfig, SinkContext, Validate};
+use sluice_pipeline::{
+    Error, ErrorKind, FieldError, FieldErrors, Sink, SinkConfig, SinkContext, Validate,
+};
 use tokio::io::AsyncWriteExt;
 
 use crate::codec::{LineTarget, write_lines};
@@ -34,9 +36,9 @@ impl FileSinkConfig {
 }
 
 impl Validate for FileSinkConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         if self.path.as_os_str().is_empty() {
-            return Err(FieldError::new("path", "must not be empty"));
+            return Err(FieldError::new("path", "must not be empty").into());
         }
         Ok(())
     }

@@ -21,8 +21,8 @@ use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::pace::Pace;
 use sluice_pipeline::{
-    Error, Event, FieldError, HumanDuration, Position, Source, SourceConfig, SourceContext, Text,
-    Validate,
+    Error, Event, FieldError, FieldErrors, HumanDuration, Position, Source, SourceConfig,
+    SourceContext, Text, Validate,
 };
 
 /// Default for [`GeneratorConfig::batch_size`].
@@ -73,18 +73,19 @@ fn default_checkpoint_interval() -> HumanDuration {
 }
 
 impl Validate for GeneratorConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         if self.rate == Some(0) {
             return Err(FieldError::new(
                 "rate",
                 "must be at least 1 event per second (omit it for no limit)",
-            ));
+            )
+            .into());
         }
         if self.batch_size == 0 {
-            return Err(FieldError::new("batch_size", "must be at least 1"));
+            return Err(FieldError::new("batch_size", "must be at least 1").into());
         }
         if self.keys == 0 {
-            return Err(FieldError::new("keys", "must be at least 1"));
+            return Err(FieldError::new("keys", "must be at least 1").into());
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! - [`file`](mod@file), [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
 //! - [`rabbitmq`]: RabbitMQ, persistent and confirmed, in order per key.
 //! - [`codec`]: encodings shared by sinks.
+//! - [`tls`]: TLS client settings shared by the PostgreSQL and RabbitMQ connections.
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
 //! its running component; the `sluice` binary registers them by type name.
@@ -18,3 +19,5 @@ pub mod outbox;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod stdout;
+pub mod tls;
+mod url;

@@ -31,7 +31,8 @@ use bytes::Bytes;
 use serde::Deserialize;
 use sluice_pipeline::component::{BuildContext, DynTransform};
 use sluice_pipeline::{
-    Batch, Error, Event, FieldError, Fields, Output, Text, Transform, TransformConfig, Validate,
+    Batch, Error, Event, FieldError, FieldErrors, Fields, Output, Text, Transform, TransformConfig,
+    Validate,
 };
 
 use crate::postgres::row::{INSERT, MESSAGE, MESSAGE_PREFIX_HEADER, TABLE_HEADER};
@@ -98,7 +99,7 @@ fn default_payload() -> String {
 }
 
 impl Validate for OutboxConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         for (field, value) in [
             ("id_column", &self.id_column),
             ("aggregate_type_column", &self.aggregate_type_column),
@@ -107,7 +108,7 @@ impl Validate for OutboxConfig {
             ("payload_column", &self.payload_column),
         ] {
             if value.is_empty() {
-                return Err(FieldError::new(field, "must name a column"));
+                return Err(FieldError::new(field, "must name a column").into());
             }
         }
         if let Some((column, _)) = self
@@ -118,13 +119,13 @@ impl Validate for OutboxConfig {
             return Err(FieldError::new(
                 format!("headers.{column}"),
                 "map a column name to a non-empty header name",
-            ));
+            )
+            .into());
         }
         if self.message_prefix.as_deref() == Some("") {
-            return Err(FieldError::new(
-                "message_prefix",
-                "must not be empty (omit it for none)",
-            ));
+            return Err(
+                FieldError::new("message_prefix", "must not be empty (omit it for none)").into(),
+            );
         }
         Ok(())
     }

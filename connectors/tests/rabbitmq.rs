@@ -20,7 +20,7 @@ use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::rabbitmq::metrics as rabbitmq_metrics;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::{
-    Config, Error, Event, FieldError, Position, Registry, ShutdownTrigger, Source, SourceConfig,
+    Config, Error, Event, FieldErrors, Position, Registry, ShutdownTrigger, Source, SourceConfig,
     SourceContext, Validate,
 };
 use sluice_tests::rabbitmq::{Reader, Received, Vhost, rabbitmqctl_patiently, vhost_url};
@@ -82,7 +82,7 @@ fn default_batch() -> usize {
 }
 
 impl Validate for ScriptedConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         Ok(())
     }
 }
@@ -866,4 +866,385 @@ async fn an_idle_connection_keeps_its_heartbeats() {
     running.await.unwrap().unwrap();
     let messages = Reader::new(vhost.url()).take_ready("orders").await.unwrap();
     assert!(messages.len() >= 3);
+}
+
+/// The local CA (`SLUICE_TEST_CA`, from `scripts/services.sh`), beside which lie the client
+/// certificate (CN `sluice_cert`, a RabbitMQ user for EXTERNAL) and a CA that signed nothing.
+fn test_ca() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SLUICE_TEST_CA")
+            .expect("SLUICE_TEST_CA is set (eval \"$(scripts/services.sh up)\")"),
+    )
+}
+
+/// `amqps://` to the local broker's TLS listener, virtual host `vhost`, with `query`.
+fn amqps_url(userinfo: &str, host: &str, vhost: &str, query: &str) -> String {
+    let port = std::env::var("AMQPS_URL")
+        .ok()
+        .and_then(|url| {
+            let authority = url.split_once('@')?.1.split('/').next()?.to_owned();
+            Some(authority.rsplit_once(':')?.1.to_owned())
+        })
+        .unwrap_or_else(|| "5671".into());
+    format!("amqps://{userinfo}{host}:{port}/{vhost}?{query}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delivers_over_verified_tls_with_a_password_and_with_a_client_certificate() {
+    let vhost = Vhost::create("tls").unwrap();
+    rabbitmqctl_patiently(&[
+        "set_permissions",
+        "-p",
+        vhost.name(),
+        "sluice_cert",
+        ".*",
+        ".*",
+        ".*",
+    ])
+    .unwrap();
+    let ca = test_ca();
+    let (user, password) = sluice_tests::rabbitmq::credentials();
+    let with_password = amqps_url(
+        &format!("{user}:{password}@"),
+        "localhost",
+        vhost.name(),
+        &format!("cacertfile={}", ca.display()),
+    );
+    let with_certificate = amqps_url(
+        "",
+        "localhost",
+        vhost.name(),
+        &format!(
+            "cacertfile={}&certfile={}&keyfile={}&auth_mechanism=external",
+            ca.display(),
+            ca.with_file_name("client.pem").display(),
+            ca.with_file_name("client.key").display()
+        ),
+    );
+    for (n, url) in [with_password, with_certificate].iter().enumerate() {
+        let dir = Scratch::new(&format!("rabbitmq-tls-{n}"));
+        let events: Vec<Ev> = (0..500u64)
+            .map(|i| Ev::order(if i % 2 == 0 { "a" } else { "b" }, i).with_field("login", url))
+            .collect();
+        let sink = format!(
+            "url = \"{url}\"\nrouting_key = \"tls\"\nchannels = 2\n[[declare.queues]]\nname = \"tls\""
+        );
+        let config = pipeline(&dir, &scripted(events.clone()), &sink, None);
+        run(&config).await.unwrap();
+        let messages = Reader::new(vhost.url()).take_ready("tls").await.unwrap();
+        assert_eq!(messages.len(), events.len(), "{url}: every event once");
+        assert_key_order(&messages);
+        assert_eq!(saved_checkpoint(&dir.join("data"), "events"), Some(500));
+    }
+}
+
+/// The findings of `sluice check` for a sink at `url` publishing to `exchange`.
+async fn check_findings(url: &str, extra: &str) -> Vec<sluice_pipeline::Finding> {
+    use sluice_pipeline::SinkConfig;
+    let text = format!("url = \"{url}\"\n{extra}");
+    let config: RabbitmqSinkConfig =
+        sluice_pipeline::config::deserialize(toml::from_str(&text).unwrap()).unwrap();
+    config.check().await
+}
+
+fn only_failure(findings: &[sluice_pipeline::Finding]) -> &str {
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(
+        findings[0].level,
+        sluice_pipeline::Level::Fail,
+        "{findings:?}"
+    );
+    &findings[0].message
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_failures_name_the_certificate_problem() {
+    let ca = test_ca();
+    let cacert = |path: &std::path::Path| format!("cacertfile={}", path.display());
+    let untrusted = ca.with_file_name("untrusted-ca.pem");
+    let findings = check_findings(
+        &amqps_url("guest:guest@", "localhost", "%2f", &cacert(&untrusted)),
+        "",
+    )
+    .await;
+    let text = only_failure(&findings);
+    assert!(
+        text.contains("not signed by a trusted CA: set cacertfile"),
+        "{text}"
+    );
+
+    // The broker's certificate names `localhost`, not 127.0.0.1.
+    let findings = check_findings(
+        &amqps_url("guest:guest@", "127.0.0.1", "%2f", &cacert(&ca)),
+        "",
+    )
+    .await;
+    let text = only_failure(&findings);
+    assert!(text.contains("does not name the host in the URL"), "{text}");
+    let renamed = format!("{}&server_name_indication=localhost", cacert(&ca));
+    let findings =
+        check_findings(&amqps_url("guest:guest@", "127.0.0.1", "%2f", &renamed), "").await;
+    assert_eq!(
+        findings[0].level,
+        sluice_pipeline::Level::Ok,
+        "{findings:?}"
+    );
+
+    let missing = cacert(std::path::Path::new("/nonexistent/ca.pem"));
+    let findings =
+        check_findings(&amqps_url("guest:guest@", "localhost", "%2f", &missing), "").await;
+    let text = only_failure(&findings);
+    assert!(
+        text.contains("cacertfile=/nonexistent/ca.pem: cannot read the file"),
+        "{text}"
+    );
+
+    // TLS to the plain listener.
+    let plain = vhost_url("%2f").replacen("amqp://", "amqps://", 1);
+    let findings = check_findings(&format!("{plain}?{}", cacert(&ca)), "").await;
+    let text = only_failure(&findings);
+    assert!(text.contains("TLS handshake with"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_the_login_and_every_exchange_problem() {
+    let vhost = Vhost::create("check").unwrap();
+    let (_, password) = sluice_tests::rabbitmq::credentials();
+    let wrong = vhost
+        .url()
+        .replacen(&format!(":{password}@"), ":wrong-secret-3141@", 1);
+    let text = only_failure(&check_findings(&wrong, "").await).to_owned();
+    assert!(
+        text.contains("403") && text.contains("check the user"),
+        "{text}"
+    );
+    assert!(!text.contains("wrong-secret-3141"), "{text}");
+
+    let text = only_failure(&check_findings(&vhost_url("sluice-no-such-vhost-check"), "").await)
+        .to_owned();
+    assert!(text.contains("rabbitmqctl add_vhost"), "{text}");
+
+    let findings = check_findings(
+        vhost.url(),
+        "exchange = \"orders.missing\"\nquarantine_exchange = \"amq.fanout\"",
+    )
+    .await;
+    let levels: Vec<_> = findings.iter().map(|f| f.level).collect();
+    use sluice_pipeline::Level::{Fail, Ok};
+    assert_eq!(levels, [Ok, Fail, Ok], "{findings:?}");
+    assert!(
+        findings[1]
+            .message
+            .contains("exchange \"orders.missing\" does not exist"),
+        "{findings:?}"
+    );
+    let declared = check_findings(
+        vhost.url(),
+        "exchange = \"orders.missing\"\nexchange_type = \"topic\"",
+    )
+    .await;
+    assert!(
+        declared[1]
+            .message
+            .contains("the sink declares it on start"),
+        "{declared:?}"
+    );
+    let big = check_findings(vhost.url(), "max_payload_bytes = 200000000").await;
+    let last = big.last().unwrap();
+    assert_eq!(last.level, sluice_pipeline::Level::Warn, "{big:?}");
+    assert!(last.message.contains("max_message_size"), "{big:?}");
+}
+
+/// A RabbitMQ node of this test's own (its own name, ports and data under a scratch
+/// directory), so that the test may raise a resource alarm without touching the shared
+/// broker; stopped (that node only) when dropped.
+struct OwnBroker {
+    node: String,
+    url: String,
+    _dir: Scratch,
+}
+
+impl OwnBroker {
+    fn start(test: &str) -> OwnBroker {
+        let dir = Scratch::new(test);
+        let (port, dist) = (free_port(), free_port());
+        let node = format!("sluice-{test}-{}@localhost", std::process::id());
+        let base = dir.path().to_owned();
+        std::fs::write(
+            base.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        std::fs::write(base.join("enabled_plugins"), "[].\n").unwrap();
+        // The node runs as the rabbitmq user, which must own what it writes.
+        let status = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&base)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown of {}", base.display());
+        let path = |name: &str| base.join(name).display().to_string();
+        let status = std::process::Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("RABBITMQ_MNESIA_BASE", path("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path("log"))
+            .env("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", path("pid"))
+            .current_dir(&base)
+            .status()
+            .unwrap();
+        assert!(status.success(), "rabbitmq-server -detached for {node}");
+        let broker = OwnBroker {
+            url: format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            node,
+            _dir: dir,
+        };
+        // await_startup waits for the node (bounded by its --timeout), polled until it answers.
+        sluice_tests::wait_for("the test's own RabbitMQ node", || {
+            broker.ctl(&["await_startup", "--timeout", "5"]).ok()
+        })
+        .unwrap();
+        broker
+    }
+
+    fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node])
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        if let Err(e) = self.ctl(&["stop"]) {
+            eprintln!("could not stop RabbitMQ node {}: {e}", self.node);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_broker_pauses_publishing_and_readiness_until_unblocked() {
+    let broker = OwnBroker::start("blocked");
+    let dir = Scratch::new("rabbitmq-blocked");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gate = dir.join("gate");
+    let source = ScriptedConfig {
+        events: (0..200u64).map(|n| Ev::order("k", n)).collect(),
+        batch: 10,
+        pace_ms: Some(2),
+        gate: Some(gate.clone()),
+        after_gate: 100,
+    };
+    let sink = format!(
+        "url = \"{}\"\nrouting_key = \"orders\"\n[[declare.queues]]\nname = \"orders\"",
+        broker.url
+    );
+    let config = pipeline(&dir, &source, &sink, Some(api));
+    let running = tokio::spawn(async move { run(&config).await });
+    let broker_id = [("component_id", "broker")];
+    let figure = move |name: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            metrics(api)
+                .ok()
+                .and_then(|m| metric(&m, name, &[("component_id", "broker")]))
+        })
+    };
+    let wait = |what: &'static str, probe: fn(&BTreeMap<String, f64>) -> bool| {
+        tokio::task::spawn_blocking(move || {
+            sluice_tests::wait_for(what, || metrics(api).ok().filter(&probe))
+        })
+    };
+    wait("some events confirmed", |m| {
+        metric(
+            m,
+            rabbitmq_metrics::CONFIRMED,
+            &[("component_id", "broker")],
+        )
+        .unwrap_or(0.0)
+            >= 50.0
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    // A watermark of (almost) no memory: the memory alarm goes off and the broker blocks
+    // every publishing connection.
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.0000001"])
+        .unwrap();
+    let m = wait("the sink to see the block", |m| {
+        let broker = [("component_id", "broker")];
+        metric(m, rabbitmq_metrics::BLOCKED, &broker) == Some(1.0)
+            && metric(m, "sluice_component_ready", &broker) == Some(0.0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(metric(&m, rabbitmq_metrics::BLOCKS, &broker_id), Some(1.0));
+    // Blocked, nothing more is published: the source goes on emitting into the pipeline
+    // (until its bounds stop it) while the sink's published count holds.
+    let published = metric(&m, rabbitmq_metrics::PUBLISHED, &broker_id).unwrap();
+    let waiting = wait("events to wait upstream of the blocked sink", |m| {
+        let in_flight = metric(
+            m,
+            "sluice_source_in_flight_events",
+            &[("component_id", "events")],
+        );
+        let published = metric(
+            m,
+            rabbitmq_metrics::PUBLISHED,
+            &[("component_id", "broker")],
+        );
+        let confirmed = metric(
+            m,
+            rabbitmq_metrics::CONFIRMED,
+            &[("component_id", "broker")],
+        );
+        // Emitted, not acknowledged, and not published either.
+        in_flight
+            .zip(published.zip(confirmed))
+            .is_some_and(|(i, (p, c))| i - (p - c) >= 5.0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        metric(&waiting, rabbitmq_metrics::PUBLISHED, &broker_id),
+        Some(published),
+        "published while blocked"
+    );
+
+    broker
+        .ctl(&["set_vm_memory_high_watermark", "0.4"])
+        .unwrap();
+    wait("the sink to resume", |m| {
+        let broker = [("component_id", "broker")];
+        metric(m, rabbitmq_metrics::BLOCKED, &broker) == Some(0.0)
+            && metric(m, "sluice_component_ready", &broker) == Some(1.0)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(figure(rabbitmq_metrics::BLOCKS).await.unwrap(), Some(1.0));
+    std::fs::write(&gate, b"").unwrap();
+    running.await.unwrap().unwrap();
+    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
+    let messages = Reader::new(&broker.url).take_ready("orders").await.unwrap();
+    let ids = assert_key_order(&messages);
+    assert_eq!(
+        ids.len() as u64,
+        checkpoint,
+        "every event delivered once the block lifted"
+    );
 }

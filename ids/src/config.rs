@@ -37,7 +37,7 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use sluice_pipeline::{FieldError, HumanDuration, Validate};
+use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
 use crate::calendar;
 use crate::clock::{Clock, SystemClock};
@@ -455,8 +455,9 @@ impl IdsConfig {
 }
 
 impl Validate for IdsConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         self.check_at(SystemClock.now_ms())
+            .map_err(FieldErrors::from)
     }
 }
 

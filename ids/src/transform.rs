@@ -20,7 +20,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sluice_pipeline::component::DynTransform;
 use sluice_pipeline::{
-    Batch, BuildContext, Error, Event, FieldError, Output, Transform, TransformConfig, Validate,
+    Batch, BuildContext, Error, Event, FieldError, FieldErrors, Output, Transform, TransformConfig,
+    Validate,
 };
 
 use crate::resource::{Ids, NamedGenerator, engine_error};
@@ -100,8 +101,10 @@ impl Target {
 }
 
 impl Validate for IdTransformConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        Target::parse(&self.target).map(drop)
+    fn validate(&self) -> Result<(), FieldErrors> {
+        Target::parse(&self.target)
+            .map(drop)
+            .map_err(FieldErrors::from)
     }
 }
 

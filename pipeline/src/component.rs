@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::ack::{Receipt, Tracker};
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::checkpoint::CheckpointStore;
-use crate::config::FieldError;
+use crate::config::FieldErrors;
 use crate::error::{Error, ErrorKind};
 use crate::event::{Batch, Event, Position, Text};
 use crate::health::ReadyFlag;
@@ -33,9 +33,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Checks on a component's config that need no I/O.
 pub trait Validate {
-    /// Checks rules the types alone do not express. Paths in the error are relative to the
-    /// component (`count`, not `sources.gen.count`).
-    fn validate(&self) -> Result<(), FieldError> {
+    /// Checks rules the types alone do not express, and reports every problem found, not only
+    /// the first (collect them with [`FieldErrors::add`]; `?` on a single
+    /// [`FieldError`](crate::FieldError) also works). Paths are relative to the component
+    /// (`count`, not `sources.gen.count`).
+    fn validate(&self) -> Result<(), FieldErrors> {
         Ok(())
     }
 }

@@ -42,7 +42,7 @@ pub use component::{
     BuildContext, Emitter, Finding, Level, Output, Refused, Sink, SinkConfig, SinkContext, Source,
     SourceConfig, SourceContext, Transform, TransformConfig, Validate,
 };
-pub use config::{Config, ConfigErrors, FieldError, HumanDuration};
+pub use config::{Config, ConfigErrors, FieldError, FieldErrors, HumanDuration};
 pub use error::{Error, ErrorKind};
 pub use event::{Batch, Event, Fields, Position, SourceMeta, Text};
 pub use leadership::{FencingToken, LeaderView, Leadership, Term};

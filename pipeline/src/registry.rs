@@ -9,10 +9,10 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use crate::component::{SinkConfig, SourceConfig, TransformConfig, Validate};
-use crate::config::{FieldError, deserialize};
+use crate::config::{FieldError, FieldErrors, deserialize};
 use crate::resource::ResourceConfig;
 
-type Parse<C> = fn(toml::Value) -> Result<Box<C>, FieldError>;
+type Parse<C> = fn(toml::Value) -> Result<Box<C>, FieldErrors>;
 
 /// Builds the sink that receives rejected events when the config names no quarantine sink.
 pub type QuarantineFileSink = fn(&Path) -> Box<dyn SinkConfig>;
@@ -107,7 +107,7 @@ impl Registry {
         &self,
         name: &str,
         value: toml::Value,
-    ) -> Result<Box<dyn ResourceConfig>, FieldError> {
+    ) -> Result<Box<dyn ResourceConfig>, FieldErrors> {
         lookup(&self.resources, "resource", name)?(value)
     }
 
@@ -125,7 +125,7 @@ impl Registry {
         &self,
         type_name: &str,
         value: toml::Value,
-    ) -> Result<Box<dyn SourceConfig>, FieldError> {
+    ) -> Result<Box<dyn SourceConfig>, FieldErrors> {
         lookup(&self.sources, "source", type_name)?(value)
     }
 
@@ -133,7 +133,7 @@ impl Registry {
         &self,
         type_name: &str,
         value: toml::Value,
-    ) -> Result<Box<dyn TransformConfig>, FieldError> {
+    ) -> Result<Box<dyn TransformConfig>, FieldErrors> {
         lookup(&self.transforms, "transform", type_name)?(value)
     }
 
@@ -141,7 +141,7 @@ impl Registry {
         &self,
         type_name: &str,
         value: toml::Value,
-    ) -> Result<Box<dyn SinkConfig>, FieldError> {
+    ) -> Result<Box<dyn SinkConfig>, FieldErrors> {
         lookup(&self.sinks, "sink", type_name)?(value)
     }
 
@@ -155,7 +155,7 @@ impl Registry {
     }
 }
 
-fn checked<C: DeserializeOwned + Validate>(value: toml::Value) -> Result<C, FieldError> {
+fn checked<C: DeserializeOwned + Validate>(value: toml::Value) -> Result<C, FieldErrors> {
     let config: C = deserialize(value)?;
     config.validate()?;
     Ok(config)

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
+mod check;
 mod cli;
 mod config_errors;
 mod coord;

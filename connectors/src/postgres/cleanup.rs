@@ -33,7 +33,7 @@ use metrics::{Counter, counter};
 use serde::Deserialize;
 use sluice_pipeline::error::chain;
 use sluice_pipeline::metrics::labels;
-use sluice_pipeline::{Error, FieldError, HumanDuration, Validate};
+use sluice_pipeline::{Error, FieldError, FieldErrors, HumanDuration, Validate};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -77,12 +77,12 @@ fn default_interval() -> HumanDuration {
 }
 
 impl Validate for CleanupConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         if self.batch_size == 0 {
-            return Err(FieldError::new("batch_size", "must be at least 1"));
+            return Err(FieldError::new("batch_size", "must be at least 1").into());
         }
         if self.interval.get().is_zero() {
-            return Err(FieldError::new("interval", "must be longer than 0s"));
+            return Err(FieldError::new("interval", "must be longer than 0s").into());
         }
         Ok(())
     }
@@ -249,7 +249,7 @@ mod tests {
     fn parse(text: &str) -> Result<CleanupConfig, FieldError> {
         let config: CleanupConfig =
             sluice_pipeline::config::deserialize(toml::from_str(text).unwrap())?;
-        config.validate()?;
+        config.validate().map_err(|mut e| e.0.remove(0))?;
         Ok(config)
     }
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use amq_protocol::frame::AMQPFrame;
 use amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection, exchange, queue};
 use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
-use amq_protocol::uri::AMQPUri;
 use bytes::Bytes;
 
 use super::config::{Argument, Declare};
+use super::endpoint::Endpoint;
 use super::lane::{Lane, Returned};
 use super::message::Message;
 use super::wire::{ChannelId, Wire, WireError, short, unexpected};
@@ -79,19 +79,22 @@ pub(crate) struct Broker {
     reply: Option<Result<AMQPClass, WireError>>,
     known: HashSet<ShortString>,
     missing: HashMap<ShortString, Instant>,
+    /// Why the broker blocks publishing (`connection.blocked`, a resource alarm), until it
+    /// sends `connection.unblocked`.
+    blocked: Option<String>,
 }
 
 impl Broker {
     /// Connects, declares `declare`, and attaches one confirm-mode channel to each lane.
     pub async fn connect(
-        uri: &AMQPUri,
+        endpoint: &Endpoint,
         name: &str,
         timeout: Duration,
         declare: &Declare,
         lanes: &mut [Lane],
     ) -> Result<Broker, WireError> {
         let channels = FIRST_LANE - 1 + lanes.len() as ChannelId;
-        let wire = Wire::open(uri, name, timeout, channels).await?;
+        let wire = Wire::open(endpoint, name, timeout, channels).await?;
         let mut known = HashSet::new();
         // The default exchange always exists and cannot be declared.
         known.insert(ShortString::default());
@@ -105,6 +108,7 @@ impl Broker {
             reply: None,
             known,
             missing: HashMap::new(),
+            blocked: None,
         };
         broker.open_channel(CONTROL).await?;
         broker.declare_topology(declare).await?;
@@ -277,6 +281,11 @@ impl Broker {
         polled.and(handled)
     }
 
+    /// Why the broker blocks publishing on this connection, while it does.
+    pub fn blocked(&self) -> Option<&str> {
+        self.blocked.as_deref()
+    }
+
     /// The answers read so far, in the order they came.
     pub fn answers(&mut self) -> std::vec::Drain<'_, Answer> {
         self.answers.drain(..)
@@ -350,10 +359,10 @@ impl Broker {
                 });
             }
             AMQPClass::Connection(connection::AMQPMethod::Blocked(blocked)) => {
-                tracing::warn!(reason = %blocked.reason, "the broker blocked publishing (resource alarm)");
+                self.blocked = Some(blocked.reason.to_string());
             }
             AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)) => {
-                tracing::info!("the broker unblocked publishing");
+                self.blocked = None;
             }
             AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
                 let close_ok = channel::AMQPMethod::CloseOk(channel::CloseOk {});

@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
-use amq_protocol::uri::{AMQPScheme, AMQPUri};
+use super::endpoint::Endpoint;
 use serde::{Deserialize, Deserializer};
-use sluice_pipeline::component::{BuildContext, DynSink};
-use sluice_pipeline::{Error, FieldError, HumanDuration, SinkConfig, Validate};
+use sluice_pipeline::component::{BoxFuture, BuildContext, DynSink};
+use sluice_pipeline::{
+    Error, FieldError, FieldErrors, Finding, HumanDuration, SinkConfig, Validate,
+};
 
 use super::sink::RabbitmqSink;
 use sluice_pipeline::template::Template;
@@ -43,9 +44,13 @@ const MAX_CHANNELS: usize = 256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitmqSinkConfig {
-    /// The broker: `amqp://user:password@host:port/vhost`, the vhost URL-encoded (`%2f` is
-    /// `/`). Query parameters such as `heartbeat=10` or `frame_max=131072` go to the client.
-    /// The password is never logged or printed.
+    /// The broker: `amqp://user:password@host:port/vhost` or, over TLS,
+    /// `amqps://user:password@host:5671/vhost?cacertfile=/etc/ca.pem`, the vhost URL-encoded
+    /// (`%2f` is `/`). Query parameters: `heartbeat`, `frame_max`, `channel_max`,
+    /// `connection_timeout` (ms), `auth_mechanism` (`plain`, or `external` to log in with the
+    /// client certificate), and for `amqps://` `cacertfile`, `certfile`, `keyfile`, `verify`
+    /// (`verify_peer`, the default, or `verify_none`) and `server_name_indication`; any other
+    /// is refused. The password is never logged or printed.
     pub url: AmqpUrl,
     /// The exchange each message is published to, as a template over event values
     /// (`"outbox.{aggregatetype}"`). Empty (the default) is the default exchange, which
@@ -292,29 +297,15 @@ impl AmqpUrl {
     }
 
     /// Parses the URL, with a message that does not repeat it (it holds a password).
-    pub fn parse(&self) -> Result<AMQPUri, String> {
-        AMQPUri::from_str(&self.0).map_err(|reason| {
-            if reason.contains(&self.0) {
-                "is not a valid AMQP URL".to_owned()
-            } else {
-                format!("is not a valid AMQP URL: {reason}")
-            }
-        })
+    pub fn parse(&self) -> Result<Endpoint, String> {
+        Endpoint::parse(&self.0)
     }
 }
 
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.parse() {
-            Ok(uri) => write!(
-                f,
-                "\"{}://{}@{}:{}/{}\"",
-                uri.scheme,
-                uri.authority.userinfo.username,
-                uri.authority.host,
-                uri.authority.port,
-                uri.vhost
-            ),
+            Ok(endpoint) => fmt::Debug::fmt(&endpoint, f),
             Err(_) => f.write_str("\"<invalid url>\""),
         }
     }
@@ -397,108 +388,121 @@ fn declared_name(path: String, name: &str) -> Result<(), FieldError> {
 }
 
 impl Validate for RabbitmqSinkConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        let uri = self.url.parse().map_err(|m| FieldError::new("url", m))?;
-        if uri.scheme == AMQPScheme::AMQPS {
-            return Err(FieldError::new(
-                "url",
-                "amqps:// (TLS) is not supported by this build of sluice; use amqp://",
-            ));
-        }
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut problems = FieldErrors::new();
+        problems.add(
+            self.url
+                .parse()
+                .map(drop)
+                .map_err(|m| FieldError::new("url", m)),
+        );
         if let Some(exchange) = self.exchange.constant() {
-            short_name("exchange", exchange)?;
+            problems.add(short_name("exchange", exchange));
         }
         if let Some(key) = self.routing_key.constant() {
-            short_name("routing_key", key)?;
+            problems.add(short_name("routing_key", key));
         }
         if self.exchange_type.as_deref() == Some("") {
-            return Err(FieldError::new("exchange_type", "must not be empty"));
+            problems.push(FieldError::new("exchange_type", "must not be empty"));
         }
         if !(1..=1_000_000).contains(&self.confirm_window) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "confirm_window",
                 "must be between 1 and 1000000 messages",
             ));
         }
         if !(1..=MAX_CHANNELS).contains(&self.channels) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "channels",
                 format!("must be between 1 and {MAX_CHANNELS}"),
             ));
         }
         if self.max_in_flight_per_key == Some(0) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "max_in_flight_per_key",
                 "must be at least 1 (omit it for no per-key limit)",
             ));
         }
         if let Some(content_type) = &self.content_type {
             if content_type.is_empty() {
-                return Err(FieldError::new("content_type", "must not be empty"));
+                problems.push(FieldError::new("content_type", "must not be empty"));
             }
-            short_name("content_type", content_type)?;
+            problems.add(short_name("content_type", content_type));
         }
         for name in self.headers.keys() {
-            declared_name(format!("headers.{name}"), name)?;
+            problems.add(declared_name(format!("headers.{name}"), name));
         }
         if let Some(exchange) = &self.quarantine_exchange {
-            declared_name("quarantine_exchange".into(), exchange)?;
+            problems.add(declared_name("quarantine_exchange".into(), exchange));
         }
         if self.max_payload_bytes == 0 {
-            return Err(FieldError::new("max_payload_bytes", "must be at least 1"));
+            problems.push(FieldError::new("max_payload_bytes", "must be at least 1"));
         }
         if let Encoding::Avro { schema_file, .. } = &self.encoding
             && schema_file.as_os_str().is_empty()
         {
-            return Err(FieldError::new("encoding.schema_file", "must not be empty"));
+            problems.push(FieldError::new("encoding.schema_file", "must not be empty"));
         }
         if self.backoff_initial.get().is_zero() {
-            return Err(FieldError::new("backoff_initial", "must be longer than 0s"));
+            problems.push(FieldError::new("backoff_initial", "must be longer than 0s"));
         }
         if self.backoff_max < self.backoff_initial {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "backoff_max",
                 "must be at least backoff_initial",
             ));
         }
         if self.connect_timeout.get().is_zero() {
-            return Err(FieldError::new("connect_timeout", "must be longer than 0s"));
+            problems.push(FieldError::new("connect_timeout", "must be longer than 0s"));
         }
-        self.declare.validate()
+        self.declare.validate(&mut problems);
+        problems.into_result()
     }
 }
 
 impl Declare {
-    fn validate(&self) -> Result<(), FieldError> {
+    /// Adds every problem of the declarations to `problems`.
+    fn validate(&self, problems: &mut FieldErrors) {
         for (i, exchange) in self.exchanges.iter().enumerate() {
             let path = format!("declare.exchanges[{i}]");
-            declared_name(format!("{path}.name"), &exchange.name)?;
+            problems.add(declared_name(format!("{path}.name"), &exchange.name));
             if exchange.name.starts_with("amq.") {
-                return Err(FieldError::new(
+                problems.push(FieldError::new(
                     format!("{path}.name"),
                     "names starting with `amq.` are reserved by the broker",
                 ));
             }
             if exchange.kind.is_empty() {
-                return Err(FieldError::new(format!("{path}.type"), "must not be empty"));
+                problems.push(FieldError::new(format!("{path}.type"), "must not be empty"));
             }
         }
         for (i, queue) in self.queues.iter().enumerate() {
-            declared_name(format!("declare.queues[{i}].name"), &queue.name)?;
+            problems.add(declared_name(
+                format!("declare.queues[{i}].name"),
+                &queue.name,
+            ));
         }
         for (i, binding) in self.bindings.iter().enumerate() {
             let path = format!("declare.bindings[{i}]");
-            declared_name(format!("{path}.exchange"), &binding.exchange)?;
-            declared_name(format!("{path}.queue"), &binding.queue)?;
-            short_name(&format!("{path}.routing_key"), &binding.routing_key)?;
+            problems.add(declared_name(format!("{path}.exchange"), &binding.exchange));
+            problems.add(declared_name(format!("{path}.queue"), &binding.queue));
+            problems.add(short_name(
+                &format!("{path}.routing_key"),
+                &binding.routing_key,
+            ));
         }
-        Ok(())
     }
 }
 
 impl SinkConfig for RabbitmqSinkConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
         Ok(Box::new(RabbitmqSink::new(self.clone())?))
+    }
+
+    /// Connects and logs in as `run` would, and checks the exchanges known before the first
+    /// event.
+    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
+        Box::pin(super::check::check(self))
     }
 }
 
@@ -509,7 +513,7 @@ mod tests {
     fn parse(text: &str) -> Result<RabbitmqSinkConfig, FieldError> {
         let value: toml::Value = toml::from_str(text).unwrap();
         let config: RabbitmqSinkConfig = sluice_pipeline::config::deserialize(value)?;
-        config.validate()?;
+        config.validate().map_err(|mut e| e.0.remove(0))?;
         Ok(config)
     }
 
@@ -656,8 +660,9 @@ mod tests {
 
     #[test]
     fn urls_are_checked_without_echoing_the_password() {
-        let error = parse(r#"url = "amqps://u:secret@localhost/""#).unwrap_err();
-        assert!(error.message.contains("TLS"), "{error}");
+        let error = parse(r#"url = "amqps://u:secret@localhost/?verify=no""#).unwrap_err();
+        assert!(error.message.contains("verify_peer"), "{error}");
+        assert!(!error.message.contains("secret"), "{error}");
         let error = parse(r#"url = "nope:secret""#).unwrap_err();
         assert_eq!(error.path, "url");
         assert!(!error.message.contains("secret"), "{error}");
@@ -665,6 +670,33 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("amqp://u@localhost:5672//"), "{shown}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let value: toml::Value = toml::from_str(
+            r#"url = "amqp://h?hearbeat=1"
+            channels = 0
+            confirm_window = 0
+            [[declare.exchanges]]
+            name = "amq.mine"
+            type = """#,
+        )
+        .unwrap();
+        let config: RabbitmqSinkConfig = sluice_pipeline::config::deserialize(value).unwrap();
+        let problems = config.validate().unwrap_err();
+        let paths: Vec<_> = problems.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "url",
+                "confirm_window",
+                "channels",
+                "declare.exchanges[0].name",
+                "declare.exchanges[0].type"
+            ],
+            "{problems}"
+        );
     }
 
     #[test]

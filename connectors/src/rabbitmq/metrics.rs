@@ -21,6 +21,10 @@ pub const REPUBLISHED: &str = "sluice_rabbitmq_republished_messages_total";
 pub const QUARANTINED: &str = "sluice_rabbitmq_quarantined_messages_total";
 /// Connections lost (or refused) and attempted again.
 pub const RECONNECTS: &str = "sluice_rabbitmq_reconnects_total";
+/// 1 while the broker blocks publishing (`connection.blocked`: a memory or disk alarm), else 0.
+pub const BLOCKED: &str = "sluice_rabbitmq_blocked";
+/// Times the broker blocked publishing.
+pub const BLOCKS: &str = "sluice_rabbitmq_blocks_total";
 /// Messages published and not yet confirmed.
 pub const IN_FLIGHT: &str = "sluice_rabbitmq_in_flight_messages";
 /// Time from `basic.publish` to the broker's confirm.
@@ -39,6 +43,8 @@ pub(crate) struct RabbitmqMetrics {
     pub republished: Counter,
     pub quarantined: Counter,
     pub reconnects: Counter,
+    pub blocked: Gauge,
+    pub blocks: Counter,
     pub in_flight: Gauge,
     pub confirm_latency: Histogram,
     pub commit_to_confirm_latency: Histogram,
@@ -56,6 +62,8 @@ impl RabbitmqMetrics {
             republished: counter!(REPUBLISHED, &labels),
             quarantined: counter!(QUARANTINED, &labels),
             reconnects: counter!(RECONNECTS, &labels),
+            blocked: gauge!(BLOCKED, &labels),
+            blocks: counter!(BLOCKS, &labels),
             in_flight: gauge!(IN_FLIGHT, &labels),
             confirm_latency: histogram!(CONFIRM_LATENCY, &labels),
             commit_to_confirm_latency: histogram!(COMMIT_TO_CONFIRM_LATENCY, &labels),

@@ -26,8 +26,10 @@
 
 mod avro;
 mod broker;
+mod check;
 mod cloudevents;
 pub mod config;
+pub mod endpoint;
 mod lane;
 mod message;
 pub mod metrics;
@@ -35,5 +37,6 @@ mod sink;
 mod wire;
 
 pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, OptionalProperty, RabbitmqSinkConfig};
+pub use endpoint::Endpoint;
 pub use sink::RabbitmqSink;
 pub use sluice_pipeline::template::{Missing, Template, TemplateError};

@@ -23,7 +23,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use amq_protocol::types::ShortString;
-use amq_protocol::uri::AMQPUri;
 use sluice_pipeline::backoff::BackoffConfig;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use tokio::time::Sleep;
@@ -31,6 +30,7 @@ use tokio::time::Sleep;
 use super::avro::AvroEncoder;
 use super::broker::{Answer, Broker, ExchangeState};
 use super::config::{Encoding, RabbitmqSinkConfig};
+use super::endpoint::Endpoint;
 use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
@@ -40,7 +40,7 @@ use super::wire::WireError;
 #[derive(Debug)]
 pub struct RabbitmqSink {
     config: RabbitmqSinkConfig,
-    uri: AMQPUri,
+    endpoint: Endpoint,
     /// Made on the first start, and kept across restarts with what it has not settled.
     relay: Option<Relay>,
 }
@@ -48,13 +48,13 @@ pub struct RabbitmqSink {
 impl RabbitmqSink {
     /// A sink for a validated `config` (no I/O).
     pub fn new(config: RabbitmqSinkConfig) -> Result<Self, Error> {
-        let uri = config
+        let endpoint = config
             .url
             .parse()
             .map_err(|message| Error::new(ErrorKind::Config, format!("url {message}")))?;
         Ok(RabbitmqSink {
             config,
-            uri,
+            endpoint,
             relay: None,
         })
     }
@@ -75,7 +75,8 @@ impl Sink for RabbitmqSink {
                     Encoding::Json => None,
                 };
                 let builder = MessageBuilder::new(&self.config, avro, cx.id());
-                let relay = Relay::new(self.config.clone(), self.uri.clone(), builder, cx.id());
+                let relay =
+                    Relay::new(self.config.clone(), self.endpoint.clone(), builder, cx.id());
                 self.relay.insert(relay)
             }
         };
@@ -107,6 +108,8 @@ enum Wake {
     RetryDue,
     /// The connection failed.
     Lost(WireError),
+    /// The broker blocked (true) or unblocked (false) publishing.
+    Blocked(bool),
 }
 
 /// The bookkeeping of one key (see the module documentation).
@@ -130,7 +133,7 @@ impl KeyState {
 
 /// The sink's state: the connection, and every record it holds until the broker settles it.
 struct Relay {
-    uri: AMQPUri,
+    endpoint: Endpoint,
     name: String,
     config: RabbitmqSinkConfig,
     builder: MessageBuilder,
@@ -159,6 +162,8 @@ struct Relay {
     /// Waits before a nacked message is published again.
     nack_backoff: BackoffConfig,
     connected_once: bool,
+    /// The broker blocks publishing (a resource alarm): input waits, nothing new is published.
+    blocked: bool,
 }
 
 impl std::fmt::Debug for Relay {
@@ -172,9 +177,14 @@ impl std::fmt::Debug for Relay {
 }
 
 impl Relay {
-    fn new(config: RabbitmqSinkConfig, uri: AMQPUri, builder: MessageBuilder, id: &str) -> Self {
+    fn new(
+        config: RabbitmqSinkConfig,
+        endpoint: Endpoint,
+        builder: MessageBuilder,
+        id: &str,
+    ) -> Self {
         Relay {
-            uri,
+            endpoint,
             name: id.to_owned(),
             builder,
             declare_as: config
@@ -200,6 +210,7 @@ impl Relay {
                 max: config.backoff_max,
             },
             connected_once: false,
+            blocked: false,
             config,
         }
     }
@@ -215,7 +226,8 @@ impl Relay {
             if !input_open && self.is_idle() {
                 break;
             }
-            let room = self.in_flight + self.incoming.len() < self.config.confirm_window;
+            let room =
+                !self.blocked && self.in_flight + self.incoming.len() < self.config.confirm_window;
             // Biased: the connection is polled first, so what was just published is written
             // before more input is taken.
             let input = tokio::select! {
@@ -235,6 +247,7 @@ impl Relay {
                 Err(Wake::Settled) => self.settle(),
                 Err(Wake::RetryDue) => self.retry_due(),
                 Err(Wake::Lost(error)) => self.failure = Some(error),
+                Err(Wake::Blocked(blocked)) => self.set_blocked(blocked, cx),
             }
             self.step_done(cx).await?;
         }
@@ -242,6 +255,28 @@ impl Relay {
             broker.close().await;
         }
         Ok(())
+    }
+
+    /// Follows the broker's `connection.blocked`/`unblocked`: while blocked, the sink takes no
+    /// input and publishes nothing new (what is published may still be confirmed), and is not
+    /// ready; each change is logged once and counted.
+    fn set_blocked(&mut self, blocked: bool, cx: &SinkContext) {
+        if blocked == self.blocked {
+            return;
+        }
+        self.blocked = blocked;
+        self.metrics.blocked.set(if blocked { 1.0 } else { 0.0 });
+        cx.set_ready(!blocked);
+        if blocked {
+            self.metrics.blocks.increment(1);
+            let reason = self.broker.as_ref().and_then(Broker::blocked).unwrap_or("");
+            tracing::warn!(
+                reason,
+                "the broker blocks publishing (resource alarm): pausing"
+            );
+        } else {
+            tracing::info!("the broker unblocked publishing: resuming");
+        }
     }
 
     /// After each step: sends the rejects on, and ends the run if the connection failed.
@@ -297,7 +332,7 @@ impl Relay {
             move |e: WireError| Error::new(e.kind(), context).with_source(e)
         };
         let broker = Broker::connect(
-            &self.uri,
+            &self.endpoint,
             &self.name,
             self.config.connect_timeout.get(),
             &self.config.topology(),
@@ -419,7 +454,7 @@ impl Relay {
     /// Turns received events into records and publishes or holds them.
     async fn accept_pending(&mut self) {
         let now = Instant::now();
-        while self.broker.is_some() {
+        while self.broker.is_some() && !self.blocked {
             let Some(event) = self.incoming.pop_front() else {
                 break;
             };
@@ -539,6 +574,9 @@ impl Relay {
             let answered = answer_lanes(&mut self.lanes, broker);
             if let Err(error) = polled.and(answered) {
                 return Poll::Ready(Wake::Lost(error));
+            }
+            if broker.blocked().is_some() != self.blocked {
+                return Poll::Ready(Wake::Blocked(!self.blocked));
             }
         }
         let mut settled = false;
@@ -747,6 +785,9 @@ impl Relay {
     /// hand the cause back.
     fn teardown(&mut self, error: WireError, cx: &SinkContext) -> WireError {
         cx.set_ready(false);
+        // A new connection starts unblocked; the broker says again if the alarm holds.
+        self.blocked = false;
+        self.metrics.blocked.set(0.0);
         self.metrics.reconnects.increment(1);
         tracing::warn!(
             unsettled = self.in_flight,

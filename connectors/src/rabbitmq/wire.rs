@@ -1,5 +1,8 @@
 //! sluice's own AMQP 0-9-1 connection: the socket, the frames on it and the handshake.
 //!
+//! The connection runs over any async byte stream: a TCP socket for `amqp://`, a rustls
+//! session on one for `amqps://`.
+//!
 //! The sink publishes thousands of messages a second and needs little of a general client:
 //! a handful of channels in confirm mode, a few declarations, and the broker's answers. So the
 //! frames of each publish are encoded straight into one write buffer that is flushed in as few
@@ -18,10 +21,13 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties, basic, connection, cons
 use amq_protocol::types::generation::SerializeFn;
 use amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amq_protocol::uri::{AMQPUri, SASLMechanism};
+use rustls::pki_types::ServerName;
 use sluice_pipeline::ErrorKind;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+
+use super::endpoint::{AmqpTls, Endpoint};
 
 /// A channel number.
 pub(crate) type ChannelId = u16;
@@ -33,12 +39,28 @@ const FRAME_OVERHEAD: usize = 8;
 /// The frame size asked for when the broker allows any (RabbitMQ's default).
 const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
 
+/// What the connection runs over: a TCP socket, or a TLS session on one.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for S {}
+
 /// Why the connection cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WireError {
     /// The socket failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The TLS handshake failed; the text says what to change when it is the certificate.
+    #[error("TLS handshake with {server} failed{remedy}")]
+    Tls {
+        /// The name the broker's certificate was checked against.
+        server: String,
+        /// `: what to change`, or nothing.
+        remedy: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The broker closed the TCP connection.
     #[error("the broker closed the connection without a word")]
     Eof,
@@ -104,6 +126,7 @@ impl WireError {
             WireError::Protocol(_) => ErrorKind::Protocol,
             WireError::Refused(_) => ErrorKind::Config,
             WireError::Io(_)
+            | WireError::Tls { .. }
             | WireError::Eof
             | WireError::MissedHeartbeats(_)
             | WireError::Timeout(_)
@@ -128,10 +151,13 @@ struct Heartbeat {
 
 /// An open AMQP connection (the handshake done).
 pub(crate) struct Wire {
-    stream: TcpStream,
+    stream: Box<dyn Transport>,
+    /// Bytes read; only `..read_end` holds data (the rest is room to read into).
     read: Vec<u8>,
     /// Where the unparsed bytes of `read` start.
     read_at: usize,
+    /// Where the bytes read end.
+    read_end: usize,
     write: Vec<u8>,
     /// How much of `write` the socket has taken.
     written: usize,
@@ -144,35 +170,36 @@ impl Wire {
     /// url's `connection_timeout`, in milliseconds). `name` is shown in the broker's management
     /// UI; `channels` is how many channels the connection must allow.
     pub async fn open(
-        uri: &AMQPUri,
+        endpoint: &Endpoint,
         name: &str,
         timeout: Duration,
         channels: u16,
     ) -> Result<Wire, WireError> {
-        let timeout = uri
+        let timeout = endpoint
+            .uri
             .query
             .connection_timeout
             .map_or(timeout, Duration::from_millis);
-        match tokio::time::timeout(timeout, Wire::handshake(uri, name, channels)).await {
+        match tokio::time::timeout(timeout, Wire::handshake(endpoint, name, channels)).await {
             Ok(result) => result,
             Err(_) => Err(WireError::Timeout(timeout)),
         }
     }
 
-    async fn handshake(uri: &AMQPUri, name: &str, channels: u16) -> Result<Wire, WireError> {
-        if uri.query.auth_mechanism.unwrap_or_default() != SASLMechanism::Plain {
-            return Err(WireError::Refused(
-                "only the PLAIN authentication mechanism is supported (drop auth_mechanism from the url)"
-                    .to_owned(),
-            ));
-        }
+    async fn handshake(endpoint: &Endpoint, name: &str, channels: u16) -> Result<Wire, WireError> {
+        let uri = &endpoint.uri;
         let authority = &uri.authority;
-        let stream = TcpStream::connect((authority.host.as_str(), authority.port)).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect((authority.host.as_str(), authority.port)).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Transport> = match &endpoint.tls {
+            Some(tls) => Box::new(tls_session(tls, tcp).await?),
+            None => Box::new(tcp),
+        };
         let mut wire = Wire {
             stream,
-            read: Vec::with_capacity(READ_CHUNK),
+            read: vec![0; READ_CHUNK],
             read_at: 0,
+            read_end: 0,
             write: Vec::with_capacity(READ_CHUNK),
             written: 0,
             frame_max: constants::FRAME_MIN_SIZE as usize,
@@ -183,15 +210,28 @@ impl Wire {
             AMQPClass::Connection(connection::AMQPMethod::Start(start)) => start,
             other => return Err(unexpected("connection.start", &other)),
         };
+        let mechanism = endpoint.mechanism();
         let mechanisms = String::from_utf8_lossy(start.mechanisms.as_bytes()).into_owned();
-        if !mechanisms.split(' ').any(|m| m == "PLAIN") {
+        if !mechanisms.split(' ').any(|m| m == mechanism.name()) {
             return Err(WireError::Refused(format!(
-                "the broker does not offer PLAIN authentication (it offers {mechanisms:?})"
+                "the broker does not offer {} authentication (it offers {mechanisms:?}){}",
+                mechanism.name(),
+                if mechanism == SASLMechanism::External {
+                    ": enable the rabbitmq_auth_mechanism_ssl plugin and EXTERNAL in auth_mechanisms"
+                } else {
+                    ""
+                }
             )));
         }
-        let user = &authority.userinfo;
-        let response = format!("\0{}\0{}", user.username, user.password);
-        wire.send(0, start_ok(name, response))?;
+        // EXTERNAL: the broker takes the user from the client certificate.
+        let response = match mechanism {
+            SASLMechanism::External => String::new(),
+            _ => format!(
+                "\0{}\0{}",
+                authority.userinfo.username, authority.userinfo.password
+            ),
+        };
+        wire.send(0, start_ok(name, mechanism, response))?;
         let tune = match wire.next_method(0).await? {
             AMQPClass::Connection(connection::AMQPMethod::Tune(tune)) => tune,
             other => return Err(unexpected("connection.tune", &other)),
@@ -342,7 +382,12 @@ impl Wire {
             }
             self.written = 0;
         }
-        Ok(())
+        // A TLS session keeps what the socket did not take yet (and registers `cx` for when it
+        // can); a socket has nothing to flush.
+        match Pin::new(&mut self.stream).poll_flush(cx) {
+            Poll::Ready(Err(error)) => Err(error.into()),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(()),
+        }
     }
 
     fn poll_read(
@@ -353,25 +398,27 @@ impl Wire {
         loop {
             self.parse(frames)?;
             if self.read_at > 0 {
-                self.read.drain(..self.read_at);
+                self.read.copy_within(self.read_at..self.read_end, 0);
+                self.read_end -= self.read_at;
                 self.read_at = 0;
             }
-            self.read.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.read) {
-                Ok(0) => return Err(WireError::Eof),
-                Ok(_) => {
+            if self.read.len() - self.read_end < READ_CHUNK {
+                self.read.resize(self.read_end + READ_CHUNK, 0);
+            }
+            let mut buf = ReadBuf::new(&mut self.read[self.read_end..]);
+            match Pin::new(&mut self.stream).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    if n == 0 {
+                        return Err(WireError::Eof);
+                    }
+                    self.read_end += n;
                     if let Some(heartbeat) = &mut self.heartbeat {
                         heartbeat.last_read = Instant::now();
                     }
                 }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                    match self.stream.poll_read_ready(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(error)) => return Err(error.into()),
-                        Poll::Pending => return Ok(()),
-                    }
-                }
-                Err(error) => return Err(error.into()),
+                Poll::Ready(Err(error)) => return Err(error.into()),
+                Poll::Pending => return Ok(()),
             }
         }
     }
@@ -379,7 +426,7 @@ impl Wire {
     /// Moves every complete frame of the read buffer to `frames`.
     fn parse(&mut self, frames: &mut Vec<AMQPFrame>) -> Result<(), WireError> {
         loop {
-            let rest = &self.read[self.read_at..];
+            let rest = &self.read[self.read_at..self.read_end];
             if rest.len() < FRAME_OVERHEAD - 1 {
                 return Ok(());
             }
@@ -464,7 +511,31 @@ impl Wire {
     }
 }
 
-fn start_ok(name: &str, response: String) -> AMQPClass {
+/// A TLS session with the broker on `tcp`, verified as `tls` says.
+async fn tls_session(
+    tls: &AmqpTls,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, WireError> {
+    let config = tls.options.client_config().map_err(WireError::Refused)?;
+    let server = ServerName::try_from(tls.server_name.clone()).map_err(|e| {
+        WireError::Refused(format!(
+            "{:?} is not a name a certificate can carry: {e} (set server_name_indication)",
+            tls.server_name
+        ))
+    })?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(server, tcp)
+        .await
+        .map_err(|source| WireError::Tls {
+            server: tls.server_name.clone(),
+            remedy: crate::tls::remedy(&source, "cacertfile")
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
+            source,
+        })
+}
+
+fn start_ok(name: &str, mechanism: SASLMechanism, response: String) -> AMQPClass {
     let mut capabilities = FieldTable::default();
     for capability in [
         "publisher_confirms",
@@ -487,7 +558,7 @@ fn start_ok(name: &str, response: String) -> AMQPClass {
     properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
     AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
         client_properties: properties,
-        mechanism: "PLAIN".into(),
+        mechanism: mechanism.name().into(),
         response: LongString::from(response.into_bytes()),
         locale: "en_US".into(),
     }))

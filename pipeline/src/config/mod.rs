@@ -70,6 +70,62 @@ impl fmt::Display for FieldError {
     }
 }
 
+/// Every problem one check found, in the order found: what a component's
+/// [`Validate`](crate::Validate) returns, so that one run of `sluice check` lists them all.
+/// A single [`FieldError`] converts into it, so `?` works on checks that find one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldErrors(pub Vec<FieldError>);
+
+impl FieldErrors {
+    /// None yet.
+    pub fn new() -> Self {
+        FieldErrors(Vec::new())
+    }
+
+    /// Keeps the problem `result` reports, if any.
+    pub fn add(&mut self, result: Result<(), FieldError>) {
+        if let Err(error) = result {
+            self.0.push(error);
+        }
+    }
+
+    /// Keeps `error`.
+    pub fn push(&mut self, error: FieldError) {
+        self.0.push(error);
+    }
+
+    /// Keeps every problem `result` reports, each under `parent` (a nested section).
+    pub fn add_within(&mut self, result: Result<(), FieldErrors>, parent: &str) {
+        if let Err(errors) = result {
+            self.0
+                .extend(errors.0.into_iter().map(|e| e.within(parent)));
+        }
+    }
+
+    /// `Ok` when nothing was found.
+    pub fn into_result(self) -> Result<(), FieldErrors> {
+        if self.0.is_empty() { Ok(()) } else { Err(self) }
+    }
+}
+
+impl From<FieldError> for FieldErrors {
+    fn from(error: FieldError) -> Self {
+        FieldErrors(vec![error])
+    }
+}
+
+impl fmt::Display for FieldErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
 /// Every problem found in one config file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigErrors {
@@ -293,7 +349,7 @@ impl Config {
                                 },
                             );
                         }
-                        Err(e) => errors.push(e.within(&key)),
+                        Err(e) => errors.extend(e.0.into_iter().map(|e| e.within(&key))),
                     }
                 }
                 _ => {
@@ -424,7 +480,7 @@ fn components<C: ?Sized>(
     name: &str,
     takes_inputs: bool,
     errors: &mut Vec<FieldError>,
-    parse: impl Fn(&str, toml::Value) -> Result<Box<C>, FieldError>,
+    parse: impl Fn(&str, toml::Value) -> Result<Box<C>, FieldErrors>,
 ) -> BTreeMap<String, Component<C>> {
     let mut parsed = BTreeMap::new();
     let toml::Value::Table(section) = section else {
@@ -474,7 +530,7 @@ fn components<C: ?Sized>(
             Vec::new()
         };
         match parse(&type_name, toml::Value::Table(table)) {
-            Err(e) => errors.push(e.within(&path)),
+            Err(e) => errors.extend(e.0.into_iter().map(|e| e.within(&path))),
             Ok(config) => {
                 parsed.insert(
                     id,

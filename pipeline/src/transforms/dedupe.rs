@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use crate::component::{BuildContext, DynTransform, Output, Transform, TransformConfig, Validate};
-use crate::config::{FieldError, HumanDuration};
+use crate::config::{FieldError, FieldErrors, HumanDuration};
 use crate::error::Error;
 use crate::event::Batch;
 
@@ -34,12 +34,12 @@ fn default_max_ids() -> usize {
 }
 
 impl Validate for DedupeConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         if self.max_ids == 0 {
-            return Err(FieldError::new("max_ids", "must be at least 1"));
+            return Err(FieldError::new("max_ids", "must be at least 1").into());
         }
         if self.ttl.is_some_and(|t| t.get().is_zero()) {
-            return Err(FieldError::new("ttl", "must be longer than zero"));
+            return Err(FieldError::new("ttl", "must be longer than zero").into());
         }
         Ok(())
     }
@@ -172,6 +172,6 @@ mod tests {
             max_ids: 0,
             ttl: None,
         };
-        assert_eq!(config.validate().unwrap_err().path, "max_ids");
+        assert_eq!(config.validate().unwrap_err().0[0].path, "max_ids");
     }
 }

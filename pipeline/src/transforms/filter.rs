@@ -15,7 +15,7 @@ use std::future::Future;
 use serde::Deserialize;
 
 use crate::component::{BuildContext, DynTransform, Output, Transform, TransformConfig, Validate};
-use crate::config::FieldError;
+use crate::config::{FieldError, FieldErrors};
 use crate::error::Error;
 use crate::event::{Batch, Event, Text};
 
@@ -206,9 +206,15 @@ impl FilterConfig {
 }
 
 impl Validate for FilterConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        Selector::parse(&self.field).map_err(|m| FieldError::new("field", m))?;
-        self.condition().map(drop)
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut problems = FieldErrors::new();
+        problems.add(
+            Selector::parse(&self.field)
+                .map(drop)
+                .map_err(|m| FieldError::new("field", m)),
+        );
+        problems.add(self.condition().map(drop));
+        problems.into_result()
     }
 }
 
@@ -362,16 +368,15 @@ mod tests {
     fn refuses_zero_or_two_conditions() {
         let none = config("type", "");
         assert!(
-            none.validate()
-                .unwrap_err()
+            none.validate().unwrap_err().0[0]
                 .message
                 .contains("no condition")
         );
         let two = config("type", "equals = \"a\"\nexists = true");
-        let error = two.validate().unwrap_err();
+        let error = &two.validate().unwrap_err().0[0];
         assert_eq!(error.path, "exists");
         assert!(error.message.contains("equals and exists"));
         let bad = config("payload..x", "exists = true");
-        assert_eq!(bad.validate().unwrap_err().path, "field");
+        assert_eq!(bad.validate().unwrap_err().0[0].path, "field");
     }
 }

@@ -13,7 +13,7 @@ use std::future::Future;
 use serde::Deserialize;
 
 use crate::component::{BuildContext, DynTransform, Output, Transform, TransformConfig, Validate};
-use crate::config::FieldError;
+use crate::config::{FieldError, FieldErrors};
 use crate::error::Error;
 use crate::event::Batch;
 use crate::pace::Pace;
@@ -27,12 +27,9 @@ pub struct ThrottleConfig {
 }
 
 impl Validate for ThrottleConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         if self.rate == 0 {
-            return Err(FieldError::new(
-                "rate",
-                "must be at least 1 event per second",
-            ));
+            return Err(FieldError::new("rate", "must be at least 1 event per second").into());
         }
         Ok(())
     }

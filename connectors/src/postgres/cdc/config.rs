@@ -2,7 +2,9 @@
 
 use serde::Deserialize;
 use sluice_pipeline::component::{BoxFuture, BuildContext, DynSource};
-use sluice_pipeline::{Error, FieldError, Finding, HumanDuration, SourceConfig, Validate};
+use sluice_pipeline::{
+    Error, FieldError, FieldErrors, Finding, HumanDuration, SourceConfig, Validate,
+};
 
 use super::source::PostgresCdc;
 use crate::postgres::cleanup::CleanupConfig;
@@ -147,37 +149,42 @@ fn valid_slot_name(name: &str) -> bool {
 }
 
 impl Validate for PostgresCdcConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        Database::parse(&self.url).map_err(|m| FieldError::new("url", m))?;
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut problems = FieldErrors::new();
+        problems.add(
+            Database::parse(&self.url)
+                .map(drop)
+                .map_err(|m| FieldError::new("url", m)),
+        );
         if !valid_slot_name(&self.slot) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "slot",
                 "a slot name uses lowercase letters, digits and '_', at most 63 of them",
             ));
         }
         if self.publication.is_empty() {
-            return Err(FieldError::new("publication", "must not be empty"));
+            problems.push(FieldError::new("publication", "must not be empty"));
         }
         if self.tables.is_empty() {
-            return Err(FieldError::new("tables", "list at least one table"));
+            problems.push(FieldError::new("tables", "list at least one table"));
         }
         for (i, table) in self.tables.iter().enumerate() {
             let parts: Vec<_> = table.split('.').collect();
             if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
-                return Err(FieldError::new(
+                problems.push(FieldError::new(
                     format!("tables[{i}]"),
                     format!("{table:?} is not a table name: write schema.table"),
                 ));
             }
         }
         if self.operations.is_empty() && self.message_prefixes.is_empty() {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "operations",
                 "nothing would become an event: list an operation or a message prefix",
             ));
         }
         if self.message_prefixes.iter().any(|p| p == HEARTBEAT_PREFIX) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "message_prefixes",
                 format!("{HEARTBEAT_PREFIX:?} is sluice's own heartbeat prefix"),
             ));
@@ -187,22 +194,22 @@ impl Validate for PostgresCdcConfig {
             ("lag_interval", self.lag_interval),
         ] {
             if value.get().is_zero() {
-                return Err(FieldError::new(field, "must be longer than zero"));
+                problems.push(FieldError::new(field, "must be longer than zero"));
             }
         }
         if self.heartbeat.is_some_and(|h| h.get().is_zero()) {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "heartbeat",
                 "must be longer than zero (omit it for none)",
             ));
         }
         if self.max_batch_events == 0 {
-            return Err(FieldError::new("max_batch_events", "must be at least 1"));
+            problems.push(FieldError::new("max_batch_events", "must be at least 1"));
         }
         if let Some(cleanup) = &self.cleanup {
-            cleanup.validate().map_err(|e| e.within("cleanup"))?;
+            problems.add_within(cleanup.validate(), "cleanup");
         }
-        Ok(())
+        problems.into_result()
     }
 }
 
@@ -241,7 +248,8 @@ mod tests {
         );
         let config: PostgresCdcConfig =
             sluice_pipeline::config::deserialize(toml::from_str::<toml::Value>(&text).unwrap())?;
-        config.validate().map(|()| config)
+        config.validate().map_err(|mut e| e.0.remove(0))?;
+        Ok(config)
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use sluice_pipeline::component::{BoxFuture, BuildContext, DynSource};
 use sluice_pipeline::{
-    Error, ErrorKind, FieldError, Finding, HumanDuration, SourceConfig, Validate,
+    Error, ErrorKind, FieldError, FieldErrors, Finding, HumanDuration, SourceConfig, Validate,
 };
 
 use super::source::PollSource;
@@ -95,8 +95,13 @@ fn default_max_batches_in_flight() -> usize {
 }
 
 impl Validate for PollConfig {
-    fn validate(&self) -> Result<(), FieldError> {
-        Database::parse(&self.url).map_err(|m| FieldError::new("url", m))?;
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut problems = FieldErrors::new();
+        problems.add(
+            Database::parse(&self.url)
+                .map(drop)
+                .map_err(|m| FieldError::new("url", m)),
+        );
         for (field, value) in [
             ("table", &self.table),
             ("position_column", &self.position_column),
@@ -104,23 +109,23 @@ impl Validate for PollConfig {
             ("aggregate_column", &self.aggregate_column),
         ] {
             if value.is_empty() {
-                return Err(FieldError::new(field, "must not be empty"));
+                problems.push(FieldError::new(field, "must not be empty"));
             }
         }
         if self.published_column == self.position_column {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "published_column",
                 "must differ from position_column",
             ));
         }
         if self.batch_size == 0 {
-            return Err(FieldError::new("batch_size", "must be at least 1"));
+            problems.push(FieldError::new("batch_size", "must be at least 1"));
         }
         if self.interval.get().is_zero() {
-            return Err(FieldError::new("interval", "must be longer than 0s"));
+            problems.push(FieldError::new("interval", "must be longer than 0s"));
         }
         if self.max_batches_in_flight == 0 {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "max_batches_in_flight",
                 "must be at least 1",
             ));
@@ -128,7 +133,7 @@ impl Validate for PollConfig {
         if let Some(channel) = &self.notify_channel
             && (channel.is_empty() || channel.len() > MAX_CHANNEL_BYTES)
         {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "notify_channel",
                 format!(
                     "must be 1 to {MAX_CHANNEL_BYTES} bytes long (omit it to poll on the interval only)"
@@ -136,9 +141,9 @@ impl Validate for PollConfig {
             ));
         }
         if let Some(cleanup) = &self.cleanup {
-            cleanup.validate().map_err(|e| e.within("cleanup"))?;
+            problems.add_within(cleanup.validate(), "cleanup");
         }
-        Ok(())
+        problems.into_result()
     }
 }
 
@@ -160,7 +165,7 @@ mod tests {
     fn parse(text: &str) -> Result<PollConfig, FieldError> {
         let config: PollConfig =
             sluice_pipeline::config::deserialize(toml::from_str(text).unwrap())?;
-        config.validate()?;
+        config.validate().map_err(|mut e| e.0.remove(0))?;
         Ok(config)
     }
 

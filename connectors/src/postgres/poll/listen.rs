@@ -10,10 +10,10 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 
+use crate::postgres::tls::RustlsStream;
 use sluice_pipeline::Error;
 use sluice_pipeline::error::chain;
 use tokio::sync::Notify;
-use tokio_postgres::tls::NoTlsStream;
 use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
 use super::metrics::PollMetrics;
@@ -25,7 +25,7 @@ use sluice_pipeline::backoff::Backoff;
 pub(super) struct Listener {
     // Held so the connection stays open: it closes when its client is dropped.
     _client: Client,
-    connection: Connection<Socket, NoTlsStream>,
+    connection: Connection<Socket, RustlsStream<Socket>>,
 }
 
 impl Listener {

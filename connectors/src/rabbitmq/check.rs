@@ -1,0 +1,123 @@
+//! Live checks of what the `rabbitmq` sink needs from the broker (`sluice check`), each
+//! failure with its remedy: the connection (TLS included), the login, the virtual host, and
+//! the exchanges known before the first event (a constant `exchange`, the
+//! `quarantine_exchange`), which must exist or be declared by the sink on start, and
+//! `max_payload_bytes` against RabbitMQ's default `max_message_size`.
+//!
+//! Only passive declarations are made: checking changes nothing on the broker.
+
+use amq_protocol::types::ShortString;
+use amq_protocol::uri::SASLMechanism;
+use sluice_pipeline::Finding;
+use sluice_pipeline::error::chain;
+
+use super::broker::{Broker, ExchangeState};
+use super::config::{Declare, RabbitmqSinkConfig};
+use super::endpoint::Endpoint;
+use super::wire::WireError;
+
+/// RabbitMQ's default `max_message_size` (128 MiB); the broker does not tell its own over AMQP.
+const RABBITMQ_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;
+/// AMQP reply code of a refused login.
+const ACCESS_REFUSED: u16 = 403;
+/// AMQP reply code of a virtual host that is missing or not open to the user.
+const NOT_ALLOWED: u16 = 530;
+
+/// Runs every check; when the connection fails, that is the only finding.
+pub(crate) async fn check(config: &RabbitmqSinkConfig) -> Vec<Finding> {
+    let endpoint = match config.url.parse() {
+        Ok(endpoint) => endpoint,
+        Err(message) => return vec![Finding::fail(format!("url {message}"))],
+    };
+    let nothing = Declare::default();
+    let connecting = Broker::connect(
+        &endpoint,
+        "check",
+        config.connect_timeout.get(),
+        &nothing,
+        &mut [],
+    );
+    let mut broker = match connecting.await {
+        Ok(broker) => broker,
+        Err(error) => return vec![Finding::fail(connect_failure(&endpoint, &error))],
+    };
+    let mut findings = vec![Finding::ok(connected(&endpoint))];
+    let declared = config.topology();
+    let known = [
+        ("exchange", config.exchange.constant()),
+        ("quarantine_exchange", config.quarantine_exchange.as_deref()),
+    ];
+    for (field, name) in known {
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let Ok(short) = ShortString::try_new(name) else {
+            continue; // longer than 255 bytes: validation already said so
+        };
+        let declares = declared.exchanges.iter().any(|e| e.name == name);
+        findings.push(match broker.ensure_exchange(&short, None).await {
+            Ok(ExchangeState::Ready) => Finding::ok(format!("{field}: exchange {name:?} exists")),
+            Ok(ExchangeState::Missing) if declares => Finding::ok(format!(
+                "{field}: exchange {name:?} does not exist yet; the sink declares it on start"
+            )),
+            Ok(ExchangeState::Missing) => Finding::fail(format!(
+                "{field}: exchange {name:?} does not exist in vhost {:?}: declare it on the broker, or set exchange_type (or list it under [[declare.exchanges]]) so that the sink declares it",
+                endpoint.uri.vhost
+            )),
+            Err(error) => Finding::fail(format!(
+                "{field}: checking exchange {name:?} failed: {}",
+                chain(&error)
+            )),
+        });
+    }
+    if config.max_payload_bytes > RABBITMQ_MAX_MESSAGE_SIZE {
+        findings.push(Finding::warn(format!(
+            "max_payload_bytes {} is above RabbitMQ's default max_message_size (134217728): raise max_message_size on the broker to match, or the broker closes the channel of a larger message",
+            config.max_payload_bytes
+        )));
+    }
+    broker.close().await;
+    findings
+}
+
+fn connected(endpoint: &Endpoint) -> String {
+    let user = &endpoint.uri.authority.userinfo.username;
+    let login = match endpoint.mechanism() {
+        SASLMechanism::External => "by client certificate (EXTERNAL)".to_owned(),
+        _ => format!("as {user:?}"),
+    };
+    let tls = match &endpoint.tls {
+        Some(tls) => format!(" over TLS (certificate checked for {:?})", tls.server_name),
+        None => String::new(),
+    };
+    format!(
+        "connected to {endpoint}{tls}, logged in {login}, vhost {:?} open",
+        endpoint.uri.vhost
+    )
+}
+
+fn connect_failure(endpoint: &Endpoint, error: &WireError) -> String {
+    let remedy = match error {
+        WireError::ConnectionClosed { code, .. } if *code == ACCESS_REFUSED => {
+            match endpoint.mechanism() {
+                SASLMechanism::External => {
+                    ": the client certificate's CN must be a RabbitMQ user with access to the vhost"
+                        .to_owned()
+                }
+                _ => format!(
+                    ": check the user {:?} and its password in url",
+                    endpoint.uri.authority.userinfo.username
+                ),
+            }
+        }
+        WireError::ConnectionClosed { code, .. } if *code == NOT_ALLOWED => format!(
+            ": create vhost {:?} (rabbitmqctl add_vhost) and give the user permissions on it, or fix url's path",
+            endpoint.uri.vhost
+        ),
+        WireError::Io(_) | WireError::Timeout(_) => {
+            ": is the broker running and listening there?".to_owned()
+        }
+        _ => String::new(),
+    };
+    format!("cannot connect to {endpoint}: {}{remedy}", chain(error))
+}
