@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
-use sluice_pipeline::{FieldError, HumanDuration, Validate};
+use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
 use crate::error::CoordError;
 
@@ -215,9 +215,7 @@ impl CoordConfig {
                 }
             }
         }
-        config
-            .validate()
-            .map_err(|e| bad(&format!("{}: {}", e.path, e.message)))?;
+        config.validate().map_err(|e| bad(&e.to_string()))?;
         Ok(config)
     }
 
@@ -254,7 +252,7 @@ fn default_node() -> String {
 /// Why `endpoint` is not `host:port`, if it is not.
 /// `endpoints` as written: a string or a list of strings, each split at commas, without an
 /// `http://` scheme.
-fn endpoint_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+fn endpoint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Written {
@@ -295,7 +293,14 @@ fn check_endpoint(endpoint: &str) -> Result<(), String> {
 }
 
 impl Validate for CoordConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
+        self.first_problem().map_err(FieldErrors::from)
+    }
+}
+
+impl CoordConfig {
+    /// The first rule the section breaks (they depend on each other: one at a time reads best).
+    fn first_problem(&self) -> Result<(), FieldError> {
         if self.ttl() < MIN_TTL {
             return Err(FieldError::new(
                 "ttl",

@@ -23,11 +23,11 @@
 //! is quarantined with the reason.
 
 use serde::Deserialize;
-use sluice_pipeline::FieldError;
 use sluice_pipeline::component::{BuildContext, DynSink, Sink, SinkConfig, SinkContext, Validate};
 use sluice_pipeline::error::{Error, ErrorKind};
 use sluice_pipeline::event::{Event, Text};
 use sluice_pipeline::template::Template;
+use sluice_pipeline::{FieldError, FieldErrors};
 
 use crate::backend::{Fenced, Op};
 use crate::coord::Coord;
@@ -52,13 +52,14 @@ fn default_operation() -> Template {
 }
 
 impl Validate for CoordKvConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
         match self.operation.constant() {
             Some("put" | "delete") | None => Ok(()),
             Some(other) => Err(FieldError::new(
                 "operation",
                 format!("{other:?} is not an operation (expected put, delete, or a template)"),
-            )),
+            )
+            .into()),
         }
     }
 }

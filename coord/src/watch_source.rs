@@ -31,13 +31,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Deserialize;
-use sluice_pipeline::FieldError;
 use sluice_pipeline::component::{
     BuildContext, DynSource, Source, SourceConfig, SourceContext, Validate,
 };
 use sluice_pipeline::config::HumanDuration;
 use sluice_pipeline::error::Error;
 use sluice_pipeline::event::{Event, Position, Text};
+use sluice_pipeline::{FieldError, FieldErrors};
 
 use crate::backend::{Change, KeyValue};
 use crate::coord::Coord;
@@ -59,17 +59,18 @@ fn default_checkpoint_interval() -> HumanDuration {
 }
 
 impl Validate for CoordWatchConfig {
-    fn validate(&self) -> Result<(), FieldError> {
+    fn validate(&self) -> Result<(), FieldErrors> {
+        let mut problems = FieldErrors::new();
         if self.prefix.is_empty() {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "prefix",
                 "must not be empty (following every key of the service is not supported)",
             ));
         }
         if self.checkpoint_interval.get().is_zero() {
-            return Err(FieldError::new("checkpoint_interval", "must be above 0"));
+            problems.push(FieldError::new("checkpoint_interval", "must be above 0"));
         }
-        Ok(())
+        problems.into_result()
     }
 }
 
