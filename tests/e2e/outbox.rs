@@ -31,20 +31,54 @@ const QUEUE: &str = "events";
 struct Relay {
     db: TestDb,
     vhost: Vhost,
-    _dir: Scratch,
+    dir: Scratch,
+    max_in_flight: usize,
+    /// The election the relay runs under, on the shared etcd, if any.
+    leader: Option<String>,
     api: SocketAddr,
     config: PathBuf,
 }
 
 impl Relay {
     fn new(test: &str, max_in_flight: usize) -> Self {
+        Relay::create(test, max_in_flight, None)
+    }
+
+    /// A relay whose nodes run under election `test` (see [`Relay::node`]).
+    fn highly_available(test: &str, max_in_flight: usize) -> Self {
+        Relay::create(test, max_in_flight, Some(test.to_owned()))
+    }
+
+    fn create(test: &str, max_in_flight: usize, leader: Option<String>) -> Self {
         let db = TestDb::create(test);
         db.execute(OUTBOX);
         let vhost = Vhost::create(test).unwrap();
         let dir = Scratch::new(test);
+        let mut relay = Relay {
+            db,
+            vhost,
+            dir,
+            max_in_flight,
+            leader,
+            api: "127.0.0.1:0".parse().unwrap(),
+            config: PathBuf::new(),
+        };
+        (relay.config, relay.api) = relay.node("relay");
+        relay
+    }
+
+    /// The config of node `node` of the relay: its own API address and data directory.
+    fn node(&self, node: &str) -> (PathBuf, SocketAddr) {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = dir.write(
-            "pipeline.toml",
+        let leadership = self.leader.as_ref().map_or(String::new(), |election| {
+            let etcd = std::env::var("ETCD_ENDPOINTS")
+                .unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+            format!(
+                "leader = \"{election}\"\n[coord]\nbackend = \"etcd\"\nendpoints = \"{etcd}\"\nttl = \"2s\"\nnode = \"{node}\"\n"
+            )
+        });
+        let config = self.dir.write(
+            &format!("{node}.toml"),
             &format!(
                 r##"
                 [api]
@@ -52,6 +86,7 @@ impl Relay {
                 [pipeline]
                 data_dir = "{data}"
                 max_in_flight_events = {max_in_flight}
+                {leadership}
                 [sources.outbox]
                 type = "postgres_cdc"
                 url = "{url}"
@@ -82,19 +117,14 @@ impl Relay {
                 queue = "{QUEUE}"
                 routing_key = "#"
                 "##,
-                data = dir.join("data").display(),
-                url = db.url,
-                slot = db.name,
-                amqp = vhost.url(),
+                data = self.dir.join(node).display(),
+                max_in_flight = self.max_in_flight,
+                url = self.db.url,
+                slot = self.db.name,
+                amqp = self.vhost.url(),
             ),
         );
-        Relay {
-            db,
-            vhost,
-            _dir: dir,
-            api,
-            config,
-        }
+        (config, api)
     }
 
     fn start(&self) -> Running {
@@ -200,32 +230,84 @@ impl Handler for Record {
     }
 }
 
+/// A consumer with an inbox in its own database, applying what the relay delivers.
+struct Applier {
+    db: TestDb,
+    runtime: tokio::runtime::Runtime,
+    stats: std::sync::Arc<sluice_consumer::Stats>,
+    consuming: tokio::task::JoinHandle<Result<(), sluice_consumer::Error>>,
+}
+
+impl Applier {
+    fn start(relay: &Relay, test: &str) -> Applier {
+        let db = TestDb::create(test);
+        db.execute("CREATE TABLE applied (message_id text NOT NULL)");
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let consumer = runtime
+            .block_on(Consumer::connect(ConsumerConfig::new(
+                relay.vhost.url(),
+                QUEUE,
+                &db.url,
+            )))
+            .unwrap();
+        let stats = consumer.stats();
+        let consuming = runtime.spawn(consumer.run(Record));
+        Applier {
+            db,
+            runtime,
+            stats,
+            consuming,
+        }
+    }
+
+    fn applied(&self) -> u64 {
+        self.stats.handled.load(Ordering::Relaxed)
+    }
+
+    /// Waits for all 20,000 events, then checks each was applied once, none lost, and that
+    /// repeats (only from events in flight at a failure) stayed within `bound`.
+    fn check_every_event_applied_once(self, relay: &Relay, bound: u64) {
+        wait_for("every event applied", || {
+            (self.applied() >= 20_000).then_some(())
+        })
+        .unwrap();
+        let rows = self
+            .db
+            .query("SELECT count(*), count(DISTINCT message_id) FROM applied");
+        assert_eq!(
+            rows[0],
+            [Some("20000".into()), Some("20000".into())],
+            "each applied once"
+        );
+        let applied_ids: BTreeSet<String> = self
+            .db
+            .query("SELECT message_id FROM applied")
+            .into_iter()
+            .map(|r| r[0].clone().unwrap())
+            .collect();
+        assert_eq!(applied_ids, relay.ids(), "no event lost");
+        let duplicates = self.stats.duplicates.load(Ordering::Relaxed);
+        assert!(
+            duplicates <= bound,
+            "{duplicates} duplicates, more than {bound}"
+        );
+        self.consuming.abort();
+        drop(self.runtime);
+    }
+}
+
 #[test]
 fn kill_dash_nine_five_times_loses_nothing_and_the_inbox_applies_each_once() {
     const IN_FLIGHT: usize = 2000;
     let relay = Relay::new("outbox_kill", IN_FLIGHT);
-    let consumer_db = TestDb::create("outbox_kill_consumer");
-    consumer_db.execute("CREATE TABLE applied (message_id text NOT NULL)");
     let mut running = relay.start();
-
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let consumer = runtime
-        .block_on(Consumer::connect(ConsumerConfig::new(
-            relay.vhost.url(),
-            QUEUE,
-            &consumer_db.url,
-        )))
-        .unwrap();
-    let stats = consumer.stats();
-    let consuming = runtime.spawn(consumer.run(Record));
-
-    let applied = || stats.handled.load(Ordering::Relaxed);
+    let inbox = Applier::start(&relay, "outbox_kill_consumer");
     std::thread::scope(|scope| {
         // 20,000 events in 2,000 transactions over about ten seconds.
         let writer = scope.spawn(|| relay.insert(2000, 10, Some(200)));
         for kill in 1..=5u64 {
             wait_for(&format!("events applied before kill {kill}"), || {
-                (applied() >= kill * 2500).then_some(())
+                (inbox.applied() >= kill * 2500).then_some(())
             })
             .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
             running.signal("KILL");
@@ -234,30 +316,75 @@ fn kill_dash_nine_five_times_loses_nothing_and_the_inbox_applies_each_once() {
         }
         writer.join().unwrap();
     });
-    wait_for("every event applied", || {
-        (applied() >= 20_000).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
-
-    let rows = consumer_db.query("SELECT count(*), count(DISTINCT message_id) FROM applied");
-    assert_eq!(
-        rows[0],
-        [Some("20000".into()), Some("20000".into())],
-        "each applied once"
-    );
-    let applied_ids: BTreeSet<String> = consumer_db
-        .query("SELECT message_id FROM applied")
-        .into_iter()
-        .map(|r| r[0].clone().unwrap())
-        .collect();
-    assert_eq!(applied_ids, relay.ids(), "no event lost");
-    // Repeats come only from events in flight at a kill: at most the in-flight budget each time.
-    let duplicates = stats.duplicates.load(Ordering::Relaxed);
-    assert!(
-        duplicates <= 5 * IN_FLIGHT as u64,
-        "{duplicates} duplicates for 5 kills with at most {IN_FLIGHT} events in flight"
-    );
-    consuming.abort();
+    inbox.check_every_event_applied_once(&relay, 5 * IN_FLIGHT as u64);
     running.signal("TERM");
     assert!(running.wait().unwrap().success(), "{}", running.log());
+}
+
+/// Whether the node at `api` leads its election.
+fn leads(api: SocketAddr) -> bool {
+    sluice_tests::http_get(api, "/ready").is_ok_and(|(_, body)| body.contains("leader of election"))
+}
+
+#[test]
+fn three_nodes_one_relay_the_leader_killed_five_times_and_frozen_twice_loses_nothing() {
+    const IN_FLIGHT: usize = 2000;
+    let relay = Relay::highly_available("outbox_ha", IN_FLIGHT);
+    let start = |name: &str| {
+        let (config, api) = relay.node(name);
+        let mut running = sluice().spawn(&config);
+        running.wait_ready(api).unwrap_or_else(|e| panic!("{e}"));
+        (running, api)
+    };
+    let mut nodes: Vec<(Running, SocketAddr)> = ["a", "b", "c"].map(start).into_iter().collect();
+    // The nodes' sinks have declared the queue by now.
+    let inbox = Applier::start(&relay, "outbox_ha_consumer");
+    let mut started = 3;
+    let leader = |nodes: &[(Running, SocketAddr)]| {
+        wait_for("a leader", || nodes.iter().position(|(_, api)| leads(*api))).unwrap()
+    };
+    let mut failovers = Vec::new();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| relay.insert(2000, 10, Some(100)));
+        for round in 1..=7u64 {
+            wait_for(&format!("events applied before failure {round}"), || {
+                (inbox.applied() >= round * 2200).then_some(())
+            })
+            .unwrap_or_else(|e| {
+                let logs: Vec<String> = nodes.iter().map(|(n, _)| n.log()).collect();
+                panic!("{e}\n{}", logs.join("\n----\n"))
+            });
+            let at = leader(&nodes);
+            let failed = std::time::Instant::now();
+            if round % 3 == 0 {
+                // Frozen for twice the TTL, then resumed: it finds itself a standby.
+                nodes[at].0.signal("STOP");
+                let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != at).collect();
+                wait_for("another leader", || {
+                    others.iter().find(|i| leads(nodes[**i].1)).map(drop)
+                })
+                .unwrap();
+                failovers.push(failed.elapsed());
+                while failed.elapsed() < std::time::Duration::from_secs(4) {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                nodes[at].0.signal("CONT");
+            } else {
+                let (mut dead, _) = nodes.remove(at);
+                dead.signal("KILL");
+                dead.wait().unwrap();
+                leader(&nodes);
+                failovers.push(failed.elapsed());
+                started += 1;
+                nodes.push(start(&format!("n{started}")));
+            }
+        }
+        writer.join().unwrap();
+    });
+    eprintln!("failovers: {failovers:?}");
+    inbox.check_every_event_applied_once(&relay, 7 * IN_FLIGHT as u64);
+    for (mut running, _) in nodes {
+        running.signal("TERM");
+        assert!(running.wait().unwrap().success(), "{}", running.log());
+    }
 }
