@@ -267,7 +267,17 @@ pub async fn give_up(conn: &Conn, held: &Held) -> Result<(), CoordError> {
 pub async fn released(conn: &Conn, held: &Held, patience: Duration) -> Result<(), CoordError> {
     let revision = to_i64(held.token)?;
     let mut failing_since: Option<Instant> = None;
+    // The key was created at `revision`: watching from just after it tells of any change
+    // since, without reading it first. Only when that history is gone (or the stream is lost)
+    // is the key read again.
+    let mut known = Some(revision);
     loop {
+        if let Some(at) = known.take() {
+            if watch_until_gone(conn, held, revision, at).await? {
+                return Ok(());
+            }
+            continue;
+        }
         let read = conn
             .call("reading a candidate key", |mut c| async move {
                 c.get(held.key.as_str(), None).await
@@ -289,31 +299,39 @@ pub async fn released(conn: &Conn, held: &Held, patience: Duration) -> Result<()
         if read.kvs().first().map(|kv| kv.create_revision()) != Some(revision) {
             return Ok(());
         }
-        let at = header_revision(read.header())?;
-        let mut watch = conn
-            .call("watching a candidate key", |mut c| async move {
-                let from = WatchOptions::new().with_start_revision(at + 1);
-                c.watch(held.key.as_str(), Some(from)).await
-            })
-            .await?;
-        loop {
-            // A lost stream, or one that cannot follow from `at` any more: look at the key
-            // again (the read fails if no member answers).
-            let Ok(Some(response)) = watch.message().await else {
-                break;
-            };
-            if response.canceled() {
-                break;
-            }
-            let gone = response.events().iter().any(|event| {
-                event.event_type() == EventType::Delete
-                    || event
-                        .kv()
-                        .is_some_and(|kv| kv.create_revision() != revision)
-            });
-            if gone {
-                return Ok(());
-            }
+        known = Some(header_revision(read.header())?);
+    }
+}
+
+/// Watches `held`'s key from just after revision `at`: `true` once it is deleted or replaced,
+/// `false` when the stream is lost or cannot follow from `at` any more.
+async fn watch_until_gone(
+    conn: &Conn,
+    held: &Held,
+    revision: i64,
+    at: i64,
+) -> Result<bool, CoordError> {
+    let mut watch = conn
+        .call("watching a candidate key", |mut c| async move {
+            let from = WatchOptions::new().with_start_revision(at + 1);
+            c.watch(held.key.as_str(), Some(from)).await
+        })
+        .await?;
+    loop {
+        let Ok(Some(response)) = watch.message().await else {
+            return Ok(false);
+        };
+        if response.canceled() {
+            return Ok(false);
+        }
+        let gone = response.events().iter().any(|event| {
+            event.event_type() == EventType::Delete
+                || event
+                    .kv()
+                    .is_some_and(|kv| kv.create_revision() != revision)
+        });
+        if gone {
+            return Ok(true);
         }
     }
 }
