@@ -11,7 +11,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -22,14 +22,27 @@ use crate::leadership::Role;
 /// How often histograms are compacted between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Buckets (seconds) of every `*_seconds` histogram: from 0.1 ms to 30 s, so that latencies of
+/// a gateway hop and of a slow broker confirm both land in a bucket of their own.
+pub const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder as the process's metrics recorder, once. Returns `None` if
 /// another recorder was installed first (metrics then go there, not to `/metrics`).
+///
+/// Histograms whose name ends in `_seconds` are rendered as Prometheus histograms with
+/// [`SECONDS_BUCKETS`] (aggregatable across processes, usable with `histogram_quantile`);
+/// the others (batch sizes) stay summaries.
 pub fn prometheus() -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new().install_recorder();
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder);
             if let Err(e) = &handle {
                 tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
             }
@@ -189,6 +202,24 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
+    }
+
+    #[test]
+    fn seconds_histograms_have_buckets_and_others_stay_summaries() {
+        let handle = prometheus().expect("the recorder is this process's");
+        metrics::histogram!("sluice_api_test_latency_seconds").record(0.003);
+        metrics::histogram!("sluice_api_test_batch_size").record(3.0);
+        let text = handle.render();
+        assert!(
+            text.contains("# TYPE sluice_api_test_latency_seconds histogram")
+                && text.contains("sluice_api_test_latency_seconds_bucket{le=\"0.005\"} 1")
+                && text.contains("sluice_api_test_latency_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE sluice_api_test_batch_size summary"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
