@@ -166,10 +166,16 @@ pub async fn serve(
     })
 }
 
-/// `ready` or `not ready: <ids>`, then one line per election saying this process's role.
+/// `starting: <configs>` until every pipeline registered its components, then `ready` or
+/// `not ready: <ids>`, then one line per election saying this process's role.
 fn ready(health: &Health) -> (StatusCode, String) {
     let readiness = health.readiness();
-    let (status, mut body) = if readiness.not_ready.is_empty() {
+    let (status, mut body) = if !readiness.starting.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: {}\n", readiness.starting.join(", ")),
+        )
+    } else if readiness.not_ready.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
@@ -202,6 +208,31 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
+    }
+
+    #[test]
+    fn ready_says_starting_until_every_pipeline_registered() {
+        let health = Health::default();
+        let pipeline = health.scoped("relay.toml");
+        pipeline.expect();
+        assert_eq!(
+            ready(&health),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: relay.toml\n".into()
+            )
+        );
+        let sink = pipeline.register("sink", "broker");
+        pipeline.registered();
+        assert_eq!(
+            ready(&health),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: broker\n".into()
+            )
+        );
+        sink.set(true);
+        assert_eq!(ready(&health), (StatusCode::OK, "ready\n".into()));
     }
 
     #[test]
