@@ -9,6 +9,7 @@ use sluice_connectors::postgres::cdc::PostgresCdcConfig;
 use sluice_connectors::postgres::poll::PollConfig;
 use sluice_connectors::rabbitmq::RabbitmqSinkConfig;
 use sluice_connectors::stdout::StdoutSinkConfig;
+use sluice_gateway::{CacheInvalidateConfig, GatewayConfig, IngressConfig, RedisConfig};
 use sluice_ids::config::IdsConfig;
 use sluice_ids::transform::IdTransformConfig;
 use sluice_pipeline::Registry;
@@ -20,13 +21,17 @@ pub fn registry() -> Registry {
         .source::<GeneratorConfig>("generator")
         .source::<PostgresCdcConfig>("postgres_cdc")
         .source::<PollConfig>("postgres_poll")
+        .source::<GatewayConfig>("gateway")
+        .source::<IngressConfig>("http_ingress")
         .transform::<OutboxConfig>("outbox")
         .transform::<IdTransformConfig>("id")
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")
         .sink::<RabbitmqSinkConfig>("rabbitmq")
+        .sink::<CacheInvalidateConfig>("cache_invalidate")
         .resource::<IdsConfig>("ids")
+        .resource::<RedisConfig>("redis")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry
 }

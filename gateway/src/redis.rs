@@ -12,7 +12,7 @@
 //! Redis every [`PING_INTERVAL`] to say in `/ready` whether it answers.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -106,9 +106,10 @@ impl ResourceConfig for RedisConfig {
 }
 
 /// The shared Redis connection.
-#[derive(Clone)]
 pub struct Redis {
-    connection: ConnectionManager,
+    client: redis::Client,
+    /// Made at the first command (it spawns its driver, so it needs the runtime).
+    connection: OnceLock<ConnectionManager>,
     timeout: Duration,
 }
 
@@ -134,18 +135,26 @@ impl Redis {
     pub fn new(config: &RedisConfig) -> Result<Self, Error> {
         let client = redis::Client::open(config.url.as_str())
             .map_err(|e| Error::new(ErrorKind::Config, "reading [redis] url").with_source(e))?;
-        let timeout = config.timeout.get();
-        let manager_config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout))
+        Ok(Redis {
+            client,
+            connection: OnceLock::new(),
+            timeout: config.timeout.get(),
+        })
+    }
+
+    fn connection(&self) -> Result<ConnectionManager, RedisError> {
+        if let Some(connection) = self.connection.get() {
+            return Ok(connection.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_lazy_with_config(client, manager_config)
-            .map_err(|e| Error::new(ErrorKind::Config, "opening [redis]").with_source(e))?;
-        Ok(Redis {
-            connection,
-            timeout,
-        })
+        let made = ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            .map_err(RedisError::Command)?;
+        // Two first commands at once may both make one; the first stored is the one kept.
+        Ok(self.connection.get_or_init(|| made).clone())
     }
 
     /// The longest a command may take.
@@ -159,7 +168,8 @@ impl Redis {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.timeout, command(self.connection.clone())).await {
+        let connection = self.connection()?;
+        match tokio::time::timeout(self.timeout, command(connection)).await {
             Ok(result) => result.map_err(RedisError::Command),
             Err(_) => Err(RedisError::Timeout(self.timeout)),
         }

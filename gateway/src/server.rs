@@ -5,9 +5,11 @@
 //! proxy); the path is normalised ([`route::path`](crate::route::path), 400 when it cannot be
 //! safely); the route is chosen (404); a body larger than `max_body_bytes` is refused (413)
 //! and one not received within `client_timeout` too (408); the client's own user header
-//! (`X-User-ID`) is removed. Malformed framing (two `Content-Length`s, `Transfer-Encoding`
-//! with `Content-Length`) is refused by hyper itself (400) before any of this, and a head
-//! larger than `max_header_bytes` gets 431. After the route's stack answers, the request is
+//! (`X-User-ID`) is removed. Framing is hyper's: two different `Content-Length`s are refused
+//! (400); `Transfer-Encoding: chunked` with a `Content-Length` is read as chunked, the length
+//! ignored, and the connection closed after the answer (RFC 9112 §6.3), so nothing can ride
+//! along after the body; bodies are forwarded re-framed, so an upstream never reads one
+//! differently. A head larger than `max_header_bytes` gets 431. After the route's stack answers, the request is
 //! counted and its access-log record handed to the pipeline.
 
 use std::convert::Infallible;

@@ -8,6 +8,7 @@ mod api;
 mod cli;
 mod config_errors;
 mod engine;
+mod gateway;
 mod ids;
 mod outbox;
 mod postgres_cdc;
