@@ -23,6 +23,7 @@ use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::Deserialize;
+use sluice_pipeline::template::Template;
 use sluice_pipeline::{FieldError, HumanDuration, Validate};
 use tokio::sync::watch;
 
@@ -63,61 +64,16 @@ fn default_max_body_bytes() -> usize {
     DEFAULT_MAX_BODY_BYTES
 }
 
-/// A parsed key template.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Name(String),
-}
-
-fn parse_key(key: &str) -> Result<Vec<Piece>, String> {
-    let mut pieces = Vec::new();
-    let mut rest = key;
-    while let Some(open) = rest.find('{') {
-        if open > 0 {
-            pieces.push(Piece::Text(rest[..open].to_owned()));
-        }
-        let after = &rest[open + 1..];
-        let close = after.find('}').ok_or_else(|| {
-            format!(
-                "the {{ at byte {} is not closed",
-                key.len() - rest.len() + open
-            )
-        })?;
-        let name = &after[..close];
-        if name.is_empty() || name.contains(['{', ' ']) {
-            return Err(format!("{{{name}}} is not a placeholder name"));
-        }
-        pieces.push(Piece::Name(name.to_owned()));
-        rest = &after[close + 1..];
-    }
-    if rest.contains('}') {
-        return Err("a } closes nothing".to_owned());
-    }
-    if !rest.is_empty() {
-        pieces.push(Piece::Text(rest.to_owned()));
-    }
-    Ok(pieces)
-}
-
 impl CacheConfig {
-    /// The placeholder names of the key.
-    pub fn key_names(&self) -> Vec<&str> {
-        let mut names = Vec::new();
-        let mut rest = self.key.as_str();
-        while let Some(open) = rest.find('{') {
-            let after = &rest[open + 1..];
-            let Some(close) = after.find('}') else { break };
-            names.push(&after[..close]);
-            rest = &after[close + 1..];
-        }
-        names
+    /// The key template, parsed (the engine's templates: `{name}`, `{{` for a brace).
+    pub fn template(&self) -> Result<Template, FieldError> {
+        Template::parse(&self.key).map_err(|e| FieldError::new("key", e.to_string()))
     }
 }
 
 impl Validate for CacheConfig {
     fn validate(&self) -> Result<(), FieldError> {
-        parse_key(&self.key).map_err(|e| FieldError::new("key", e))?;
+        self.template()?;
         if self.ttl.get() < Duration::from_secs(1) {
             return Err(FieldError::new("ttl", "must be at least 1s"));
         }
@@ -205,7 +161,7 @@ type Fill = Option<Option<Arc<Stored>>>;
 pub struct Cache {
     route: Arc<str>,
     config: CacheConfig,
-    key: Vec<Piece>,
+    key: Template,
     params: Vec<String>,
     redis: Arc<Redis>,
     /// Keys being fetched from the upstream now, with the channel their result comes on.
@@ -236,7 +192,7 @@ impl Cache {
         params: Vec<String>,
         redis: Arc<Redis>,
     ) -> Result<Self, FieldError> {
-        let key = parse_key(&config.key).map_err(|e| FieldError::new("key", e))?;
+        let key = config.template()?;
         let counter = |result: &'static str| ::metrics::counter!(metrics::CACHE, "route" => route.to_owned(), "result" => result);
         Ok(Cache {
             route: Arc::from(route),
@@ -268,24 +224,21 @@ impl Cache {
             rest.split('/').collect()
         };
         let mut key = String::with_capacity(64);
-        for piece in &self.key {
-            match piece {
-                Piece::Text(text) => key.push_str(text),
-                Piece::Name(name) => {
-                    let value = match name.as_str() {
-                        "path" => rest,
-                        "query" => request.uri().query().unwrap_or(""),
-                        "method" => request.method().as_str(),
-                        "host" => cx.host.as_deref().unwrap_or(""),
-                        _ => {
-                            let at = self.params.iter().position(|p| p == name)?;
-                            segments.get(at).copied().filter(|s| !s.is_empty())?
-                        }
-                    };
-                    key.push_str(value);
-                }
-            }
-        }
+        self.key
+            .render_with(
+                |name| match name {
+                    "path" => Some(rest),
+                    "query" => Some(request.uri().query().unwrap_or("")),
+                    "method" => Some(request.method().as_str()),
+                    "host" => Some(cx.host.as_deref().unwrap_or("")),
+                    _ => {
+                        let at = self.params.iter().position(|p| p == name)?;
+                        segments.get(at).copied().filter(|s| !s.is_empty())
+                    }
+                },
+                &mut key,
+            )
+            .ok()?;
         if !self.config.public
             && let Some(user) = &cx.user
         {
@@ -565,19 +518,5 @@ mod tests {
         assert_eq!(back.body, stored.body);
         assert!(Stored::decode(Bytes::from_static(b"\x00")).is_none());
         assert!(Stored::decode(Bytes::from_static(b"\x00\xc8\x00\x05")).is_none());
-    }
-
-    #[test]
-    fn key_templates_parse_or_say_why_not() {
-        assert_eq!(
-            parse_key("cache:products:{id}").unwrap(),
-            [
-                Piece::Text("cache:products:".into()),
-                Piece::Name("id".into())
-            ]
-        );
-        assert!(parse_key("cache:{id").is_err());
-        assert!(parse_key("cache:}").is_err());
-        assert!(parse_key("cache:{}").is_err());
     }
 }

@@ -275,7 +275,7 @@ impl Validate for RouteConfig {
         }
         if let Some(cache) = &self.cache {
             cache.validate().map_err(|e| e.within("cache"))?;
-            for name in cache.key_names() {
+            for name in cache.template().map_err(|e| e.within("cache"))?.names() {
                 if !self.params.iter().any(|p| p == name)
                     && !crate::cache::BUILTIN_NAMES.contains(&name)
                 {

@@ -1,6 +1,8 @@
-//! The `cache_invalidate` sink: deletes the Redis keys rendered from each event (`keys =
-//! ["cache:products:{id}"]`, with the engine's templates: `{id}`, `{key}`, `{type}`, then the
-//! event's fields, then its headers), and acknowledges the event once Redis has deleted them.
+//! The `cache_invalidate` sink: deletes the Redis keys rendered from each event's fields (`keys
+//! = ["cache:products:{id}"]`, the engine's templates, whose names are looked up in the
+//! event's fields first — a CDC row's columns, so `{id}` is the row's `id` column, not the
+//! event's id — then as everywhere else: `id`, `key`, `type`, headers), and acknowledges the
+//! event once Redis has deleted them.
 //! An event that lacks a key's field is quarantined with the reason; a Redis failure is
 //! retried (the sink restarts, keeping the events it had not answered).
 //!
@@ -89,7 +91,21 @@ impl CacheInvalidate {
             let rendered: Result<Vec<String>, String> = self
                 .templates
                 .iter()
-                .map(|t| t.render(&event).map_err(|missing| missing.to_string()))
+                .map(|t| {
+                    let mut key = String::new();
+                    t.render_with(
+                        |name| {
+                            event
+                                .fields
+                                .text(name)
+                                .or_else(|| event.lookup(name))
+                                .map(Text::as_str)
+                        },
+                        &mut key,
+                    )
+                    .map(|()| key)
+                    .map_err(|missing| missing.to_string())
+                })
                 .collect();
             match rendered {
                 Ok(mut k) => {

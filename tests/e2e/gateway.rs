@@ -122,7 +122,7 @@ pub(crate) fn token(sub: &str, exp_in: i64, secret: &str) -> String {
 }
 
 /// A response read off the wire.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub status: u16,
     pub headers: BTreeMap<String, String>,

@@ -9,6 +9,7 @@ mod cli;
 mod config_errors;
 mod engine;
 mod gateway;
+mod gateway_pipeline;
 mod ids;
 mod outbox;
 mod postgres_cdc;
