@@ -28,13 +28,3 @@ pub const INGRESS_REQUESTS: &str = "sluice_http_ingress_requests_total";
 /// Keys deleted by `cache_invalidate`, by `sink`.
 pub const INVALIDATED: &str = "sluice_cache_invalidate_keys_total";
 
-/// The status class label of `status`: `2xx`, `4xx`…
-pub fn status_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}

@@ -548,8 +548,12 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
     // is exact.
     let retryable = idempotent(request.method())
         && http_body::Body::size_hint(request.body()).exact() == Some(0);
+    let retryable = retryable && upstream.retries > 0 && upstream.current().len() > 1;
     let (parts, body_in) = request.into_parts();
     let mut body_in = Some(body_in);
+    // The head is kept for another attempt only when one may follow: cloning a header map
+    // per request is a cost the common case need not pay.
+    let mut parts = Some(parts);
     let mut tried = Vec::new();
     loop {
         let Some((index, instance)) = upstream.pick(&tried) else {
@@ -559,8 +563,15 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
         let Ok(uri) = instance.target(&path_and_query) else {
             return body::error(StatusCode::BAD_GATEWAY, "Bad upstream URL");
         };
+        let head = match (&parts, retryable) {
+            (Some(kept), true) => kept.clone(),
+            _ => match parts.take() {
+                Some(head) => head,
+                None => return body::error(StatusCode::BAD_GATEWAY, "Bad gateway"),
+            },
+        };
         let mut outgoing =
-            http::Request::from_parts(parts.clone(), body_in.take().unwrap_or_else(body::empty));
+            http::Request::from_parts(head, body_in.take().unwrap_or_else(body::empty));
         *outgoing.uri_mut() = uri;
         // The version must agree with what the client speaks to this upstream, whatever the
         // client of the gateway spoke.

@@ -33,7 +33,7 @@ use crate::config::GatewayConfig;
 use crate::context::{AnsweredFor, CacheStatus, RequestContext, UpstreamTiming};
 use crate::metrics;
 use crate::route::path;
-use crate::stack::Gateway;
+use crate::stack::{Gateway, Route, RouteMetrics};
 
 /// How long open connections may take to finish once shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,6 +106,8 @@ pub struct Entrance {
     client_timeout: Duration,
     user_header: HeaderName,
     log: AccessLog,
+    /// The metrics of requests no route matched.
+    unrouted: RouteMetrics,
 }
 
 impl std::fmt::Debug for Entrance {
@@ -144,6 +146,7 @@ impl Entrance {
             client_timeout: config.client_timeout.get(),
             user_header,
             log,
+            unrouted: RouteMetrics::new("-", "-"),
         }
     }
 
@@ -164,15 +167,13 @@ impl Entrance {
         let (route, response) = self.answer(request, peer, tls).await;
         let elapsed = started.elapsed();
         let status = response.status();
-        let route_label = route.clone().unwrap_or_else(|| Arc::from("-"));
-        ::metrics::counter!(metrics::REQUESTS, "route" => route_label.to_string(), "status" => metrics::status_class(status)).increment(1);
-        ::metrics::histogram!(metrics::REQUEST_DURATION, "route" => route_label.to_string())
-            .record(elapsed.as_secs_f64());
         let timing = response.extensions().get::<UpstreamTiming>();
-        if let Some(timing) = timing {
-            ::metrics::histogram!(metrics::UPSTREAM_DURATION, "route" => route_label.to_string(), "upstream" => timing.upstream.to_string())
-                .record(timing.duration.as_secs_f64());
-        }
+        route.map_or(&self.unrouted, |r| &r.metrics).record(
+            status,
+            elapsed,
+            timing.map(|t| t.duration),
+        );
+        let route = route.map(|r| Arc::clone(&r.id));
         self.log.record(AccessRecord {
             time_unix_ms,
             client_ip: peer.ip(),
@@ -201,7 +202,7 @@ impl Entrance {
         request: http::Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
-    ) -> (Option<Arc<str>>, Response) {
+    ) -> (Option<&Route>, Response) {
         // HTTP/2 requests always carry scheme and authority; in HTTP/1 they mean absolute
         // form, which only a forward proxy accepts.
         if request.version() < http::Version::HTTP_2 && request.uri().scheme().is_some() {
@@ -237,7 +238,7 @@ impl Entrance {
         else {
             return (None, refuse(StatusCode::NOT_FOUND, "no_route", "No route"));
         };
-        let route_id = Some(Arc::clone(&route.id));
+        let route_id = Some(route);
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -26,6 +26,7 @@ use crate::body::{Request, Response};
 use crate::breaker::{Breaker, BreakerLayer};
 use crate::cache::{Cache, CacheLayer};
 use crate::config::GatewayConfig;
+use crate::metrics;
 use crate::proxy::{self, Proxy, Upstream};
 use crate::ratelimit::{Limiter, RateLimitLayer};
 use crate::redis::Redis;
@@ -42,6 +43,51 @@ pub struct Route {
     pub id: Arc<str>,
     /// Its stack.
     pub service: RouteService,
+    /// Its metrics, registered once.
+    pub metrics: RouteMetrics,
+}
+
+/// A route's metric handles, so that counting a request looks nothing up.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    /// Requests by status class (1xx … 5xx).
+    requests: [::metrics::Counter; 5],
+    duration: ::metrics::Histogram,
+    upstream: ::metrics::Histogram,
+}
+
+impl RouteMetrics {
+    /// The handles of route `route` (whose upstream is `upstream`).
+    pub fn new(route: &str, upstream: &str) -> Self {
+        let class = |c: &'static str| ::metrics::counter!(metrics::REQUESTS, "route" => route.to_owned(), "status" => c);
+        RouteMetrics {
+            requests: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            duration: ::metrics::histogram!(metrics::REQUEST_DURATION, "route" => route.to_owned()),
+            upstream: ::metrics::histogram!(metrics::UPSTREAM_DURATION, "route" => route.to_owned(), "upstream" => upstream.to_owned()),
+        }
+    }
+
+    /// Counts one request answered with `status` after `elapsed`, of which the upstream took
+    /// `upstream`.
+    pub fn record(
+        &self,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+        upstream: Option<std::time::Duration>,
+    ) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.requests[class].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream.record(upstream.as_secs_f64());
+        }
+    }
 }
 
 /// Everything a running gateway serves with.
@@ -164,6 +210,7 @@ pub fn build(
             Route {
                 id: Arc::from(route.id.as_str()),
                 service: BoxCloneSyncService::new(service),
+                metrics: RouteMetrics::new(&route.id, &route.upstream),
             },
         ));
     }
