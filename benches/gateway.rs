@@ -17,7 +17,8 @@
 //! generator and the upstream, so the figures compare the proxies with one another, not with
 //! a dedicated machine.
 
-#[path = "support/mod.rs"]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::net::TcpListener;
@@ -402,8 +403,8 @@ inputs = ["gateway"]
         "\nAPI gateway, {connections} connections, {secs} s each, one wrk thread, same upstream"
     );
     println!(
-        "{:<18} {:>10} {:>9} {:>9} {:>12} {:>9}  {}",
-        "scenario", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "ratio", "target"
+        "{:<18} {:>10} {:>9} {:>9} {:>12} {:>9}  target",
+        "scenario", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "ratio"
     );
     let mut rows = Vec::new();
     for f in &figures {

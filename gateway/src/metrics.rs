@@ -27,4 +27,3 @@ pub const ACCESS_LOG_SHED: &str = "sluice_gateway_access_log_shed_total";
 pub const INGRESS_REQUESTS: &str = "sluice_http_ingress_requests_total";
 /// Keys deleted by `cache_invalidate`, by `sink`.
 pub const INVALIDATED: &str = "sluice_cache_invalidate_keys_total";
-
