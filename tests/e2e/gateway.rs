@@ -867,3 +867,103 @@ fn the_id_endpoint_is_routable_through_the_gateway() {
     let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(body["ids"].as_array().map(Vec::len), Some(3), "{answer:?}");
 }
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(args)
+        .output()
+        .expect("curl (scripts/services.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, version) = text.split_once(' ').unwrap_or((&text, ""));
+    (status.to_owned(), version.to_owned())
+}
+
+#[test]
+fn http2_in_clear_and_tls_termination_with_alpn() {
+    let services = Services::start();
+    let dir = Scratch::new("gw_tls_certs");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl (scripts/services.sh installs it)");
+    assert!(made.success());
+    let plain = start_gateway("gw_h2c", &redis_url(), &seed_routes(&services, 1000));
+    let auth = format!("Authorization: {}", bearer(&token("456", 300, SECRET)));
+    let url = format!("http://{}/api/orders/1", plain.address);
+    assert_eq!(
+        curl(&["--http2-prior-knowledge", "-H", &auth, &url]),
+        ("200".into(), "2".into())
+    );
+    assert_eq!(
+        curl(&["--http1.1", "-H", &auth, &url]),
+        ("200".into(), "1.1".into())
+    );
+
+    let routes = format!(
+        "{}\n[sources.gateway.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        seed_routes(&services, 1000),
+        cert.display(),
+        key.display()
+    );
+    let tls = start_gateway("gw_tls", &redis_url(), &routes);
+    let url = format!("https://localhost:{}/api/orders/1", tls.address.port());
+    let resolve = format!("localhost:{}:127.0.0.1", tls.address.port());
+    let ca = cert.display().to_string();
+    assert_eq!(
+        curl(&[
+            "--http2",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-H",
+            &auth,
+            &url
+        ]),
+        ("200".into(), "2".into()),
+        "HTTP/2 by ALPN"
+    );
+    assert_eq!(
+        curl(&[
+            "--http1.1",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-H",
+            &auth,
+            &url
+        ]),
+        ("200".into(), "1.1".into())
+    );
+    assert_eq!(services.seen.orders.load(Ordering::SeqCst), 4);
+}
