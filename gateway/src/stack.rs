@@ -1,17 +1,17 @@
 //! Each route's tower stack, in the order of the phases (`docs/gateway.md`):
 //!
-//! 1. authentication ([`auth`](crate::auth)): 401, or the user id forwarded;
-//! 2. rate limiting ([`ratelimit`](crate::ratelimit)): 429, counted per user by default;
-//! 3. the response cache ([`cache`](crate::cache)): a HIT answers here;
-//! 4. transforms ([`transform`](crate::transform)): headers, path rewrite, query — after the
+//! 1. authentication ([`crate::auth`]): 401, or the user id forwarded;
+//! 2. rate limiting ([`crate::ratelimit`]): 429, counted per user by default;
+//! 3. the response cache ([`crate::cache`]): a HIT answers here;
+//! 4. transforms ([`crate::transform`]): headers, path rewrite, query — after the
 //!    cache, so the cache key is the client's request and what is cached is the transformed
 //!    response;
-//! 5. the circuit breaker ([`breaker`](crate::breaker)): 503 while open;
-//! 6. the timeout ([`timeout`](crate::timeout)): 504;
-//! 7. the proxy ([`proxy`](crate::proxy)): one instance of the upstream.
+//! 5. the circuit breaker ([`crate::breaker`]): 503 while open;
+//! 6. the timeout ([`crate::timeout`]): 504;
+//! 7. the proxy ([`crate::proxy`]): one instance of the upstream.
 //!
 //! What comes before every route (absolute-form refusal, path normalisation, routing, body and
-//! header limits, the client's `X-User-ID` removed) is the entrance, in [`server`](crate::server).
+//! header limits, the client's `X-User-ID` removed) is the entrance, in [`crate::server`].
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
