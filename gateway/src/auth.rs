@@ -8,9 +8,10 @@
 //! family (an HS256 token is never checked against an RSA public key used as an HMAC secret),
 //! and only algorithms listed in `algorithms` are accepted; `alg: none` never is.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ pub const DEFAULT_HEADER: &str = "x-user-id";
 pub const DEFAULT_LEEWAY: HumanDuration = HumanDuration::from_secs(30);
 /// Default for [`JwtConfig::jwks_refresh`].
 pub const DEFAULT_JWKS_REFRESH: HumanDuration = HumanDuration::from_secs(300);
+/// Most verified tokens remembered (see [`Verifier::verify`]); when full, the memory is
+/// cleared and fills again.
+pub const VERIFIED_CAPACITY: usize = 10_000;
 /// The shortest time between two JWKS fetches caused by unknown `kid`s, so forged `kid`s
 /// cannot make the gateway hammer the key server.
 pub const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
@@ -290,7 +294,13 @@ pub struct Verifier {
     claim: String,
     /// The header the claim is forwarded as.
     pub header: HeaderName,
+    /// Tokens already verified: their user and `exp`, so a client's next requests cost a
+    /// lookup rather than a signature check.
+    verified: Mutex<HashMap<Box<str>, Verified>>,
 }
+
+/// A verified token's user and `exp` (Unix seconds).
+type Verified = (Arc<str>, u64);
 
 struct Jwks {
     url: http::Uri,
@@ -352,11 +362,37 @@ impl Verifier {
             validation,
             claim: config.claim.clone(),
             header,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The user id of a valid `token`.
-    pub async fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// The user id of a valid `token`. A token that verified is remembered until its `exp`
+    /// (without leeway), and not checked again before.
+    pub async fn verify(&self, token: &str) -> Result<Arc<str>, AuthError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some((user, exp)) = self
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            && now < *exp
+        {
+            return Ok(Arc::clone(user));
+        }
+        let (user, exp) = self.check(token).await?;
+        let user: Arc<str> = Arc::from(user);
+        if now < exp {
+            let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+            verified.insert(Box::from(token), (Arc::clone(&user), exp));
+        }
+        Ok(user)
+    }
+
+    /// Verifies `token`: its user and `exp`.
+    async fn check(&self, token: &str) -> Result<(String, u64), AuthError> {
         let head = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         if !self.algorithms.contains(&head.alg) {
             return Err(AuthError::Malformed);
@@ -377,11 +413,16 @@ impl Verifier {
             found = self.try_keys(&keys, token, family, head.kid.as_deref());
         }
         let claims = found?;
-        match claims.get(&self.claim) {
-            Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-            Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-            _ => Err(AuthError::Claims),
-        }
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(AuthError::Claims)?;
+        let user = match claims.get(&self.claim) {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return Err(AuthError::Claims),
+        };
+        Ok((user, exp))
     }
 
     fn try_keys(
@@ -619,7 +660,6 @@ where
                 return Ok(unauthorized(&AuthError::Claims));
             };
             request.headers_mut().insert(verifier.header.clone(), value);
-            let user: Arc<str> = Arc::from(user);
             if let Some(cx) = request.extensions_mut().get_mut::<RequestContext>() {
                 cx.user = Some(Arc::clone(&user));
             }
@@ -663,9 +703,10 @@ mod tests {
     async fn a_valid_token_gives_its_subject() {
         let v = verifier(&config());
         let token = hs256(serde_json::json!({"sub": "456", "exp": now() + 60}), SECRET);
-        assert_eq!(v.verify(&token).await.unwrap(), "456");
+        assert_eq!(&*v.verify(&token).await.unwrap(), "456");
+        assert_eq!(&*v.verify(&token).await.unwrap(), "456", "remembered");
         let numeric = hs256(serde_json::json!({"sub": 456, "exp": now() + 60}), SECRET);
-        assert_eq!(v.verify(&numeric).await.unwrap(), "456");
+        assert_eq!(&*v.verify(&numeric).await.unwrap(), "456");
     }
 
     #[tokio::test]
@@ -716,7 +757,7 @@ mod tests {
             serde_json::json!({"sub": "1", "exp": now() + 60, "iss": "https://idp.test", "aud": "shop"}),
             SECRET,
         );
-        assert_eq!(v.verify(&good).await.unwrap(), "1");
+        assert_eq!(&*v.verify(&good).await.unwrap(), "1");
         let other = hs256(
             serde_json::json!({"sub": "1", "exp": now() + 60, "iss": "https://evil.test", "aud": "shop"}),
             SECRET,
@@ -745,7 +786,7 @@ mod tests {
             &EncodingKey::from_rsa_pem(private).unwrap(),
         )
         .unwrap();
-        assert_eq!(v.verify(&good).await.unwrap(), "7");
+        assert_eq!(&*v.verify(&good).await.unwrap(), "7");
     }
 
     #[test]
