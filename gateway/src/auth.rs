@@ -789,6 +789,68 @@ mod tests {
         assert_eq!(&*v.verify(&good).await.unwrap(), "7");
     }
 
+    /// Serves `body` as JSON to every request on a port of its own; counts the requests.
+    async fn jwks_server(body: String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&hits);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, hits)
+    }
+
+    #[tokio::test]
+    async fn keys_come_from_a_jwks_and_an_unknown_kid_fetches_it_again() {
+        let private = include_bytes!("../tests/keys/rsa_private.pem");
+        let key = EncodingKey::from_rsa_pem(private).unwrap();
+        let mut jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
+        jwk.common.key_id = Some("k1".into());
+        let set = serde_json::json!({ "keys": [jwk] }).to_string();
+        let (url, hits) = jwks_server(set).await;
+        let config: JwtConfig =
+            toml::from_str(&format!("algorithms = [\"RS256\"]\njwks_url = {url:?}")).unwrap();
+        let v = verifier(&config);
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("k1".into());
+        let token = encode(
+            &header,
+            &serde_json::json!({"sub": "7", "exp": now() + 60}),
+            &key,
+        )
+        .unwrap();
+        assert_eq!(
+            &*v.verify(&token).await.unwrap(),
+            "7",
+            "fetched on the unknown kid"
+        );
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+        header.kid = Some("k2".into());
+        let rotated = encode(
+            &header,
+            &serde_json::json!({"sub": "8", "exp": now() + 60}),
+            &key,
+        )
+        .unwrap();
+        assert_eq!(v.verify(&rotated).await, Err(AuthError::NoKey));
+        assert_eq!(
+            hits.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a refetch within JWKS_MIN_REFETCH is skipped, so forged kids cannot hammer the key server"
+        );
+    }
+
     #[test]
     fn the_secret_never_shows_and_short_ones_are_refused() {
         let shown = format!("{:?}", config());
