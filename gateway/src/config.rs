@@ -64,6 +64,9 @@ pub struct GatewayConfig {
     /// (or, for the head, the connection closed), so slow clients cannot hold connections.
     #[serde(default = "default_client_timeout")]
     pub client_timeout: HumanDuration,
+    /// Threads serving requests, each its own single-threaded runtime accepting on the same
+    /// socket; unset, one per core.
+    pub threads: Option<usize>,
     /// Access-log records held for the pipeline when it is slow; more are shed (counted).
     #[serde(default = "default_access_log_buffer")]
     pub access_log_buffer: usize,
@@ -202,6 +205,12 @@ impl Validate for GatewayConfig {
         }
         if self.max_header_bytes < 1024 {
             return Err(FieldError::new("max_header_bytes", "must be at least 1024"));
+        }
+        if self.threads == Some(0) {
+            return Err(FieldError::new(
+                "threads",
+                "must be at least 1 (omit it for one per core)",
+            ));
         }
         if self.access_log_buffer == 0 {
             return Err(FieldError::new("access_log_buffer", "must be at least 1"));

@@ -172,7 +172,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     instances: RwLock<Arc<Vec<Arc<Instance>>>>,
     next: AtomicUsize,
-    client: Client,
+    /// A client per serving thread (see [`set_worker`]), so a pooled connection is driven
+    /// by the thread whose requests use it.
+    clients: Box<[OnceLock<Client>]>,
+    connect_timeout: Duration,
+    max_idle: usize,
     http2: bool,
     max_fails: u32,
     fail_timeout: Duration,
@@ -204,16 +208,21 @@ impl Upstream {
             name: Arc::from(name),
             instances: RwLock::new(Arc::new(instances)),
             next: AtomicUsize::new(0),
-            client: build_client(
-                config.http2,
-                config.connect_timeout.get(),
-                config.max_idle_per_instance,
-            ),
+            clients: (0..MAX_WORKERS).map(|_| OnceLock::new()).collect(),
+            connect_timeout: config.connect_timeout.get(),
+            max_idle: config.max_idle_per_instance,
             http2: config.http2,
             max_fails: config.max_fails,
             fail_timeout: config.fail_timeout.get(),
             retries: config.retries,
         })
+    }
+
+    /// The client of the calling thread.
+    fn client(&self) -> &Client {
+        let worker = WORKER.with(std::cell::Cell::get) % MAX_WORKERS;
+        self.clients[worker]
+            .get_or_init(|| build_client(self.http2, self.connect_timeout, self.max_idle))
     }
 
     /// Replaces the instances (what a discovery found); those that remain keep their health.
@@ -278,6 +287,19 @@ impl Upstream {
             instance.fails.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// Serving threads beyond this share clients.
+pub const MAX_WORKERS: usize = 64;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Names the calling thread serving thread `n`, whose upstream requests use clients of its
+/// own.
+pub fn set_worker(n: usize) {
+    WORKER.with(|w| w.set(n));
 }
 
 /// The upstream HTTP client.
@@ -581,7 +603,7 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
             *outgoing.version_mut() = http::Version::HTTP_11;
         }
         let started = Instant::now();
-        match upstream.client.request(outgoing).await {
+        match upstream.client().request(outgoing).await {
             Ok(response) => {
                 let status = response.status();
                 upstream.record(&instance, matches!(status.as_u16(), 502..=504));

@@ -68,10 +68,16 @@ impl Source for GatewaySource {
             None => None,
         };
         let address = self.config.address.as_str();
-        let listener = TcpListener::bind(address).await.map_err(|e| {
-            Error::new(ErrorKind::Io, format!("binding the gateway to {address}")).with_source(e)
-        })?;
-        tracing::info!(address = %listener.local_addr().map_or_else(|_| address.to_owned(), |a| a.to_string()), tls = tls.is_some(), "gateway listening");
+        let listener = std::net::TcpListener::bind(address)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|e| {
+                Error::new(ErrorKind::Io, format!("binding the gateway to {address}"))
+                    .with_source(e)
+            })?;
+        let threads = self.config.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        tracing::info!(address = %listener.local_addr().map_or_else(|_| address.to_owned(), |a| a.to_string()), tls = tls.is_some(), threads, "gateway listening");
         let (log, records) = AccessLog::new(self.config.access_log_buffer);
         let entrance = Arc::new(Entrance::new(gateway, &self.config, log.clone()));
         let emitter = cx.emitter();
@@ -82,12 +88,51 @@ impl Source for GatewaySource {
             self.id.clone(),
         ));
         drop(log);
-        cx.set_ready(true);
         let limits = server::Limits {
             client_timeout: self.config.client_timeout.get(),
             max_header_bytes: self.config.max_header_bytes,
         };
-        server::serve(listener, tls, entrance, limits, cx.shutdown()).await;
+        // One single-threaded runtime per core, each accepting on the same socket: a request,
+        // its upstream connection and their wake-ups stay on one thread, as in nginx's
+        // workers, instead of crossing between the shared runtime's threads.
+        let mut workers = Vec::with_capacity(threads);
+        for n in 0..threads {
+            let listener = listener.try_clone().map_err(|e| {
+                Error::new(ErrorKind::Io, "sharing the gateway's socket").with_source(e)
+            })?;
+            let (entrance, tls, shutdown) =
+                (Arc::clone(&entrance), tls.clone(), cx.shutdown().clone());
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| {
+                    Error::new(ErrorKind::Io, "starting a gateway thread").with_source(e)
+                })?;
+            std::thread::Builder::new()
+                .name(format!("gateway-{n}"))
+                .spawn(move || {
+                    crate::proxy::set_worker(n + 1);
+                    runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                server::serve(listener, tls, entrance, limits, &shutdown).await
+                            }
+                            Err(e) => tracing::error!(error = %e, "gateway thread cannot listen"),
+                        }
+                    });
+                    let _ = done.send(());
+                })
+                .map_err(|e| {
+                    Error::new(ErrorKind::Io, "starting a gateway thread").with_source(e)
+                })?;
+            workers.push(finished);
+        }
+        drop(entrance);
+        cx.set_ready(true);
+        for finished in workers {
+            let _ = finished.await;
+        }
         cx.set_ready(false);
         // Once the last connection has ended, the entrance (holding the queue's sender) is
         // gone, and the drain ends after the last record; connections still open past the
