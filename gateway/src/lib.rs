@@ -32,6 +32,7 @@ pub mod source;
 pub mod stack;
 pub mod timeout;
 pub mod transform;
+pub mod worker;
 
 pub use config::GatewayConfig;
 

@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use crate::body::{self, Request, Response};
 use crate::breaker::BreakerConfig;
 use crate::context::{RequestContext, UpstreamTiming};
+use crate::worker::PerWorker;
 
 /// Default for [`UpstreamConfig::max_fails`].
 pub const DEFAULT_MAX_FAILS: u32 = 3;
@@ -172,9 +173,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     instances: RwLock<Arc<Vec<Arc<Instance>>>>,
     next: AtomicUsize,
-    /// A client per serving thread (see [`set_worker`]), so a pooled connection is driven
-    /// by the thread whose requests use it.
-    clients: Box<[OnceLock<Client>]>,
+    /// A client per serving thread, so a pooled connection is driven by the thread whose
+    /// requests use it.
+    clients: PerWorker<Client>,
     connect_timeout: Duration,
     max_idle: usize,
     http2: bool,
@@ -208,7 +209,7 @@ impl Upstream {
             name: Arc::from(name),
             instances: RwLock::new(Arc::new(instances)),
             next: AtomicUsize::new(0),
-            clients: (0..MAX_WORKERS).map(|_| OnceLock::new()).collect(),
+            clients: PerWorker::default(),
             connect_timeout: config.connect_timeout.get(),
             max_idle: config.max_idle_per_instance,
             http2: config.http2,
@@ -220,8 +221,7 @@ impl Upstream {
 
     /// The client of the calling thread.
     fn client(&self) -> &Client {
-        let worker = WORKER.with(std::cell::Cell::get) % MAX_WORKERS;
-        self.clients[worker]
+        self.clients
             .get_or_init(|| build_client(self.http2, self.connect_timeout, self.max_idle))
     }
 
@@ -287,19 +287,6 @@ impl Upstream {
             instance.fails.store(0, Ordering::Relaxed);
         }
     }
-}
-
-/// Serving threads beyond this share clients.
-pub const MAX_WORKERS: usize = 64;
-
-thread_local! {
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Names the calling thread serving thread `n`, whose upstream requests use clients of its
-/// own.
-pub fn set_worker(n: usize) {
-    WORKER.with(|w| w.set(n));
 }
 
 /// The upstream HTTP client.

@@ -12,13 +12,15 @@
 //! Redis every [`PING_INTERVAL`] to say in `/ready` whether it answers.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Deserialize;
 use sluice_pipeline::component::BoxFuture;
 use sluice_pipeline::resource::Provider;
+
+use crate::worker::PerWorker;
 use sluice_pipeline::{
     BuildContext, Error, ErrorKind, FieldError, Finding, HumanDuration, Resource, ResourceConfig,
     ResourceContext, Validate,
@@ -108,8 +110,9 @@ impl ResourceConfig for RedisConfig {
 /// The shared Redis connection.
 pub struct Redis {
     client: redis::Client,
-    /// Made at the first command (it spawns its driver, so it needs the runtime).
-    connection: OnceLock<ConnectionManager>,
+    /// One per serving thread, made at its first command there (it spawns its driver on
+    /// that thread's runtime, which must therefore be the one using it).
+    connection: PerWorker<ConnectionManager>,
     timeout: Duration,
 }
 
@@ -137,7 +140,7 @@ impl Redis {
             .map_err(|e| Error::new(ErrorKind::Config, "reading [redis] url").with_source(e))?;
         Ok(Redis {
             client,
-            connection: OnceLock::new(),
+            connection: PerWorker::default(),
             timeout: config.timeout.get(),
         })
     }

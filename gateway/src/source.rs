@@ -112,7 +112,7 @@ impl Source for GatewaySource {
             std::thread::Builder::new()
                 .name(format!("gateway-{n}"))
                 .spawn(move || {
-                    crate::proxy::set_worker(n + 1);
+                    crate::worker::set(n + 1);
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => {
