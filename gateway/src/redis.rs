@@ -1,4 +1,4 @@
-//! The `[redis]` resource: one multiplexed, self-reconnecting Redis connection per process,
+//! The `[redis]` resource: multiplexed, self-reconnecting Redis connections,
 //! shared by the rate limiter, the response cache, `cache_invalidate` and anything else that
 //! asks for a [`Redis`].
 //!
@@ -8,7 +8,8 @@
 //! timeout = "100ms"             # the longest one command may take before it counts as failed
 //! ```
 //!
-//! The connection is opened lazily and reopened by itself after a failure; the resource pings
+//! The connection is opened lazily and reopened by itself after a failure (one per gateway
+//! serving thread, see [`crate::worker`], and one for everything else); the resource pings
 //! Redis every [`PING_INTERVAL`] to say in `/ready` whether it answers.
 
 use std::fmt;
