@@ -2,7 +2,8 @@
 # Local services for sluice's tests and for local development (DESIGN.md §7):
 # PostgreSQL (wal_level=logical), RabbitMQ, etcd, Redis and ZooKeeper, all on loopback, and
 # Python's kazoo (Debian python3-kazoo), the ZooKeeper recipe library sluice's tests
-# interoperate with.
+# interoperate with; and curl, openssl, nginx-light, haproxy and wrk for the gateway's tests and
+# benchmark (installed only: the benchmark starts its own nginx and HAProxy).
 #
 #   scripts/services.sh up      install what is missing (Debian, as root), start what is not
 #                               answering, wait until all answer, print the export lines
@@ -168,6 +169,13 @@ missing_packages() {
     [[ -r /usr/include/google/protobuf/descriptor.proto ]] || echo libprotobuf-dev
     { [[ -r $ZK_JAR && -x $ZK_HOME/bin/zkCli.sh ]] && command -v java >/dev/null; } || echo zookeeper
     /usr/bin/python3 -c 'import kazoo' 2>/dev/null || echo python3-kazoo
+    # The gateway's tests and benchmark: HTTP and TLS tools, the reverse proxies it is measured
+    # beside (never started as services: the benchmark runs its own) and the load generator.
+    command -v curl >/dev/null || echo curl
+    command -v openssl >/dev/null || echo openssl
+    command -v nginx >/dev/null || echo nginx-light
+    command -v haproxy >/dev/null || echo haproxy
+    command -v wrk >/dev/null || echo wrk
 }
 
 POLICY_RC=/usr/sbin/policy-rc.d

@@ -12,6 +12,7 @@ use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_coord::CoordConfig;
 use sluice_coord::kv_sink::CoordKvConfig;
 use sluice_coord::watch_source::CoordWatchConfig;
+use sluice_gateway::{CacheInvalidateConfig, GatewayConfig, IngressConfig, RedisConfig};
 use sluice_ids::config::IdsConfig;
 use sluice_ids::transform::IdTransformConfig;
 use sluice_pipeline::Registry;
@@ -23,16 +24,21 @@ pub fn registry() -> Registry {
         .source::<GeneratorConfig>("generator")
         .source::<PostgresCdcConfig>("postgres_cdc")
         .source::<PollConfig>("postgres_poll")
+        .source::<GatewayConfig>("gateway")
+        .source::<IngressConfig>("http_ingress")
+        .source::<CoordWatchConfig>("coord_watch")
         .transform::<OutboxConfig>("outbox")
         .transform::<IdTransformConfig>("id")
         .sink::<FileSinkConfig>("file")
         .sink::<StdoutSinkConfig>("stdout")
         .sink::<BlackholeSinkConfig>("blackhole")
         .sink::<RabbitmqSinkConfig>("rabbitmq")
-        .source::<CoordWatchConfig>("coord_watch")
         .sink::<CoordKvConfig>("coord_kv")
-        // Resources are built in this order: [ids] may lease its worker id through [coord].
+        .sink::<CacheInvalidateConfig>("cache_invalidate")
+        // Resources are built in this order: [ids] may lease its worker id through [coord],
+        // and the gateway's parts share [redis].
         .resource::<CoordConfig>("coord")
+        .resource::<RedisConfig>("redis")
         .resource::<IdsConfig>("ids")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry

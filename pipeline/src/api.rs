@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
@@ -25,14 +25,27 @@ use tokio::sync::broadcast;
 /// How often histograms are compacted between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
+/// Buckets (seconds) of every `*_seconds` histogram: from 0.1 ms to 30 s, so that latencies of
+/// a gateway hop and of a slow broker confirm both land in a bucket of their own.
+pub const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder as the process's metrics recorder, once. Returns `None` if
 /// another recorder was installed first (metrics then go there, not to `/metrics`).
+///
+/// Histograms whose name ends in `_seconds` are rendered as Prometheus histograms with
+/// [`SECONDS_BUCKETS`] (aggregatable across processes, usable with `histogram_quantile`);
+/// the others (batch sizes) stay summaries.
 pub fn prometheus() -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new().install_recorder();
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+                .and_then(PrometheusBuilder::install_recorder);
             if let Err(e) = &handle {
                 tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
             }
@@ -226,10 +239,16 @@ fn tap(taps: &Taps, request: &Request) -> axum::response::Response {
     (ndjson, axum::body::Body::from_stream(lines)).into_response()
 }
 
-/// `ready` or `not ready: <ids>`, then one line per election saying this process's role.
+/// `starting: <configs>` until every pipeline registered its components, then `ready` or
+/// `not ready: <ids>`, then one line per election saying this process's role.
 fn ready(health: &Health) -> (StatusCode, String) {
     let readiness = health.readiness();
-    let (status, mut body) = if readiness.not_ready.is_empty() {
+    let (status, mut body) = if !readiness.starting.is_empty() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("starting: {}\n", readiness.starting.join(", ")),
+        )
+    } else if readiness.not_ready.is_empty() {
         (StatusCode::OK, "ready\n".to_owned())
     } else {
         (
@@ -262,6 +281,49 @@ mod tests {
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
+    }
+
+    #[test]
+    fn ready_says_starting_until_every_pipeline_registered() {
+        let health = Health::default();
+        let pipeline = health.scoped("relay.toml");
+        pipeline.expect();
+        assert_eq!(
+            ready(&health),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "starting: relay.toml\n".into()
+            )
+        );
+        let sink = pipeline.register("sink", "broker");
+        pipeline.registered();
+        assert_eq!(
+            ready(&health),
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: broker\n".into()
+            )
+        );
+        sink.set(true);
+        assert_eq!(ready(&health), (StatusCode::OK, "ready\n".into()));
+    }
+
+    #[test]
+    fn seconds_histograms_have_buckets_and_others_stay_summaries() {
+        let handle = prometheus().expect("the recorder is this process's");
+        metrics::histogram!("sluice_api_test_latency_seconds").record(0.003);
+        metrics::histogram!("sluice_api_test_batch_size").record(3.0);
+        let text = handle.render();
+        assert!(
+            text.contains("# TYPE sluice_api_test_latency_seconds histogram")
+                && text.contains("sluice_api_test_latency_seconds_bucket{le=\"0.005\"} 1")
+                && text.contains("sluice_api_test_latency_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE sluice_api_test_batch_size summary"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

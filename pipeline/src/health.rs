@@ -29,6 +29,8 @@ struct Registered {
     figures: Vec<(Arc<str>, Arc<SourceFigures>)>,
     /// Each election, with the pipeline it belongs to.
     elections: Vec<(Arc<str>, Arc<Election>)>,
+    /// Pipelines expected whose components are not registered yet.
+    starting: Vec<Arc<str>>,
 }
 
 /// The kind of the flags that outlive a pipeline (see [`Health::forget_pipeline`]).
@@ -37,6 +39,9 @@ pub(crate) const RESOURCE: &str = "resource";
 /// What `/ready` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
+    /// Pipelines (by config file) whose components are not registered yet: while any is,
+    /// the process is not ready, whatever the flags say.
+    pub starting: Vec<String>,
     /// Ids of what is not ready; empty when all is.
     pub not_ready: Vec<String>,
     /// Each election of this process and its role.
@@ -84,6 +89,20 @@ impl Health {
         &self.taps
     }
 
+    /// Expects the pipeline of this handle: the process is starting (not ready) until that
+    /// pipeline has [registered](Health::registered) its components.
+    pub(crate) fn expect(&self) {
+        let mut registered = self.lock();
+        if !registered.starting.contains(&self.pipeline) {
+            registered.starting.push(Arc::clone(&self.pipeline));
+        }
+    }
+
+    /// Says that this handle's pipeline has registered every component it runs.
+    pub(crate) fn registered(&self) {
+        self.lock().starting.retain(|p| *p != self.pipeline);
+    }
+
     /// Registers election `name`, in standby.
     pub(crate) fn election(&self, name: &str) -> Arc<Election> {
         let election = Election::new(name);
@@ -111,7 +130,12 @@ impl Health {
             flags,
             figures,
             elections,
+            starting,
         } = &mut *registered;
+        // Its replacement is starting until it registers.
+        if !starting.contains(pipeline) {
+            starting.push(Arc::clone(pipeline));
+        }
         flags.retain(|flag| {
             let keep = flag.kind == RESOURCE || flag.pipeline != *pipeline;
             if !keep {
@@ -142,7 +166,12 @@ impl Health {
             .iter()
             .map(|(_, e)| (e.name().to_owned(), e.role()))
             .collect();
-        Readiness { not_ready, roles }
+        let starting = registered.starting.iter().map(|p| p.to_string()).collect();
+        Readiness {
+            starting,
+            not_ready,
+            roles,
+        }
     }
 
     /// Everything `/status` shows, as JSON: each pipeline with its election's role and its
@@ -203,9 +232,16 @@ impl Health {
         })
     }
 
-    /// Ids of what is not ready; empty when all is.
+    /// Ids of what is not ready (and pipelines still starting, as `starting <file>`); empty
+    /// when all is.
     pub fn not_ready(&self) -> Vec<String> {
-        self.readiness().not_ready
+        let readiness = self.readiness();
+        readiness
+            .starting
+            .iter()
+            .map(|p| format!("starting {p}"))
+            .chain(readiness.not_ready)
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registered> {
@@ -273,6 +309,31 @@ mod tests {
         assert_eq!(a.times_ready(), 1);
         a.set(true);
         assert_eq!(a.times_ready(), 1, "only turning ready counts");
+    }
+
+    #[test]
+    fn a_process_is_starting_until_each_expected_pipeline_registered() {
+        let process = Health::default();
+        let relay = process.scoped("relay.toml");
+        let gateway = process.scoped("gateway.toml");
+        relay.expect();
+        gateway.expect();
+        assert_eq!(
+            process.readiness().starting,
+            ["relay.toml", "gateway.toml"],
+            "nothing registered yet: starting, though no flag is down"
+        );
+        relay.register("sink", "broker").set(true);
+        relay.registered();
+        assert_eq!(process.not_ready(), ["starting gateway.toml"]);
+        gateway.registered();
+        assert!(process.not_ready().is_empty());
+        gateway.forget_pipeline();
+        assert_eq!(
+            process.not_ready(),
+            ["starting gateway.toml"],
+            "a reloaded pipeline starts again"
+        );
     }
 
     #[tokio::test]

@@ -240,6 +240,11 @@ pub async fn run_process(
         return Err(RunError::Together { problems });
     }
     let health = Health::default();
+    // Expected before the API answers, so that /ready says "starting" until each pipeline
+    // has registered its components.
+    for config in &configs {
+        health.scoped(&config.file.display().to_string()).expect();
+    }
     let routes = Routes::default();
     let mut apis = Vec::new();
     let mut addresses = Vec::new();
@@ -742,6 +747,7 @@ fn spawn_components(
     // Every sender now lives in a component's fanout or quarantine handle, so channels close
     // exactly when their writers finish.
     drop(senders);
+    health.registered();
     Ok((tasks, names))
 }
 

@@ -137,7 +137,9 @@ impl Template {
         Ok(out)
     }
 
-    fn render_with<'e, 't>(
+    /// Appends the template rendered with `lookup` (for names resolved another way than
+    /// [`Event::lookup`]'s) to `out`.
+    pub fn render_with<'e, 't>(
         &'t self,
         lookup: impl Fn(&str) -> Option<&'e str>,
         out: &mut String,

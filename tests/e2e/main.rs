@@ -10,6 +10,8 @@ mod cli;
 mod config_errors;
 mod coord;
 mod engine;
+mod gateway;
+mod gateway_pipeline;
 mod ids;
 mod outbox;
 mod postgres_cdc;

@@ -1,0 +1,306 @@
+//! Request and response transforms: header operations, in the order remove → rename → set →
+//! add (Kong's, so a `set` overrides and an `add` appends), the path's prefix rewrite and query
+//! parameter operations (remove, then set).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use serde::Deserialize;
+use sluice_pipeline::{FieldError, FieldErrors, Validate};
+
+use crate::body::{Request, Response};
+use crate::context::RequestContext;
+
+/// Operations on a set of headers.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderOps {
+    /// Headers removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Headers renamed (old name → new name).
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+    /// Headers set, replacing any value.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Headers added beside any existing value.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+}
+
+fn name(field: &str, text: &str) -> Result<HeaderName, FieldError> {
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| FieldError::new(field, format!("{text:?} is not a header name")))
+}
+
+fn value(field: &str, text: &str) -> Result<HeaderValue, FieldError> {
+    HeaderValue::from_str(text)
+        .map_err(|_| FieldError::new(field, format!("{text:?} is not a header value")))
+}
+
+/// [`HeaderOps`], parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    remove: Vec<HeaderName>,
+    rename: Vec<(HeaderName, HeaderName)>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderOps {
+    /// The operations, parsed.
+    pub fn compile(&self) -> Result<Compiled, FieldError> {
+        Ok(Compiled {
+            remove: self
+                .remove
+                .iter()
+                .map(|n| name("remove", n))
+                .collect::<Result<_, _>>()?,
+            rename: self
+                .rename
+                .iter()
+                .map(|(a, b)| Ok((name("rename", a)?, name("rename", b)?)))
+                .collect::<Result<_, FieldError>>()?,
+            set: self
+                .set
+                .iter()
+                .map(|(n, v)| Ok((name("set", n)?, value("set", v)?)))
+                .collect::<Result<_, FieldError>>()?,
+            add: self
+                .add
+                .iter()
+                .map(|(n, v)| Ok((name("add", n)?, value("add", v)?)))
+                .collect::<Result<_, FieldError>>()?,
+        })
+    }
+}
+
+impl HeaderOps {
+    /// The first rule the section breaks.
+    pub(crate) fn check(&self) -> Result<(), FieldError> {
+        self.compile().map(drop)
+    }
+}
+
+impl Compiled {
+    /// Applies the operations to `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (from, to) in &self.rename {
+            let values: Vec<_> = match headers.entry(from) {
+                http::header::Entry::Occupied(entry) => entry.remove_entry_mult().1.collect(),
+                http::header::Entry::Vacant(_) => continue,
+            };
+            for value in values {
+                headers.append(to, value);
+            }
+        }
+        for (name, value) in &self.set {
+            headers.insert(name, value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name, value.clone());
+        }
+    }
+}
+
+/// Operations on the query string.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryOps {
+    /// Parameters removed.
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Parameters set (replacing every value of that name).
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+}
+
+impl QueryOps {
+    fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty()
+    }
+
+    /// `query` with the operations applied (`None` when nothing is left).
+    pub fn apply(&self, query: Option<&str>) -> Option<String> {
+        let enc = |s: &str| {
+            percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+        };
+        let mut pairs: Vec<String> = query
+            .unwrap_or("")
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .filter(|p| {
+                let key = p.split('=').next().unwrap_or("");
+                let key = percent_encoding::percent_decode_str(key).decode_utf8_lossy();
+                !self.remove.iter().any(|r| *r == key) && !self.set.contains_key(key.as_ref())
+            })
+            .map(str::to_owned)
+            .collect();
+        for (k, v) in &self.set {
+            pairs.push(format!("{}={}", enc(k), enc(v)));
+        }
+        (!pairs.is_empty()).then(|| pairs.join("&"))
+    }
+}
+
+/// What a route changes on the way in and out.
+#[derive(Debug, Clone)]
+pub struct Transforms {
+    /// What replaces the matched prefix (`None`: the path is kept).
+    pub rewrite: Option<String>,
+    /// Request header operations.
+    pub request: Compiled,
+    /// Response header operations.
+    pub response: Compiled,
+    /// Query operations.
+    pub query: QueryOps,
+}
+
+impl Transforms {
+    fn path(&self, path: &str, cx: Option<&RequestContext>) -> String {
+        match (&self.rewrite, cx) {
+            (Some(replacement), Some(cx)) => {
+                let joined = format!("{replacement}{}", cx.rest);
+                if joined.is_empty() {
+                    "/".to_owned()
+                } else {
+                    joined
+                }
+            }
+            _ => path.to_owned(),
+        }
+    }
+}
+
+/// The transform layer of a route.
+#[derive(Clone, Debug)]
+pub struct TransformLayer {
+    transforms: Arc<Transforms>,
+}
+
+impl TransformLayer {
+    /// A layer applying `transforms`.
+    pub fn new(transforms: Transforms) -> Self {
+        TransformLayer {
+            transforms: Arc::new(transforms),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for TransformLayer {
+    type Service = Transform<S>;
+
+    fn layer(&self, inner: S) -> Transform<S> {
+        Transform {
+            inner,
+            transforms: Arc::clone(&self.transforms),
+        }
+    }
+}
+
+/// See [`TransformLayer`].
+#[derive(Clone, Debug)]
+pub struct Transform<S> {
+    inner: S,
+    transforms: Arc<Transforms>,
+}
+
+impl<S> tower::Service<Request> for Transform<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        let t = &self.transforms;
+        t.request.apply(request.headers_mut());
+        if t.rewrite.is_some() || !t.query.is_empty() {
+            let path = t.path(
+                request.uri().path(),
+                request.extensions().get::<RequestContext>(),
+            );
+            let query = if t.query.is_empty() {
+                request.uri().query().map(str::to_owned)
+            } else {
+                t.query.apply(request.uri().query())
+            };
+            let target = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            if let Ok(uri) = target.parse::<Uri>() {
+                *request.uri_mut() = uri;
+            }
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let transforms = Arc::clone(&self.transforms);
+        Box::pin(async move {
+            let mut response = inner.call(request).await?;
+            transforms.response.apply(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+impl Validate for HeaderOps {
+    fn validate(&self) -> Result<(), FieldErrors> {
+        self.check().map_err(FieldErrors::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_operations_run_remove_rename_set_add() {
+        let ops: HeaderOps = toml::from_str(
+            r#"remove = ["x-drop"]
+               rename = { x-old = "x-new" }
+               set = { x-set = "s" }
+               add = { x-set = "a" }"#,
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-drop", HeaderValue::from_static("1"));
+        headers.insert("x-old", HeaderValue::from_static("o"));
+        headers.insert("x-set", HeaderValue::from_static("before"));
+        ops.compile().unwrap().apply(&mut headers);
+        assert!(!headers.contains_key("x-drop") && !headers.contains_key("x-old"));
+        assert_eq!(headers["x-new"], "o");
+        let set: Vec<_> = headers.get_all("x-set").iter().collect();
+        assert_eq!(set, ["s", "a"]);
+    }
+
+    #[test]
+    fn query_parameters_are_removed_then_set() {
+        let ops: QueryOps = toml::from_str(
+            r#"remove = ["debug"]
+            set = { v = "2 x" }"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ops.apply(Some("a=1&debug=true&v=1")).as_deref(),
+            Some("a=1&v=2%20x")
+        );
+        assert_eq!(ops.apply(None).as_deref(), Some("v=2%20x"));
+        let bad: HeaderOps = toml::from_str(r#"set = { "bad name" = "x" }"#).unwrap();
+        assert_eq!(bad.check().unwrap_err().path, "set");
+    }
+}
