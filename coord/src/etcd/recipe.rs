@@ -100,13 +100,23 @@ pub async fn contend(
     withdrawals.settled(&key).await;
     // Create the key only if it is absent, as `concurrency.Election.Campaign` does; a key that
     // exists is another candidacy of this same session, which cannot be told apart from ours.
+    // With the put, read the oldest candidate: when it is ours (no one else contends), the
+    // claim is won in this one round trip.
+    let oldest = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1)
+        .with_keys_only();
     let create = Txn::new()
         .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            value.to_vec(),
-            Some(PutOptions::new().with_lease(session.0)),
-        )]);
+        .and_then([
+            TxnOp::put(
+                key.as_str(),
+                value.to_vec(),
+                Some(PutOptions::new().with_lease(session.0)),
+            ),
+            TxnOp::get(recipe, Some(oldest)),
+        ]);
     let created = conn
         .call("putting a candidate key", |mut c| {
             let create = create.clone();
@@ -120,6 +130,19 @@ pub async fn contend(
         )));
     }
     let revision = header_revision(created.header())?;
+    let first = match created.op_responses().as_slice() {
+        [_, TxnOpResponse::Get(oldest)] => {
+            oldest.kvs().first().map(|kv| kv.key() == key.as_bytes())
+        }
+        _ => None,
+    };
+    if first == Some(true) {
+        return Ok(Held {
+            key,
+            token: to_u64(revision)?,
+            session,
+        });
+    }
     let mut withdraw = Withdraw {
         client: conn.client(),
         withdrawals,
