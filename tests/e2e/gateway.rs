@@ -823,9 +823,17 @@ fn redis_down_fails_open_or_closed_as_configured_then_recovers() {
         })
         .unwrap();
     }
+    // Logged once per change of state and route: each failure logged after a route's first
+    // follows a recovery (serving threads have connections of their own, so while Redis goes
+    // down one may still answer once another has failed).
+    let log = gw.process.log();
+    let (failed, recovered) = (
+        log.matches("rate limit store failed").count(),
+        log.matches("rate limit store answers again").count(),
+    );
     assert!(
-        gw.process.log().matches("rate limit store failed").count() <= 2,
-        "logged once per state change and route"
+        (2..=2 + recovered).contains(&failed),
+        "{failed} failures logged, {recovered} recoveries: logged once per state change and route"
     );
 }
 
