@@ -1,7 +1,7 @@
 //! What a won election and a taken lock share: a [`Held`] under a session, valid while both
 //! its key and the session's deadline last, given back when done or dropped.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedMutexGuard, watch};
@@ -37,7 +37,10 @@ pub(crate) struct Hold {
     backend: Arc<dyn Backend>,
     /// Set once the key is gone (seen by `watcher`) or given back.
     over: watch::Sender<bool>,
-    watcher: JoinHandle<()>,
+    /// Watches the key, from the first time anyone asks whether the hold is still valid or
+    /// waits for its end: a lock taken and given back at once costs no watch.
+    watcher: OnceLock<JoinHandle<()>>,
+    runtime: tokio::runtime::Handle,
     /// Keeps other tasks of this process out of the same name until the hold is over and
     /// given back (a second candidacy under the same session would be the same key).
     queue: Queue,
@@ -95,15 +98,27 @@ impl Hold {
         backend: Arc<dyn Backend>,
         queue: OwnedMutexGuard<()>,
     ) -> Hold {
-        let over = watch::channel(false).0;
-        let queue: Queue = Arc::new(Mutex::new(Some(queue)));
-        let watcher = tokio::spawn({
-            let backend = Arc::clone(&backend);
-            let held = held.clone();
-            let over = over.clone();
-            let session = Arc::clone(&session);
-            let queue = Arc::clone(&queue);
-            async move {
+        Hold {
+            kind,
+            held,
+            session,
+            backend,
+            over: watch::channel(false).0,
+            watcher: OnceLock::new(),
+            runtime: tokio::runtime::Handle::current(),
+            queue: Arc::new(Mutex::new(Some(queue))),
+        }
+    }
+
+    /// Starts watching the key, once.
+    fn watch(&self) {
+        self.watcher.get_or_init(|| {
+            let backend = Arc::clone(&self.backend);
+            let held = self.held.clone();
+            let over = self.over.clone();
+            let session = Arc::clone(&self.session);
+            let queue = Arc::clone(&self.queue);
+            self.runtime.spawn(async move {
                 let released = async {
                     // An error says nothing about the key; the session's deadline still
                     // bounds the hold, so keep asking while it lasts.
@@ -123,17 +138,8 @@ impl Hold {
                 over.send_replace(true);
                 // The key is gone, or the session is (a next candidacy is under another).
                 free(&queue);
-            }
+            })
         });
-        Hold {
-            kind,
-            held,
-            session,
-            backend,
-            over,
-            watcher,
-            queue,
-        }
     }
 
     pub(crate) fn held(&self) -> &Held {
@@ -142,11 +148,13 @@ impl Hold {
 
     /// Not over, and the session within its deadline.
     pub(crate) fn is_valid(&self) -> bool {
+        self.watch();
         !*self.over.borrow() && self.session.is_valid()
     }
 
     /// Resolves once the hold is no longer valid.
     pub(crate) async fn ended(&self) {
+        self.watch();
         let mut over = self.over.subscribe();
         tokio::select! {
             _ = over.wait_for(|over| *over) => {}
@@ -176,7 +184,9 @@ async fn release(kind: Kind, backend: &dyn Backend, held: &Held) -> Result<(), C
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = self.watcher.get() {
+            watcher.abort();
+        }
         let runtime = tokio::runtime::Handle::try_current();
         let (true, Ok(runtime)) = (!*self.over.borrow(), runtime) else {
             free(&self.queue);
