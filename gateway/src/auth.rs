@@ -9,10 +9,10 @@
 //! and only algorithms listed in `algorithms` are accepted; `alg: none` never is.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
 use crate::body::{self, Request, Response};
 use crate::context::{AnsweredFor, RequestContext};
+use crate::phase::{Next, Phase};
 use crate::proxy::Client;
 
 /// Default for [`JwtConfig::claim`].
@@ -551,36 +552,18 @@ impl Jwks {
     }
 }
 
-/// The authentication layer of a route.
+/// The authentication phase of a route.
 #[derive(Clone)]
-pub struct AuthLayer {
+pub struct AuthPhase {
     verifier: Option<Arc<Verifier>>,
     mode: AuthMode,
 }
 
-impl AuthLayer {
+impl AuthPhase {
     /// Authenticates with `verifier` as `mode` says.
     pub fn new(verifier: Option<Arc<Verifier>>, mode: AuthMode) -> Self {
-        AuthLayer { verifier, mode }
+        AuthPhase { verifier, mode }
     }
-}
-
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = Auth<S>;
-
-    fn layer(&self, inner: S) -> Auth<S> {
-        Auth {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// See [`AuthLayer`].
-#[derive(Clone)]
-pub struct Auth<S> {
-    inner: S,
-    layer: AuthLayer,
 }
 
 fn bearer(request: &Request) -> Result<Option<&str>, AuthError> {
@@ -621,26 +604,13 @@ pub fn unauthorized(error: &AuthError) -> Response {
     response
 }
 
-impl<S> tower::Service<Request> for Auth<S>
-where
-    S: tower::Service<Request, Response = Response, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<'static, Result<Response, std::convert::Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
-        let inner = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, inner);
-        let layer = self.layer.clone();
+impl Phase for AuthPhase {
+    fn call<S: Next>(
+        &self,
+        mut request: Request,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+        let layer = self.clone();
         Box::pin(async move {
             let (AuthMode::Required | AuthMode::Optional, Some(verifier)) =
                 (layer.mode, &layer.verifier)

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
@@ -22,6 +21,7 @@ use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
 use crate::body::{self, Request, Response};
 use crate::metrics;
+use crate::phase::{Next, Phase};
 
 /// Default for [`BreakerConfig::failures`].
 pub const DEFAULT_FAILURES: u32 = 5;
@@ -344,53 +344,25 @@ impl Breaker {
     }
 }
 
-/// The breaker layer of a route (its upstream's breaker).
+/// The breaker phase of a route (its upstream's breaker).
 #[derive(Clone, Debug)]
-pub struct BreakerLayer {
+pub struct BreakerPhase {
     breaker: Arc<Breaker>,
 }
 
-impl BreakerLayer {
+impl BreakerPhase {
     /// A layer guarding calls with `breaker`.
     pub fn new(breaker: Arc<Breaker>) -> Self {
-        BreakerLayer { breaker }
+        BreakerPhase { breaker }
     }
 }
 
-impl<S> tower::Layer<S> for BreakerLayer {
-    type Service = BreakerService<S>;
-
-    fn layer(&self, inner: S) -> BreakerService<S> {
-        BreakerService {
-            inner,
-            breaker: Arc::clone(&self.breaker),
-        }
-    }
-}
-
-/// See [`BreakerLayer`].
-#[derive(Clone, Debug)]
-pub struct BreakerService<S> {
-    inner: S,
-    breaker: Arc<Breaker>,
-}
-
-impl<S> tower::Service<Request> for BreakerService<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Phase for BreakerPhase {
+    fn call<S: Next>(
+        &self,
+        request: Request,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
         let breaker = Arc::clone(&self.breaker);
         Box::pin(async move {
             let admission = breaker.admit();

@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -30,6 +29,7 @@ use tokio::sync::watch;
 use crate::body::{self, Request, Response};
 use crate::context::{CacheStatus, RequestContext};
 use crate::metrics;
+use crate::phase::{Next, Phase};
 use crate::redis::Redis;
 
 /// Default for [`CacheConfig::ttl`] (Kong's and APISIX's).
@@ -279,35 +279,17 @@ impl Cache {
     }
 }
 
-/// The cache layer of a route.
+/// The cache phase of a route.
 #[derive(Clone, Debug)]
-pub struct CacheLayer {
+pub struct CachePhase {
     cache: Option<Arc<Cache>>,
 }
 
-impl CacheLayer {
+impl CachePhase {
     /// A layer caching in `cache` (passing everything through without one).
     pub fn new(cache: Option<Arc<Cache>>) -> Self {
-        CacheLayer { cache }
+        CachePhase { cache }
     }
-}
-
-impl<S> tower::Layer<S> for CacheLayer {
-    type Service = CacheService<S>;
-
-    fn layer(&self, inner: S) -> CacheService<S> {
-        CacheService {
-            inner,
-            cache: self.cache.clone(),
-        }
-    }
-}
-
-/// See [`CacheLayer`].
-#[derive(Clone, Debug)]
-pub struct CacheService<S> {
-    inner: S,
-    cache: Option<Arc<Cache>>,
 }
 
 fn mark(mut response: Response, status: CacheStatus) -> Response {
@@ -335,22 +317,12 @@ impl Drop for Filling<'_> {
     }
 }
 
-impl<S> tower::Service<Request> for CacheService<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Phase for CachePhase {
+    fn call<S: Next>(
+        &self,
+        request: Request,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
         let cache = self.cache.clone();
         Box::pin(async move {
             let Some(cache) = cache else {

@@ -23,6 +23,7 @@ pub mod context;
 pub mod ingress;
 pub mod invalidate;
 pub mod metrics;
+pub mod phase;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redis;

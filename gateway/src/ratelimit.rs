@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -24,6 +23,7 @@ use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 use crate::body::{self, Request, Response};
 use crate::context::RequestContext;
 use crate::metrics;
+use crate::phase::{Next, Phase};
 use crate::redis::Redis;
 
 /// Default for [`RateLimitConfig::window`].
@@ -329,53 +329,25 @@ impl Limiter {
     }
 }
 
-/// The rate-limit layer of a route.
+/// The rate-limit phase of a route.
 #[derive(Clone, Debug)]
-pub struct RateLimitLayer {
+pub struct RateLimitPhase {
     limiter: Option<Arc<Limiter>>,
 }
 
-impl RateLimitLayer {
+impl RateLimitPhase {
     /// A layer limiting with `limiter` (passing everything through without one).
     pub fn new(limiter: Option<Arc<Limiter>>) -> Self {
-        RateLimitLayer { limiter }
+        RateLimitPhase { limiter }
     }
 }
 
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimit<S>;
-
-    fn layer(&self, inner: S) -> RateLimit<S> {
-        RateLimit {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-/// See [`RateLimitLayer`].
-#[derive(Clone, Debug)]
-pub struct RateLimit<S> {
-    inner: S,
-    limiter: Option<Arc<Limiter>>,
-}
-
-impl<S> tower::Service<Request> for RateLimit<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Phase for RateLimitPhase {
+    fn call<S: Next>(
+        &self,
+        request: Request,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
         let limiter = self.limiter.clone();
         Box::pin(async move {
             let Some(limiter) = limiter else {

@@ -19,20 +19,22 @@ use std::sync::Arc;
 
 use sluice_pipeline::{Error, ErrorKind, FieldError};
 use tower::ServiceBuilder;
+
+use crate::phase::PhaseLayer;
 use tower::util::BoxCloneSyncService;
 
-use crate::auth::{AuthLayer, Verifier};
+use crate::auth::{AuthPhase, Verifier};
 use crate::body::{Request, Response};
-use crate::breaker::{Breaker, BreakerLayer};
-use crate::cache::{Cache, CacheLayer};
+use crate::breaker::{Breaker, BreakerPhase};
+use crate::cache::{Cache, CachePhase};
 use crate::config::GatewayConfig;
 use crate::metrics;
 use crate::proxy::{self, Proxy, Upstream};
-use crate::ratelimit::{Limiter, RateLimitLayer};
+use crate::ratelimit::{Limiter, RateLimitPhase};
 use crate::redis::Redis;
 use crate::route::{Match, Router};
-use crate::timeout::TimeoutLayer;
-use crate::transform::{TransformLayer, Transforms};
+use crate::timeout::TimeoutPhase;
+use crate::transform::{TransformPhase, Transforms};
 
 /// A route's whole stack.
 pub type RouteService = BoxCloneSyncService<Request, Response, Infallible>;
@@ -190,15 +192,15 @@ pub fn build(
             query: route.query.clone(),
         };
         let service = ServiceBuilder::new()
-            .layer(AuthLayer::new(
+            .layer(PhaseLayer(AuthPhase::new(
                 verifier.clone(),
                 route.auth_mode(verifier.is_some()),
-            ))
-            .layer(RateLimitLayer::new(limiter))
-            .layer(CacheLayer::new(cache))
-            .layer(TransformLayer::new(transforms))
-            .layer(BreakerLayer::new(Arc::clone(breaker)))
-            .layer(TimeoutLayer::new(route.timeout.get()))
+            )))
+            .layer(PhaseLayer(RateLimitPhase::new(limiter)))
+            .layer(PhaseLayer(CachePhase::new(cache)))
+            .layer(PhaseLayer(TransformPhase::new(transforms)))
+            .layer(PhaseLayer(BreakerPhase::new(Arc::clone(breaker))))
+            .layer(PhaseLayer(TimeoutPhase::new(route.timeout.get())))
             .service(Proxy::new(Arc::clone(upstream)));
         let matcher = Match {
             prefix: route.normal_prefix().map_err(config_error(at.clone()))?,

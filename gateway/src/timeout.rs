@@ -2,61 +2,33 @@
 //! the request answered with 504, as Envoy does (503 stays the open breaker's answer).
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use http::StatusCode;
 
 use crate::body::{self, Request, Response};
+use crate::phase::{Next, Phase};
 
-/// The timeout layer of a route.
+/// The timeout phase of a route.
 #[derive(Clone, Copy, Debug)]
-pub struct TimeoutLayer {
+pub struct TimeoutPhase {
     timeout: Duration,
 }
 
-impl TimeoutLayer {
+impl TimeoutPhase {
     /// Answers 504 after `timeout`.
     pub fn new(timeout: Duration) -> Self {
-        TimeoutLayer { timeout }
+        TimeoutPhase { timeout }
     }
 }
 
-impl<S> tower::Layer<S> for TimeoutLayer {
-    type Service = Timeout<S>;
-
-    fn layer(&self, inner: S) -> Timeout<S> {
-        Timeout {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-/// See [`TimeoutLayer`].
-#[derive(Clone, Debug)]
-pub struct Timeout<S> {
-    inner: S,
-    timeout: Duration,
-}
-
-impl<S> tower::Service<Request> for Timeout<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+impl Phase for TimeoutPhase {
+    fn call<S: Next>(
+        &self,
+        request: Request,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, inner.call(request)).await {

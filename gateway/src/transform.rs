@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -14,6 +13,7 @@ use sluice_pipeline::{FieldError, FieldErrors, Validate};
 
 use crate::body::{Request, Response};
 use crate::context::RequestContext;
+use crate::phase::{Next, Phase};
 
 /// Operations on a set of headers.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -180,53 +180,27 @@ impl Transforms {
     }
 }
 
-/// The transform layer of a route.
+/// The transform phase of a route.
 #[derive(Clone, Debug)]
-pub struct TransformLayer {
+pub struct TransformPhase {
     transforms: Arc<Transforms>,
 }
 
-impl TransformLayer {
+impl TransformPhase {
     /// A layer applying `transforms`.
     pub fn new(transforms: Transforms) -> Self {
-        TransformLayer {
+        TransformPhase {
             transforms: Arc::new(transforms),
         }
     }
 }
 
-impl<S> tower::Layer<S> for TransformLayer {
-    type Service = Transform<S>;
-
-    fn layer(&self, inner: S) -> Transform<S> {
-        Transform {
-            inner,
-            transforms: Arc::clone(&self.transforms),
-        }
-    }
-}
-
-/// See [`TransformLayer`].
-#[derive(Clone, Debug)]
-pub struct Transform<S> {
-    inner: S,
-    transforms: Arc<Transforms>,
-}
-
-impl<S> tower::Service<Request> for Transform<S>
-where
-    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
-    S::Future: Send,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
+impl Phase for TransformPhase {
+    fn call<S: Next>(
+        &self,
+        mut request: Request,
+        mut inner: S,
+    ) -> BoxFuture<'static, Result<Response, Infallible>> {
         let t = &self.transforms;
         t.request.apply(request.headers_mut());
         if t.rewrite.is_some() || !t.query.is_empty() {
@@ -247,8 +221,6 @@ where
                 *request.uri_mut() = uri;
             }
         }
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let transforms = Arc::clone(&self.transforms);
         Box::pin(async move {
             let mut response = inner.call(request).await?;
