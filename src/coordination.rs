@@ -115,10 +115,11 @@ pub fn validated(
 /// `text`, with a `[coord]` section for `url` appended when it has none of its own (a config's
 /// own section wins over `--coord`).
 fn with_coord_section(text: &str, url: Option<&str>) -> Result<String, String> {
-    let has_section = text.lines().any(|line| {
-        let line = line.trim_start();
-        line.starts_with("[coord]") || line.starts_with("coord =") || line.starts_with("coord=")
-    });
+    // Variables are interpolated after parsing, so the text as written is TOML; one that is
+    // not is left for the config's own parser to report.
+    let has_section = text
+        .parse::<toml::Table>()
+        .map_or(true, |table| table.contains_key("coord"));
     let Some(url) = url.filter(|_| !has_section) else {
         return Ok(text.to_owned());
     };
