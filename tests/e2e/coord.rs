@@ -182,22 +182,13 @@ fn sluice_lock_and_etcdctl_lock_exclude_each_other_and_the_token_grows() {
 /// A leader-gated generator → file pipeline on the shared etcd, as node `node`.
 fn gated(dir: &Scratch, election: &str, node: &str) -> (std::path::PathBuf, SocketAddr) {
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let endpoints: Vec<String> = coord_url()
-        .trim_start_matches("etcd://")
-        .split(',')
-        .map(|e| format!("{e:?}"))
-        .collect();
     let config = dir.write(
         &format!("{node}.toml"),
         &format!(
             r#"
             [api]
             address = "{api}"
-            [coord]
-            backend = "etcd"
-            endpoints = [{endpoints}]
-            ttl = "2s"
-            node = "{node}"
+            {coord}
             [pipeline]
             data_dir = "{data}"
             leader = "{election}"
@@ -209,7 +200,7 @@ fn gated(dir: &Scratch, election: &str, node: &str) -> (std::path::PathBuf, Sock
             inputs = ["gen"]
             path = "{data}/out.jsonl"
             "#,
-            endpoints = endpoints.join(", "),
+            coord = coord_section(node),
             data = dir.join(node).display()
         ),
     );
