@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use sluice_coord::Coord;
 use sluice_coord::etcd::{Etcd, EtcdOptions};
+use sluice_tests::free_port;
 use support::Args;
 
 const TTL: Duration = Duration::from_secs(2);
@@ -35,14 +36,6 @@ fn zookeeper_endpoints() -> Vec<String> {
         .split(',')
         .map(str::to_owned)
         .collect()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A leader-gated generator → blackhole pipeline on `backend`, started.
@@ -82,16 +75,7 @@ fn candidate(
 
 /// Whether the process at `api` says it leads.
 fn leads(api: SocketAddr) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&api, Duration::from_millis(200))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-    let _ = write!(stream, "GET /ready HTTP/1.0\r\n\r\n");
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.contains("leader of election")
+    sluice_tests::http_get(api, "/ready").is_ok_and(|(_, body)| body.contains("leader of election"))
 }
 
 /// `rounds` kills of the leader among three candidates on `backend`: each failover's time,
