@@ -1,5 +1,5 @@
 //! The gateway's metric names, in one place. Every latency is a histogram with buckets
-//! (`*_seconds`, see `sluice_pipeline::api::SECONDS_BUCKETS`).
+//! (`*_seconds`, see `sluice_pipeline::metrics::SECONDS_BUCKETS`).
 
 /// Requests answered, by `route` and `status` class (`2xx`…`5xx`).
 pub const REQUESTS: &str = "sluice_gateway_requests_total";

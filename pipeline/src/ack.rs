@@ -497,6 +497,11 @@ impl Tracker {
         self.shared.in_flight_events.load(Ordering::Acquire)
     }
 
+    /// Payload and metadata bytes registered and not yet resolved.
+    pub fn in_flight_bytes(&self) -> usize {
+        self.shared.in_flight_bytes.load(Ordering::Acquire)
+    }
+
     /// The most events ever in flight at once.
     pub fn peak_in_flight_events(&self) -> usize {
         self.shared.peak_in_flight_events.load(Ordering::Relaxed)

@@ -17,37 +17,44 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
+use crate::config::ApiConfig;
 use crate::health::Health;
 use crate::leadership::Role;
+use crate::metrics::{self, Buckets};
 use crate::tap::Taps;
 use tokio::sync::broadcast;
 
 /// How often histograms are compacted between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Buckets (seconds) of every `*_seconds` histogram: from 0.1 ms to 30 s, so that latencies of
-/// a gateway hop and of a slow broker confirm both land in a bucket of their own.
-pub const SECONDS_BUCKETS: [f64; 16] = [
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    10.0, 30.0,
-];
-
 static RECORDER: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the Prometheus recorder as the process's metrics recorder, once. Returns `None` if
-/// another recorder was installed first (metrics then go there, not to `/metrics`).
+/// Installs the Prometheus recorder as the process's metrics recorder, once, with `buckets`
+/// (later calls return the same recorder, whatever they pass: one process has one `[api]
+/// buckets`, see [`crate::check_together`]). Returns `None` if another recorder was installed
+/// first (metrics then go there, not to `/metrics`).
 ///
-/// Histograms whose name ends in `_seconds` are rendered as Prometheus histograms with
-/// [`SECONDS_BUCKETS`] (aggregatable across processes, usable with `histogram_quantile`);
-/// the others (batch sizes) stay summaries.
-pub fn prometheus() -> Option<PrometheusHandle> {
+/// Every histogram is rendered as a Prometheus histogram (aggregatable across processes,
+/// usable with `histogram_quantile`): `*_seconds` ones with `buckets.seconds`, `*_events` ones
+/// with `buckets.events`. The engine's metrics are described (HELP) and `sluice_build_info` is
+/// set as soon as the recorder is installed.
+pub fn prometheus(buckets: &Buckets) -> Option<PrometheusHandle> {
     RECORDER
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &SECONDS_BUCKETS)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &buckets.seconds)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Suffix("_events".to_owned()), &buckets.events)
+                })
                 .and_then(PrometheusBuilder::install_recorder);
-            if let Err(e) = &handle {
-                tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            match &handle {
+                Ok(_) => {
+                    metrics::describe();
+                    metrics::build_info();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                }
             }
             handle.ok()
         })
@@ -89,13 +96,14 @@ impl Routes {
     }
 }
 
-/// Binds `address` and serves the API until stopped: the engine's routes, then `routes`.
+/// Binds `config.address` and serves the API until stopped: the engine's routes, then `routes`.
 pub async fn serve(
-    address: SocketAddr,
+    config: &ApiConfig,
     health: Health,
     routes: Routes,
 ) -> std::io::Result<ApiServer> {
-    let metrics = prometheus();
+    let address = config.address;
+    let metrics = prometheus(&config.buckets);
     let upkeep = metrics.clone();
     let app = Router::new()
         .route(
@@ -309,10 +317,11 @@ mod tests {
     }
 
     #[test]
-    fn seconds_histograms_have_buckets_and_others_stay_summaries() {
-        let handle = prometheus().expect("the recorder is this process's");
-        metrics::histogram!("sluice_api_test_latency_seconds").record(0.003);
-        metrics::histogram!("sluice_api_test_batch_size").record(3.0);
+    fn every_histogram_has_buckets_and_the_engines_metrics_have_help() {
+        let handle = prometheus(&Buckets::default()).expect("the recorder is this process's");
+        ::metrics::histogram!("sluice_api_test_latency_seconds").record(0.003);
+        ::metrics::histogram!("sluice_api_test_batch_size_events").record(3.0);
+        metrics::ComponentMetrics::new("sink", "api_test");
         let text = handle.render();
         assert!(
             text.contains("# TYPE sluice_api_test_latency_seconds histogram")
@@ -321,7 +330,21 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("# TYPE sluice_api_test_batch_size summary"),
+            text.contains("# TYPE sluice_api_test_batch_size_events histogram")
+                && text.contains("sluice_api_test_batch_size_events_bucket{le=\"2\"} 0")
+                && text.contains("sluice_api_test_batch_size_events_bucket{le=\"5\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains(" summary"), "{text}");
+        assert!(
+            text.contains("# HELP sluice_component_received_events_total Events a transform or sink received.\n"),
+            "{text}"
+        );
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.lines().any(|l| l.starts_with("sluice_build_info{")
+                && l.contains(&format!("version=\"{version}\""))
+                && l.ends_with(" 1")),
             "{text}"
         );
     }
@@ -330,7 +353,7 @@ mod tests {
     async fn resource_routes_are_served_beside_the_engines_own() {
         let routes = Routes::default();
         let server = serve(
-            "127.0.0.1:0".parse().unwrap(),
+            &ApiConfig::at("127.0.0.1:0".parse().unwrap()),
             Health::default(),
             routes.clone(),
         )

@@ -447,10 +447,7 @@ impl SourceContext {
         })?;
         let (events, rejected, _) = out.split();
         self.metrics.emitted(events.len(), bytes);
-        self.metrics.in_flight(
-            self.tracker.in_flight_events(),
-            self.tracker.peak_in_flight_events(),
-        );
+        self.metrics.in_flight(&self.tracker);
         self.quarantine.send(rejected).await;
         self.output.send(events).await;
         Ok(())
@@ -466,11 +463,7 @@ impl SourceContext {
     /// acknowledged (or the start position). Only this may be recorded as done.
     pub fn checkpoint(&mut self) -> Option<Position> {
         let checkpoint = self.tracker.checkpoint();
-        self.metrics.checkpoint(
-            checkpoint,
-            self.tracker.in_flight_events(),
-            self.tracker.failed_events(),
-        );
+        self.metrics.checkpoint(checkpoint, &self.tracker);
         checkpoint
     }
 

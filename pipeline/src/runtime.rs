@@ -182,7 +182,19 @@ pub fn check_together(configs: &[&Config]) -> Vec<String> {
     let mut ids: HashMap<&str, &Config> = HashMap::new();
     let mut elections: HashMap<&str, &Config> = HashMap::new();
     let mut sections: HashMap<&str, &Config> = HashMap::new();
+    let mut buckets: Option<&Config> = None;
     for &config in configs {
+        if let Some(api) = &config.api {
+            match buckets.and_then(|other| Some((other, other.api.as_ref()?))) {
+                Some((other, first)) if first.buckets != api.buckets => problems.push(format!(
+                    "{} and {} give different [api] buckets: a process has one set of histogram buckets, make them the same",
+                    other.file.display(),
+                    config.file.display()
+                )),
+                Some(_) => {}
+                None => buckets = Some(config),
+            }
+        }
         let components = config
             .sources
             .keys()
@@ -253,7 +265,7 @@ pub async fn run_process(
             && !addresses.contains(&api.address)
         {
             addresses.push(api.address);
-            match api::serve(api.address, health.clone(), routes.clone()).await {
+            match api::serve(api, health.clone(), routes.clone()).await {
                 Ok(server) => apis.push(server),
                 Err(source) => {
                     for server in apis {
@@ -375,6 +387,8 @@ fn reload_refusal(running: &Config, next: &Config) -> Option<&'static str> {
         Some("it changes the resource sections (such as [coord]), which needs a restart")
     } else if running.api.as_ref().map(|a| a.address) != next.api.as_ref().map(|a| a.address) {
         Some("it changes the [api] address, which needs a restart")
+    } else if running.api.as_ref().map(|a| &a.buckets) != next.api.as_ref().map(|a| &a.buckets) {
+        Some("it changes the [api] buckets, which needs a restart")
     } else {
         None
     }
@@ -684,7 +698,7 @@ fn spawn_components(
     let slots = sources
         .into_iter()
         .map(|(id, source)| {
-            let metrics = SourceMetrics::new(id);
+            let metrics = SourceMetrics::new(id, budget);
             let election = gate.as_ref().map(|gate| &gate.election);
             SourceSlot {
                 id: Arc::from(id),

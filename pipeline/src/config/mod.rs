@@ -31,6 +31,7 @@ pub use interpolate::InterpolationError;
 
 use crate::backoff::BackoffConfig;
 use crate::component::{SinkConfig, SourceConfig, TransformConfig};
+use crate::metrics::Buckets;
 use crate::registry::Registry;
 use crate::resource::ResourceConfig;
 use crate::topology;
@@ -153,6 +154,21 @@ impl fmt::Display for ConfigErrors {
 pub struct ApiConfig {
     /// Address to listen on, such as `127.0.0.1:9464`.
     pub address: SocketAddr,
+    /// Bucket bounds of the histograms, by unit: `seconds` (every latency), default 0.1 ms to
+    /// 30 s, and `events` (batch sizes), default 1 to 10,000. One process has one set: every
+    /// config it runs must give the same.
+    #[serde(default)]
+    pub buckets: Buckets,
+}
+
+impl ApiConfig {
+    /// Serving at `address` with the default buckets.
+    pub fn at(address: SocketAddr) -> Self {
+        ApiConfig {
+            address,
+            buckets: Buckets::default(),
+        }
+    }
 }
 
 /// Default for [`PipelineSettings::data_dir`].
@@ -381,6 +397,11 @@ impl Config {
     /// Checks that need every component parsed: the settings, the graph and the quarantine.
     fn check(&self) -> Vec<FieldError> {
         let mut errors = Vec::new();
+        if let Some(api) = &self.api {
+            for (field, problem) in api.buckets.problems() {
+                errors.push(FieldError::new(format!("api.buckets.{field}"), problem));
+            }
+        }
         let p = &self.pipeline;
         for (field, value) in [
             ("max_in_flight_events", p.max_in_flight_events),
@@ -601,6 +622,17 @@ mod tests {
         inputs = ["gen"]
         probe = "config"
     "#;
+
+    #[test]
+    fn histogram_buckets_are_checked_and_named_by_their_field() {
+        let api = "[api]\naddress = \"127.0.0.1:0\"\nbuckets = { seconds = [1, 0.5] }\n";
+        assert_eq!(
+            errors("", &format!("{api}{COUNT_TO_HOLD}")),
+            ["api.buckets.seconds: must be strictly ascending (1 is followed by 0.5)"]
+        );
+        let api = "[api]\naddress = \"127.0.0.1:0\"\nbuckets = { events = [1, 10] }\n";
+        assert!(errors("", &format!("{api}{COUNT_TO_HOLD}")).is_empty());
+    }
 
     #[test]
     fn a_leader_needs_a_section_that_runs_elections() {
