@@ -27,7 +27,7 @@ use crate::backend::{BoxStream, Change, KeyValue};
 use crate::coord::Coord;
 use crate::error::CoordError;
 use crate::follow::Follow;
-use crate::metrics::REGISTRY_MALFORMED_TOTAL;
+use crate::metrics::registry_malformed;
 use crate::session::Session;
 
 /// One instance of a service.
@@ -240,8 +240,7 @@ impl Instances {
             }
             None => {
                 tracing::debug!(key = %kv.key, "skipping a malformed registry entry");
-                metrics::counter!(REGISTRY_MALFORMED_TOTAL, "service" => self.service.clone())
-                    .increment(1);
+                registry_malformed(&self.service).increment(1);
             }
         }
     }

@@ -126,6 +126,7 @@ impl IngressConfig {
 
 impl SourceConfig for IngressConfig {
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
+        metrics::describe();
         Ok(Box::new(IngressSource {
             config: self.clone(),
             id: cx.id.clone(),

@@ -58,6 +58,7 @@ impl CacheInvalidateConfig {
 
 impl SinkConfig for CacheInvalidateConfig {
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSink>, Error> {
+        metrics::describe();
         let redis = cx
             .resources
             .require::<Redis>(&format!("sinks.{}", cx.id), "redis")?;

@@ -29,6 +29,7 @@ pub const MAX_BATCH: usize = 256;
 
 impl SourceConfig for GatewayConfig {
     fn build(&self, cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
+        crate::metrics::describe();
         // Build the stack now so that a missing [redis] or a bad key is a config error.
         stack::build(
             self,

@@ -41,17 +41,19 @@ use super::connect::{Database, quote_ident};
 use super::error::DbError;
 use super::table::{Privilege, Table};
 
-/// Delivered outbox rows a cleanup deleted.
-pub const DELETED_ROWS: &str = "sluice_postgres_cleanup_deleted_rows_total";
-/// Failed cleanup rounds; the next round tries again.
-pub const ERRORS: &str = "sluice_postgres_cleanup_errors_total";
+sluice_pipeline::metric_families! {
+    /// Delivered outbox rows a cleanup deleted.
+    counter DELETED_ROWS = "sluice_postgres_cleanup_deleted_rows_total";
+    /// Failed cleanup rounds; the next round tries again.
+    counter ERRORS = "sluice_postgres_cleanup_errors_total";
+}
 
 /// Default for [`CleanupConfig::batch_size`].
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// Default for [`CleanupConfig::interval`].
 pub const DEFAULT_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
-/// Column types a cleanup accepts for its time column.
-const TIME_TYPES: &[&str] = &["timestamp with time zone", "timestamp without time zone"];
+/// Column types accepted for a creation time column (the cleanup's, the poll backlog's age).
+pub(crate) const TIME_TYPES: &[&str] = &["timestamp with time zone", "timestamp without time zone"];
 
 /// Config of an outbox cleanup, a table inside its source's config
 /// (`[sources.<id>.cleanup]`). Present means enabled.
@@ -188,6 +190,7 @@ impl Cleanup {
     /// Runs a round every interval, on a connection of its own, until the task is dropped.
     /// Failures are logged and counted (for source `id`), and the next round reconnects.
     pub async fn run(self, database: Database, id: String) {
+        describe();
         let labels = labels("source", &id);
         let (deleted, errors) = (counter!(DELETED_ROWS, &labels), counter!(ERRORS, &labels));
         let mut tick = tokio::time::interval(self.interval);

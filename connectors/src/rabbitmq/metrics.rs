@@ -7,31 +7,36 @@
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use sluice_pipeline::metrics::labels;
 
-/// Messages handed to the broker (`basic.publish`), first attempts and re-sends alike.
-pub const PUBLISHED: &str = "sluice_rabbitmq_published_messages_total";
-/// Messages the broker confirmed (`basic.ack`), including quarantine publishes.
-pub const CONFIRMED: &str = "sluice_rabbitmq_confirmed_messages_total";
-/// Negative confirms (`basic.nack`); each is retried with backoff.
-pub const NACKED: &str = "sluice_rabbitmq_nacked_messages_total";
-/// Messages the broker returned as unroutable (`basic.return`).
-pub const RETURNED: &str = "sluice_rabbitmq_returned_messages_total";
-/// Messages published again: after a nack, or after a lost connection left them unconfirmed.
-pub const REPUBLISHED: &str = "sluice_rabbitmq_republished_messages_total";
-/// Events delivered to the quarantine exchange (confirmed there).
-pub const QUARANTINED: &str = "sluice_rabbitmq_quarantined_messages_total";
-/// Connections lost (or refused) and attempted again.
-pub const RECONNECTS: &str = "sluice_rabbitmq_reconnects_total";
-/// 1 while the broker blocks publishing (`connection.blocked`: a memory or disk alarm), else 0.
-pub const BLOCKED: &str = "sluice_rabbitmq_blocked";
-/// Times the broker blocked publishing.
-pub const BLOCKS: &str = "sluice_rabbitmq_blocks_total";
-/// Messages published and not yet confirmed.
-pub const IN_FLIGHT: &str = "sluice_rabbitmq_in_flight_messages";
-/// Time from `basic.publish` to the broker's confirm.
-pub const CONFIRM_LATENCY: &str = "sluice_rabbitmq_confirm_latency_seconds";
-/// Time from the source's commit to the broker's confirm (events whose source knows its
-/// commit time).
-pub const COMMIT_TO_CONFIRM_LATENCY: &str = "sluice_rabbitmq_commit_to_confirm_latency_seconds";
+sluice_pipeline::metric_families! {
+    /// Messages handed to the broker (`basic.publish`), first attempts and re-sends alike.
+    counter PUBLISHED = "sluice_rabbitmq_published_messages_total";
+    /// Messages the broker confirmed (`basic.ack`), including quarantine publishes.
+    counter CONFIRMED = "sluice_rabbitmq_confirmed_messages_total";
+    /// Negative confirms (`basic.nack`); each is retried with backoff.
+    counter NACKED = "sluice_rabbitmq_nacked_messages_total";
+    /// Messages the broker returned as unroutable (`basic.return`).
+    counter RETURNED = "sluice_rabbitmq_returned_messages_total";
+    /// Messages published again: after a nack, or after a lost connection left them unconfirmed.
+    counter REPUBLISHED = "sluice_rabbitmq_republished_messages_total";
+    /// Events delivered to the quarantine exchange (confirmed there).
+    counter QUARANTINED = "sluice_rabbitmq_quarantined_messages_total";
+    /// Connections lost (or refused) and attempted again.
+    counter RECONNECTS = "sluice_rabbitmq_reconnects_total";
+    /// 1 while the broker blocks publishing (`connection.blocked`: a memory or disk alarm), else 0.
+    gauge BLOCKED = "sluice_rabbitmq_blocked";
+    /// Times the broker blocked publishing.
+    counter BLOCKS = "sluice_rabbitmq_blocks_total";
+    /// Messages published and not yet confirmed.
+    gauge IN_FLIGHT = "sluice_rabbitmq_in_flight_messages";
+    /// The most messages that may be in flight (`confirm_window`): beside
+    /// `sluice_rabbitmq_in_flight_messages`, how much of the window is used.
+    gauge IN_FLIGHT_LIMIT = "sluice_rabbitmq_in_flight_messages_limit";
+    /// Time from `basic.publish` to the broker's confirm.
+    histogram CONFIRM_LATENCY = "sluice_rabbitmq_confirm_latency_seconds";
+    /// Time from the source's commit to the broker's confirm (events whose source knows its
+    /// commit time).
+    histogram COMMIT_TO_CONFIRM_LATENCY = "sluice_rabbitmq_commit_to_confirm_latency_seconds";
+}
 
 /// The sink's metric handles, registered once.
 #[derive(Debug, Clone)]
@@ -51,9 +56,11 @@ pub(crate) struct RabbitmqMetrics {
 }
 
 impl RabbitmqMetrics {
-    /// Registers the handles of sink `id`.
-    pub fn new(id: &str) -> Self {
+    /// Registers the handles of sink `id`, whose window holds `confirm_window` messages.
+    pub fn new(id: &str, confirm_window: usize) -> Self {
+        describe();
         let labels = labels("sink", id);
+        gauge!(IN_FLIGHT_LIMIT, &labels).set(confirm_window as f64);
         RabbitmqMetrics {
             published: counter!(PUBLISHED, &labels),
             confirmed: counter!(CONFIRMED, &labels),

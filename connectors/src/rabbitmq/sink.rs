@@ -191,7 +191,7 @@ impl Relay {
                 .exchange_type
                 .as_deref()
                 .and_then(|kind| ShortString::try_new(kind).ok()),
-            metrics: RabbitmqMetrics::new(id),
+            metrics: RabbitmqMetrics::new(id, config.confirm_window),
             broker: None,
             lanes: (0..config.channels).map(|_| Lane::default()).collect(),
             keys: HashMap::new(),

@@ -372,10 +372,12 @@ pub(crate) async fn lag_bytes(sql: &Client, slot: &str) -> Result<Option<i64>, E
     Ok(row.and_then(|r| r.get(0)))
 }
 
-/// Writes a non-transactional heartbeat message into the WAL.
+/// Writes a non-transactional heartbeat message into the WAL, its content the server's time
+/// (microseconds since the Unix epoch, in decimal): once it is confirmed, everything committed
+/// before that time is delivered.
 pub(crate) async fn heartbeat(sql: &Client) -> Result<(), Error> {
     sql.execute(
-        "SELECT pg_logical_emit_message(false, $1, '')",
+        "SELECT pg_logical_emit_message(false, $1, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text)",
         &[&HEARTBEAT_PREFIX],
     )
     .await

@@ -267,6 +267,10 @@ struct Stream {
     /// The furthest position read with nothing after it left to deliver (a keepalive, the end
     /// of a transaction without events, a heartbeat): confirmable once nothing is in flight.
     seen: Lsn,
+    /// The server time of `seen`, when known (a commit time, a heartbeat's write time).
+    seen_time: Option<SystemTime>,
+    /// The newest server time before which everything is confirmed, for the lag in seconds.
+    delivered_until: Option<SystemTime>,
     /// The position confirmed to PostgreSQL.
     confirmed: Lsn,
 }
@@ -293,6 +297,8 @@ impl Stream {
             confirmed_commit: watch::channel(None).0,
             cleanups: Vec::new(),
             seen: Lsn(0),
+            seen_time: None,
+            delivered_until: None,
             confirmed: Lsn(0),
         }
     }
@@ -345,6 +351,9 @@ impl Stream {
                         self.metrics.lag.set(bytes as f64);
                         cx.report("lag_bytes", bytes as f64);
                     }
+                    if let Some(seconds) = self.lag_seconds() {
+                        cx.report("lag_seconds", seconds);
+                    }
                 }
             }
         }
@@ -395,7 +404,8 @@ impl Stream {
                     Some(t) if t.events > 0 => {
                         self.awaiting.push_back((t.commit, end, t.commit_time));
                     }
-                    _ => self.seen = self.seen.max(end),
+                    Some(t) => self.saw(end, t.commit_time),
+                    None => self.saw(end, None),
                 }
             }
             ReplicationEvent::StoppedAt { .. } => {}
@@ -515,7 +525,10 @@ impl Stream {
         let wanted = self.message_prefixes.contains(&prefix);
         if !transactional && (prefix == HEARTBEAT_PREFIX || !wanted) {
             if self.transaction.is_none() {
-                self.seen = self.seen.max(lsn);
+                let written = (prefix == HEARTBEAT_PREFIX)
+                    .then(|| heartbeat_time(&content))
+                    .flatten();
+                self.saw(lsn, written);
             }
             return;
         }
@@ -559,6 +572,19 @@ impl Stream {
         event.meta.transaction = Some(u64::from(transaction.xid));
         self.metrics.events.increment(1);
         Some(event)
+    }
+
+    /// Passes `lsn`, with nothing to deliver up to it, written at server time `time` when known.
+    fn saw(&mut self, lsn: Lsn, time: Option<SystemTime>) {
+        self.seen = self.seen.max(lsn);
+        self.seen_time = self.seen_time.max(time);
+    }
+
+    /// Sets the lag in seconds: from the commit of the oldest transaction awaiting delivery,
+    /// or, with none, from the newest time everything before which is delivered.
+    fn lag_seconds(&self) -> Option<f64> {
+        let oldest = self.awaiting.front().and_then(|&(_, _, time)| time);
+        self.metrics.lag_seconds(oldest.or(self.delivered_until))
     }
 
     /// Quarantines bytes that could not become a row, keeping them as the payload.
@@ -612,9 +638,12 @@ impl Stream {
                 newer
             });
         }
+        self.delivered_until = self.delivered_until.max(committed);
         if self.awaiting.is_empty() && self.pending.is_empty() && self.transaction.is_none() {
             target = target.max(self.seen);
+            self.delivered_until = self.delivered_until.max(self.seen_time);
         }
+        self.lag_seconds();
         if target > self.confirmed {
             self.confirmed = target;
             self.metrics.confirmed.set(target.0 as f64);
@@ -638,4 +667,11 @@ impl Stream {
             tick.tick().await;
         }
     }
+}
+
+/// The write time a heartbeat carries (see [`slot::heartbeat`]); `None` for one written
+/// without it.
+fn heartbeat_time(content: &[u8]) -> Option<SystemTime> {
+    let micros: u64 = std::str::from_utf8(content).ok()?.parse().ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::from_micros(micros))
 }

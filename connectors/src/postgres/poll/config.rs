@@ -25,6 +25,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 pub const DEFAULT_INTERVAL: HumanDuration = HumanDuration::from_millis(250);
 /// Default for [`PollConfig::max_batches_in_flight`].
 pub const DEFAULT_MAX_BATCHES_IN_FLIGHT: usize = 4;
+/// Default for [`PollConfig::created_column`].
+pub const DEFAULT_CREATED_COLUMN: &str = "created_at";
+/// Default for [`PollConfig::backlog_interval`].
+pub const DEFAULT_BACKLOG_INTERVAL: HumanDuration = HumanDuration::from_secs(5);
 /// Longest channel name PostgreSQL accepts (`NAMEDATALEN - 1` bytes).
 const MAX_CHANNEL_BYTES: usize = 63;
 
@@ -68,6 +72,15 @@ pub struct PollConfig {
     /// transaction (and its row locks) until its events are acknowledged.
     #[serde(default = "default_max_batches_in_flight")]
     pub max_batches_in_flight: usize,
+    /// The `timestamptz` (or `timestamp`) column holding each row's creation time, from which
+    /// the backlog's age is measured (`sluice_postgres_poll_backlog_age_seconds`). A table
+    /// without it is polled all the same; only the age is not measured.
+    #[serde(default = "default_created_column")]
+    pub created_column: String,
+    /// How often to measure the backlog: the unpublished rows and the age of the oldest, with
+    /// one `count(*)` over the unpublished rows on a connection of its own.
+    #[serde(default = "default_backlog_interval")]
+    pub backlog_interval: HumanDuration,
     /// Delete delivered rows after a retention window; unset, rows are kept.
     pub cleanup: Option<CleanupConfig>,
 }
@@ -93,6 +106,12 @@ fn default_interval() -> HumanDuration {
 fn default_max_batches_in_flight() -> usize {
     DEFAULT_MAX_BATCHES_IN_FLIGHT
 }
+fn default_created_column() -> String {
+    DEFAULT_CREATED_COLUMN.to_owned()
+}
+fn default_backlog_interval() -> HumanDuration {
+    DEFAULT_BACKLOG_INTERVAL
+}
 
 impl Validate for PollConfig {
     fn validate(&self) -> Result<(), FieldErrors> {
@@ -107,6 +126,7 @@ impl Validate for PollConfig {
             ("position_column", &self.position_column),
             ("published_column", &self.published_column),
             ("aggregate_column", &self.aggregate_column),
+            ("created_column", &self.created_column),
         ] {
             if value.is_empty() {
                 problems.push(FieldError::new(field, "must not be empty"));
@@ -121,8 +141,13 @@ impl Validate for PollConfig {
         if self.batch_size == 0 {
             problems.push(FieldError::new("batch_size", "must be at least 1"));
         }
-        if self.interval.get().is_zero() {
-            problems.push(FieldError::new("interval", "must be longer than 0s"));
+        for (field, value) in [
+            ("interval", self.interval),
+            ("backlog_interval", self.backlog_interval),
+        ] {
+            if value.get().is_zero() {
+                problems.push(FieldError::new(field, "must be longer than 0s"));
+            }
         }
         if self.max_batches_in_flight == 0 {
             problems.push(FieldError::new(
@@ -179,6 +204,8 @@ mod tests {
         assert_eq!(config.batch_size, DEFAULT_BATCH_SIZE);
         assert_eq!(config.interval, DEFAULT_INTERVAL);
         assert_eq!(config.max_batches_in_flight, DEFAULT_MAX_BATCHES_IN_FLIGHT);
+        assert_eq!(config.created_column, DEFAULT_CREATED_COLUMN);
+        assert_eq!(config.backlog_interval, DEFAULT_BACKLOG_INTERVAL);
         assert!(config.notify_channel.is_none());
         assert!(config.cleanup.is_none());
         assert!(parse("batch_size = 5").is_err());
@@ -213,6 +240,8 @@ mod tests {
         for (extra, path) in [
             ("batch_size = 0", "batch_size"),
             ("interval = \"0ms\"", "interval"),
+            ("backlog_interval = \"0s\"", "backlog_interval"),
+            ("created_column = \"\"", "created_column"),
             ("max_batches_in_flight = 0", "max_batches_in_flight"),
             ("notify_channel = \"\"", "notify_channel"),
             ("published_column = \"seq\"", "published_column"),

@@ -15,6 +15,8 @@
 //! interval = "250ms"
 //! notify_channel = "sluice_outbox" # optional: wake up on NOTIFY instead of waiting
 //! max_batches_in_flight = 4
+//! created_column = "created_at"   # the backlog's age is measured from it
+//! backlog_interval = "5s"
 //! [sources.outbox.cleanup]         # optional: delete delivered rows after a retention
 //! retention = "1h"
 //! ```
@@ -97,6 +99,7 @@
 //! On shutdown the source stops polling, waits for the open batches' events, marks them and
 //! commits.
 
+mod backlog;
 mod batch;
 mod check;
 mod config;

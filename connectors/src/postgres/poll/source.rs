@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use super::backlog::Backlog;
 use super::batch::{Ctid, Poller, Session};
 use super::config::PollConfig;
 use super::listen::Listener;
@@ -38,11 +39,12 @@ impl Source for PollSource {
     /// by the runtime), then polls until shutdown and drains.
     async fn run(&mut self, cx: &mut SourceContext) -> Result<(), Error> {
         let shutdown = cx.shutdown().clone();
-        let metrics = PollMetrics::new(cx.id());
+        let metrics = PollMetrics::new(cx.id(), self.config.max_batches_in_flight);
         let Started {
             mut relay,
             listener,
             cleanup,
+            backlog,
         } = try_start(self, &metrics, cx.backoff())
             .await
             .inspect_err(|error| metrics.error(error.kind()))?;
@@ -64,6 +66,8 @@ impl Source for PollSource {
             let run = cleanup.run(self.database.clone(), cx.id().to_owned());
             tasks.spawn(run.in_current_span());
         }
+        let run = backlog.run(self.database.clone(), relay.metrics.clone());
+        tasks.spawn(run.in_current_span());
         cx.set_ready(true);
         tracing::info!(
             table = %relay.poller.table().qualified_name(),
@@ -82,6 +86,7 @@ struct Started {
     relay: Relay,
     listener: Option<Listener>,
     cleanup: Option<Cleanup>,
+    backlog: Backlog,
 }
 
 /// Connects, checks the table, prepares the cleanup and starts listening; the first failure is
@@ -109,6 +114,7 @@ async fn try_start(
         None => None,
     };
     let session = poller.session(client).await?;
+    let backlog = Backlog::prepare(poller.table(), config);
     Ok(Started {
         relay: Relay {
             config: config.clone(),
@@ -123,6 +129,7 @@ async fn try_start(
         },
         listener,
         cleanup,
+        backlog,
     })
 }
 
