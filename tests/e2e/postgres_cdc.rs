@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use crate::sluice;
-use sluice_tests::{Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for};
+use sluice_tests::{
+    Running, Scratch, TestDb, free_port, http_get, json_lines, metric, metrics, wait_for,
+};
 
 const OUTBOX: &str = "
     CREATE TABLE outbox (
@@ -554,6 +556,49 @@ fn heartbeats_move_the_slot_of_an_idle_database() {
         (beats >= 3.0 && confirmed(&cdc)? > first).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success());
+}
+
+#[test]
+fn lag_in_seconds_grows_behind_a_slow_sink_and_heartbeats_keep_it_small_when_quiet() {
+    let lag = |cdc: &Cdc| {
+        let m = metrics(cdc.api).ok()?;
+        let of = |name| metric(&m, name, &[("component_id", "outbox")]);
+        Some((
+            of("sluice_postgres_cdc_replication_lag_seconds")?,
+            of("sluice_postgres_cdc_heartbeats_total")?,
+        ))
+    };
+    let cdc = Cdc::with_throttle("cdc_lag_seconds", OUTBOX, "heartbeat = \"200ms\"", Some(4));
+    let mut running = cdc.start();
+    cdc.insert(20, 1, 0);
+    // Four events a second: the last of the twenty waits about five seconds, and the lag is
+    // the age of the oldest one not yet delivered.
+    wait_for("the lag to grow behind the slow sink", || {
+        lag(&cdc).filter(|(seconds, _)| *seconds >= 2.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    wait_for_lines(&cdc.out(), 20, &running);
+    // Quiet from now on: without the heartbeats' times the lag would grow from the last
+    // commit; with them it stays below about one heartbeat plus one confirmation.
+    let (_, beats_when_drained) = lag(&cdc).unwrap();
+    let mut samples = 0;
+    wait_for("three seconds of quiet, each sample small", || {
+        let (seconds, beats) = lag(&cdc)?;
+        if beats >= beats_when_drained + 1.0 {
+            assert!(
+                seconds < 1.5,
+                "lag {seconds}s on a quiet outbox after {beats} heartbeats"
+            );
+            samples += 1;
+        }
+        (beats >= beats_when_drained + 15.0).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    assert!(samples >= 3, "only {samples} samples");
+    let (_, status) = http_get(cdc.api, "/status").unwrap();
+    assert!(status.contains("\"lag_seconds\""), "{status}");
     running.signal("TERM");
     assert!(running.wait().unwrap().success());
 }

@@ -431,3 +431,73 @@ fn cleanup_deletes_only_rows_published_before_the_retention() {
         "only unpublished rows are polled"
     );
 }
+
+#[test]
+fn the_backlog_and_its_age_are_measured_while_the_relay_waits_and_reach_zero() {
+    let db = TestDb::create("poll_backlog");
+    db.execute(SCHEMA);
+    db.execute(
+        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload)
+         SELECT 'order', 'agg-' || (i % 10), 'OrderCreated', '{}' FROM generate_series(1, 100) i",
+    );
+    let dir = Scratch::new("poll-backlog");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let out = dir.join("out.jsonl");
+    let config = dir.write(
+        "backlog.toml",
+        &format!(
+            r#"
+            [api]
+            address = "{api}"
+            [pipeline]
+            data_dir = "{data}"
+            [sources.outbox]
+            type = "postgres_poll"
+            url = "{url}"
+            batch_size = 5
+            interval = "50ms"
+            backlog_interval = "100ms"
+            # Twenty events a second: the relay spends about five seconds waiting for room.
+            [transforms.slow]
+            type = "throttle"
+            inputs = ["outbox"]
+            rate = 20
+            [sinks.out]
+            type = "file"
+            inputs = ["slow"]
+            path = "{out}"
+            "#,
+            data = dir.join("data").display(),
+            url = db.url,
+            out = out.display(),
+        ),
+    );
+    let mut running = sluice().spawn(&config);
+    running.wait_ready(api).unwrap();
+    let backlog = || {
+        let m = metrics(api).ok()?;
+        let of = |name| metric(&m, name, &[("component_id", "outbox")]);
+        Some((
+            of("sluice_postgres_poll_backlog_rows")?,
+            of("sluice_postgres_poll_backlog_age_seconds")?,
+        ))
+    };
+    let (rows, age) = wait_for("a backlog a second old", || {
+        backlog().filter(|&(rows, age)| rows > 0.0 && age >= 1.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    // Measured before this count, which only shrinks.
+    let left = unpublished(&db);
+    assert!(
+        rows <= 100.0 && rows >= left as f64,
+        "backlog {rows} rows ({age}s), {left} unpublished"
+    );
+    assert!(left > 0, "the relay drained before the backlog was seen");
+    wait_for("every row delivered and the backlog empty", || {
+        backlog().filter(|&(rows, age)| rows == 0.0 && age == 0.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", running.log()));
+    assert_eq!(unpublished(&db), 0);
+    assert_eq!(delivered(&out).len(), 100);
+    stop(running);
+}

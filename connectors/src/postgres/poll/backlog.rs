@@ -16,8 +16,8 @@ use crate::postgres::table::Table;
 /// The backlog measurement of one table.
 #[derive(Debug)]
 pub(crate) struct Backlog {
-    /// One row: the unpublished rows, and the oldest one's age in seconds (NULL when there is
-    /// none, or when the table has no creation time column).
+    /// One row: the unpublished rows, and the oldest one's age in seconds (0 when there is
+    /// none; NULL when the table has no creation time column).
     query: String,
     interval: Duration,
 }
@@ -33,7 +33,7 @@ impl Backlog {
             Some(TIME_TYPES),
         ) {
             Ok(_) => format!(
-                "extract(epoch FROM now() - min({}))::float8",
+                "coalesce(extract(epoch FROM now() - min({}))::float8, 0)",
                 quote_ident(&config.created_column)
             ),
             Err(problem) => {
