@@ -28,9 +28,13 @@
 //! - `recvlogical-B` (baseline, "decode ceiling"): `pg_recvlogical` reading backlog B through
 //!   pgoutput to `/dev/null` up to the backlog's end;
 //! - `cdc-rabbitmq-B`: sluice drains backlog B, `postgres_cdc` → `outbox` → `rabbitmq` (sink
-//!   defaults, persistent and confirmed), against the broker ceiling;
+//!   defaults: `message_id`, `type`, `correlation_id`; persistent and confirmed), against the
+//!   broker ceiling;
 //! - `cdc-rabbitmq-lean-B`: the same with the sink's `properties = []` (messages carry
-//!   `message_id`, `type` and `delivery_mode` only);
+//!   `message_id`, `type` and `delivery_mode` only); the default's row shows its ratio to this
+//!   one (target ≥ 0.90);
+//! - `cdc-rabbitmq-rich-B`: the same with every optional property (`content_type`,
+//!   `correlation_id`, `timestamp`: the default before ADR 0016), against the lean row;
 //! - `cdc-rabbitmq-tls-B`: `cdc-rabbitmq-B` with TLS on both sides (`DATABASE_TLS_URL`'s
 //!   role with `sslmode=verify-full` for the SQL and replication connections, `amqps://` with
 //!   full verification to the broker), against `cdc-rabbitmq-B` of the same round: what TLS
@@ -147,6 +151,8 @@ const SHAPED: (usize, usize) = (4096, 1);
 const CDC_DRAIN_RATIO: f64 = 0.90;
 const CDC_DECODE_RATIO: f64 = 0.90;
 const POLL_DRAIN_RATIO: f64 = 0.60;
+/// The sink's default message shape drains at least this share of the lean one's rate.
+const DEFAULT_VS_LEAN_RATIO: f64 = 0.90;
 /// TLS on both sides costs at most 10% of the plain drain rate.
 const TLS_RATIO: f64 = 0.90;
 const CPU_S_PER_100K: f64 = 0.7;
@@ -211,6 +217,8 @@ enum Scenario {
     CdcRabbitmqTls(Shape),
     /// `cdc-rabbitmq` with the sink's `properties = []`.
     CdcRabbitmqLean(Shape),
+    /// `cdc-rabbitmq` with every optional property (the default before ADR 0016).
+    CdcRabbitmqRich(Shape),
     CdcBlackhole(Shape),
     PollRabbitmq,
     Latency(Live, Rate),
@@ -233,6 +241,7 @@ impl Scenario {
                 Scenario::CdcRabbitmq(shape),
                 Scenario::CdcRabbitmqTls(shape),
                 Scenario::CdcRabbitmqLean(shape),
+                Scenario::CdcRabbitmqRich(shape),
                 Scenario::CdcBlackhole(shape),
             ]);
         }
@@ -258,6 +267,7 @@ impl Scenario {
             Scenario::CdcRabbitmqTls(shape) => format!("cdc-rabbitmq-tls-{}", shape.name()),
             Scenario::LatencyCdcTls => "latency-cdc-tls-2000".into(),
             Scenario::CdcRabbitmqLean(shape) => format!("cdc-rabbitmq-lean-{}", shape.name()),
+            Scenario::CdcRabbitmqRich(shape) => format!("cdc-rabbitmq-rich-{}", shape.name()),
             Scenario::CdcBlackhole(shape) => format!("cdc-blackhole-{}", shape.name()),
             Scenario::PollRabbitmq => "poll-rabbitmq".into(),
             Scenario::Latency(live, rate) => format!(
@@ -281,6 +291,7 @@ impl Scenario {
             | Scenario::CdcRabbitmq(s)
             | Scenario::CdcRabbitmqTls(s)
             | Scenario::CdcRabbitmqLean(s)
+            | Scenario::CdcRabbitmqRich(s)
             | Scenario::CdcBlackhole(s) => Some(s),
             _ => None,
         }
@@ -518,6 +529,7 @@ impl Bench {
             Scenario::CdcRabbitmq(shape)
             | Scenario::CdcRabbitmqTls(shape)
             | Scenario::CdcRabbitmqLean(shape)
+            | Scenario::CdcRabbitmqRich(shape)
             | Scenario::CdcBlackhole(shape) => {
                 let backlog = self.backlog(shape);
                 let slot = backlog.copy_slot();
@@ -533,6 +545,9 @@ impl Bench {
                     }
                     Scenario::CdcRabbitmqLean(_) => {
                         self.drain(&source, &rabbitmq_sink(url, LEAN), CONFIRMED)
+                    }
+                    Scenario::CdcRabbitmqRich(_) => {
+                        self.drain(&source, &rabbitmq_sink(url, RICH), CONFIRMED)
                     }
                     _ => self.drain(&source, BLACKHOLE_SINK, BLACKHOLE_RECEIVED),
                 };
@@ -1002,6 +1017,8 @@ routing_key = "{{type}}"
 
 /// The sink settings of `cdc-rabbitmq-lean-B`: messages carry their identity only.
 const LEAN: &str = "properties = []";
+/// The sink settings of `cdc-rabbitmq-rich-B`: every optional property.
+const RICH: &str = r#"properties = ["content_type", "correlation_id", "timestamp"]"#;
 
 const BLACKHOLE_SINK: &str = r#"[sinks.void]
 type = "blackhole"
@@ -1194,7 +1211,10 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         let (baseline, target) = match scenario {
             Scenario::Lapin { .. } | Scenario::LapinShaped => (ceiling, String::new()),
             Scenario::Recvlogical(_) => (None, String::new()),
-            Scenario::CdcRabbitmq(_) | Scenario::CdcRabbitmqLean(_) | Scenario::PollRabbitmq => {
+            Scenario::CdcRabbitmq(_)
+            | Scenario::CdcRabbitmqLean(_)
+            | Scenario::CdcRabbitmqRich(_)
+            | Scenario::PollRabbitmq => {
                 let ratio = if scenario == Scenario::PollRabbitmq {
                     POLL_DRAIN_RATIO
                 } else {
@@ -1203,6 +1223,18 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
                 let mut target = ceiling.map_or_else(String::new, |c| {
                     check("ratio", sample.events_per_sec / c, true, ratio) + "; "
                 });
+                if let Scenario::CdcRabbitmq(shape) | Scenario::CdcRabbitmqRich(shape) = scenario
+                    && let Some(lean) = medians.get(&Scenario::CdcRabbitmqLean(shape).name())
+                {
+                    let ratio = sample.events_per_sec / lean.events_per_sec;
+                    target += &if scenario == Scenario::CdcRabbitmq(shape) {
+                        let met = check("", ratio, true, DEFAULT_VS_LEAN_RATIO);
+                        format!("vs lean {ratio:.2} ({met})")
+                    } else {
+                        format!("vs lean {ratio:.2}")
+                    };
+                    target += "; ";
+                }
                 if !matches!(scenario, Scenario::CdcRabbitmqLean(_))
                     && let Some(shaped) = shaped
                 {

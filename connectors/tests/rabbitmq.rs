@@ -257,6 +257,7 @@ async fn delivers_every_event_once_persistent_and_in_key_order() {
         exchange = "outbox.{{aggregatetype}}"
         exchange_type = "topic"
         routing_key = "{{type}}.{{key}}"
+        properties = ["content_type", "correlation_id", "timestamp"]
         channels = 4
         confirm_window = 64
         headers = {{ tenant = "acme-{{key}}" }}
@@ -384,6 +385,7 @@ async fn quarantines_what_cannot_be_delivered_and_the_rest_flows() {
         url = "{url}"
         exchange = "outbox.{{aggregatetype}}"
         routing_key = "{{route}}"
+        properties = ["content_type", "correlation_id"]
         channels = 3
         max_payload_bytes = 4096
         {QUARANTINE_TOPOLOGY}
@@ -515,6 +517,7 @@ async fn avro_bodies_carry_the_confluent_header_and_cloudevents_headers() {
         r#"
         url = "{url}"
         routing_key = "orders"
+        properties = ["content_type", "correlation_id"]
         encoding = {{ codec = "avro", schema_file = "{schema}", confluent_schema_id = 42 }}
         cloudevents = {{ source = "/shop/{{aggregatetype}}" }}
         {QUARANTINE_TOPOLOGY}

@@ -85,6 +85,9 @@ fn pipeline_binding_orders(
             inputs = ["gen"]
             url = "{url}"
             exchange = "orders"
+            # Generated events have no aggregatetype for the default routing key.
+            routing_key = "{{type}}"
+            properties = ["content_type", "correlation_id"]
             {sink}
             [[sinks.broker.declare.queues]]
             name = "orders"

@@ -19,8 +19,15 @@ use sluice_pipeline::template::Template;
 pub const DEFAULT_CONFIRM_WINDOW: usize = 2048;
 /// Default for [`RabbitmqSinkConfig::channels`].
 pub const DEFAULT_CHANNELS: usize = 1;
-/// Default for [`RabbitmqSinkConfig::routing_key`].
-pub const DEFAULT_ROUTING_KEY: &str = "{type}";
+/// Default for [`RabbitmqSinkConfig::routing_key`]: the name of Debezium's outbox topic for
+/// the event's aggregate type, so that on the default exchange an event goes to the queue of
+/// that name (`outbox.event.order` for an `order` aggregate).
+pub const DEFAULT_ROUTING_KEY: &str = "outbox.event.{aggregatetype}";
+/// Default for [`RabbitmqSinkConfig::properties`]: the key (the aggregate id) beside the
+/// identity every message carries, so that consumers can dedupe (`message_id`) and dispatch
+/// (`type`, `correlation_id`) while the properties stay under the broker's cheap limit (see
+/// `docs/adr/0016-lean-default-message.md`).
+pub const DEFAULT_PROPERTIES: [OptionalProperty; 1] = [OptionalProperty::CorrelationId];
 /// Default for [`RabbitmqSinkConfig::max_payload_bytes`]: well below RabbitMQ's default
 /// `max_message_size` (128 MiB), which closes the channel of a publisher that exceeds it.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 16 * 1024 * 1024;
@@ -38,6 +45,14 @@ pub const AVRO_CONTENT_TYPE: &str = "avro/binary";
 pub const MAX_SHORT_STRING: usize = 255;
 /// Most publishing channels.
 const MAX_CHANNELS: usize = 256;
+/// Bytes of AMQP properties (flags included) up to which RabbitMQ handles a message cheaply;
+/// above, its cost per message jumps (see `docs/rabbitmq.md#properties`).
+pub const CHEAP_PROPERTY_BYTES: usize = 64;
+/// What [`RabbitmqSinkConfig::typical_property_bytes`] assumes of an outbox event: a UUID id,
+/// a type as long as `OrderCreated`, an aggregate id as long as `order-123`.
+const TYPICAL_ID_BYTES: usize = 36;
+const TYPICAL_TYPE_BYTES: usize = 12;
+const TYPICAL_KEY_BYTES: usize = 9;
 
 /// Config of the `rabbitmq` sink. See `docs/rabbitmq.md` for the message format and the
 /// delivery and ordering guarantees.
@@ -57,7 +72,11 @@ pub struct RabbitmqSinkConfig {
     /// routes to the queue named by the routing key.
     #[serde(default)]
     pub exchange: Template,
-    /// The routing key, as a template over event values.
+    /// The routing key, as a template over event values. The default,
+    /// `outbox.event.{aggregatetype}`, is the topic Debezium's outbox router names: on the
+    /// default exchange each event goes to the queue `outbox.event.<aggregatetype>`. Events
+    /// without an `aggregatetype` (not from the `outbox` transform) need a routing key of
+    /// their own, such as `{type}`.
     #[serde(default = "default_routing_key")]
     pub routing_key: Template,
     /// When set, each exchange the `exchange` template produces is declared (durable, of
@@ -82,9 +101,9 @@ pub struct RabbitmqSinkConfig {
     pub max_in_flight_per_key: Option<usize>,
     /// The optional properties each message carries, besides `message_id`, `type` and
     /// `delivery_mode`, which it always does: any of `content_type`, `correlation_id` (the
-    /// key) and `timestamp` (the commit time); default all three. The broker pays per byte
-    /// of properties, steeply above 64 bytes (see `docs/rabbitmq.md`), so a list trimmed to
-    /// what consumers read raises its throughput.
+    /// key) and `timestamp` (the commit time); default `correlation_id`. The broker pays per
+    /// byte of properties, steeply above 64 bytes (see `docs/rabbitmq.md`), and `sluice check`
+    /// warns when the list likely crosses that.
     #[serde(default = "default_properties")]
     pub properties: Vec<OptionalProperty>,
     /// The `content_type` property; default `application/json` (codec `json`) or
@@ -138,11 +157,7 @@ fn default_channels() -> usize {
     DEFAULT_CHANNELS
 }
 fn default_properties() -> Vec<OptionalProperty> {
-    vec![
-        OptionalProperty::ContentType,
-        OptionalProperty::CorrelationId,
-        OptionalProperty::Timestamp,
-    ]
+    DEFAULT_PROPERTIES.to_vec()
 }
 fn default_true() -> bool {
     true
@@ -330,6 +345,31 @@ pub(crate) fn is_json(content_type: &str) -> bool {
 }
 
 impl RabbitmqSinkConfig {
+    /// The bytes of AMQP properties (flags included) a message of this shape carries for a
+    /// typical outbox event: a 36-byte UUID id, a 12-byte type, a 9-byte key, no headers of
+    /// its own, and each configured header's template as long as its text. An estimate for
+    /// `sluice check`; the event's own headers (such as `traceparent`) come on top.
+    pub fn typical_property_bytes(&self) -> usize {
+        let short = |len: usize| 1 + len;
+        // Property flags, delivery_mode, message_id and type, which every message carries.
+        let mut bytes = 2 + 1 + short(TYPICAL_ID_BYTES) + short(TYPICAL_TYPE_BYTES);
+        for property in &self.properties {
+            bytes += match property {
+                OptionalProperty::ContentType => short(self.effective_content_type().len()),
+                OptionalProperty::CorrelationId => short(TYPICAL_KEY_BYTES),
+                OptionalProperty::Timestamp => 8,
+            };
+        }
+        if !self.headers.is_empty() || self.cloudevents.is_some() {
+            // The table's length, then per entry its name, a type tag and a long string.
+            bytes += 4;
+            for (name, template) in &self.headers {
+                bytes += short(name.len()) + 1 + 4 + template.as_str().len();
+            }
+        }
+        bytes
+    }
+
     /// The content type messages carry.
     pub fn effective_content_type(&self) -> &str {
         match (&self.content_type, &self.encoding) {
@@ -521,12 +561,36 @@ mod tests {
     fn a_url_alone_is_enough() {
         let c = parse(r#"url = "amqp://guest:guest@127.0.0.1:5672/%2f""#).unwrap();
         assert_eq!(c.exchange.as_str(), "");
-        assert_eq!(c.routing_key.as_str(), "{type}");
+        assert_eq!(c.routing_key.as_str(), "outbox.event.{aggregatetype}");
+        assert_eq!(c.properties, DEFAULT_PROPERTIES);
+        assert!(c.typical_property_bytes() <= CHEAP_PROPERTY_BYTES);
         assert_eq!(c.confirm_window, DEFAULT_CONFIRM_WINDOW);
         assert_eq!(c.channels, DEFAULT_CHANNELS);
         assert_eq!(c.encoding, Encoding::Json);
         assert_eq!(c.effective_content_type(), "application/json");
         assert!(c.require_key);
+    }
+
+    #[test]
+    fn typical_property_bytes_follow_the_shape() {
+        let url = r#"url = "amqp://guest:guest@127.0.0.1:5672/%2f""#;
+        let bytes = |extra: &str| {
+            parse(&format!("{url}\n{extra}"))
+                .unwrap()
+                .typical_property_bytes()
+        };
+        // flags 2, delivery_mode 1, message_id 1+36, type 1+12.
+        assert_eq!(bytes("properties = []"), 53);
+        assert_eq!(bytes(""), 63, "the default adds the key");
+        assert_eq!(bytes(r#"properties = ["timestamp"]"#), 61);
+        assert_eq!(
+            bytes(r#"properties = ["content_type", "correlation_id", "timestamp"]"#),
+            88
+        );
+        assert_eq!(
+            bytes(r#"headers = { tenant = "acme" }"#),
+            63 + 4 + 7 + 1 + 4 + 4
+        );
     }
 
     #[test]

@@ -422,11 +422,12 @@ mod tests {
 
     #[test]
     fn a_message_carries_the_event() {
-        let b =
-            builder("exchange = \"outbox.{aggregatetype}\"\nheaders = { tenant = \"t-{key}\" }");
+        let b = builder(
+            "exchange = \"outbox.{aggregatetype}\"\nheaders = { tenant = \"t-{key}\" }\nproperties = [\"content_type\", \"correlation_id\", \"timestamp\"]",
+        );
         let m = b.build(&event()).unwrap();
         assert_eq!(m.exchange.as_str(), "outbox.order");
-        assert_eq!(m.routing_key.as_str(), "OrderCreated");
+        assert_eq!(m.routing_key.as_str(), "outbox.event.order");
         assert_eq!(&m.body[..], br#"{"a":1}"#);
         let p = &m.properties;
         assert_eq!(*p.delivery_mode(), Some(2));
@@ -468,6 +469,19 @@ mod tests {
         bad.payload = Bytes::from_static(b"not json");
         let rejection = builder("properties = []").build(&bad).unwrap_err();
         assert!(rejection.reason.contains("not JSON"), "{rejection:?}");
+    }
+
+    #[test]
+    fn by_default_a_message_routes_as_debezium_and_carries_its_identity_and_key() {
+        let m = builder("").build(&event()).unwrap();
+        assert_eq!(m.exchange.as_str(), "");
+        assert_eq!(m.routing_key.as_str(), "outbox.event.order");
+        let p = &m.properties;
+        assert_eq!(p.message_id().as_ref().unwrap().as_str(), "id-1");
+        assert_eq!(p.kind().as_ref().unwrap().as_str(), "OrderCreated");
+        assert_eq!(p.correlation_id().as_ref().unwrap().as_str(), "order-9");
+        assert_eq!(p.content_type(), &None);
+        assert_eq!(p.timestamp(), &None);
     }
 
     #[test]
@@ -589,6 +603,6 @@ mod tests {
             header_text(&m.properties, QUARANTINE_REASON_HEADER),
             "unroutable"
         );
-        assert_eq!(m.routing_key.as_str(), "OrderCreated");
+        assert_eq!(m.routing_key.as_str(), "outbox.event.order");
     }
 }
