@@ -141,3 +141,33 @@ fn connect_failure(endpoint: &Endpoint, error: &WireError) -> String {
     };
     format!("cannot connect to {endpoint}: {}{remedy}", chain(error))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> RabbitmqSinkConfig {
+        let text = format!("url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n{extra}");
+        sluice_pipeline::config::deserialize(toml::from_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_shape_above_the_cheap_limit_is_a_warning_naming_the_setting() {
+        assert!(
+            shape(&config("")).is_none(),
+            "the default is under the limit"
+        );
+        let finding = shape(&config(
+            r#"properties = ["content_type", "correlation_id", "timestamp"]"#,
+        ))
+        .unwrap();
+        assert_eq!(finding.level, sluice_pipeline::component::Level::Warn);
+        assert!(
+            finding.message.starts_with(
+                "properties: a typical outbox message of this shape carries about 88 bytes"
+            ),
+            "{}",
+            finding.message
+        );
+    }
+}
