@@ -1003,7 +1003,11 @@ async fn tls_failures_name_the_certificate_problem() {
     let plain = vhost_url("%2f").replacen("amqp://", "amqps://", 1);
     let findings = check_findings(&format!("{plain}?{}", cacert(&ca)), "").await;
     let text = only_failure(&findings);
-    assert!(text.contains("TLS handshake with"), "{text}");
+    assert!(
+        text.contains("TLS handshake with")
+            && text.contains("the server did not answer in TLS: the port is likely a plain one"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
