@@ -630,3 +630,59 @@ pub(crate) async fn read_query(
     );
     Ok((columns, select))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(snapshot: Snapshot) -> PostgresCdcConfig {
+        let text = format!(
+            "url = \"postgres://postgres@127.0.0.1/db\"\nslot = \"s\"\npublication = \"p\"\nsnapshot = \"{}\"",
+            match snapshot {
+                Snapshot::Never => "never",
+                Snapshot::Initial => "initial",
+            }
+        );
+        sluice_pipeline::config::deserialize(toml::from_str::<toml::Value>(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn marks_read_back_for_their_own_slot_only() {
+        for mark in Mark::ALL {
+            let text = mark.text("s");
+            assert_eq!(Mark::read(Some(&text), "s"), Some(mark), "{text}");
+            assert_eq!(Mark::read(Some(&text), "other"), None, "{text}");
+        }
+        assert_eq!(Mark::read(Some("the orders outbox"), "s"), None);
+        assert_eq!(Mark::read(None, "s"), None);
+    }
+
+    #[test]
+    fn a_snapshot_is_refused_only_for_a_slot_made_without_one() {
+        let initial = config(Snapshot::Initial);
+        for (comment, refused) in [
+            (None, true),
+            (Some(Mark::Created.text("s")), true),
+            (Some("someone else's comment".to_owned()), true),
+            (Some(Mark::SnapshotPending.text("s")), false),
+            (Some(Mark::Snapshotted.text("s")), false),
+            (Some(Mark::ReplayPending.text("s")), false),
+        ] {
+            let refusal = snapshot_refusal(&initial, comment.as_deref());
+            assert_eq!(refusal.is_some(), refused, "{comment:?}");
+            if let Some(refusal) = refusal {
+                assert!(refusal.contains("sluice backfill"), "{refusal}");
+            }
+        }
+        assert_eq!(snapshot_refusal(&config(Snapshot::Never), None), None);
+    }
+
+    #[test]
+    fn a_delivered_catch_up_keeps_the_snapshot_on_record_when_configured() {
+        assert_eq!(
+            Mark::caught_up(&config(Snapshot::Initial)),
+            Mark::Snapshotted
+        );
+        assert_eq!(Mark::caught_up(&config(Snapshot::Never)), Mark::Created);
+    }
+}
