@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 
 use metrics::Counter;
 use serde::{Deserialize, Serialize};
-use sluice_pipeline::component::{BoxFuture, BuildContext, DynSource};
+use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::{
-    Error, ErrorKind, FieldError, FieldErrors, Finding, Position, Source, SourceConfig,
-    SourceContext, Validate,
+    Error, ErrorKind, FieldError, FieldErrors, Position, Source, SourceConfig, SourceContext,
+    Validate,
 };
 
 use super::config::PostgresCdcConfig;
@@ -64,10 +64,6 @@ impl SourceConfig for BackfillConfig {
             config: self.clone(),
             database,
         }))
-    }
-
-    fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
-        self.source.check()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The running `postgres_cdc` source: a session (prepare the slot, deliver the snapshot or
-//! the replay the slot needs first, stream) per run — the runtime runs it again after a lost connection — and the stream
-//! itself: decoding, batching and confirming.
+//! the replay the slot needs first, stream) per run — the runtime runs it again after a lost
+//! connection — and the stream itself: decoding, batching and confirming.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
