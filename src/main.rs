@@ -136,10 +136,12 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
-    /// Republish chosen rows of a postgres_cdc source's tables through the transforms and sinks
-    /// it feeds in CONFIG, with their own ids (consumers that dedupe by id drop repeats), while
-    /// the relay may go on running. Prints how many, and exits 0 once the sinks confirmed every
-    /// one; a backfill stopped or killed before that delivers them all when run again.
+    /// Republish chosen rows of a postgres_cdc source's tables, with their own ids.
+    ///
+    /// The rows go through the transforms and sinks the source feeds in CONFIG (consumers that
+    /// dedupe by id drop repeats), while the relay may go on running. Prints how many, and
+    /// exits 0 once the sinks confirmed every one; a backfill stopped or killed before that
+    /// delivers them all when run again.
     Backfill {
         /// The pipeline config (TOML).
         config: PathBuf,
