@@ -1,6 +1,7 @@
 //! The `sluice` command: runs and checks pipelines.
 
 mod api_client;
+mod backfill;
 mod check;
 mod coordination;
 mod id;
@@ -40,6 +41,8 @@ Examples:
   sluice check --offline pipeline.toml       validate the file only
   sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
   sluice tap pipeline.toml router --limit 5  five events leaving component router, live
+  sluice backfill pipeline.toml --source outbox --where \"created_at > now() - interval '1 hour'\"
+                                             republish the last hour's outbox rows (same ids)
   sluice --log-format json run pipeline.toml log as JSON lines
 
 A first SIGTERM or SIGINT drains: sources stop, in-flight events are delivered and
@@ -133,6 +136,23 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Republish chosen rows of a postgres_cdc source's tables, with their own ids.
+    ///
+    /// The rows go through the transforms and sinks the source feeds in CONFIG (consumers that
+    /// dedupe by id drop repeats), while the relay may go on running. Prints how many, and
+    /// exits 0 once the sinks confirmed every one; a backfill stopped or killed before that
+    /// delivers them all when run again.
+    Backfill {
+        /// The pipeline config (TOML).
+        config: PathBuf,
+        /// The id of the postgres_cdc source whose tables to read.
+        #[arg(long, value_name = "ID")]
+        source: String,
+        /// The SQL condition choosing the rows, as after WHERE (`true` for all); run by the
+        /// server in a read-only transaction.
+        #[arg(long = "where", value_name = "CONDITION")]
+        filter: String,
+    },
     /// Issue ids (Snowflake, UUID v4/v7, ULID) or decode a Snowflake id.
     Id {
         #[command(subcommand)]
@@ -189,6 +209,19 @@ fn main() -> ExitCode {
             }
             block_on(check::live(&c))
         }
+        Command::Backfill {
+            config,
+            source,
+            filter,
+        } => block_on(backfill::run(
+            backfill::Backfill {
+                config,
+                source,
+                filter,
+            },
+            cli.coord.as_deref(),
+            &registry,
+        )),
         Command::Id { command } => id::run(command, cli.coord.as_deref()),
         Command::Status { api, json } => block_on(status::run(&api, json)),
         Command::Tap {

@@ -17,6 +17,7 @@ mod outbox;
 mod postgres_cdc;
 mod postgres_poll;
 mod rabbitmq;
+mod snapshot;
 mod tap;
 
 use sluice_tests::Binary;
