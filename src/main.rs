@@ -39,6 +39,8 @@ Examples:
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
   sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
+  sluice --coord etcd://127.0.0.1:2379 status
+                                             each pipeline of the cluster, with its leader
   sluice tap pipeline.toml router --limit 5  five events leaving component router, live
   sluice --log-format json run pipeline.toml log as JSON lines
 
@@ -103,12 +105,14 @@ enum Command {
         offline: bool,
     },
     /// Show what a running process reports: each pipeline, its election, role and fencing
-    /// token, and each source's in-flight events, checkpoint and lag.
+    /// token, and each source's in-flight events, checkpoint and lag. With --coord URL (and
+    /// no --api), the whole cluster: each election, the node leading it and its figures.
     Status {
-        /// The process's API address (its `[api] address`).
-        #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:9464")]
-        api: String,
-        /// Print the API's JSON as it is.
+        /// The process's API address (its `[api] address`); 127.0.0.1:9464 when neither this
+        /// nor --coord is given.
+        #[arg(long, env = "SLUICE_API")]
+        api: Option<String>,
+        /// Print JSON: the API's as it is, or the cluster's.
         #[arg(long)]
         json: bool,
     },
@@ -121,7 +125,7 @@ enum Command {
         #[arg(required = true, num_args = 1..=2, value_names = ["CONFIG", "COMPONENT"])]
         args: Vec<String>,
         /// The process's API address, when no CONFIG is given.
-        #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:9464")]
+        #[arg(long, env = "SLUICE_API", default_value = DEFAULT_API)]
         api: String,
         /// Show each event's payload too.
         #[arg(long)]
@@ -147,6 +151,9 @@ enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// The API address `status` and `tap` read when none is given.
+const DEFAULT_API: &str = "127.0.0.1:9464";
 
 /// Exit code for an invalid config.
 const EXIT_CONFIG: u8 = 2;
@@ -190,7 +197,10 @@ fn main() -> ExitCode {
             block_on(check::live(&c))
         }
         Command::Id { command } => id::run(command, cli.coord.as_deref()),
-        Command::Status { api, json } => block_on(status::run(&api, json)),
+        Command::Status { api, json } => match (api, cli.coord) {
+            (None, Some(coord)) => block_on(status::cluster(&coord, json)),
+            (api, _) => block_on(status::run(api.as_deref().unwrap_or(DEFAULT_API), json)),
+        },
         Command::Tap {
             mut args,
             api,
