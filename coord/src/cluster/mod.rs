@@ -239,8 +239,9 @@ async fn keep_entry(coord: Coord) {
             }
             continue;
         };
+        // The address is set before the first registration and stays.
         let written = match &mut registration {
-            Some(registration) if *registration.instance() == instance => Ok(()),
+            Some(registration) if registration.instance().metadata == instance.metadata => Ok(()),
             Some(registration) => registration.update(instance.metadata),
             None => coord
                 .register(instance)
