@@ -39,7 +39,7 @@ Examples:
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
   sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
-  sluice --coord etcd://127.0.0.1:2379 status
+  sluice status --coord etcd://127.0.0.1:2379
                                              each pipeline of the cluster, with its leader
   sluice tap pipeline.toml router --limit 5  five events leaving component router, live
   sluice --log-format json run pipeline.toml log as JSON lines
