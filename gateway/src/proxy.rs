@@ -5,8 +5,10 @@
 //! for idempotent methods when the request could not be sent, hop-by-hop headers removed both
 //! ways, `X-Forwarded-For/Proto/Host` set, and WebSocket (HTTP/1.1 `Upgrade`) passed through.
 //!
-//! Instances are static (`instances = [...]`) or replaced at run time through
-//! [`Upstream::replace_instances`], the seam the coordination registry's discovery feeds.
+//! Instances are static (`instances = [...]`) or discovered from the coordination registry
+//! (`discover = "SERVICE"`, see [`crate::discovery`]), which replaces them at run time through
+//! [`Upstream::replace_instances`]. An upstream without any instance answers 503 (counted in
+//! `sluice_gateway_no_instance_total`), which its breaker does not count as a failure.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,7 +32,8 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Request, Response};
 use crate::breaker::BreakerConfig;
-use crate::context::{RequestContext, UpstreamTiming};
+use crate::context::{NoInstance, RequestContext, UpstreamTiming};
+use crate::metrics;
 use crate::worker::PerWorker;
 
 /// Default for [`UpstreamConfig::max_fails`].
@@ -48,10 +51,13 @@ pub const DEFAULT_MAX_IDLE: usize = 256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Its instances: base URLs (`http://127.0.0.1:3000`, `https://orders:8443/v1`). May be
-    /// empty when a discovery feeds them.
+    /// Its instances: base URLs (`http://127.0.0.1:3000`, `https://orders:8443/v1`); or none,
+    /// with `discover`.
     #[serde(default)]
     pub instances: Vec<String>,
+    /// The service of the coordination registry (`[coord]`) whose registered instances this
+    /// upstream forwards to, followed as they come and go; instead of `instances`.
+    pub discover: Option<String>,
     /// Speak HTTP/2 to it (prior knowledge over plain TCP, ALPN over TLS).
     #[serde(default)]
     pub http2: bool,
@@ -94,6 +100,34 @@ fn default_max_idle() -> usize {
 impl UpstreamConfig {
     /// The first rule the section breaks.
     pub(crate) fn check(&self) -> Result<(), FieldError> {
+        match (&self.discover, self.instances.is_empty()) {
+            (None, true) => {
+                return Err(FieldError::new(
+                    "instances",
+                    "needs at least one URL, or discover = \"SERVICE\" to follow the registry",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(FieldError::new(
+                    "discover",
+                    "instances and discover exclude each other: keep one",
+                ));
+            }
+            (Some(service), true) => {
+                if service.is_empty()
+                    || service.contains('/')
+                    || service.chars().any(char::is_control)
+                {
+                    return Err(FieldError::new(
+                        "discover",
+                        format!(
+                            "{service:?} is not a service name: non-empty, without '/' or control characters"
+                        ),
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
         for (i, url) in self.instances.iter().enumerate() {
             Instance::parse(url).map_err(|e| FieldError::new(format!("instances[{i}]"), e))?;
         }
@@ -183,6 +217,10 @@ pub struct Upstream {
     max_fails: u32,
     fail_timeout: Duration,
     retries: u32,
+    /// Requests answered 503 because it had no instance.
+    no_instance: ::metrics::Counter,
+    /// How many instances it has.
+    instance_count: ::metrics::Gauge,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -206,6 +244,9 @@ impl Upstream {
                     .map_err(|e| FieldError::new(format!("instances[{i}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let labels = [("upstream", name.to_owned())];
+        let instance_count = ::metrics::gauge!(metrics::UPSTREAM_INSTANCES, &labels);
+        instance_count.set(instances.len() as f64);
         Ok(Upstream {
             name: Arc::from(name),
             instances: RwLock::new(Arc::new(instances)),
@@ -217,6 +258,8 @@ impl Upstream {
             max_fails: config.max_fails,
             fail_timeout: config.fail_timeout.get(),
             retries: config.retries,
+            no_instance: ::metrics::counter!(metrics::NO_INSTANCE, &labels),
+            instance_count,
         })
     }
 
@@ -236,6 +279,7 @@ impl Upstream {
                 None => Instance::parse(url).map(Arc::new),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.instance_count.set(fresh.len() as f64);
         *self
             .instances
             .write()
@@ -567,7 +611,10 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
     let mut tried = Vec::new();
     loop {
         let Some((index, instance)) = upstream.pick(&tried) else {
-            return body::error(StatusCode::BAD_GATEWAY, "No upstream instance available");
+            if tried.is_empty() {
+                return no_instance(upstream);
+            }
+            return body::error(StatusCode::BAD_GATEWAY, "Bad gateway");
         };
         tried.push(index);
         let Ok(uri) = instance.target(&path_and_query) else {
@@ -621,6 +668,18 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
             }
         }
     }
+}
+
+/// The answer of an upstream without any instance (none registered): 503, counted, and marked
+/// so that the breaker does not take it for the upstream's failure.
+fn no_instance(upstream: &Upstream) -> Response {
+    upstream.no_instance.increment(1);
+    let mut response = body::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "No instance of the upstream service is available",
+    );
+    response.extensions_mut().insert(NoInstance);
+    response
 }
 
 /// Joins the client's and the upstream's upgraded connections once both have switched.

@@ -6,20 +6,27 @@
 //! are shed and counted (`sluice_gateway_access_log_shed_total`). The source keeps no
 //! checkpoint: there is nothing to resume.
 //!
+//! Upstreams with `discover` follow the coordination registry ([`crate::discovery`]); the
+//! source is ready once each has its first list of instances.
+//!
 //! Event: id `<source id>-<n>`, key the route, type `access_log`, fields `route`, `status`,
 //! `method`, payload the JSON record.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sluice_coord::Coord;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::{
     Emitter, Error, ErrorKind, Event, Position, Refused, Source, SourceConfig, SourceContext, Text,
 };
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::GatewayConfig;
+use crate::discovery;
+use crate::proxy::Upstream;
 use crate::redis::Redis;
 use crate::server::{self, AccessLog, AccessRecord, Entrance};
 use crate::stack;
@@ -35,9 +42,17 @@ impl SourceConfig for GatewayConfig {
             cx.resources.get::<Redis>(),
             &format!("sources.{}", cx.id),
         )?;
+        let coord = match self.upstreams.iter().find(|(_, u)| u.discover.is_some()) {
+            Some((name, _)) => Some(cx.resources.require::<Coord>(
+                &format!("sources.{}.upstreams.{name}.discover", cx.id),
+                "coord",
+            )?),
+            None => None,
+        };
         Ok(Box::new(GatewaySource {
             config: self.clone(),
             redis: cx.resources.get::<Redis>(),
+            coord,
             id: cx.id.clone(),
         }))
     }
@@ -48,6 +63,8 @@ impl SourceConfig for GatewayConfig {
 pub struct GatewaySource {
     config: GatewayConfig,
     redis: Option<Arc<Redis>>,
+    /// The registry, when an upstream is discovered.
+    coord: Option<Arc<Coord>>,
     id: String,
 }
 
@@ -61,6 +78,7 @@ impl Source for GatewaySource {
         if let Some(verifier) = &gateway.verifier {
             verifier.start();
         }
+        let gateway_upstreams = gateway.upstreams.clone();
         let tls = match &self.config.tls {
             Some(tls) => {
                 Some(server::tls_acceptor(tls).map_err(|e| Error::new(ErrorKind::Config, e))?)
@@ -129,9 +147,20 @@ impl Source for GatewaySource {
             workers.push(finished);
         }
         drop(entrance);
+        let discovering = self.discover(&gateway_upstreams, cx);
+        // Ready once every discovered upstream knows its instances (the first lists).
+        for mut found in discovering.found {
+            tokio::select! {
+                _ = found.wait_for(|found| *found) => {}
+                () = cx.shutdown().requested() => break,
+            }
+        }
         cx.set_ready(true);
         for finished in workers {
             let _ = finished.await;
+        }
+        for task in discovering.tasks {
+            task.abort();
         }
         cx.set_ready(false);
         // Once the last connection has ended, the entrance (holding the queue's sender) is
@@ -148,6 +177,46 @@ impl Source for GatewaySource {
 
     fn replays(&self) -> bool {
         false
+    }
+}
+
+/// The tasks following the registry for discovered upstreams, and whether each has its first
+/// list yet.
+struct Discovering {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    found: Vec<watch::Receiver<bool>>,
+}
+
+impl GatewaySource {
+    /// Starts following the registry for each upstream with `discover`.
+    fn discover(
+        &self,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        cx: &SourceContext,
+    ) -> Discovering {
+        let mut discovering = Discovering {
+            tasks: Vec::new(),
+            found: Vec::new(),
+        };
+        let Some(coord) = &self.coord else {
+            return discovering;
+        };
+        for (name, config) in &self.config.upstreams {
+            let (Some(service), Some(upstream)) = (&config.discover, upstreams.get(name)) else {
+                continue;
+            };
+            let (found, receiver) = watch::channel(false);
+            discovering.tasks.push(tokio::spawn(discovery::follow(
+                Arc::clone(coord),
+                service.clone(),
+                Arc::clone(upstream),
+                cx.backoff(),
+                found,
+                cx.shutdown().clone(),
+            )));
+            discovering.found.push(receiver);
+        }
+        discovering
     }
 }
 

@@ -11,6 +11,7 @@ mod config_errors;
 mod coord;
 mod engine;
 mod gateway;
+mod gateway_discovery;
 mod gateway_pipeline;
 mod ids;
 mod outbox;
