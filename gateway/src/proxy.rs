@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -76,6 +77,9 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per instance.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_instance: usize,
+    /// PEM file of the authorities that sign its `https://` instances' certificates, trusted
+    /// instead of the public roots and `SSL_CERT_FILE` (a private CA).
+    pub ca_file: Option<PathBuf>,
     /// The circuit breaker in front of it.
     #[serde(default)]
     pub breaker: BreakerConfig,
@@ -211,6 +215,8 @@ pub struct Upstream {
     /// A client per serving thread, so a pooled connection is driven by the thread whose
     /// requests use it.
     clients: PerWorker<Client>,
+    /// The authorities its `https://` instances are checked against.
+    roots: Arc<rustls::RootCertStore>,
     connect_timeout: Duration,
     max_idle: usize,
     http2: bool,
@@ -244,6 +250,10 @@ impl Upstream {
                     .map_err(|e| FieldError::new(format!("instances[{i}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let roots = match &config.ca_file {
+            Some(path) => Arc::new(roots_from(path).map_err(|e| FieldError::new("ca_file", e))?),
+            None => default_roots(),
+        };
         let labels = [("upstream", name.to_owned())];
         let instance_count = ::metrics::gauge!(metrics::UPSTREAM_INSTANCES, &labels);
         instance_count.set(instances.len() as f64);
@@ -252,6 +262,7 @@ impl Upstream {
             instances: RwLock::new(Arc::new(instances)),
             next: AtomicUsize::new(0),
             clients: PerWorker::default(),
+            roots,
             connect_timeout: config.connect_timeout.get(),
             max_idle: config.max_idle_per_instance,
             http2: config.http2,
@@ -265,8 +276,14 @@ impl Upstream {
 
     /// The client of the calling thread.
     fn client(&self) -> &Client {
-        self.clients
-            .get_or_init(|| build_client(self.http2, self.connect_timeout, self.max_idle))
+        self.clients.get_or_init(|| {
+            build_client(
+                self.http2,
+                self.connect_timeout,
+                self.max_idle,
+                Arc::clone(&self.roots),
+            )
+        })
     }
 
     /// Replaces the instances (what a discovery found); those that remain keep their health.
@@ -339,17 +356,22 @@ pub type Client = hyper_util::client::legacy::Client<Connector, body::Body>;
 
 /// A default client (HTTP/1.1, plain or TLS), for fetches the gateway makes itself (JWKS).
 pub fn client() -> Client {
-    build_client(false, DEFAULT_CONNECT_TIMEOUT.get(), 8)
+    build_client(false, DEFAULT_CONNECT_TIMEOUT.get(), 8, default_roots())
 }
 
-fn build_client(http2: bool, connect_timeout: Duration, max_idle: usize) -> Client {
+fn build_client(
+    http2: bool,
+    connect_timeout: Duration,
+    max_idle: usize,
+    roots: Arc<rustls::RootCertStore>,
+) -> Client {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     let connector = Connector {
         http,
-        tls: tls_connector(http2),
+        tls: tls_connector(http2, roots),
     };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(http2)
@@ -359,7 +381,8 @@ fn build_client(http2: bool, connect_timeout: Duration, max_idle: usize) -> Clie
         .build(connector)
 }
 
-fn tls_connector(http2: bool) -> tokio_rustls::TlsConnector {
+/// The public roots (webpki), and those of `SSL_CERT_FILE` if set.
+fn default_roots() -> Arc<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Ok(path) = std::env::var("SSL_CERT_FILE")
@@ -370,6 +393,24 @@ fn tls_connector(http2: bool) -> tokio_rustls::TlsConnector {
             let _ = roots.add(cert);
         }
     }
+    Arc::new(roots)
+}
+
+/// The authorities of the PEM file at `path`.
+fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{} holds no usable certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+fn tls_connector(http2: bool, roots: Arc<rustls::RootCertStore>) -> tokio_rustls::TlsConnector {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))

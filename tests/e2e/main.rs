@@ -13,6 +13,7 @@ mod engine;
 mod gateway;
 mod gateway_discovery;
 mod gateway_pipeline;
+mod gateway_upstreams;
 mod ids;
 mod outbox;
 mod postgres_cdc;
