@@ -10,9 +10,13 @@ mod cli;
 mod config_errors;
 mod coord;
 mod engine;
+#[cfg(feature = "gateway")]
 mod gateway;
+#[cfg(feature = "gateway")]
 mod gateway_discovery;
+#[cfg(feature = "gateway")]
 mod gateway_pipeline;
+#[cfg(feature = "gateway")]
 mod gateway_upstreams;
 mod ids;
 mod outbox;
