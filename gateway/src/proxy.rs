@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -197,12 +198,18 @@ impl Instance {
         self.down_until.load(Ordering::Relaxed) <= now_ms()
     }
 
-    fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
+    fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
+        let builder = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.base_path))
-            .build()
+            .authority(self.authority.clone());
+        // Without a base path the request's own (already parsed) path and query are reused.
+        if self.base_path.is_empty() {
+            builder.path_and_query(path_and_query.clone()).build()
+        } else {
+            builder
+                .path_and_query(format!("{}{path_and_query}", self.base_path))
+                .build()
+        }
     }
 }
 
@@ -637,8 +644,8 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
     let path_and_query = request
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     // Only a request without a body can be sent twice; the entrance buffered it, so its size
     // is exact.
     let retryable = idempotent(request.method())

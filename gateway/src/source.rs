@@ -1,9 +1,11 @@
 //! The `gateway` source: runs the gateway (see [`crate::config`] for its config), and emits
 //! one event per request, its access-log record as JSON, so access logs flow to any sink.
 //!
-//! Records never slow requests: they wait in a bounded queue (`access_log_buffer`) that this
-//! source drains into the pipeline with [`Emitter::try_emit`]; when either is full, records
-//! are shed and counted (`sluice_gateway_access_log_shed_total`). The source keeps no
+//! Records never slow requests: each serving thread gathers them in batches (of
+//! [`server::ACCESS_LOG_BATCH`], or what [`server::ACCESS_LOG_FLUSH`] brought) handed to a
+//! bounded queue (`access_log_buffer`) that this source drains into the pipeline with
+//! [`Emitter::try_emit`]; when either is full, records are shed and counted
+//! (`sluice_gateway_access_log_shed_total`). The source keeps no
 //! checkpoint: there is nothing to resume.
 //!
 //! Upstreams with `discover` follow the coordination registry ([`crate::discovery`]); the
@@ -105,7 +107,6 @@ impl Source for GatewaySource {
             log.shed_counter(),
             self.id.clone(),
         ));
-        drop(log);
         let limits = server::Limits {
             client_timeout: self.config.client_timeout.get(),
             max_header_bytes: self.config.max_header_bytes,
@@ -118,8 +119,12 @@ impl Source for GatewaySource {
             let listener = listener.try_clone().map_err(|e| {
                 Error::new(ErrorKind::Io, "sharing the gateway's socket").with_source(e)
             })?;
-            let (entrance, tls, shutdown) =
-                (Arc::clone(&entrance), tls.clone(), cx.shutdown().clone());
+            let (entrance, tls, shutdown, log) = (
+                Arc::clone(&entrance),
+                tls.clone(),
+                cx.shutdown().clone(),
+                log.clone(),
+            );
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -133,11 +138,14 @@ impl Source for GatewaySource {
                     crate::worker::set(n + 1);
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => {
-                                server::serve(listener, tls, entrance, limits, &shutdown).await
-                            }
+                            Ok(listener) => tokio::select! {
+                                () = server::serve(listener, tls, entrance, limits, &shutdown) => {}
+                                () = log.flush_periodically() => {}
+                            },
                             Err(e) => tracing::error!(error = %e, "gateway thread cannot listen"),
                         }
+                        // The connections have ended: their last records go too.
+                        log.flush();
                     });
                     let _ = done.send(());
                 })
@@ -146,7 +154,7 @@ impl Source for GatewaySource {
                 })?;
             workers.push(finished);
         }
-        drop(entrance);
+        drop((entrance, log));
         let discovering = self.discover(&gateway_upstreams, cx);
         // Ready once every discovered upstream knows its instances (the first lists).
         for mut found in discovering.found {
@@ -222,19 +230,24 @@ impl GatewaySource {
 
 /// Moves records from the queue into the pipeline, shedding what it refuses.
 async fn forward(
-    mut records: mpsc::Receiver<AccessRecord>,
+    mut records: mpsc::Receiver<Vec<AccessRecord>>,
     emitter: Emitter,
     shed: metrics::Counter,
     id: String,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batches = Vec::new();
     let mut n: u64 = 0;
     loop {
-        if records.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if records
+            .recv_many(&mut batches, MAX_BATCH.div_ceil(server::ACCESS_LOG_BATCH))
+            .await
+            == 0
+        {
             return;
         }
-        let events: Vec<Event> = batch
+        let events: Vec<Event> = batches
             .drain(..)
+            .flatten()
             .map(|record| {
                 n += 1;
                 event(&id, n, &record)
