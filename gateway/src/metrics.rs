@@ -18,6 +18,10 @@ pub const RATE_LIMIT_STORE_ERRORS: &str = "sluice_gateway_rate_limit_store_error
 pub const BREAKER_STATE: &str = "sluice_gateway_breaker_state";
 /// Requests answered by an open breaker without calling the upstream, by `upstream`.
 pub const BREAKER_REJECTED: &str = "sluice_gateway_breaker_rejected_total";
+/// Requests answered 503 because their upstream had no instance, by `upstream`.
+pub const NO_INSTANCE: &str = "sluice_gateway_no_instance_total";
+/// The instances each upstream has now (static, or as discovered), by `upstream`.
+pub const UPSTREAM_INSTANCES: &str = "sluice_gateway_upstream_instances";
 /// Requests refused before routing, by `reason` (`absolute_uri`, `bad_path`, `no_route`,
 /// `body_too_large`, `client_timeout`, `bad_body`).
 pub const REFUSED: &str = "sluice_gateway_refused_total";
