@@ -404,7 +404,9 @@ async fn prepare(name: &str, db: &str, redis: &str) -> Measured {
             .unwrap();
             let config: sluice_ids::config::IdsConfig =
                 sluice_pipeline::config::deserialize(value).unwrap();
-            let router = sluice_ids::endpoint::router(Arc::new(Ids::build(&config).unwrap()));
+            let router = sluice_ids::endpoint::router(Arc::new(
+                Ids::build(&config, &Default::default()).unwrap(),
+            ));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let address = listener.local_addr().unwrap();
             let server = tokio::spawn(async move {

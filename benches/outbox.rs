@@ -39,6 +39,9 @@
 //!   role with `sslmode=verify-full` for the SQL and replication connections, `amqps://` with
 //!   full verification to the broker), against `cdc-rabbitmq-B` of the same round: what TLS
 //!   costs. Every plain scenario connects with `sslmode=disable`;
+//! - `cdc-rabbitmq-leader-B`: `cdc-rabbitmq-B` under leadership (`[pipeline] leader`, an
+//!   etcd election with a 2 s TTL, `ETCD_ENDPOINTS`), against `cdc-rabbitmq-B` of the same
+//!   round: what the leadership gate costs (target ≥ 0.97×);
 //! - `cdc-blackhole-B`: the same into `blackhole`: decoding alone, against `recvlogical-B`;
 //! - `poll-rabbitmq`: sluice drains N unpublished rows of a `postgres_poll` table (reloaded
 //!   before each run) into RabbitMQ, against the broker ceiling;
@@ -155,6 +158,8 @@ const POLL_DRAIN_RATIO: f64 = 0.60;
 const DEFAULT_VS_LEAN_RATIO: f64 = 0.90;
 /// TLS on both sides costs at most 10% of the plain drain rate.
 const TLS_RATIO: f64 = 0.90;
+/// Under leadership the relay drains at least 97% as fast as without it.
+const LEADER_RATIO: f64 = 0.97;
 const CPU_S_PER_100K: f64 = 0.7;
 const PEAK_RSS_MIB: f64 = 64.0;
 
@@ -219,6 +224,8 @@ enum Scenario {
     CdcRabbitmqLean(Shape),
     /// `cdc-rabbitmq` with every optional property (the default before ADR 0016).
     CdcRabbitmqRich(Shape),
+    /// `CdcRabbitmq` under leadership (an etcd election).
+    CdcRabbitmqLeader(Shape),
     CdcBlackhole(Shape),
     PollRabbitmq,
     Latency(Live, Rate),
@@ -242,6 +249,7 @@ impl Scenario {
                 Scenario::CdcRabbitmqTls(shape),
                 Scenario::CdcRabbitmqLean(shape),
                 Scenario::CdcRabbitmqRich(shape),
+                Scenario::CdcRabbitmqLeader(shape),
                 Scenario::CdcBlackhole(shape),
             ]);
         }
@@ -268,6 +276,7 @@ impl Scenario {
             Scenario::LatencyCdcTls => "latency-cdc-tls-2000".into(),
             Scenario::CdcRabbitmqLean(shape) => format!("cdc-rabbitmq-lean-{}", shape.name()),
             Scenario::CdcRabbitmqRich(shape) => format!("cdc-rabbitmq-rich-{}", shape.name()),
+            Scenario::CdcRabbitmqLeader(shape) => format!("cdc-rabbitmq-leader-{}", shape.name()),
             Scenario::CdcBlackhole(shape) => format!("cdc-blackhole-{}", shape.name()),
             Scenario::PollRabbitmq => "poll-rabbitmq".into(),
             Scenario::Latency(live, rate) => format!(
@@ -292,6 +301,7 @@ impl Scenario {
             | Scenario::CdcRabbitmqTls(s)
             | Scenario::CdcRabbitmqLean(s)
             | Scenario::CdcRabbitmqRich(s)
+            | Scenario::CdcRabbitmqLeader(s)
             | Scenario::CdcBlackhole(s) => Some(s),
             _ => None,
         }
@@ -530,6 +540,7 @@ impl Bench {
             | Scenario::CdcRabbitmqTls(shape)
             | Scenario::CdcRabbitmqLean(shape)
             | Scenario::CdcRabbitmqRich(shape)
+            | Scenario::CdcRabbitmqLeader(shape)
             | Scenario::CdcBlackhole(shape) => {
                 let backlog = self.backlog(shape);
                 let slot = backlog.copy_slot();
@@ -549,6 +560,11 @@ impl Bench {
                     Scenario::CdcRabbitmqRich(_) => {
                         self.drain(&source, &rabbitmq_sink(url, RICH), CONFIRMED)
                     }
+                    Scenario::CdcRabbitmqLeader(_) => self.drain(
+                        &under_leadership(&source),
+                        &rabbitmq_sink(url, ""),
+                        CONFIRMED,
+                    ),
                     _ => self.drain(&source, BLACKHOLE_SINK, BLACKHOLE_RECEIVED),
                 };
                 drop_slot(&backlog.db, &slot);
@@ -1025,6 +1041,18 @@ type = "blackhole"
 inputs = ["events"]
 "#;
 
+/// `source` under leadership: election `bench-relay` on the etcd of `ETCD_ENDPOINTS`, in a
+/// namespace of this run's own. [`Sluice::start`] writes the source right after the
+/// `[pipeline]` table's keys, so the `leader` key leads the text.
+fn under_leadership(source: &str) -> String {
+    let endpoints = std::env::var("ETCD_ENDPOINTS").unwrap_or_else(|_| "127.0.0.1:2379".into());
+    format!(
+        "leader = \"bench-relay\"\n\n[coord]\nbackend = \"etcd\"\nendpoints = \"{endpoints}\"\nnamespace = \"bench-outbox-{}-{}\"\nttl = \"2s\"\n\n{source}",
+        std::process::id(),
+        free_port()
+    )
+}
+
 /// `sluice run` of source → outbox → sink, with its API on a free port and a fresh data
 /// directory.
 struct Sluice {
@@ -1255,6 +1283,15 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
                 });
                 (baseline, target + &check("RSS", rss, false, PEAK_RSS_MIB))
             }
+            Scenario::CdcRabbitmqLeader(shape) => {
+                let free = medians
+                    .get(&Scenario::CdcRabbitmq(shape).name())
+                    .map(|m| m.events_per_sec);
+                let target = free.map_or_else(String::new, |f| {
+                    check("ratio", sample.events_per_sec / f, true, LEADER_RATIO) + "; "
+                });
+                (free, target + &check("RSS", rss, false, PEAK_RSS_MIB))
+            }
             Scenario::CdcRabbitmqTls(shape) => {
                 let plain = medians
                     .get(&Scenario::CdcRabbitmq(shape).name())
@@ -1289,7 +1326,7 @@ fn report(scenarios: &[Scenario], records: &[Record], events: u64, runs: usize, 
         .collect();
     support::print_table(
         &format!(
-            "outbox drains: {events} events per run, median of {runs} rounds; baselines: lapin-wW-Cch rows vs the best of them (broker ceiling); lapin-shaped (sluice's message shape), cdc-rabbitmq* and poll-rabbitmq vs the broker ceiling; cdc-blackhole-B vs recvlogical-B (decode ceiling); cdc-rabbitmq-tls-B vs cdc-rabbitmq-B (TLS's cost)"
+            "outbox drains: {events} events per run, median of {runs} rounds; baselines: lapin-wW-Cch rows vs the best of them (broker ceiling); lapin-shaped (sluice's message shape), cdc-rabbitmq* and poll-rabbitmq vs the broker ceiling; cdc-blackhole-B vs recvlogical-B (decode ceiling); cdc-rabbitmq-tls-B and cdc-rabbitmq-leader-B vs cdc-rabbitmq-B (the cost of TLS, of leadership)"
         ),
         &table,
     );

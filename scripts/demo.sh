@@ -4,11 +4,17 @@
 # relays the outbox from the WAL to RabbitMQ, and an idempotent consumer applies each order
 # exactly once. Prints what flows every second, then checks that every order arrived once.
 #   ORDERS=6000 RATE=200 scripts/demo.sh
+# HA=1 runs the highly available relay instead: examples/ha-relay.toml on three nodes (a, b and
+# c, APIs on 127.0.0.1:9464-9466) under one etcd election; a third of the way through, the
+# leader is killed with kill -9, a standby takes over (the time it took is printed), and the
+# killed node comes back as a standby.
+#   HA=1 ORDERS=6000 RATE=200 scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ORDERS=${ORDERS:-6000}
 RATE=${RATE:-200}
+HA=${HA:-}
 eval "$(bash scripts/services.sh up)"
 command -v curl >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
 
@@ -38,29 +44,81 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-log "sluice run examples/outbox-demo.toml (metrics on http://$SLUICE_API/metrics)"
-target/release/sluice run examples/outbox-demo.toml 2> >(sed 's/^/[sluice] /' >&2) &
-pids+=($!)
-until curl -fsS "http://$SLUICE_API/ready" >/dev/null 2>&1; do
-    kill -0 "${pids[0]}" 2>/dev/null || { log "sluice exited"; exit 1; }
-    sleep 0.2
-done
+ready() {
+    until curl -fsS "http://$1/ready" >/dev/null 2>&1; do
+        kill -0 "$2" 2>/dev/null || { log "sluice ($1) exited"; exit 1; }
+        sleep 0.2
+    done
+}
+metric() { awk -v n="$2" '$1 ~ "^"n"[{ ]" {v+=$2} END {printf "%d", v}' <<<"$1"; }
+
+declare -A node_pid=() node_api=()
+if [[ -n $HA ]]; then
+    # One relay on three nodes: only the leader of election outbox-relay reads the WAL.
+    start_node() {
+        local name=$1
+        log "node $name: sluice run examples/ha-relay.toml (NODE_NAME=$name SLUICE_API=${node_api[$name]})"
+        (cd "$SLUICE_DATA" && NODE_NAME=$name SLUICE_API=${node_api[$name]} \
+            exec "$OLDPWD/target/release/sluice" run "$OLDPWD/examples/ha-relay.toml") \
+            2> >(sed "s/^/[sluice $name] /" >&2) &
+        node_pid[$name]=$!
+        pids+=($!)
+    }
+    mkdir -p "$SLUICE_DATA"
+    port=9464
+    for name in a b c; do
+        node_api[$name]=127.0.0.1:$port
+        port=$((port + 1))
+        start_node "$name"
+    done
+    for name in a b c; do ready "${node_api[$name]}" "${node_pid[$name]}"; done
+    # The node whose sluice_leader gauge is 1, if any.
+    leader() {
+        local name
+        for name in a b c; do
+            if [ "$(metric "$(curl -fsS "http://${node_api[$name]}/metrics" 2>/dev/null)" sluice_leader)" = 1 ]; then
+                echo "$name"
+                return
+            fi
+        done
+    }
+    until [ -n "$(leader)" ]; do sleep 0.2; done
+    SLUICE_API=${node_api[$(leader)]}
+    log "node $(leader) leads election outbox-relay; b and c wait as standbys"
+else
+    log "sluice run examples/outbox-demo.toml (metrics on http://$SLUICE_API/metrics)"
+    target/release/sluice run examples/outbox-demo.toml 2> >(sed 's/^/[sluice] /' >&2) &
+    pids+=($!)
+    ready "$SLUICE_API" "${pids[0]}"
+fi
 target/release/order-consumer --queue orders &
 pids+=($!)
 log "order-service: $ORDERS orders at $RATE/s"
 target/release/order-service --count "$ORDERS" --rate "$RATE" &
 service=$!
 
-metric() { awk -v n="$2" '$1 ~ "^"n"[{ ]" {v+=$2} END {printf "%d", v}' <<<"$1"; }
 applied() { psql -tAq "$CONSUMER_DATABASE_URL" -c "SELECT coalesce(sum(orders), 0) FROM customer_totals" 2>/dev/null || echo 0; }
 report() {
     local m
     m=$(curl -fsS "http://$SLUICE_API/metrics" 2>/dev/null) || return 0
     log "read from WAL $(metric "$m" sluice_postgres_cdc_events_total)  confirmed by RabbitMQ $(metric "$m" sluice_rabbitmq_confirmed_messages_total)  slot lag $(metric "$m" sluice_postgres_cdc_replication_lag_bytes) bytes  applied by the consumer $(applied)"
 }
+killed=
 while kill -0 "$service" 2>/dev/null; do
     sleep 1
     report
+    if [[ -n $HA && -z $killed ]] && [ "$(applied)" -ge $((ORDERS / 3)) ]; then
+        killed=$(leader)
+        log "kill -9 the leader, node $killed (pid ${node_pid[$killed]}), while orders flow"
+        kill -KILL "${node_pid[$killed]}"
+        t0=$(date +%s.%N)
+        until next=$(leader) && [ -n "$next" ] && [ "$next" != "$killed" ]; do sleep 0.1; done
+        log "node $next took over after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s (TTL 5 s)"
+        SLUICE_API=${node_api[$next]}
+        start_node "$killed"
+        ready "${node_api[$killed]}" "${node_pid[$killed]}"
+        log "node $killed is back, as a standby"
+    fi
 done
 wait "$service"
 deadline=$((SECONDS + 60))
@@ -68,7 +126,26 @@ until [ "$(applied)" -ge "$ORDERS" ] || [ $SECONDS -ge $deadline ]; do sleep 0.5
 report
 
 m=$(curl -fsS "http://$SLUICE_API/metrics")
-quantile() { awk -v q="$1" '$1 ~ /^sluice_rabbitmq_commit_to_confirm_latency_seconds\{/ && index($1, "quantile=\""q"\"") {printf "%.1f", $2 * 1000}' <<<"$m"; }
+# As histogram_quantile does, over the buckets summed across label sets: in ms.
+quantile() {
+    awk -v q="$1" '
+        $1 ~ /^sluice_rabbitmq_commit_to_confirm_latency_seconds_bucket\{/ {
+            match($1, /le="[^"]*"/); le = substr($1, RSTART + 4, RLENGTH - 5)
+            count[le] += $2; if (!(le in seen)) { seen[le] = 1; les[n++] = le }
+        }
+        END {
+            # The exporter prints the buckets in ascending order, +Inf last.
+            total = count[les[n - 1]]; rank = q * total; lower = 0; below = 0
+            for (i = 0; i < n; i++) {
+                if (count[les[i]] >= rank) {
+                    if (les[i] == "+Inf") { printf "> %.1f", lower * 1000; exit }
+                    width = count[les[i]] - below
+                    printf "%.1f", (lower + (les[i] - lower) * (width ? (rank - below) / width : 0)) * 1000; exit
+                }
+                lower = les[i]; below = count[les[i]]
+            }
+        }' <<<"$m"
+}
 log "commit -> broker confirm: p50 $(quantile 0.5) ms, p99 $(quantile 0.99) ms (sluice_rabbitmq_commit_to_confirm_latency_seconds)"
 committed=$(psql -tAq "$DATABASE_URL" -c "SELECT count(*) FROM orders")
 outbox=$(psql -tAq "$DATABASE_URL" -c "SELECT count(*) FROM outbox")
@@ -78,4 +155,8 @@ if [ "$total" -ne "$committed" ]; then
     log "MISMATCH: the consumer applied $total of $committed orders"
     exit 1
 fi
-log "every order arrived exactly once"
+if [[ -n $HA ]]; then
+    log "every order arrived exactly once, across the failover from node $killed to node $next"
+else
+    log "every order arrived exactly once"
+fi

@@ -20,7 +20,9 @@
 # (SCRAM-SHA-256 password, kept in $STATE_DIR/tls/pg-password) and sluice_cert (client
 # certificate, CN=sluice_cert). RabbitMQ gets a TLS listener on 5671 that verifies client
 # certificates when sent, and the EXTERNAL mechanism (rabbitmq_auth_mechanism_ssl) for the
-# user sluice_cert; adding that listener restarts RabbitMQ once. The plain ports stay as they
+# user sluice_cert; adding that listener restarts RabbitMQ once. The management plugin
+# (HTTP API on 127.0.0.1:15672, which `sluice check` asks whether a route reaches a queue) is
+# enabled too. The plain ports stay as they
 # are. The server certificate names `localhost` only, not 127.0.0.1, so that connecting by
 # address with full verification shows a host name mismatch. `env` also prints
 # DATABASE_TLS_URL, AMQPS_URL (full verification against the local CA) and SLUICE_TEST_CA
@@ -664,6 +666,8 @@ ssl_cert_login_from = common_name
 auth_mechanisms.1 = PLAIN
 auth_mechanisms.2 = AMQPLAIN
 auth_mechanisms.3 = EXTERNAL
+management.tcp.ip = 127.0.0.1
+management.tcp.port = 15672
 # sluice-services-tls: end
 CONF
 }
@@ -686,11 +690,14 @@ rabbit_tls_configure() {
         restart=1
     fi
     rm -f "$tmp"
-    if ! rabbitmq-plugins -q is_enabled rabbitmq_auth_mechanism_ssl >/dev/null 2>&1; then
-        need_root "enabling rabbitmq_auth_mechanism_ssl"
-        log "enabling the RabbitMQ plugin rabbitmq_auth_mechanism_ssl (EXTERNAL)"
-        rabbitmq-plugins -q enable rabbitmq_auth_mechanism_ssl >&2 || die "enabling rabbitmq_auth_mechanism_ssl failed"
-    fi
+    local plugin
+    for plugin in rabbitmq_auth_mechanism_ssl rabbitmq_management; do
+        if ! rabbitmq-plugins -q is_enabled "$plugin" >/dev/null 2>&1; then
+            need_root "enabling $plugin"
+            log "enabling the RabbitMQ plugin $plugin"
+            rabbitmq-plugins -q enable "$plugin" >&2 || die "enabling $plugin failed"
+        fi
+    done
     if [[ -n $restart ]] || ! tcp_open "$AMQPS_PORT"; then
         need_root "restarting RabbitMQ"
         local old_pid

@@ -25,8 +25,10 @@ use clap::{Args, Subcommand};
 use sluice_coord::{Coord, CoordConfig};
 use sluice_ids::calendar;
 use sluice_ids::random::{Ulids, Uuid7, uuid4};
-use sluice_ids::snowflake::lease::{LeasedWorker, PairRange};
-use sluice_ids::snowflake::{Layout, Node, Options, Snowflake, StaticWorker, WorkerClaim};
+use sluice_ids::snowflake::lease::LeasedWorker;
+use sluice_ids::snowflake::{
+    Layout, Node, Options, PairRange, Snowflake, StaticWorker, WorkerClaim, parse_range,
+};
 
 /// Exit code for input that cannot work (the CLI's own, as for an invalid config).
 const EXIT_USAGE: u8 = 2;
@@ -96,22 +98,6 @@ pub struct LeaseArgs {
     guard: Option<String>,
 }
 
-/// An inclusive range `A-B` (or one number).
-fn range(text: &str, what: &str) -> Result<std::ops::RangeInclusive<u64>, String> {
-    let parse = |n: &str| {
-        n.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("--{what} {text:?}: expected A-B with whole numbers"))
-    };
-    match text.split_once('-') {
-        Some((a, b)) => Ok(parse(a)?..=parse(b)?),
-        None => {
-            let n = parse(text)?;
-            Ok(n..=n)
-        }
-    }
-}
-
 /// The layout and epoch of Snowflake ids.
 #[derive(Debug, Args)]
 pub struct LayoutArgs {
@@ -167,21 +153,19 @@ fn claim(
     let url = coord.ok_or_else(|| {
         Failure::Usage("give --datacenter and --worker, or --coord URL to lease a pair".into())
     })?;
-    let all = PairRange::all(layout);
-    let range = PairRange {
-        datacenters: match (&leased.datacenters, datacenter) {
-            (Some(text), _) => range(text, "datacenters").map_err(Failure::Usage)?,
-            (None, Some(d)) => d..=d,
-            (None, None) => all.datacenters,
-        },
-        workers: match &leased.workers {
-            Some(text) => range(text, "workers").map_err(Failure::Usage)?,
-            None => all.workers,
-        },
+    let parse = |text: &Option<String>, what: &str| {
+        text.as_deref()
+            .map(parse_range)
+            .transpose()
+            .map_err(|e| Failure::Usage(format!("--{what} {e}")))
     };
-    range
-        .check(layout)
-        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let range = PairRange::resolve(
+        layout,
+        datacenter,
+        parse(&leased.datacenters, "datacenters")?,
+        parse(&leased.workers, "workers")?,
+    )
+    .map_err(|e| Failure::Usage(e.to_string()))?;
     let config =
         CoordConfig::from_url(url).map_err(|e| Failure::Usage(format!("--coord {url}: {e}")))?;
     let guard = match &leased.guard {

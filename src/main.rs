@@ -1,6 +1,7 @@
 //! The `sluice` command: runs and checks pipelines.
 
 mod api_client;
+mod backfill;
 mod check;
 mod coordination;
 mod id;
@@ -39,7 +40,11 @@ Examples:
   sluice check examples/generator.toml       validate a config and the servers it uses
   sluice check --offline pipeline.toml       validate the file only
   sluice status --api 127.0.0.1:9464         what a running process leads, holds and lags
+  sluice status --coord etcd://127.0.0.1:2379
+                                             each pipeline of the cluster, with its leader
   sluice tap pipeline.toml router --limit 5  five events leaving component router, live
+  sluice backfill pipeline.toml --source outbox --where \"created_at > now() - interval '1 hour'\"
+                                             republish the last hour's outbox rows (same ids)
   sluice --log-format json run pipeline.toml log as JSON lines
 
 A first SIGTERM or SIGINT drains: sources stop, in-flight events are delivered and
@@ -103,12 +108,14 @@ enum Command {
         offline: bool,
     },
     /// Show what a running process reports: each pipeline, its election, role and fencing
-    /// token, and each source's in-flight events, checkpoint and lag.
+    /// token, and each source's in-flight events, checkpoint and lag. With --coord URL (and
+    /// no --api), the whole cluster: each election, the node leading it and its figures.
     Status {
-        /// The process's API address (its `[api] address`).
-        #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:9464")]
-        api: String,
-        /// Print the API's JSON as it is.
+        /// The process's API address (its `[api] address`); 127.0.0.1:9464 when neither this
+        /// nor --coord is given.
+        #[arg(long, env = "SLUICE_API")]
+        api: Option<String>,
+        /// Print JSON: the API's as it is, or the cluster's.
         #[arg(long)]
         json: bool,
     },
@@ -121,7 +128,7 @@ enum Command {
         #[arg(required = true, num_args = 1..=2, value_names = ["CONFIG", "COMPONENT"])]
         args: Vec<String>,
         /// The process's API address, when no CONFIG is given.
-        #[arg(long, env = "SLUICE_API", default_value = "127.0.0.1:9464")]
+        #[arg(long, env = "SLUICE_API", default_value = DEFAULT_API)]
         api: String,
         /// Show each event's payload too.
         #[arg(long)]
@@ -132,6 +139,23 @@ enum Command {
         /// Stop after N events.
         #[arg(long)]
         limit: Option<u64>,
+    },
+    /// Republish chosen rows of a postgres_cdc source's tables, with their own ids.
+    ///
+    /// The rows go through the transforms and sinks the source feeds in CONFIG (consumers that
+    /// dedupe by id drop repeats), while the relay may go on running. Prints how many, and
+    /// exits 0 once the sinks confirmed every one; a backfill stopped or killed before that
+    /// delivers them all when run again.
+    Backfill {
+        /// The pipeline config (TOML).
+        config: PathBuf,
+        /// The id of the postgres_cdc source whose tables to read.
+        #[arg(long, value_name = "ID")]
+        source: String,
+        /// The SQL condition choosing the rows, as after WHERE (`true` for all); run by the
+        /// server in a read-only transaction.
+        #[arg(long = "where", value_name = "CONDITION")]
+        filter: String,
     },
     /// Issue ids (Snowflake, UUID v4/v7, ULID) or decode a Snowflake id.
     Id {
@@ -147,6 +171,9 @@ enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// The API address `status` and `tap` read when none is given.
+const DEFAULT_API: &str = "127.0.0.1:9464";
 
 /// Exit code for an invalid config.
 const EXIT_CONFIG: u8 = 2;
@@ -189,8 +216,24 @@ fn main() -> ExitCode {
             }
             block_on(check::live(&c))
         }
+        Command::Backfill {
+            config,
+            source,
+            filter,
+        } => block_on(backfill::run(
+            backfill::Backfill {
+                config,
+                source,
+                filter,
+            },
+            cli.coord.as_deref(),
+            &registry,
+        )),
         Command::Id { command } => id::run(command, cli.coord.as_deref()),
-        Command::Status { api, json } => block_on(status::run(&api, json)),
+        Command::Status { api, json } => match (api, cli.coord) {
+            (None, Some(coord)) => block_on(status::cluster(&coord, json)),
+            (api, _) => block_on(status::run(api.as_deref().unwrap_or(DEFAULT_API), json)),
+        },
         Command::Tap {
             mut args,
             api,

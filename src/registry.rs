@@ -1,5 +1,6 @@
 //! Every component the `sluice` binary ships, by the `type` name configs use. Adding a
-//! connector is one line here.
+//! connector is one line here. The gateway's components come with the `gateway` feature (on by
+//! default).
 
 use sluice_connectors::blackhole::BlackholeSinkConfig;
 use sluice_connectors::file::FileSinkConfig;
@@ -12,6 +13,7 @@ use sluice_connectors::stdout::StdoutSinkConfig;
 use sluice_coord::CoordConfig;
 use sluice_coord::kv_sink::CoordKvConfig;
 use sluice_coord::watch_source::CoordWatchConfig;
+#[cfg(feature = "gateway")]
 use sluice_gateway::{CacheInvalidateConfig, GatewayConfig, IngressConfig, RedisConfig};
 use sluice_ids::config::IdsConfig;
 use sluice_ids::transform::IdTransformConfig;
@@ -24,8 +26,6 @@ pub fn registry() -> Registry {
         .source::<GeneratorConfig>("generator")
         .source::<PostgresCdcConfig>("postgres_cdc")
         .source::<PollConfig>("postgres_poll")
-        .source::<GatewayConfig>("gateway")
-        .source::<IngressConfig>("http_ingress")
         .source::<CoordWatchConfig>("coord_watch")
         .transform::<OutboxConfig>("outbox")
         .transform::<IdTransformConfig>("id")
@@ -34,11 +34,16 @@ pub fn registry() -> Registry {
         .sink::<BlackholeSinkConfig>("blackhole")
         .sink::<RabbitmqSinkConfig>("rabbitmq")
         .sink::<CoordKvConfig>("coord_kv")
-        .sink::<CacheInvalidateConfig>("cache_invalidate")
         // Resources are built in this order: [ids] may lease its worker id through [coord],
         // and the gateway's parts share [redis].
-        .resource::<CoordConfig>("coord")
-        .resource::<RedisConfig>("redis")
+        .resource::<CoordConfig>("coord");
+    #[cfg(feature = "gateway")]
+    registry
+        .source::<GatewayConfig>("gateway")
+        .source::<IngressConfig>("http_ingress")
+        .sink::<CacheInvalidateConfig>("cache_invalidate")
+        .resource::<RedisConfig>("redis");
+    registry
         .resource::<IdsConfig>("ids")
         .quarantine_file(|path| Box::new(FileSinkConfig::new(path)));
     registry

@@ -220,8 +220,8 @@ impl ServerCertVerifier for Lenient {
     }
 }
 
-/// The remedy for a failed TLS handshake, when the failure is about the server's certificate:
-/// which URL parameter to change. `ca_param` names the CA file parameter of the URL.
+/// The remedy for a failed TLS handshake, when the failure is about the server's certificate
+/// (which URL parameter to change) or the server did not speak TLS at all. `ca_param` names the CA file parameter of the URL.
 pub fn remedy(error: &(dyn std::error::Error + 'static), ca_param: &str) -> Option<String> {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(mut e) = cause {
@@ -247,6 +247,11 @@ pub fn remedy(error: &(dyn std::error::Error + 'static), ca_param: &str) -> Opti
                 }
                 other => format!("the server's certificate is refused ({other:?})"),
             });
+        }
+        if let Some(rustls::Error::InvalidMessage(_)) = e.downcast_ref::<rustls::Error>() {
+            return Some(
+                "the server did not answer in TLS: the port is likely a plain one; connect to the server's TLS port, or use a plain URL".to_owned(),
+            );
         }
         cause = e.source();
     }

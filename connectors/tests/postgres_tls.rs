@@ -1,6 +1,7 @@
 //! PostgreSQL over real TLS (the local server `scripts/services.sh up` configures): full
 //! verification, a wrong CA, a host name the certificate does not carry, client certificates,
-//! SCRAM with a wrong password, and the replication connection over TLS.
+//! SCRAM with a wrong password, the replication connection over TLS, and TLS asked of a
+//! server without it (a server of the test's own).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -236,4 +237,99 @@ async fn replication_streams_over_verified_tls() {
     );
     assert_eq!(encrypted.as_deref(), Some("true"));
     client.shutdown().await.ok();
+}
+
+/// A PostgreSQL server of this test's own with `ssl = off`, on a free port, run by `pg_ctl`
+/// as the `postgres` user; stopped when dropped.
+struct PlainServer {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PlainServer {
+    fn start() -> Self {
+        let out = std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .expect("pg_config runs");
+        let bin = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let port = sluice_tests::free_port();
+        let dir =
+            std::env::temp_dir().join(format!("sluice-plain-pg-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let chown = std::process::Command::new("chown")
+            .arg("postgres")
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(chown.success());
+        let server = PlainServer { bin, dir, port };
+        server.pg("initdb", &["-A", "trust", "-U", "postgres"]);
+        let options = format!(
+            "-p {port} -c ssl=off -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
+            server.dir.display()
+        );
+        let log = server.dir.join("log").display().to_string();
+        server.pg("pg_ctl", &["-o", &options, "-l", &log, "-w", "start"]);
+        server
+    }
+
+    /// Runs `program -D DATA args` as the `postgres` user; it must succeed.
+    fn pg(&self, program: &str, args: &[&str]) {
+        let status = std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join(program))
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("runuser runs");
+        assert!(status.success(), "{program} {args:?}: {status}");
+    }
+}
+
+impl Drop for PlainServer {
+    fn drop(&mut self) {
+        self.pg("pg_ctl", &["-m", "immediate", "-w", "stop"]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_tls_url_to_a_server_without_tls_names_sslmode_and_prefer_falls_back() {
+    let server = PlainServer::start();
+    let url = |mode: &str| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={mode}",
+            server.port
+        )
+    };
+    for mode in ["require", "verify-full"] {
+        let error = connect_error(&url(mode)).await;
+        assert!(
+            error.contains(&format!(
+                "the server does not accept TLS and sslmode={mode} requires it: enable ssl on the server, or lower sslmode"
+            )),
+            "{mode}: {error}"
+        );
+    }
+    let sql = Database::parse(&url("prefer"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let ssl: bool = sql
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !ssl,
+        "prefer connects in plain text to a server without TLS"
+    );
 }

@@ -1006,7 +1006,11 @@ async fn tls_failures_name_the_certificate_problem() {
     let plain = vhost_url("%2f").replacen("amqp://", "amqps://", 1);
     let findings = check_findings(&format!("{plain}?{}", cacert(&ca)), "").await;
     let text = only_failure(&findings);
-    assert!(text.contains("TLS handshake with"), "{text}");
+    assert!(
+        text.contains("TLS handshake with")
+            && text.contains("the server did not answer in TLS: the port is likely a plain one"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1250,4 +1254,76 @@ async fn a_blocked_broker_pauses_publishing_and_readiness_until_unblocked() {
         checkpoint,
         "every event delivered once the block lifted"
     );
+}
+
+/// `curl` against the broker's management API: a client nobody here wrote.
+fn management(method: &str, path: &str, body: &str) {
+    let (user, password) = sluice_tests::rabbitmq::credentials();
+    let out = std::process::Command::new("curl")
+        .args(["-sf", "-X", method, "-u", &format!("{user}:{password}")])
+        .args(["-H", "content-type: application/json", "-d", body])
+        .arg(format!("http://127.0.0.1:15672/api/{path}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {method} {path}: {out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_warns_when_a_constant_route_reaches_no_queue() {
+    use sluice_pipeline::Level;
+    let vhost = Vhost::create("route").unwrap();
+    let url = vhost.url().to_owned();
+    let route = |extra: &str| {
+        let sink = format!("exchange = \"amq.topic\"\nrouting_key = \"orders.created\"\n{extra}");
+        let url = url.clone();
+        async move { check_findings(&url, &sink).await }
+    };
+    let findings = route("").await;
+    let last = findings.last().unwrap();
+    assert_eq!(last.level, Level::Warn, "{findings:?}");
+    assert!(
+        last.message.contains(
+            "nothing is bound to topic exchange \"amq.topic\" for routing key \"orders.created\""
+        ),
+        "{findings:?}"
+    );
+
+    // What the sink declares on start counts.
+    let findings = route(
+        "[[declare.queues]]\nname = \"declared\"\n[[declare.bindings]]\nexchange = \"amq.topic\"\nqueue = \"declared\"\nrouting_key = \"orders.*\"",
+    )
+    .await;
+    let last = findings.last().unwrap();
+    assert_eq!(last.level, Level::Ok, "{findings:?}");
+    assert!(last.message.contains("reaches declared"), "{findings:?}");
+
+    // A binding made on the broker by another client: a pattern that does not match, then
+    // one that does.
+    let vh =
+        percent_encoding::utf8_percent_encode(vhost.name(), percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    management("PUT", &format!("queues/{vh}/bound"), "{}");
+    let bind = |key: &str| {
+        management(
+            "POST",
+            &format!("bindings/{vh}/e/amq.topic/q/bound"),
+            &format!("{{\"routing_key\": \"{key}\"}}"),
+        );
+    };
+    bind("payments.#");
+    assert_eq!(route("").await.last().unwrap().level, Level::Warn);
+    bind("orders.#");
+    let findings = route("").await;
+    let last = findings.last().unwrap();
+    assert_eq!(last.level, Level::Ok, "{findings:?}");
+    assert!(last.message.contains("reaches bound"), "{findings:?}");
+
+    // The default exchange routes to the queue the key names.
+    let findings = check_findings(vhost.url(), "exchange = \"\"\nrouting_key = \"bound\"").await;
+    assert!(
+        findings.last().unwrap().message.contains("reaches bound"),
+        "{findings:?}"
+    );
+    let findings = check_findings(vhost.url(), "exchange = \"\"\nrouting_key = \"nobody\"").await;
+    assert_eq!(findings.last().unwrap().level, Level::Warn, "{findings:?}");
 }

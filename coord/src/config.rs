@@ -72,7 +72,8 @@ pub struct CoordConfig {
     /// leadership, locks and registrations on the server; failover takes about this long.
     #[serde(default = "default_ttl")]
     pub ttl: HumanDuration,
-    /// This process's name, the value an election it wins shows; `hostname-pid` by default.
+    /// This process's name, the value an election it wins shows and its id among the
+    /// cluster's nodes (unique in the cluster, no `/`); `hostname-pid` by default.
     #[serde(default)]
     pub node: Option<String>,
     /// How long to wait for a server to answer when connecting.
@@ -386,11 +387,12 @@ impl CoordConfig {
             }
         }
         if let Some(node) = &self.node
-            && (node.trim().is_empty() || node.chars().any(char::is_control))
+            && (node.trim().is_empty() || node.contains('/') || node.chars().any(char::is_control))
         {
+            // The name is also the node's id in the cluster's registry: one key segment.
             return Err(FieldError::new(
                 "node",
-                format!("{node:?}: must be a non-empty name without control characters"),
+                format!("{node:?}: must be a non-empty name without '/' or control characters"),
             ));
         }
         Ok(())
@@ -511,6 +513,11 @@ mod tests {
                 "leading",
             ),
             ("backend = \"embedded\"\nnode = \"\"", "node", "non-empty"),
+            (
+                "backend = \"embedded\"\nnode = \"rack/1\"",
+                "node",
+                "without '/'",
+            ),
             (
                 "backend = \"embedded\"\nttls = \"5s\"",
                 "ttls",

@@ -3,7 +3,8 @@
 //! A `Coord` keeps one session open on its backend (see [`session`](crate::session) for the
 //! timing rules) and builds on it: elections ([`Coord::campaign`]), locks ([`Coord::lock`]),
 //! fenced writes ([`Coord::fenced`]), the service registry ([`Coord::register`]), the
-//! configuration store ([`Coord::put_config`]) and prefix following ([`Coord::follow`]).
+//! configuration store ([`Coord::put_config`]), prefix following ([`Coord::follow`]) and the
+//! cluster of nodes that spreads the engine's elections ([`Coord::nodes`]).
 //! Clones share the session; the session is closed when the last clone is dropped, or at
 //! [`Coord::close`].
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{Backend, Fenced, Held, Op};
+use crate::cluster::Cluster;
 use crate::config::{BackendKind, CoordConfig};
 use crate::embedded::Embedded;
 use crate::error::CoordError;
@@ -38,6 +40,8 @@ struct Inner {
     /// One at a time per election or lock name in this process: a backend's candidacy is one
     /// per session and name.
     locals: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What this process runs and leads in the cluster, and who should lead what.
+    cluster: Cluster,
 }
 
 impl fmt::Debug for Coord {
@@ -87,6 +91,7 @@ impl Coord {
                 session: watch::channel(None).0,
                 keeper: Mutex::new(None),
                 locals: Mutex::default(),
+                cluster: Cluster::default(),
             }),
         }
     }
@@ -118,6 +123,11 @@ impl Coord {
     /// This process's node name (the value its elections show).
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// This process's part in the cluster.
+    pub(crate) fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
     }
 
     /// The session TTL asked for.

@@ -1,14 +1,13 @@
 //! Leader election: [`Coord::campaign`] gives a [`LeaderTerm`], the engine's [`Term`], valid
-//! while the candidacy's key lasts and the session is within its deadline; [`Coord`] is the
-//! engine's [`Leadership`], campaigning with its node name.
+//! while the candidacy's key lasts and the session is within its deadline. (The engine's
+//! [`Leadership`](sluice_pipeline::Leadership) campaigns through it, in the elections the
+//! cluster assigns to this node: see [`cluster`](crate::cluster).)
 
 use std::any::Any;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use sluice_pipeline::component::BoxFuture;
-use sluice_pipeline::error::Error;
-use sluice_pipeline::leadership::{FencingToken, Leadership, Term};
+use sluice_pipeline::leadership::{FencingToken, Term};
 
 use crate::backend::{Fenced, Held, Op};
 use crate::coord::Coord;
@@ -40,6 +39,11 @@ impl LeaderTerm {
     /// Writes `op` only while this term lasts (see [`Coord::fenced`]).
     pub async fn fenced(&self, op: Op) -> Result<Fenced, CoordError> {
         self.coord.fenced(self.held(), op).await
+    }
+
+    /// Resolves once the term is over, as [`Term::ended`] does, borrowing nothing.
+    pub(crate) fn over(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.hold.ended()
     }
 }
 
@@ -114,16 +118,5 @@ impl Coord {
             value,
             token: FencingToken(token),
         }))
-    }
-}
-
-impl Leadership for Coord {
-    fn campaign<'a>(&'a self, election: &'a str) -> BoxFuture<'a, Result<Arc<dyn Term>, Error>> {
-        Box::pin(async move {
-            let term = Coord::campaign(self, election, self.node().to_owned())
-                .await
-                .map_err(|e| e.into_error(format!("campaigning in election {election}")))?;
-            Ok(Arc::new(term) as Arc<dyn Term>)
-        })
     }
 }

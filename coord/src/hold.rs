@@ -152,13 +152,17 @@ impl Hold {
         !*self.over.borrow() && self.session.is_valid()
     }
 
-    /// Resolves once the hold is no longer valid.
-    pub(crate) async fn ended(&self) {
+    /// Resolves once the hold is no longer valid; it borrows nothing, so a task can wait on
+    /// it while the hold is used elsewhere.
+    pub(crate) fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
         self.watch();
         let mut over = self.over.subscribe();
-        tokio::select! {
-            _ = over.wait_for(|over| *over) => {}
-            () = self.session.ended() => {}
+        let session = Arc::clone(&self.session);
+        async move {
+            tokio::select! {
+                _ = over.wait_for(|over| *over) => {}
+                () = session.ended() => {}
+            }
         }
     }
 

@@ -12,10 +12,13 @@
 //!   the etcd backend; [`zookeeper`] (cargo feature `zookeeper`, on by default): the
 //!   ZooKeeper backend.
 //! - [`session`]: how a session is kept, and why a leader never acts after its lease.
+//! - [`cluster`]: how the engine's leader-gated pipelines spread over the nodes of a cluster
+//!   ([`Coord`] is the engine's `Leadership`).
 //! - [`watch_source`] (`coord_watch`) and [`kv_sink`] (`coord_kv`): the service's keys as a
 //!   pipeline source and sink.
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 mod config_store;
 mod coord;
@@ -37,6 +40,7 @@ pub mod watch_source;
 pub mod zookeeper;
 
 pub use backend::{Backend, Change, Fenced, Held, KeyValue, Layout, Op, SessionId, WatchEvent};
+pub use cluster::{Member, NODES_SERVICE, NodeState};
 pub use config::{BackendKind, CoordConfig, Password, TlsConfig};
 pub use coord::Coord;
 pub use election::{Leader, LeaderTerm};

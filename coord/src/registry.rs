@@ -21,6 +21,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{BoxStream, Change, KeyValue};
@@ -58,6 +59,8 @@ pub struct Registration {
     coord: Coord,
     instance: Instance,
     key: String,
+    /// The entry's value now; the task writes each new one.
+    value: watch::Sender<Bytes>,
     task: JoinHandle<()>,
 }
 
@@ -65,6 +68,14 @@ impl Registration {
     /// The instance registered.
     pub fn instance(&self) -> &Instance {
         &self.instance
+    }
+
+    /// Replaces the instance's metadata. The entry is written again in the background (under
+    /// each new session too); watchers see the new value once it is written.
+    pub fn update(&mut self, metadata: serde_json::Value) -> Result<(), CoordError> {
+        self.instance.metadata = metadata;
+        self.value.send_replace(encode(&self.instance)?);
+        Ok(())
     }
 
     /// Deregisters the instance, and waits for the backend to have done it.
@@ -130,24 +141,20 @@ impl Coord {
             self.service_prefix(&instance.service).await?,
             instance.id
         );
-        let value = Bytes::from(
-            serde_json::to_vec(&Entry {
-                address: instance.address.clone(),
-                metadata: instance.metadata.clone(),
-            })
-            .map_err(|e| CoordError::Config(format!("instance {}: {e}", instance.id)))?,
-        );
+        let value = encode(&instance)?;
         // The first put is the caller's; later ones are the task's.
         let session = self.session().await;
         self.connected()
             .await
             .put(&key, value.clone(), Some(session.id()))
             .await?;
-        let task = tokio::spawn(keep_registered(self.clone(), key.clone(), value, session));
+        let (value, values) = watch::channel(value);
+        let task = tokio::spawn(keep_registered(self.clone(), key.clone(), values, session));
         Ok(Registration {
             coord: self.clone(),
             instance,
             key,
+            value,
             task,
         })
     }
@@ -180,11 +187,36 @@ impl Coord {
     }
 }
 
-/// Puts the instance again under each new session.
-async fn keep_registered(coord: Coord, key: String, value: Bytes, mut session: Arc<Session>) {
+/// The stored value of `instance`.
+fn encode(instance: &Instance) -> Result<Bytes, CoordError> {
+    let entry = Entry {
+        address: instance.address.clone(),
+        metadata: instance.metadata.clone(),
+    };
+    serde_json::to_vec(&entry)
+        .map(Bytes::from)
+        .map_err(|e| CoordError::Config(format!("instance {}: {e}", instance.id)))
+}
+
+/// Puts the instance again under each new session, and each new value under the current
+/// one: the one writer of the entry after the first put, so that the last value written is
+/// always the latest.
+async fn keep_registered(
+    coord: Coord,
+    key: String,
+    mut values: watch::Receiver<Bytes>,
+    mut session: Arc<Session>,
+) {
     loop {
-        session.ended().await;
-        session = coord.session().await;
+        tokio::select! {
+            () = session.ended() => session = coord.session().await,
+            changed = values.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+        let value = values.borrow_and_update().clone();
         let backend = coord.connected().await;
         while let Err(error) = backend.put(&key, value.clone(), Some(session.id())).await {
             tracing::warn!(

@@ -23,6 +23,8 @@ impl Resource for CoordResource {
     fn run<'a>(&'a self, cx: &'a mut ResourceContext) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             if self.coord.backend().is_none() {
+                // Before attaching: the node's entry in the cluster shows where its API is.
+                self.coord.set_api_address(cx.api_address());
                 let connecting = connect_backend(&self.config);
                 let backend = tokio::select! {
                     connected = connecting => connected.map_err(|e| {

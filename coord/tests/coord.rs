@@ -227,6 +227,7 @@ per_backend!(a_lock_makes_a_postgres_counter_exact);
 per_backend!(discovery_drops_crashed_instances_within_the_ttl);
 per_backend!(the_engine_campaigns_through_leadership);
 per_backend!(a_lost_session_ends_locks_and_registrations_come_back);
+per_backend!(six_elections_spread_over_three_nodes_follow_a_crash_and_a_join);
 
 /// The next item of `stream`, within [`SOON`].
 async fn next<T>(stream: &mut BoxStream<'static, Result<T, CoordError>>) -> Result<T> {
@@ -659,6 +660,121 @@ async fn the_engine_campaigns_through_leadership(store: Store) -> Result<()> {
         Ok(coord.leader(&election).await?.is_none().then_some(()))
     })
     .await?;
+    Ok(())
+}
+
+/// The terms the nodes of a cluster hold, as the engine's runtime would: each node runs every
+/// election of a set on a task of its own, enlisted for good, campaigning through
+/// `Leadership`, leading until the term ends, then resigning and campaigning again.
+#[derive(Clone, Default)]
+struct Cluster {
+    terms: Arc<Mutex<Vec<NodeTerm>>>,
+}
+
+/// A term, and the node that holds it.
+type NodeTerm = (String, Arc<dyn Term>);
+
+impl Cluster {
+    /// Runs `elections` on `coord` until the returned tasks are aborted.
+    fn run(&self, coord: &Coord, elections: &[String]) -> Vec<tokio::task::JoinHandle<Result<()>>> {
+        elections
+            .iter()
+            .map(|election| {
+                let (coord, election, terms) =
+                    (coord.clone(), election.clone(), Arc::clone(&self.terms));
+                tokio::spawn(async move {
+                    let _enlisted = Leadership::enlist(&coord, &election);
+                    loop {
+                        let term = Leadership::campaign(&coord, &election).await?;
+                        locked(&terms).push((coord.node().to_owned(), Arc::clone(&term)));
+                        term.ended().await;
+                        term.resign().await;
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// How many elections each node validly leads now; fails if one has two leaders.
+    fn leading(&self) -> Result<std::collections::BTreeMap<String, usize>> {
+        let mut terms = locked(&self.terms);
+        terms.retain(|(_, term)| term.is_valid());
+        let mut elections = BTreeSet::new();
+        let mut counts = std::collections::BTreeMap::new();
+        for (node, term) in terms.iter() {
+            ensure!(
+                elections.insert(term.election().to_owned()),
+                "two valid leaders of {}",
+                term.election()
+            );
+            *counts.entry(node.clone()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// Waits until the nodes lead as many elections as `wanted` says, each.
+    async fn settled(&self, within: Duration, wanted: &[(&str, usize)]) -> Result<Duration> {
+        let started = Instant::now();
+        let wanted: std::collections::BTreeMap<String, usize> =
+            wanted.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect();
+        eventually(within, &format!("the nodes leading {wanted:?}"), || async {
+            Ok((self.leading()? == wanted).then(|| started.elapsed()))
+        })
+        .await
+        .with_context(|| format!("they lead {:?}", self.leading()))
+    }
+}
+
+/// Three nodes run the same six elections: two each. One crashes (stops renewing, as `kill
+/// -9` would): the survivors lead three each within TTL + 1 s. Another node joins: two each
+/// again, the extra terms handed over. No election ever has two valid leaders at a poll.
+async fn six_elections_spread_over_three_nodes_follow_a_crash_and_a_join(
+    store: Store,
+) -> Result<()> {
+    let elections: Vec<String> = (1..=6).map(|n| unique(&format!("spread{n}"))).collect();
+    let cluster = Cluster::default();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c"] {
+        let coord = store.coord(name).await?;
+        let tasks = cluster.run(&coord, &elections);
+        nodes.push((coord, tasks));
+    }
+    cluster
+        .settled(SOON, &[("a", 2), ("b", 2), ("c", 2)])
+        .await?;
+    // Each node's entry says what it runs and leads, once written.
+    eventually(SOON, "the registry showing two terms each", || async {
+        let seen = nodes[1].0.nodes().await?;
+        Ok((seen.len() == 3
+            && seen
+                .iter()
+                .all(|m| m.state.elections.len() == 6 && m.state.leading.len() == 2))
+        .then_some(()))
+    })
+    .await?;
+
+    // Its tasks go on, as the runtime of a frozen process would, without a session.
+    nodes[0].0.abandon();
+    let crashed = nodes.remove(0);
+    let taken = cluster.settled(SOON, &[("b", 3), ("c", 3)]).await?;
+    eprintln!("the crashed node's elections were taken after {taken:?}");
+    ensure!(
+        taken <= TTL + Duration::from_secs(1),
+        "taken after {taken:?}, more than the TTL + 1 s"
+    );
+
+    let joined = store.coord("d").await?;
+    let tasks = cluster.run(&joined, &elections);
+    nodes.push((joined, tasks));
+    let shared = cluster
+        .settled(SOON, &[("b", 2), ("c", 2), ("d", 2)])
+        .await?;
+    eprintln!("the joining node had its share after {shared:?}");
+    nodes.push(crashed);
+    for (coord, tasks) in nodes {
+        tasks.iter().for_each(|task| task.abort());
+        coord.close().await;
+    }
     Ok(())
 }
 

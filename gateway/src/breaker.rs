@@ -8,7 +8,7 @@
 //!
 //! A failure is a response whose status is listed in `failure_statuses` (by default 500, 502,
 //! 503, 504 — so the gateway's own 502 for an unreachable upstream and its 504 for a timeout
-//! count).
+//! count). The 503 of an upstream without any instance is not counted: nothing was called.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,6 +20,7 @@ use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
 use crate::body::{self, Request, Response};
+use crate::context::NoInstance;
 use crate::metrics;
 use crate::phase::{Next, Phase};
 
@@ -306,6 +307,25 @@ impl Breaker {
         }
     }
 
+    /// Gives back what `admission` took when nothing was called (the upstream had no
+    /// instance): a half-open probe's turn goes to the next request, and no outcome counts.
+    pub fn abstain(&self, admission: Admission) {
+        if !self.config.enabled || admission != Admission::Probe {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let State::HalfOpen {
+            let_through,
+            succeeded,
+        } = inner.state
+        {
+            inner.state = State::HalfOpen {
+                let_through: let_through.saturating_sub(1),
+                succeeded,
+            };
+        }
+    }
+
     fn open(&self, inner: &mut Inner, now: Instant) {
         let factor = 2u32.saturating_pow(inner.openings.min(16));
         let open_for = self
@@ -370,6 +390,10 @@ impl Phase for BreakerPhase {
                 return Ok(breaker.fallback());
             }
             let response = inner.call(request).await?;
+            if response.extensions().get::<NoInstance>().is_some() {
+                breaker.abstain(admission);
+                return Ok(response);
+            }
             let failed = breaker
                 .config
                 .failure_statuses
@@ -422,6 +446,24 @@ mod tests {
         assert_eq!(b.admit(), Admission::Reject);
         b.record(Admission::Probe, false);
         assert_eq!(state(&b), State::Closed);
+    }
+
+    #[test]
+    fn a_probe_that_called_nothing_gives_its_turn_back() {
+        let b = breaker("failures = 1\nopen_for = \"10s\"");
+        b.record(b.admit(), true);
+        b.inner.lock().unwrap().state = State::Open {
+            until: Instant::now(),
+        };
+        assert_eq!(b.admit(), Admission::Probe);
+        assert_eq!(b.admit(), Admission::Reject, "one probe at a time");
+        b.abstain(Admission::Probe);
+        assert_eq!(b.admit(), Admission::Probe, "the turn was given back");
+        b.abstain(Admission::Call);
+        assert!(
+            matches!(state(&b), State::HalfOpen { .. }),
+            "no outcome counted"
+        );
     }
 
     #[test]

@@ -58,3 +58,8 @@ pub struct UpstreamTiming {
 /// Set on a response by the auth layer: the user it was served to, for the access log.
 #[derive(Debug, Clone)]
 pub struct AnsweredFor(pub Arc<str>);
+
+/// Set on the proxy's 503 when the upstream has no instance at all (none registered yet, or
+/// all deregistered): nothing was called, so the breaker counts it neither way.
+#[derive(Debug, Clone, Copy)]
+pub struct NoInstance;

@@ -12,7 +12,8 @@
 //! - the [`cache_invalidate`](invalidate) sink evicts response-cache keys rendered from events
 //!   (a CDC event on `products` row 123 evicts `cache:products:123`).
 //!
-//! The shared Redis client is the [`[redis]`](redis) resource.
+//! The shared Redis client is the [`[redis]`](redis) resource; upstreams may be discovered
+//! from the coordination registry of the `[coord]` resource ([`discovery`]).
 
 pub mod auth;
 pub mod body;
@@ -20,6 +21,7 @@ pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod context;
+pub mod discovery;
 pub mod ingress;
 pub mod invalidate;
 pub mod metrics;

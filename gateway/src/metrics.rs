@@ -19,6 +19,10 @@ sluice_pipeline::metric_families! {
     gauge BREAKER_STATE = "sluice_gateway_breaker_state";
     /// Requests answered by an open breaker without calling the upstream, by `upstream`.
     counter BREAKER_REJECTED = "sluice_gateway_breaker_rejected_total";
+    /// Requests answered 503 because their upstream had no instance, by `upstream`.
+    counter NO_INSTANCE = "sluice_gateway_no_instance_total";
+    /// The instances each upstream has now (static, or as discovered), by `upstream`.
+    gauge UPSTREAM_INSTANCES = "sluice_gateway_upstream_instances";
     /// Requests refused before routing, by `reason` (`absolute_uri`, `bad_path`, `no_route`,
     /// `body_too_large`, `client_timeout`, `bad_body`).
     counter REFUSED = "sluice_gateway_refused_total";

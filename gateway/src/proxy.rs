@@ -5,12 +5,15 @@
 //! for idempotent methods when the request could not be sent, hop-by-hop headers removed both
 //! ways, `X-Forwarded-For/Proto/Host` set, and WebSocket (HTTP/1.1 `Upgrade`) passed through.
 //!
-//! Instances are static (`instances = [...]`) or replaced at run time through
-//! [`Upstream::replace_instances`], the seam the coordination registry's discovery feeds.
+//! Instances are static (`instances = [...]`) or discovered from the coordination registry
+//! (`discover = "SERVICE"`, see [`crate::discovery`]), which replaces them at run time through
+//! [`Upstream::replace_instances`]. An upstream without any instance answers 503 (counted in
+//! `sluice_gateway_no_instance_total`), which its breaker does not count as a failure.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -30,7 +34,8 @@ use tokio::net::TcpStream;
 
 use crate::body::{self, Request, Response};
 use crate::breaker::BreakerConfig;
-use crate::context::{RequestContext, UpstreamTiming};
+use crate::context::{NoInstance, RequestContext, UpstreamTiming};
+use crate::metrics;
 use crate::worker::PerWorker;
 
 /// Default for [`UpstreamConfig::max_fails`].
@@ -48,10 +53,13 @@ pub const DEFAULT_MAX_IDLE: usize = 256;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// Its instances: base URLs (`http://127.0.0.1:3000`, `https://orders:8443/v1`). May be
-    /// empty when a discovery feeds them.
+    /// Its instances: base URLs (`http://127.0.0.1:3000`, `https://orders:8443/v1`); or none,
+    /// with `discover`.
     #[serde(default)]
     pub instances: Vec<String>,
+    /// The service of the coordination registry (`[coord]`) whose registered instances this
+    /// upstream forwards to, followed as they come and go; instead of `instances`.
+    pub discover: Option<String>,
     /// Speak HTTP/2 to it (prior knowledge over plain TCP, ALPN over TLS).
     #[serde(default)]
     pub http2: bool,
@@ -70,6 +78,9 @@ pub struct UpstreamConfig {
     /// Idle keep-alive connections kept per instance.
     #[serde(default = "default_max_idle")]
     pub max_idle_per_instance: usize,
+    /// PEM file of the authorities that sign its `https://` instances' certificates, trusted
+    /// instead of the public roots and `SSL_CERT_FILE` (a private CA).
+    pub ca_file: Option<PathBuf>,
     /// The circuit breaker in front of it.
     #[serde(default)]
     pub breaker: BreakerConfig,
@@ -94,6 +105,34 @@ fn default_max_idle() -> usize {
 impl UpstreamConfig {
     /// The first rule the section breaks.
     pub(crate) fn check(&self) -> Result<(), FieldError> {
+        match (&self.discover, self.instances.is_empty()) {
+            (None, true) => {
+                return Err(FieldError::new(
+                    "instances",
+                    "needs at least one URL, or discover = \"SERVICE\" to follow the registry",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(FieldError::new(
+                    "discover",
+                    "instances and discover exclude each other: keep one",
+                ));
+            }
+            (Some(service), true) => {
+                if service.is_empty()
+                    || service.contains('/')
+                    || service.chars().any(char::is_control)
+                {
+                    return Err(FieldError::new(
+                        "discover",
+                        format!(
+                            "{service:?} is not a service name: non-empty, without '/' or control characters"
+                        ),
+                    ));
+                }
+            }
+            (None, false) => {}
+        }
         for (i, url) in self.instances.iter().enumerate() {
             Instance::parse(url).map_err(|e| FieldError::new(format!("instances[{i}]"), e))?;
         }
@@ -159,12 +198,18 @@ impl Instance {
         self.down_until.load(Ordering::Relaxed) <= now_ms()
     }
 
-    fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
+    fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
+        let builder = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.base_path))
-            .build()
+            .authority(self.authority.clone());
+        // Without a base path the request's own (already parsed) path and query are reused.
+        if self.base_path.is_empty() {
+            builder.path_and_query(path_and_query.clone()).build()
+        } else {
+            builder
+                .path_and_query(format!("{}{path_and_query}", self.base_path))
+                .build()
+        }
     }
 }
 
@@ -177,12 +222,18 @@ pub struct Upstream {
     /// A client per serving thread, so a pooled connection is driven by the thread whose
     /// requests use it.
     clients: PerWorker<Client>,
+    /// The authorities its `https://` instances are checked against.
+    roots: Arc<rustls::RootCertStore>,
     connect_timeout: Duration,
     max_idle: usize,
     http2: bool,
     max_fails: u32,
     fail_timeout: Duration,
     retries: u32,
+    /// Requests answered 503 because it had no instance.
+    no_instance: ::metrics::Counter,
+    /// How many instances it has.
+    instance_count: ::metrics::Gauge,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -206,24 +257,40 @@ impl Upstream {
                     .map_err(|e| FieldError::new(format!("instances[{i}]"), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let roots = match &config.ca_file {
+            Some(path) => Arc::new(roots_from(path).map_err(|e| FieldError::new("ca_file", e))?),
+            None => default_roots(),
+        };
+        let labels = [("upstream", name.to_owned())];
+        let instance_count = ::metrics::gauge!(metrics::UPSTREAM_INSTANCES, &labels);
+        instance_count.set(instances.len() as f64);
         Ok(Upstream {
             name: Arc::from(name),
             instances: RwLock::new(Arc::new(instances)),
             next: AtomicUsize::new(0),
             clients: PerWorker::default(),
+            roots,
             connect_timeout: config.connect_timeout.get(),
             max_idle: config.max_idle_per_instance,
             http2: config.http2,
             max_fails: config.max_fails,
             fail_timeout: config.fail_timeout.get(),
             retries: config.retries,
+            no_instance: ::metrics::counter!(metrics::NO_INSTANCE, &labels),
+            instance_count,
         })
     }
 
     /// The client of the calling thread.
     fn client(&self) -> &Client {
-        self.clients
-            .get_or_init(|| build_client(self.http2, self.connect_timeout, self.max_idle))
+        self.clients.get_or_init(|| {
+            build_client(
+                self.http2,
+                self.connect_timeout,
+                self.max_idle,
+                Arc::clone(&self.roots),
+            )
+        })
     }
 
     /// Replaces the instances (what a discovery found); those that remain keep their health.
@@ -236,6 +303,7 @@ impl Upstream {
                 None => Instance::parse(url).map(Arc::new),
             })
             .collect::<Result<Vec<_>, _>>()?;
+        self.instance_count.set(fresh.len() as f64);
         *self
             .instances
             .write()
@@ -295,17 +363,22 @@ pub type Client = hyper_util::client::legacy::Client<Connector, body::Body>;
 
 /// A default client (HTTP/1.1, plain or TLS), for fetches the gateway makes itself (JWKS).
 pub fn client() -> Client {
-    build_client(false, DEFAULT_CONNECT_TIMEOUT.get(), 8)
+    build_client(false, DEFAULT_CONNECT_TIMEOUT.get(), 8, default_roots())
 }
 
-fn build_client(http2: bool, connect_timeout: Duration, max_idle: usize) -> Client {
+fn build_client(
+    http2: bool,
+    connect_timeout: Duration,
+    max_idle: usize,
+    roots: Arc<rustls::RootCertStore>,
+) -> Client {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     http.set_connect_timeout(Some(connect_timeout));
     let connector = Connector {
         http,
-        tls: tls_connector(http2),
+        tls: tls_connector(http2, roots),
     };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .http2_only(http2)
@@ -315,7 +388,8 @@ fn build_client(http2: bool, connect_timeout: Duration, max_idle: usize) -> Clie
         .build(connector)
 }
 
-fn tls_connector(http2: bool) -> tokio_rustls::TlsConnector {
+/// The public roots (webpki), and those of `SSL_CERT_FILE` if set.
+fn default_roots() -> Arc<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Ok(path) = std::env::var("SSL_CERT_FILE")
@@ -326,6 +400,24 @@ fn tls_connector(http2: bool) -> tokio_rustls::TlsConnector {
             let _ = roots.add(cert);
         }
     }
+    Arc::new(roots)
+}
+
+/// The authorities of the PEM file at `path`.
+fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(format!("{} holds no usable certificate", path.display()));
+    }
+    Ok(roots)
+}
+
+fn tls_connector(http2: bool, roots: Arc<rustls::RootCertStore>) -> tokio_rustls::TlsConnector {
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
@@ -552,8 +644,8 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
     let path_and_query = request
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     // Only a request without a body can be sent twice; the entrance buffered it, so its size
     // is exact.
     let retryable = idempotent(request.method())
@@ -567,7 +659,10 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
     let mut tried = Vec::new();
     loop {
         let Some((index, instance)) = upstream.pick(&tried) else {
-            return body::error(StatusCode::BAD_GATEWAY, "No upstream instance available");
+            if tried.is_empty() {
+                return no_instance(upstream);
+            }
+            return body::error(StatusCode::BAD_GATEWAY, "Bad gateway");
         };
         tried.push(index);
         let Ok(uri) = instance.target(&path_and_query) else {
@@ -621,6 +716,18 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
             }
         }
     }
+}
+
+/// The answer of an upstream without any instance (none registered): 503, counted, and marked
+/// so that the breaker does not take it for the upstream's failure.
+fn no_instance(upstream: &Upstream) -> Response {
+    upstream.no_instance.increment(1);
+    let mut response = body::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "No instance of the upstream service is available",
+    );
+    response.extensions_mut().insert(NoInstance);
+    response
 }
 
 /// Joins the client's and the upstream's upgraded connections once both have switched.

@@ -14,7 +14,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use crate::context::{AnsweredFor, CacheStatus, RequestContext, UpstreamTiming};
 use crate::metrics;
 use crate::route::path;
 use crate::stack::{Gateway, Route, RouteMetrics};
+use crate::worker::PerWorker;
 
 /// How long open connections may take to finish once shutdown is asked for.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,29 +68,83 @@ pub struct AccessRecord {
     pub user: Option<Arc<str>>,
 }
 
-/// Where access-log records go: a bounded queue the source drains into the pipeline, so that
-/// a slow pipeline sheds records (counted) instead of slowing requests.
-#[derive(Clone, Debug)]
+/// Records a serving thread gathers before handing them on together.
+pub const ACCESS_LOG_BATCH: usize = 64;
+/// The longest a record waits in its serving thread's batch.
+pub const ACCESS_LOG_FLUSH: Duration = Duration::from_millis(10);
+
+/// Where access-log records go: each serving thread gathers its records in a batch of its own,
+/// handed to a bounded queue the source drains into the pipeline when full (or every
+/// [`ACCESS_LOG_FLUSH`]), so that a request never wakes the pipeline's thread and a slow
+/// pipeline sheds records (counted) instead of slowing requests.
+#[derive(Clone)]
 pub struct AccessLog {
-    sender: mpsc::Sender<AccessRecord>,
+    sender: mpsc::Sender<Vec<AccessRecord>>,
+    batches: Arc<PerWorker<Mutex<Vec<AccessRecord>>>>,
     shed: ::metrics::Counter,
 }
 
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog").finish_non_exhaustive()
+    }
+}
+
 impl AccessLog {
-    /// A log holding up to `capacity` records, and its receiving end.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<AccessRecord>) {
-        let (sender, receiver) = mpsc::channel(capacity);
+    /// A log holding about `capacity` records (in batches), and its receiving end.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Vec<AccessRecord>>) {
+        let (sender, receiver) = mpsc::channel(capacity.div_ceil(ACCESS_LOG_BATCH).max(1));
         let log = AccessLog {
             sender,
+            batches: Arc::default(),
             shed: ::metrics::counter!(metrics::ACCESS_LOG_SHED),
         };
         (log, receiver)
     }
 
-    /// Hands `record` on, or sheds it.
+    /// Adds `record` to the calling thread's batch, handing the batch on once full.
     pub fn record(&self, record: AccessRecord) {
-        if self.sender.try_send(record).is_err() {
-            self.shed.increment(1);
+        let full = {
+            let mut batch = self.batch();
+            batch.push(record);
+            (batch.len() >= ACCESS_LOG_BATCH)
+                .then(|| std::mem::replace(&mut *batch, Vec::with_capacity(ACCESS_LOG_BATCH)))
+        };
+        if let Some(full) = full {
+            self.send(full);
+        }
+    }
+
+    /// Hands on the calling thread's batch, however full.
+    pub fn flush(&self) {
+        let batch = std::mem::take(&mut *self.batch());
+        if !batch.is_empty() {
+            self.send(batch);
+        }
+    }
+
+    /// Flushes the calling thread's batch every [`ACCESS_LOG_FLUSH`]; runs until dropped,
+    /// beside the thread's listener.
+    pub async fn flush_periodically(&self) {
+        let mut ticks = tokio::time::interval(ACCESS_LOG_FLUSH);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+            self.flush();
+        }
+    }
+
+    fn batch(&self) -> std::sync::MutexGuard<'_, Vec<AccessRecord>> {
+        self.batches
+            .get_or_init(|| Mutex::new(Vec::with_capacity(ACCESS_LOG_BATCH)))
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, batch: Vec<AccessRecord>) {
+        let count = batch.len() as u64;
+        if self.sender.try_send(batch).is_err() {
+            self.shed.increment(count);
         }
     }
 
@@ -225,12 +280,12 @@ impl Entrance {
                 ),
             );
         };
-        let host = request
+        let host: Option<Arc<str>> = request
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| request.uri().authority().map(|a| a.to_string()));
+            .map(Arc::from)
+            .or_else(|| request.uri().authority().map(|a| Arc::from(a.as_str())));
         let Some((matched, route)) =
             self.gateway
                 .router
@@ -260,36 +315,39 @@ impl Entrance {
             Err(refusal) => return (route_id, refusal),
         };
         parts.headers.remove(&self.user_header);
-        let rest = normal[matched.prefix.len().min(normal.len())..].to_owned();
-        let rest = if matched.prefix == "/" {
-            normal.clone()
+        let rest: Arc<str> = if matched.prefix == "/" {
+            Arc::from(normal.as_str())
         } else {
-            rest
+            Arc::from(&normal[matched.prefix.len().min(normal.len())..])
         };
-        let target = match parts.uri.query() {
-            Some(query) => format!("{normal}?{query}"),
-            None => normal,
-        };
-        parts.uri = match target.parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                return (
-                    route_id,
-                    refuse(
-                        StatusCode::BAD_REQUEST,
-                        "bad_path",
-                        "The request path is not acceptable",
-                    ),
-                );
-            }
-        };
+        // The usual request is already in origin form with a normal path: its URI stays as
+        // parsed, and only one that normalisation changed is parsed again.
+        if parts.uri.scheme().is_some() || parts.uri.path() != normal {
+            let target = match parts.uri.query() {
+                Some(query) => format!("{normal}?{query}"),
+                None => normal,
+            };
+            parts.uri = match target.parse() {
+                Ok(uri) => uri,
+                Err(_) => {
+                    return (
+                        route_id,
+                        refuse(
+                            StatusCode::BAD_REQUEST,
+                            "bad_path",
+                            "The request path is not acceptable",
+                        ),
+                    );
+                }
+            };
+        }
         parts.extensions.insert(RequestContext {
             route: Arc::clone(&route.id),
             client_ip: peer.ip(),
-            rest: Arc::from(rest),
+            rest,
             user: None,
             scheme: if tls { "https" } else { "http" },
-            host: host.map(Arc::from),
+            host,
         });
         let request = http::Request::from_parts(parts, body_of(body));
         let mut service = route.service.clone();

@@ -1,25 +1,34 @@
 //! The `gateway` source: runs the gateway (see [`crate::config`] for its config), and emits
 //! one event per request, its access-log record as JSON, so access logs flow to any sink.
 //!
-//! Records never slow requests: they wait in a bounded queue (`access_log_buffer`) that this
-//! source drains into the pipeline with [`Emitter::try_emit`]; when either is full, records
-//! are shed and counted (`sluice_gateway_access_log_shed_total`). The source keeps no
+//! Records never slow requests: each serving thread gathers them in batches (of
+//! [`server::ACCESS_LOG_BATCH`], or what [`server::ACCESS_LOG_FLUSH`] brought) handed to a
+//! bounded queue (`access_log_buffer`) that this source drains into the pipeline with
+//! [`Emitter::try_emit`]; when either is full, records are shed and counted
+//! (`sluice_gateway_access_log_shed_total`). The source keeps no
 //! checkpoint: there is nothing to resume.
+//!
+//! Upstreams with `discover` follow the coordination registry ([`crate::discovery`]); the
+//! source is ready once each has its first list of instances.
 //!
 //! Event: id `<source id>-<n>`, key the route, type `access_log`, fields `route`, `status`,
 //! `method`, payload the JSON record.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use sluice_coord::Coord;
 use sluice_pipeline::component::{BuildContext, DynSource};
 use sluice_pipeline::{
     Emitter, Error, ErrorKind, Event, Position, Refused, Source, SourceConfig, SourceContext, Text,
 };
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::GatewayConfig;
+use crate::discovery;
+use crate::proxy::Upstream;
 use crate::redis::Redis;
 use crate::server::{self, AccessLog, AccessRecord, Entrance};
 use crate::stack;
@@ -36,9 +45,17 @@ impl SourceConfig for GatewayConfig {
             cx.resources.get::<Redis>(),
             &format!("sources.{}", cx.id),
         )?;
+        let coord = match self.upstreams.iter().find(|(_, u)| u.discover.is_some()) {
+            Some((name, _)) => Some(cx.resources.require::<Coord>(
+                &format!("sources.{}.upstreams.{name}.discover", cx.id),
+                "coord",
+            )?),
+            None => None,
+        };
         Ok(Box::new(GatewaySource {
             config: self.clone(),
             redis: cx.resources.get::<Redis>(),
+            coord,
             id: cx.id.clone(),
         }))
     }
@@ -49,6 +66,8 @@ impl SourceConfig for GatewayConfig {
 pub struct GatewaySource {
     config: GatewayConfig,
     redis: Option<Arc<Redis>>,
+    /// The registry, when an upstream is discovered.
+    coord: Option<Arc<Coord>>,
     id: String,
 }
 
@@ -62,6 +81,7 @@ impl Source for GatewaySource {
         if let Some(verifier) = &gateway.verifier {
             verifier.start();
         }
+        let gateway_upstreams = gateway.upstreams.clone();
         let tls = match &self.config.tls {
             Some(tls) => {
                 Some(server::tls_acceptor(tls).map_err(|e| Error::new(ErrorKind::Config, e))?)
@@ -88,7 +108,6 @@ impl Source for GatewaySource {
             log.shed_counter(),
             self.id.clone(),
         ));
-        drop(log);
         let limits = server::Limits {
             client_timeout: self.config.client_timeout.get(),
             max_header_bytes: self.config.max_header_bytes,
@@ -101,8 +120,12 @@ impl Source for GatewaySource {
             let listener = listener.try_clone().map_err(|e| {
                 Error::new(ErrorKind::Io, "sharing the gateway's socket").with_source(e)
             })?;
-            let (entrance, tls, shutdown) =
-                (Arc::clone(&entrance), tls.clone(), cx.shutdown().clone());
+            let (entrance, tls, shutdown, log) = (
+                Arc::clone(&entrance),
+                tls.clone(),
+                cx.shutdown().clone(),
+                log.clone(),
+            );
             let (done, finished) = tokio::sync::oneshot::channel::<()>();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -116,11 +139,14 @@ impl Source for GatewaySource {
                     crate::worker::set(n + 1);
                     runtime.block_on(async move {
                         match TcpListener::from_std(listener) {
-                            Ok(listener) => {
-                                server::serve(listener, tls, entrance, limits, &shutdown).await
-                            }
+                            Ok(listener) => tokio::select! {
+                                () = server::serve(listener, tls, entrance, limits, &shutdown) => {}
+                                () = log.flush_periodically() => {}
+                            },
                             Err(e) => tracing::error!(error = %e, "gateway thread cannot listen"),
                         }
+                        // The connections have ended: their last records go too.
+                        log.flush();
                     });
                     let _ = done.send(());
                 })
@@ -129,10 +155,21 @@ impl Source for GatewaySource {
                 })?;
             workers.push(finished);
         }
-        drop(entrance);
+        drop((entrance, log));
+        let discovering = self.discover(&gateway_upstreams, cx);
+        // Ready once every discovered upstream knows its instances (the first lists).
+        for mut found in discovering.found {
+            tokio::select! {
+                _ = found.wait_for(|found| *found) => {}
+                () = cx.shutdown().requested() => break,
+            }
+        }
         cx.set_ready(true);
         for finished in workers {
             let _ = finished.await;
+        }
+        for task in discovering.tasks {
+            task.abort();
         }
         cx.set_ready(false);
         // Once the last connection has ended, the entrance (holding the queue's sender) is
@@ -152,21 +189,66 @@ impl Source for GatewaySource {
     }
 }
 
+/// The tasks following the registry for discovered upstreams, and whether each has its first
+/// list yet.
+struct Discovering {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    found: Vec<watch::Receiver<bool>>,
+}
+
+impl GatewaySource {
+    /// Starts following the registry for each upstream with `discover`.
+    fn discover(
+        &self,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        cx: &SourceContext,
+    ) -> Discovering {
+        let mut discovering = Discovering {
+            tasks: Vec::new(),
+            found: Vec::new(),
+        };
+        let Some(coord) = &self.coord else {
+            return discovering;
+        };
+        for (name, config) in &self.config.upstreams {
+            let (Some(service), Some(upstream)) = (&config.discover, upstreams.get(name)) else {
+                continue;
+            };
+            let (found, receiver) = watch::channel(false);
+            discovering.tasks.push(tokio::spawn(discovery::follow(
+                Arc::clone(coord),
+                service.clone(),
+                Arc::clone(upstream),
+                cx.backoff(),
+                found,
+                cx.shutdown().clone(),
+            )));
+            discovering.found.push(receiver);
+        }
+        discovering
+    }
+}
+
 /// Moves records from the queue into the pipeline, shedding what it refuses.
 async fn forward(
-    mut records: mpsc::Receiver<AccessRecord>,
+    mut records: mpsc::Receiver<Vec<AccessRecord>>,
     emitter: Emitter,
     shed: metrics::Counter,
     id: String,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batches = Vec::new();
     let mut n: u64 = 0;
     loop {
-        if records.recv_many(&mut batch, MAX_BATCH).await == 0 {
+        if records
+            .recv_many(&mut batches, MAX_BATCH.div_ceil(server::ACCESS_LOG_BATCH))
+            .await
+            == 0
+        {
             return;
         }
-        let events: Vec<Event> = batch
+        let events: Vec<Event> = batches
             .drain(..)
+            .flatten()
             .map(|record| {
                 n += 1;
                 event(&id, n, &record)

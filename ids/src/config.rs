@@ -10,6 +10,10 @@
 //! datacenter = 1
 //! worker = "${WORKER_ID}"            # a number, or a string of digits from the environment
 //!
+//! [ids.generators.shards]           # no `worker`: the pair is leased through [coord]
+//! type = "snowflake"
+//! lease = { datacenters = "0-3", workers = "0-31" }
+//!
 //! [ids.generators.events]
 //! type = "uuid7"
 //!
@@ -33,7 +37,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-#[cfg(feature = "redis")]
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -45,7 +48,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::counter::{self, CounterPlan, DayFormat};
 #[cfg(feature = "postgres")]
 use crate::sequence::SequencePlan;
-use crate::snowflake::{self, Layout, Node, OnBackward, Options};
+use crate::snowflake::{self, Layout, Node, OnBackward, Options, PairRange, parse_range};
 
 /// Default for [`IdsConfig::max_count`].
 pub const DEFAULT_MAX_COUNT: usize = 10_000;
@@ -109,10 +112,17 @@ pub struct NoSettings {}
 #[serde(deny_unknown_fields)]
 pub struct SnowflakeConfig {
     /// This process's datacenter: a number, or a string of digits (`"${DATACENTER}"`).
-    pub datacenter: Number,
+    /// Without `worker`, the datacenter to lease a worker in.
+    #[serde(default)]
+    pub datacenter: Option<Number>,
     /// This process's worker within the datacenter: a number, or a string of digits
     /// (`"${WORKER_ID}"`). No two live processes may share a (datacenter, worker) pair.
-    pub worker: Number,
+    /// Without it, the pair is leased through `[coord]`.
+    #[serde(default)]
+    pub worker: Option<Number>,
+    /// Where a leased pair is taken from (only without `worker`).
+    #[serde(default)]
+    pub lease: Option<LeaseConfig>,
     /// The instant timestamps count from: RFC 3339 (`"2024-01-01T00:00:00Z"`) or Unix
     /// milliseconds. Not in the future.
     #[serde(default = "default_epoch")]
@@ -158,6 +168,33 @@ fn default_max_backward() -> HumanDuration {
     DEFAULT_MAX_BACKWARD
 }
 
+/// `lease`: the range a Snowflake generator without a fixed pair leases its pair in.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    /// The datacenters, `"A-B"` or one number (default: `datacenter` if given, else all).
+    pub datacenters: Option<String>,
+    /// The workers, `"A-B"` or one number (default: all the layout holds).
+    pub workers: Option<String>,
+    /// How long a reused pair waits before issuing: above the coordination TTL plus the clock
+    /// step allowed between machines (default: the TTL plus 1 s).
+    pub guard: Option<HumanDuration>,
+}
+
+/// Where a Snowflake generator's (datacenter, worker) pair comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PairSource {
+    /// Set by the operator.
+    Static(Node),
+    /// Leased through `[coord]` in this range, with this guard time (`None`: the TTL + 1 s).
+    Leased {
+        /// The pairs to lease among.
+        range: PairRange,
+        /// The guard time before a reused pair issues.
+        guard: Option<Duration>,
+    },
+}
+
 /// `on_backward`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -182,11 +219,54 @@ impl SnowflakeConfig {
         .map_err(|e| FieldError::new("", e.to_string()))
     }
 
-    /// The (datacenter, worker) pair.
-    pub fn node(&self) -> Node {
-        Node {
-            datacenter: self.datacenter.0,
-            worker: self.worker.0,
+    /// Where the (datacenter, worker) pair comes from, checked against the layout.
+    pub fn pair(&self) -> Result<PairSource, FieldError> {
+        let layout = self.layout()?;
+        let field = |name: &'static str, n: u64| {
+            layout
+                .check_field(name, n)
+                .map_err(|e| FieldError::new(name, e.to_string()))
+        };
+        match (self.datacenter, self.worker, &self.lease) {
+            (Some(datacenter), Some(worker), None) => {
+                field("datacenter", datacenter.0)?;
+                field("worker", worker.0)?;
+                Ok(PairSource::Static(Node {
+                    datacenter: datacenter.0,
+                    worker: worker.0,
+                }))
+            }
+            (_, Some(_), Some(_)) => Err(FieldError::new(
+                "lease",
+                "a generator with a fixed `worker` leases nothing: remove `lease`, or `worker` to lease a pair",
+            )),
+            (None, Some(_), None) => Err(FieldError::new(
+                "datacenter",
+                "`worker` needs `datacenter` (or give neither, to lease a pair through [coord])",
+            )),
+            (datacenter, None, lease) => {
+                if let Some(d) = datacenter {
+                    field("datacenter", d.0)?;
+                }
+                let lease = lease.clone().unwrap_or_default();
+                let range = |text: &Option<String>, name: &str| {
+                    text.as_deref()
+                        .map(parse_range)
+                        .transpose()
+                        .map_err(|e| FieldError::new(format!("lease.{name}"), e))
+                };
+                let range = PairRange::resolve(
+                    &layout,
+                    datacenter.map(|d| d.0),
+                    range(&lease.datacenters, "datacenters")?,
+                    range(&lease.workers, "workers")?,
+                )
+                .map_err(|e| FieldError::new("lease", e.to_string()))?;
+                Ok(PairSource::Leased {
+                    range,
+                    guard: lease.guard.map(HumanDuration::get),
+                })
+            }
         }
     }
 
@@ -203,12 +283,7 @@ impl SnowflakeConfig {
 
     fn check(&self, now_ms: u64) -> Result<(), FieldError> {
         let layout = self.layout()?;
-        layout
-            .check_field("datacenter", self.datacenter.0)
-            .map_err(|e| FieldError::new("datacenter", e.to_string()))?;
-        layout
-            .check_field("worker", self.worker.0)
-            .map_err(|e| FieldError::new("worker", e.to_string()))?;
+        self.pair()?;
         if self.epoch.0 > now_ms {
             return Err(FieldError::new(
                 "epoch",
@@ -408,12 +483,15 @@ impl IdsConfig {
             check_name(name).map_err(|message| FieldError::new(&path, message))?;
             let result: Result<(), FieldError> = match generator {
                 GeneratorConfig::Snowflake(c) => c.check(now_ms).and_then(|()| {
-                    match pairs.insert(c.node(), name) {
+                    let Ok(PairSource::Static(node)) = c.pair() else {
+                        return Ok(());
+                    };
+                    match pairs.insert(node, name) {
                         Some(other) => Err(FieldError::new(
                             "",
                             format!(
                                 "datacenter {} worker {} is also generator {other:?}'s: two generators with one pair issue the same ids",
-                                c.datacenter.0, c.worker.0
+                                node.datacenter, node.worker
                             ),
                         )),
                         None => Ok(()),
@@ -489,13 +567,34 @@ mod tests {
         };
         assert_eq!(s.layout().unwrap(), Layout::SEED);
         assert_eq!(
-            s.node(),
-            Node {
+            s.pair().unwrap(),
+            PairSource::Static(Node {
                 datacenter: 1,
                 worker: 7
-            }
+            })
         );
         assert_eq!(config.max_count, DEFAULT_MAX_COUNT);
+    }
+
+    #[test]
+    fn a_snowflake_without_a_worker_leases_in_its_range() {
+        let config = parse(
+            "[generators.a]\ntype = \"snowflake\"\ndatacenter = 2\nlease = { workers = \"4-7\", guard = \"5s\" }",
+        )
+        .unwrap();
+        let GeneratorConfig::Snowflake(s) = &config.generators["a"] else {
+            panic!("a snowflake");
+        };
+        assert_eq!(
+            s.pair().unwrap(),
+            PairSource::Leased {
+                range: PairRange {
+                    datacenters: 2..=2,
+                    workers: 4..=7
+                },
+                guard: Some(Duration::from_secs(5)),
+            }
+        );
     }
 
     #[test]
@@ -528,6 +627,26 @@ mod tests {
             (
                 "[generators.a]\ntype = \"redis_counter\"\nurl = \"redis://x\"\nkey = \"k\"\nformat = \"%n\"",
                 "generators.a.format: invalid id format \"%n\": it must name the day",
+            ),
+            (
+                "[generators.a]\ntype = \"snowflake\"\nworker = 1",
+                "generators.a.datacenter: `worker` needs `datacenter` (or give neither",
+            ),
+            (
+                "[generators.a]\ntype = \"snowflake\"\ndatacenter = 1\nworker = 1\nlease = { workers = \"0-3\" }",
+                "generators.a.lease: a generator with a fixed `worker` leases nothing",
+            ),
+            (
+                "[generators.a]\ntype = \"snowflake\"\nlease = { workers = \"0-x\" }",
+                "generators.a.lease.workers: \"0-x\": expected A-B with whole numbers",
+            ),
+            (
+                "[generators.a]\ntype = \"snowflake\"\nlease = { workers = \"0-40\" }",
+                "generators.a.lease: worker 40 is out of range",
+            ),
+            (
+                "[generators.a]\ntype = \"snowflake\"\nlease = { datacenters = \"3-1\" }",
+                "generators.a.lease: the datacenter range is empty",
             ),
             ("max_count = 0", "max_count: must be between 1 and 1000000"),
             (

@@ -3,7 +3,7 @@
 //!
 //! - [`snowflake`]: 64-bit time-ordered ids per (datacenter, worker), lock-free, with a
 //!   validated layout, clock-rollback handling and the [`WorkerClaim`](snowflake::WorkerClaim)
-//!   seam through which a leased worker id plugs in.
+//!   seam through which a leased worker id plugs in (`snowflake::lease`, feature `coord`).
 //! - [`random`]: UUID v4, monotonic UUID v7 and ULID.
 //! - `sequence` (feature `postgres`): PostgreSQL sequences with offset/increment across nodes
 //!   and block (hi/lo) allocation.
@@ -11,7 +11,8 @@
 //! - [`clock`]: the clock they read, and one tests move by hand; [`calendar`]: UTC dates.
 //! - [`Id`]: one id of any kind; [`IdGenerator`]: any generator behind one call.
 //! - With feature `pipeline`: the `[ids]` resource (named generators, the
-//!   `GET /ids/{generator}` endpoint) and the `id` transform.
+//!   `GET /ids/{generator}` endpoint; with `coord` too, Snowflake pairs leased through
+//!   `[coord]`) and the `id` transform.
 //!
 //! Choosing between them, the layouts' dates and the measured speeds: `docs/ids.md`.
 

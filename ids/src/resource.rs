@@ -7,18 +7,18 @@
 //! (`sluice check`) prints each Snowflake layout's dates and each sequence's exact SQL.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use metrics::{Counter, counter, gauge};
 use sluice_pipeline::component::BoxFuture;
 use sluice_pipeline::resource::Provider;
 use sluice_pipeline::{
-    BuildContext, Error, ErrorKind, Finding, Resource, ResourceConfig, ResourceContext,
+    BuildContext, Error, ErrorKind, Finding, Resource, ResourceConfig, ResourceContext, Resources,
 };
 
 use crate::calendar;
-use crate::config::{GeneratorConfig, IdsConfig, SnowflakeConfig};
+use crate::config::{GeneratorConfig, IdsConfig, PairSource, SnowflakeConfig};
 use crate::error::IdError;
 use crate::generator::IdGenerator;
 use crate::id::Id;
@@ -26,27 +26,40 @@ use crate::metrics::{
     CLOCK_STEPS_BACK, EXHAUSTED_WAITS, FAILURES, ISSUED, LARGEST_STEP_BACK, describe,
 };
 use crate::random::{Ulids, Uuid7};
-use crate::snowflake::{Snowflake, StaticWorker};
+use crate::snowflake::{Snowflake, StaticWorker, WorkerClaim};
 
 /// How often the Snowflake generators' statistics become metrics.
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A generator under its name, counting what it issues.
+///
+/// A Snowflake generator whose pair is leased has no generator until the pair is held, and
+/// gets a new one (with the pair leased again) after a lease is lost; meanwhile it refuses to
+/// issue with [`IdError::WorkerNotHeld`].
 #[derive(Debug)]
 pub struct NamedGenerator {
     name: String,
-    generator: IdGenerator,
+    kind: &'static str,
+    current: RwLock<Option<Arc<IdGenerator>>>,
     issued: Counter,
 }
 
 impl NamedGenerator {
     /// A named generator.
     pub fn new(name: impl Into<String>, generator: IdGenerator) -> Self {
+        let named = NamedGenerator::waiting(name, generator.kind());
+        named.replace(Some(generator));
+        named
+    }
+
+    /// A named generator of `kind` that issues nothing until one is put in place.
+    fn waiting(name: impl Into<String>, kind: &'static str) -> Self {
         let name = name.into();
-        let issued = counter!(ISSUED, "generator" => name.clone(), "kind" => generator.kind());
+        let issued = counter!(ISSUED, "generator" => name.clone(), "kind" => kind);
         NamedGenerator {
             name,
-            generator,
+            kind,
+            current: RwLock::new(None),
             issued,
         }
     }
@@ -56,14 +69,32 @@ impl NamedGenerator {
         &self.name
     }
 
-    /// The generator.
-    pub fn generator(&self) -> &IdGenerator {
-        &self.generator
+    /// Its kind, as configs name it.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The generator issuing now, if any.
+    pub fn current(&self) -> Option<Arc<IdGenerator>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(&self, generator: Option<IdGenerator>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = generator.map(Arc::new);
     }
 
     /// Issues `count` ids and counts them, or counts the failure.
     pub async fn generate(&self, count: usize) -> Result<Vec<Id>, IdError> {
-        match self.generator.generate(count).await {
+        let result = match self.current() {
+            Some(generator) => generator.generate(count).await,
+            None => Err(IdError::WorkerNotHeld {
+                reason: "no Snowflake worker pair is leased yet".to_owned(),
+            }),
+        };
+        match result {
             Ok(ids) => {
                 self.issued.increment(ids.len() as u64);
                 Ok(ids)
@@ -77,7 +108,10 @@ impl NamedGenerator {
     }
 
     fn publish_stats(&self) {
-        let IdGenerator::Snowflake(g) = &self.generator else {
+        let Some(generator) = self.current() else {
+            return;
+        };
+        let IdGenerator::Snowflake(g) = &*generator else {
             return;
         };
         let stats = g.stats();
@@ -98,7 +132,51 @@ impl NamedGenerator {
 #[derive(Debug)]
 pub struct Ids {
     generators: BTreeMap<String, Arc<NamedGenerator>>,
+    #[cfg(feature = "coord")]
+    leases: Vec<Leasing>,
     max_count: usize,
+}
+
+/// A Snowflake generator whose pair is leased through `[coord]`, and what leasing it takes.
+#[cfg(feature = "coord")]
+#[derive(Debug, Clone)]
+struct Leasing {
+    named: Arc<NamedGenerator>,
+    coord: Arc<sluice_coord::Coord>,
+    range: crate::snowflake::PairRange,
+    guard: Duration,
+    layout: crate::snowflake::Layout,
+    options: crate::snowflake::Options,
+}
+
+#[cfg(feature = "coord")]
+impl Leasing {
+    /// Keeps a pair leased and a generator issuing under it: a lost lease stops the generator
+    /// at once (its claim fails before each id), and a pair is leased again. Returns only on
+    /// an error.
+    async fn hold(self, changed: tokio::sync::watch::Sender<()>) -> Result<(), Error> {
+        use crate::snowflake::lease::LeasedWorker;
+        let name = &self.named.name;
+        loop {
+            let worker = LeasedWorker::lease(&self.coord, &self.range, self.guard)
+                .await
+                .map_err(|e| engine_error(name, e))?;
+            let node = worker.node();
+            let generator = Snowflake::new(
+                self.layout,
+                Arc::clone(&worker) as Arc<dyn WorkerClaim>,
+                self.options,
+            )
+            .map_err(|e| engine_error(name, e))?;
+            self.named.replace(Some(IdGenerator::Snowflake(generator)));
+            changed.send_replace(());
+            tracing::info!(generator = %name, datacenter = node.datacenter, worker = node.worker, token = worker.token(), "issuing under a leased Snowflake worker pair");
+            worker.lost().await;
+            self.named.replace(None);
+            changed.send_replace(());
+            tracing::warn!(generator = %name, datacenter = node.datacenter, worker = node.worker, "the lease of the Snowflake worker pair cannot be proven any more: issuing stopped, leasing a pair again");
+        }
+    }
 }
 
 /// Maps a generator's error to the engine's: failures that may pass (a server, the clock, a
@@ -115,24 +193,99 @@ pub fn engine_error(name: &str, error: IdError) -> Error {
 }
 
 impl Ids {
-    /// Builds every generator of `config`. No I/O.
-    pub fn build(config: &IdsConfig) -> Result<Ids, Error> {
+    /// Builds every generator of `config`. No I/O. A Snowflake generator without a fixed pair
+    /// leases one through the `[coord]` of `resources` once running.
+    pub fn build(config: &IdsConfig, resources: &Resources) -> Result<Ids, Error> {
         describe();
-        let mut generators = BTreeMap::new();
+        let mut ids = Ids {
+            generators: BTreeMap::new(),
+            #[cfg(feature = "coord")]
+            leases: Vec::new(),
+            max_count: config.max_count,
+        };
         for (name, generator) in &config.generators {
-            let built = build_generator(generator).map_err(|e| {
+            let cannot = |e: IdError| {
                 Error::new(
                     ErrorKind::Config,
                     format!("ids.generators.{name}: cannot build the generator"),
                 )
                 .with_source(e)
-            })?;
-            generators.insert(name.clone(), Arc::new(NamedGenerator::new(name, built)));
+            };
+            let named = match generator {
+                GeneratorConfig::Snowflake(c) => match c.pair().map_err(|e| {
+                    let path = format!("ids.generators.{name}");
+                    Error::new(ErrorKind::Config, e.within(&path).to_string())
+                })? {
+                    PairSource::Leased { range, guard } => {
+                        ids.lease(name, c, range, guard, resources)?
+                    }
+                    PairSource::Static(node) => Arc::new(NamedGenerator::new(
+                        name,
+                        snowflake(c, Arc::new(StaticWorker(node))).map_err(cannot)?,
+                    )),
+                },
+                other => Arc::new(NamedGenerator::new(
+                    name,
+                    build_generator(other).map_err(cannot)?,
+                )),
+            };
+            ids.generators.insert(name.clone(), named);
         }
-        Ok(Ids {
-            generators,
-            max_count: config.max_count,
-        })
+        Ok(ids)
+    }
+
+    /// A generator `name` that leases its pair in `range` once running.
+    #[cfg(feature = "coord")]
+    fn lease(
+        &mut self,
+        name: &str,
+        config: &SnowflakeConfig,
+        range: crate::snowflake::PairRange,
+        guard: Option<Duration>,
+        resources: &Resources,
+    ) -> Result<Arc<NamedGenerator>, Error> {
+        let needed_by = format!("ids.generators.{name} (no `worker`: its pair is leased)");
+        let coord = resources.require::<sluice_coord::Coord>(&needed_by, "coord")?;
+        let guard = guard.unwrap_or(coord.ttl() + Duration::from_secs(1));
+        if guard <= coord.ttl() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "ids.generators.{name}.lease.guard: {guard:?} is not above the coordination TTL ({:?}): a reused pair could issue ids the previous holder issued",
+                    coord.ttl()
+                ),
+            ));
+        }
+        let named = Arc::new(NamedGenerator::waiting(name, "snowflake"));
+        self.leases.push(Leasing {
+            named: Arc::clone(&named),
+            coord,
+            range,
+            guard,
+            layout: config
+                .layout()
+                .map_err(|e| Error::new(ErrorKind::Config, e.message))?,
+            options: config.options(),
+        });
+        Ok(named)
+    }
+
+    /// Without the `coord` feature, a pair cannot be leased.
+    #[cfg(not(feature = "coord"))]
+    fn lease(
+        &mut self,
+        name: &str,
+        _config: &SnowflakeConfig,
+        _range: crate::snowflake::PairRange,
+        _guard: Option<Duration>,
+        _resources: &Resources,
+    ) -> Result<Arc<NamedGenerator>, Error> {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "ids.generators.{name}: no `worker` is set, and this build cannot lease one (it lacks the `coord` feature): set datacenter and worker"
+            ),
+        ))
     }
 
     /// The generator named `name`.
@@ -163,9 +316,16 @@ impl Ids {
         self.max_count
     }
 
+    fn publish_stats(&self) {
+        self.generators.values().for_each(|g| g.publish_stats());
+    }
+
     async fn set_up(&self) -> Result<(), Error> {
         for named in self.generators.values() {
-            let result = match &named.generator {
+            let Some(generator) = named.current() else {
+                continue;
+            };
+            let result = match &*generator {
                 #[cfg(feature = "postgres")]
                 IdGenerator::Sequence(g) => g.set_up().await,
                 #[cfg(feature = "redis")]
@@ -178,15 +338,26 @@ impl Ids {
     }
 }
 
+/// A Snowflake generator of `config`'s layout and options under `claim`.
+fn snowflake(
+    config: &SnowflakeConfig,
+    claim: Arc<dyn WorkerClaim>,
+) -> Result<IdGenerator, IdError> {
+    let layout = config.layout().map_err(|e| IdError::Setup(e.message))?;
+    Ok(IdGenerator::Snowflake(Snowflake::new(
+        layout,
+        claim,
+        config.options(),
+    )?))
+}
+
+/// A generator of any kind but Snowflake (which [`Ids::build`] builds with its pair).
 fn build_generator(config: &GeneratorConfig) -> Result<IdGenerator, IdError> {
     Ok(match config {
-        GeneratorConfig::Snowflake(c) => {
-            let layout = c.layout().map_err(|e| IdError::Setup(e.message))?;
-            IdGenerator::Snowflake(Snowflake::new(
-                layout,
-                Arc::new(StaticWorker(c.node())),
-                c.options(),
-            )?)
+        GeneratorConfig::Snowflake(_) => {
+            return Err(IdError::Setup(
+                "a Snowflake generator needs its pair".to_owned(),
+            ));
         }
         GeneratorConfig::Uuid4(_) => IdGenerator::Uuid4,
         GeneratorConfig::Uuid7(_) => IdGenerator::Uuid7(Uuid7::new()),
@@ -210,17 +381,35 @@ impl Resource for Ids {
                 result = self.set_up() => result?,
                 () = cx.shutdown().requested() => return Ok(()),
             }
-            cx.set_ready(true);
-            let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = cx.shutdown().requested() => break,
-                }
-                self.generators.values().for_each(|g| g.publish_stats());
+            // Every generator's slot changes here: leased pairs taken, lost and taken again.
+            let (changed, mut changes) = tokio::sync::watch::channel(());
+            let mut leasing = tokio::task::JoinSet::new();
+            #[cfg(feature = "coord")]
+            for lease in &self.leases {
+                leasing.spawn(lease.clone().hold(changed.clone()));
             }
-            self.generators.values().for_each(|g| g.publish_stats());
-            Ok(())
+            let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+            let outcome = loop {
+                cx.set_ready(self.generators.values().all(|g| g.current().is_some()));
+                tokio::select! {
+                    _ = tick.tick() => self.publish_stats(),
+                    Ok(()) = changes.changed() => {}
+                    Some(joined) = leasing.join_next() => {
+                        break joined.unwrap_or_else(|e| {
+                            Err(Error::new(ErrorKind::Internal, format!("leasing a worker pair: {e}")))
+                        });
+                    }
+                    () = cx.shutdown().requested() => break Ok(()),
+                }
+            };
+            leasing.shutdown().await;
+            drop(changed);
+            self.publish_stats();
+            #[cfg(feature = "coord")]
+            for lease in &self.leases {
+                lease.named.replace(None);
+            }
+            outcome
         })
     }
 
@@ -234,8 +423,8 @@ impl Resource for Ids {
 }
 
 impl ResourceConfig for IdsConfig {
-    fn build(&self, _cx: &BuildContext) -> Result<Arc<dyn Resource>, Error> {
-        Ok(Arc::new(Ids::build(self)?))
+    fn build(&self, cx: &BuildContext) -> Result<Arc<dyn Resource>, Error> {
+        Ok(Arc::new(Ids::build(self, &cx.resources)?))
     }
 
     fn check(&self) -> BoxFuture<'_, Vec<Finding>> {
@@ -324,11 +513,22 @@ pub fn snowflake_findings(c: &SnowflakeConfig) -> Vec<Finding> {
         Ok(layout) => layout,
         Err(e) => return vec![Finding::fail(e.message)],
     };
+    let pair = match c.pair() {
+        Ok(PairSource::Static(node)) => {
+            format!("datacenter {} worker {}", node.datacenter, node.worker)
+        }
+        Ok(PairSource::Leased { range, .. }) => format!(
+            "a pair leased through [coord] among datacenters {}-{} and workers {}-{}",
+            range.datacenters.start(),
+            range.datacenters.end(),
+            range.workers.start(),
+            range.workers.end()
+        ),
+        Err(e) => return vec![Finding::fail(e.to_string())],
+    };
     let mut findings = vec![Finding::ok(format!(
-        "snowflake {layout} (timestamp/datacenter/worker/sequence bits) from epoch {}, datacenter {} worker {}, {} ids per millisecond: {}",
+        "snowflake {layout} (timestamp/datacenter/worker/sequence bits) from epoch {}, {pair}, {} ids per millisecond: {}",
         calendar::rfc3339(layout.epoch_ms()),
-        c.datacenter.0,
-        c.worker.0,
         layout.ids_per_ms(),
         layout.lifetime()
     ))];

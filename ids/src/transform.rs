@@ -172,7 +172,7 @@ mod tests {
         )
         .unwrap();
         let config: IdsConfig = sluice_pipeline::config::deserialize(value).unwrap();
-        let ids = Ids::build(&config).unwrap();
+        let ids = Ids::build(&config, &Default::default()).unwrap();
         IdTransform {
             generator: ids.require("orders", "test").unwrap(),
             target: Target::parse(target).unwrap(),

@@ -51,7 +51,8 @@ pub struct BuildContext {
     pub data_dir: PathBuf,
     /// The election the pipeline's sources run under (`[pipeline] leader`), if any.
     pub leader: Option<String>,
-    /// What the process's resources provide (empty while resources themselves are built).
+    /// What the process's resources provide (while resources themselves are built: what the
+    /// resources built before this one provide, in the registry's order).
     pub resources: Resources,
 }
 

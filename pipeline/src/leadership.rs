@@ -41,7 +41,20 @@ pub trait Leadership: Send + Sync + 'static {
     /// future withdraws the candidacy. Fails with a retryable error when the coordination
     /// service cannot be reached; the runtime then tries again after its backoff.
     fn campaign<'a>(&'a self, election: &'a str) -> BoxFuture<'a, Result<Arc<dyn Term>, Error>>;
+
+    /// Says that this process runs a pipeline under `election` from now until the returned
+    /// value is dropped — between terms too, while it drains or waits to campaign again. An
+    /// implementation that spreads elections over a cluster counts the process among the
+    /// election's candidates for that long; by default nothing is recorded.
+    fn enlist(&self, election: &str) -> Enlistment {
+        let _ = election;
+        Box::new(())
+    }
 }
+
+/// What [`Leadership::enlist`] gives: the process stays enlisted in the election until it is
+/// dropped.
+pub type Enlistment = Box<dyn Any + Send + Sync>;
 
 /// One period of leadership of one election, from winning it to losing or resigning it.
 pub trait Term: Send + Sync + 'static {

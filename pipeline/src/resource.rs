@@ -13,6 +13,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::component::{BoxFuture, BuildContext, Finding, Validate};
@@ -61,6 +62,7 @@ pub struct ResourceContext {
     pub(crate) name: Arc<str>,
     pub(crate) ready: ReadyFlag,
     pub(crate) shutdown: Shutdown,
+    pub(crate) api: Option<SocketAddr>,
 }
 
 impl ResourceContext {
@@ -77,6 +79,12 @@ impl ResourceContext {
     /// Fires when the process stops, after its pipelines have drained.
     pub fn shutdown(&self) -> &Shutdown {
         &self.shutdown
+    }
+
+    /// The address the process's API server listens on (the first, with several), if it
+    /// serves one: where others can read its `/status`.
+    pub fn api_address(&self) -> Option<SocketAddr> {
+        self.api
     }
 }
 

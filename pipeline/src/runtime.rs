@@ -9,6 +9,7 @@
 //! checkpoint passes them) and the rest of the pipeline is asked to stop.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use metrics::Counter;
@@ -48,7 +49,7 @@ pub enum RunError {
     #[error("cannot serve the API on {address}")]
     Api {
         /// The configured address.
-        address: std::net::SocketAddr,
+        address: SocketAddr,
         /// The cause.
         #[source]
         source: std::io::Error,
@@ -279,7 +280,8 @@ pub async fn run_process(
             }
         }
     }
-    let mut resources = ResourceSet::start(&configs, &health, &routes)?;
+    let api = apis.first().map(|server| server.address);
+    let mut resources = ResourceSet::start(&configs, &health, &routes, api)?;
     let provided = resources.provided.clone();
     let stop = ShutdownTrigger::new();
     let mut failures = Vec::new();
@@ -496,8 +498,13 @@ struct ResourceSet {
 impl ResourceSet {
     /// Builds every resource section of `configs` once (no I/O; sections of the same name are
     /// the same, see [`check_together`]), collects what they provide and the routes they
-    /// serve, and starts each on a task of its own.
-    fn start(configs: &[&Config], health: &Health, routes: &Routes) -> Result<Self, RunError> {
+    /// serve, and starts each on a task of its own, telling it where the process's API is.
+    fn start(
+        configs: &[&Config],
+        health: &Health,
+        routes: &Routes,
+        api: Option<SocketAddr>,
+    ) -> Result<Self, RunError> {
         let (built, provided) = build_resources(configs)?;
         let mut router = axum::Router::new();
         for (_, resource) in &built {
@@ -518,6 +525,7 @@ impl ResourceSet {
                 name: Arc::from(name.as_str()),
                 ready: health.register(RESOURCE, name),
                 shutdown: stop.subscribe(),
+                api,
             };
             let task = supervise::run_resource(resource, cx, restart);
             let handle = spawn(&mut tasks, name, RESOURCE, Box::pin(task));
@@ -642,6 +650,7 @@ fn spawn_components(
     } = build_components(config, resources)?;
     let gate = match (&config.pipeline.leader, leadership) {
         (Some(name), Some(leadership)) => Some(Gate {
+            _enlisted: leadership.enlist(name),
             leadership,
             election: health.election(name),
         }),

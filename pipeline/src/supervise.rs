@@ -29,7 +29,7 @@ use crate::component::{DynSink, DynSource, DynTransform, Output, SinkContext, So
 use crate::error::{Error, ErrorKind, chain};
 use crate::event::Batch;
 use crate::health::ReadyFlag;
-use crate::leadership::{Election, Leadership, Term};
+use crate::leadership::{Election, Enlistment, Leadership, Term};
 use crate::metrics::{ComponentMetrics, SourceMetrics, error_counter, restart_counter};
 use crate::resource::{Resource, ResourceContext};
 use crate::runtime::{Fanout, QuarantineSender};
@@ -181,6 +181,9 @@ async fn supervise_source(
 pub(crate) struct Gate {
     pub(crate) leadership: Arc<dyn Leadership>,
     pub(crate) election: Arc<Election>,
+    /// Keeps this process enlisted in the election for as long as the pipeline runs, so that
+    /// it is counted as a candidate between its terms too.
+    pub(crate) _enlisted: Enlistment,
 }
 
 impl Gate {

@@ -742,3 +742,114 @@ fn thirty_two_processes_lease_distinct_workers_and_a_killed_ones_pair_waits_its_
     );
     assert!(all_ids.len() >= 32 * count as usize);
 }
+
+/// A process whose `[ids]` generator leases its pair among the two of `namespace`, serving
+/// `/ids/orders` on its API.
+fn ids_leasing(dir: &Scratch, namespace: &str, node: &str) -> (std::path::PathBuf, SocketAddr) {
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = dir.write(
+        &format!("{node}.toml"),
+        &format!(
+            r#"
+            {coord}namespace = "{namespace}"
+            [api]
+            address = "{api}"
+            [pipeline]
+            data_dir = "{data}"
+            [ids.generators.orders]
+            type = "snowflake"
+            lease = {{ datacenters = "0", workers = "0-1" }}
+            [sources.gen]
+            type = "generator"
+            rate = 1
+            [sinks.out]
+            type = "blackhole"
+            inputs = ["gen"]
+            "#,
+            coord = coord_section(node),
+            data = dir.join(node).display(),
+        ),
+    );
+    (config, api)
+}
+
+/// Ids from `GET /ids/orders?count=N`, read with curl.
+fn served_ids(api: SocketAddr, count: u32) -> Vec<u64> {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{api}/ids/orders?count={count}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl /ids/orders: {out:?}");
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    body["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn ids_resources_lease_distinct_pairs_and_a_third_waits_for_a_killed_ones_guard_time() {
+    let dir = Scratch::new("ids_resource_lease");
+    let namespace = unique("ids-resource");
+    let mut holders: Vec<(sluice_tests::Running, SocketAddr)> = ["a", "b"]
+        .iter()
+        .map(|node| {
+            let (config, api) = ids_leasing(&dir, &namespace, node);
+            let mut running = sluice().spawn(&config);
+            running.wait_ready(api).unwrap();
+            (running, api)
+        })
+        .collect();
+    let mut all: Vec<u64> = Vec::new();
+    let mut workers = BTreeSet::new();
+    for (_, api) in &holders {
+        let ids = served_ids(*api, 1000);
+        workers.extend(ids.iter().map(|id| decode(*id).0));
+        all.extend(ids);
+    }
+    assert_eq!(workers, BTreeSet::from([0, 1]), "one pair each");
+
+    // A third finds both pairs held: it says so, is not ready, and issues nothing.
+    let (config, api_c) = ids_leasing(&dir, &namespace, "c");
+    let mut waiting = sluice().spawn(&config);
+    wait_for("the third to say every pair is held", || {
+        waiting
+            .log()
+            .contains("all 2 Snowflake worker pairs of the range are held")
+            .then_some(())
+    })
+    .unwrap();
+    assert!(!matches!(http_get(api_c, "/ready"), Ok((200, _))));
+    let (status, _) = http_get(api_c, "/ids/orders?count=1").unwrap();
+    assert_eq!(status, 503, "no pair, no id: {}", waiting.log());
+
+    // kill -9 one: the third takes its pair, and issues only after the guard time.
+    let (mut killed, killed_api) = holders.remove(0);
+    let killed_worker = decode(served_ids(killed_api, 1)[0]).0;
+    killed.signal("KILL");
+    let killed_at = unix_ms();
+    let _ = killed.wait();
+    waiting.wait_ready(api_c).unwrap();
+    let ids = served_ids(api_c, 1000);
+    let (worker, first_ms) = decode(ids[0]);
+    assert_eq!(worker, killed_worker, "the freed pair");
+    assert!(
+        first_ms >= killed_at + 3_000,
+        "the reused pair issued {} ms after the kill, before its guard time (TTL 2 s + 1 s)",
+        first_ms.saturating_sub(killed_at)
+    );
+    eprintln!(
+        "the reused pair issued its first id {} ms after the kill",
+        first_ms - killed_at
+    );
+    all.extend(ids);
+    all.extend(served_ids(holders[0].1, 1000));
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "0 duplicates");
+    for (mut running, _) in holders.into_iter().chain([(waiting, api_c)]) {
+        running.signal("TERM");
+        assert!(running.wait().unwrap().success(), "{}", running.log());
+    }
+}

@@ -10,13 +10,20 @@ mod cli;
 mod config_errors;
 mod coord;
 mod engine;
+#[cfg(feature = "gateway")]
 mod gateway;
+#[cfg(feature = "gateway")]
+mod gateway_discovery;
+#[cfg(feature = "gateway")]
 mod gateway_pipeline;
+#[cfg(feature = "gateway")]
+mod gateway_upstreams;
 mod ids;
 mod outbox;
 mod postgres_cdc;
 mod postgres_poll;
 mod rabbitmq;
+mod snapshot;
 mod tap;
 
 use sluice_tests::Binary;

@@ -17,41 +17,88 @@ use tokio_postgres::Transaction;
 
 use crate::sluice;
 
-const OUTBOX: &str = "
-    CREATE TABLE outbox (
-        id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-        aggregatetype text        NOT NULL,
-        aggregateid   text        NOT NULL,
-        type          text        NOT NULL,
-        payload       jsonb       NOT NULL,
-        created_at    timestamptz NOT NULL DEFAULT now()
-    )";
+/// The outbox table `table`.
+fn outbox_table(table: &str) -> String {
+    format!(
+        "CREATE TABLE {table} (
+            id            uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+            aggregatetype text        NOT NULL,
+            aggregateid   text        NOT NULL,
+            type          text        NOT NULL,
+            payload       jsonb       NOT NULL,
+            created_at    timestamptz NOT NULL DEFAULT now()
+        )"
+    )
+}
 const QUEUE: &str = "events";
 
+/// One relay pipeline per outbox table, all into one queue; run by one process, or by several
+/// nodes under elections on the shared etcd.
 struct Relay {
     db: TestDb,
     vhost: Vhost,
     dir: Scratch,
     max_in_flight: usize,
-    /// The election the relay runs under, on the shared etcd, if any.
-    leader: Option<String>,
+    /// The outbox tables, one pipeline (and slot) each.
+    tables: Vec<String>,
+    /// The elections' coordination, if the pipelines run under elections.
+    coordination: Option<Coordination>,
     api: SocketAddr,
-    config: PathBuf,
+    configs: Vec<PathBuf>,
+}
+
+/// Where the nodes of a relay elect their leaders: a namespace of their own on the shared etcd.
+struct Coordination {
+    namespace: String,
+    ttl: std::time::Duration,
+}
+
+impl Coordination {
+    /// `--coord` for the namespace.
+    fn url(&self) -> String {
+        let endpoints =
+            std::env::var("ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+        let hosts: Vec<&str> = endpoints
+            .split(',')
+            .map(|e| e.trim_start_matches("http://"))
+            .collect();
+        format!("etcd://{}?namespace={}", hosts.join(","), self.namespace)
+    }
 }
 
 impl Relay {
     fn new(test: &str, max_in_flight: usize) -> Self {
-        Relay::create(test, max_in_flight, None)
+        Relay::create(test, max_in_flight, 1, None)
     }
 
-    /// A relay whose nodes run under election `test` (see [`Relay::node`]).
+    /// A relay whose nodes run under an election (see [`Relay::node`]).
     fn highly_available(test: &str, max_in_flight: usize) -> Self {
-        Relay::create(test, max_in_flight, Some(test.to_owned()))
+        Relay::cluster(test, max_in_flight, 1, std::time::Duration::from_secs(2))
     }
 
-    fn create(test: &str, max_in_flight: usize, leader: Option<String>) -> Self {
+    /// `tables` relays, each under an election of its own, with sessions of `ttl`.
+    fn cluster(test: &str, max_in_flight: usize, tables: usize, ttl: std::time::Duration) -> Self {
+        let coordination = Coordination {
+            namespace: format!("e2e-{test}-{}-{}", std::process::id(), free_port()),
+            ttl,
+        };
+        Relay::create(test, max_in_flight, tables, Some(coordination))
+    }
+
+    fn create(
+        test: &str,
+        max_in_flight: usize,
+        tables: usize,
+        coordination: Option<Coordination>,
+    ) -> Self {
         let db = TestDb::create(test);
-        db.execute(OUTBOX);
+        let tables: Vec<String> = match tables {
+            1 => vec!["outbox".to_owned()],
+            n => (1..=n).map(|t| format!("outbox{t}")).collect(),
+        };
+        for table in &tables {
+            db.execute(&outbox_table(table));
+        }
         let vhost = Vhost::create(test).unwrap();
         let dir = Scratch::new(test);
         let mut relay = Relay {
@@ -59,26 +106,46 @@ impl Relay {
             vhost,
             dir,
             max_in_flight,
-            leader,
+            tables,
+            coordination,
             api: "127.0.0.1:0".parse().unwrap(),
-            config: PathBuf::new(),
+            configs: Vec::new(),
         };
-        (relay.config, relay.api) = relay.node("relay");
+        (relay.configs, relay.api) = relay.node("relay");
         relay
     }
 
-    /// The config of node `node` of the relay: its own API address and data directory.
-    fn node(&self, node: &str) -> (PathBuf, SocketAddr) {
+    /// The election of `table`'s relay.
+    fn election(&self, table: &str) -> String {
+        format!("relay-{table}")
+    }
+
+    /// The configs of node `node` of the relay, one per table: its own API address (shared by
+    /// its pipelines) and data directory.
+    fn node(&self, node: &str) -> (Vec<PathBuf>, SocketAddr) {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let leadership = self.leader.as_ref().map_or(String::new(), |election| {
+        let configs = self
+            .tables
+            .iter()
+            .map(|table| self.pipeline(node, table, api))
+            .collect();
+        (configs, api)
+    }
+
+    /// The config of `table`'s relay on node `node`.
+    fn pipeline(&self, node: &str, table: &str, api: SocketAddr) -> PathBuf {
+        let leadership = self.coordination.as_ref().map_or(String::new(), |c| {
             let etcd = std::env::var("ETCD_ENDPOINTS")
                 .unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
             format!(
-                "leader = \"{election}\"\n[coord]\nbackend = \"etcd\"\nendpoints = \"{etcd}\"\nttl = \"2s\"\nnode = \"{node}\"\n"
+                "leader = \"{election}\"\n[coord]\nbackend = \"etcd\"\nendpoints = \"{etcd}\"\nnamespace = \"{namespace}\"\nttl = \"{ttl}s\"\nnode = \"{node}\"\n",
+                election = self.election(table),
+                namespace = c.namespace,
+                ttl = c.ttl.as_secs(),
             )
         });
-        let config = self.dir.write(
-            &format!("{node}.toml"),
+        self.dir.write(
+            &format!("{node}-{table}.toml"),
             &format!(
                 r##"
                 [api]
@@ -87,32 +154,33 @@ impl Relay {
                 data_dir = "{data}"
                 max_in_flight_events = {max_in_flight}
                 {leadership}
-                [sources.outbox]
+                [sources.{table}]
                 type = "postgres_cdc"
                 url = "{url}"
                 slot = "{slot}"
                 publication = "{slot}"
+                tables = ["public.{table}"]
                 status_interval = "100ms"
-                [transforms.events]
+                [transforms.{table}_events]
                 type = "outbox"
-                inputs = ["outbox"]
-                [transforms.dedupe]
+                inputs = ["{table}"]
+                [transforms.{table}_dedupe]
                 type = "dedupe"
-                inputs = ["events"]
-                [sinks.broker]
+                inputs = ["{table}_events"]
+                [sinks.{table}_broker]
                 type = "rabbitmq"
-                inputs = ["dedupe"]
+                inputs = ["{table}_dedupe"]
                 url = "{amqp}"
                 exchange = "outbox.{{aggregatetype}}"
                 exchange_type = "topic"
                 routing_key = "{{type}}"
                 channels = 4
-                [[sinks.broker.declare.queues]]
+                [[sinks.{table}_broker.declare.queues]]
                 name = "{QUEUE}"
-                [[sinks.broker.declare.exchanges]]
+                [[sinks.{table}_broker.declare.exchanges]]
                 name = "outbox.order"
                 type = "topic"
-                [[sinks.broker.declare.bindings]]
+                [[sinks.{table}_broker.declare.bindings]]
                 exchange = "outbox.order"
                 queue = "{QUEUE}"
                 routing_key = "#"
@@ -120,19 +188,14 @@ impl Relay {
                 data = self.dir.join(node).display(),
                 max_in_flight = self.max_in_flight,
                 url = self.db.url,
-                slot = self.db.name,
+                slot = format!("{}_{table}", self.db.name),
                 amqp = self.vhost.url(),
             ),
-        );
-        (config, api)
+        )
     }
 
     fn start(&self) -> Running {
-        let mut running = sluice().spawn(&self.config);
-        running
-            .wait_ready(self.api)
-            .unwrap_or_else(|e| panic!("{e}"));
-        running
+        start_node(&self.configs, self.api)
     }
 
     /// `transactions` transactions of `per_transaction` rows over 50 aggregates, with a global
@@ -143,11 +206,13 @@ impl Relay {
         for first in (0..transactions).step_by(chunk) {
             let mut sql = String::new();
             for t in first..(first + chunk).min(transactions) {
+                // Round-robin over the tables, each transaction in one.
+                let table = &self.tables[t % self.tables.len()];
                 sql.push_str("BEGIN;");
                 for r in 0..per_transaction {
                     let seq = t * per_transaction + r;
                     sql.push_str(&format!(
-                        "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) VALUES ('order', 'agg-{}', 'OrderCreated', '{{\"seq\": {seq}}}');",
+                        "INSERT INTO {table} (aggregatetype, aggregateid, type, payload) VALUES ('order', 'agg-{}', 'OrderCreated', '{{\"seq\": {seq}}}');",
                         seq % 50
                     ));
                 }
@@ -163,13 +228,22 @@ impl Relay {
         }
     }
 
+    /// Every outbox id written, over all tables.
     fn ids(&self) -> BTreeSet<String> {
-        self.db
-            .query("SELECT id::text FROM outbox")
-            .into_iter()
+        self.tables
+            .iter()
+            .flat_map(|table| self.db.query(&format!("SELECT id::text FROM {table}")))
             .map(|r| r[0].clone().unwrap())
             .collect()
     }
+}
+
+/// Starts `sluice run` on `configs` and waits until its API at `api` says ready.
+fn start_node(configs: &[PathBuf], api: SocketAddr) -> Running {
+    let configs: Vec<&std::path::Path> = configs.iter().map(PathBuf::as_path).collect();
+    let mut running = sluice().spawn_all(&configs, &[]);
+    running.wait_ready(api).unwrap_or_else(|e| panic!("{e}"));
+    running
 }
 
 /// Checks that the first delivery of each event follows commit order within its aggregate.
@@ -264,21 +338,43 @@ impl Applier {
         self.stats.handled.load(Ordering::Relaxed)
     }
 
-    /// Waits for all 20,000 events, then checks each was applied once, none lost, and that
-    /// repeats (only from events in flight at a failure) stayed within `bound`.
+    /// Waits for every event written to the relay's tables, then checks each was applied
+    /// once, none lost, and that repeats (only from events in flight at a failure) stayed
+    /// within `bound`.
     fn check_every_event_applied_once(self, relay: &Relay, bound: u64) {
+        let written = relay.ids().len();
         wait_for("every event applied", || {
-            (self.applied() >= 20_000).then_some(())
+            (self.applied() >= written as u64).then_some(())
         })
-        .unwrap();
+        .unwrap_or_else(|e| {
+            let applied: BTreeSet<String> = self
+                .db
+                .query("SELECT message_id FROM applied")
+                .into_iter()
+                .map(|r| r[0].clone().unwrap())
+                .collect();
+            let missing: Vec<(&String, usize)> = relay
+                .tables
+                .iter()
+                .map(|table| {
+                    let ids = relay.db.query(&format!("SELECT id::text FROM {table}"));
+                    let missing = ids
+                        .iter()
+                        .filter(|r| !applied.contains(r[0].as_ref().unwrap()))
+                        .count();
+                    (table, missing)
+                })
+                .collect();
+            panic!(
+                "{e}: {} of {written} applied; missing by table: {missing:?}",
+                applied.len()
+            )
+        });
         let rows = self
             .db
             .query("SELECT count(*), count(DISTINCT message_id) FROM applied");
-        assert_eq!(
-            rows[0],
-            [Some("20000".into()), Some("20000".into())],
-            "each applied once"
-        );
+        let count = Some(written.to_string());
+        assert_eq!(rows[0], [count.clone(), count], "each applied once");
         let applied_ids: BTreeSet<String> = self
             .db
             .query("SELECT message_id FROM applied")
@@ -287,6 +383,7 @@ impl Applier {
             .collect();
         assert_eq!(applied_ids, relay.ids(), "no event lost");
         let duplicates = self.stats.duplicates.load(Ordering::Relaxed);
+        eprintln!("{written} events applied once each; the inbox dropped {duplicates} repeats");
         assert!(
             duplicates <= bound,
             "{duplicates} duplicates, more than {bound}"
@@ -321,9 +418,49 @@ fn kill_dash_nine_five_times_loses_nothing_and_the_inbox_applies_each_once() {
     assert!(running.wait().unwrap().success(), "{}", running.log());
 }
 
-/// Whether the node at `api` leads its election.
+/// The elections the node at `api` leads, with their fencing tokens, as its `/ready` says;
+/// `None` when it does not answer.
+fn elections_led(api: SocketAddr) -> Option<BTreeMap<String, u64>> {
+    let (_, body) = sluice_tests::http_get(api, "/ready").ok()?;
+    let led = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("leader of election "))
+        .map(|rest| {
+            let (election, token) = rest.split_once(" (fencing token ").unwrap();
+            (
+                election.to_owned(),
+                token.trim_end_matches(')').parse().unwrap(),
+            )
+        })
+        .collect();
+    Some(led)
+}
+
+/// Whether the node at `api` leads an election.
 fn leads(api: SocketAddr) -> bool {
-    sluice_tests::http_get(api, "/ready").is_ok_and(|(_, body)| body.contains("leader of election"))
+    elections_led(api).is_some_and(|led| !led.is_empty())
+}
+
+/// Waits until each node at `apis` leads `share` of the relay's elections and every election
+/// is led; what each leads, and how long it took.
+fn spread(
+    relay: &Relay,
+    apis: &[SocketAddr],
+    share: usize,
+    logs: impl Fn() -> String,
+) -> (Vec<BTreeMap<String, u64>>, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let led = wait_for(&format!("{share} elections led by each node"), || {
+        let led: Vec<BTreeMap<String, u64>> = apis
+            .iter()
+            .map(|api| elections_led(*api))
+            .collect::<Option<_>>()?;
+        let elections: BTreeSet<&String> = led.iter().flat_map(BTreeMap::keys).collect();
+        (led.iter().all(|l| l.len() == share) && elections.len() == relay.tables.len())
+            .then_some(led)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs()));
+    (led, started.elapsed())
 }
 
 #[test]
@@ -331,10 +468,8 @@ fn three_nodes_one_relay_the_leader_killed_five_times_and_frozen_twice_loses_not
     const IN_FLIGHT: usize = 2000;
     let relay = Relay::highly_available("outbox_ha", IN_FLIGHT);
     let start = |name: &str| {
-        let (config, api) = relay.node(name);
-        let mut running = sluice().spawn(&config);
-        running.wait_ready(api).unwrap_or_else(|e| panic!("{e}"));
-        (running, api)
+        let (configs, api) = relay.node(name);
+        (start_node(&configs, api), api)
     };
     let mut nodes: Vec<(Running, SocketAddr)> = ["a", "b", "c"].map(start).into_iter().collect();
     // The nodes' sinks have declared the queue by now.
@@ -382,7 +517,204 @@ fn three_nodes_one_relay_the_leader_killed_five_times_and_frozen_twice_loses_not
         writer.join().unwrap();
     });
     eprintln!("failovers: {failovers:?}");
+    let ttl = std::time::Duration::from_secs(2);
+    assert!(
+        failovers
+            .iter()
+            .all(|f| *f <= ttl + std::time::Duration::from_secs(1)),
+        "a failover took longer than the TTL + 1 s: {failovers:?}"
+    );
     inbox.check_every_event_applied_once(&relay, 7 * IN_FLIGHT as u64);
+    for (mut running, _) in nodes {
+        running.signal("TERM");
+        assert!(running.wait().unwrap().success(), "{}", running.log());
+    }
+}
+
+/// The logs of `nodes`, for a failure message.
+fn logs(nodes: &[(Running, SocketAddr)]) -> String {
+    let logs: Vec<String> = nodes.iter().map(|(n, _)| n.log()).collect();
+    logs.join("\n----\n")
+}
+
+#[test]
+fn three_nodes_six_relays_two_each_three_each_after_a_kill_two_each_after_the_restart_nothing_lost()
+{
+    const IN_FLIGHT: usize = 1000;
+    const TABLES: usize = 6;
+    let ttl = std::time::Duration::from_secs(2);
+    let relay = Relay::cluster("outbox_cluster", IN_FLIGHT, TABLES, ttl);
+    let start = |name: &str| {
+        let (configs, api) = relay.node(name);
+        (start_node(&configs, api), api)
+    };
+    let mut nodes: Vec<(Running, SocketAddr)> = ["a", "b", "c"].map(start).into_iter().collect();
+    let apis =
+        |nodes: &[(Running, SocketAddr)]| nodes.iter().map(|(_, api)| *api).collect::<Vec<_>>();
+    let (_, started) = spread(&relay, &apis(&nodes), 2, || logs(&nodes));
+    eprintln!("three fresh nodes led two relays each {started:?} after the last was ready");
+    let inbox = Applier::start(&relay, "outbox_cluster_consumer");
+    let loading = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        // Six tables written in turn, 50 transactions of 5 events a second, until told.
+        let loader = scope.spawn(|| {
+            while loading.load(Ordering::Relaxed) {
+                relay.insert(20, 5, Some(50));
+            }
+        });
+        wait_for("events applied before the kill", || {
+            (inbox.applied() >= 1000).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&nodes)));
+
+        let (mut killed, _) = nodes.remove(0);
+        killed.signal("KILL");
+        let at = std::time::Instant::now();
+        killed.wait().unwrap();
+        let (led, _) = spread(&relay, &apis(&nodes), 3, || logs(&nodes));
+        let taken = at.elapsed();
+        eprintln!(
+            "kill -9 of a node: its two relays led by the survivors after {taken:?}: {led:?}"
+        );
+        assert!(
+            taken <= ttl + std::time::Duration::from_secs(1),
+            "the dead node's relays were taken after {taken:?}, more than the TTL + 1 s"
+        );
+        let applied = inbox.applied();
+        wait_for("events applied after the kill", || {
+            (inbox.applied() >= applied + 1000).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&nodes)));
+
+        let restarting = std::time::Instant::now();
+        let (configs, api) = relay.node("a");
+        let running = start_node(&configs, api);
+        let ready = restarting.elapsed();
+        nodes.push((running, api));
+        let (led, shared) = spread(&relay, &apis(&nodes), 2, || logs(&nodes));
+        eprintln!(
+            "the node restarted: ready after {ready:?}, two relays each {shared:?} later: {led:?}"
+        );
+        let applied = inbox.applied();
+        wait_for("events applied after the restart", || {
+            (inbox.applied() >= applied + 1000).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&nodes)));
+        loading.store(false, Ordering::Relaxed);
+        loader.join().unwrap();
+    });
+    // Two relays moved at the kill and two at the restart.
+    inbox.check_every_event_applied_once(&relay, 4 * IN_FLIGHT as u64);
+    for (mut running, _) in nodes {
+        running.signal("TERM");
+        assert!(running.wait().unwrap().success(), "{}", running.log());
+    }
+}
+
+#[test]
+fn status_with_coord_shows_every_relay_with_its_leader_and_says_which_node_it_cannot_reach() {
+    const TABLES: usize = 4;
+    // Long enough that a killed node is still listed, and leading, when status asks.
+    let ttl = std::time::Duration::from_secs(10);
+    let relay = Relay::cluster("outbox_status", 100, TABLES, ttl);
+    let url = relay.coordination.as_ref().unwrap().url();
+    let mut nodes: Vec<(Running, SocketAddr)> = ["a", "b"]
+        .map(|name| {
+            let (configs, api) = relay.node(name);
+            (start_node(&configs, api), api)
+        })
+        .into_iter()
+        .collect();
+    let apis: Vec<SocketAddr> = nodes.iter().map(|(_, api)| *api).collect();
+    let (led, _) = spread(&relay, &apis, 2, || logs(&nodes));
+    let leader_of = |election: &str| {
+        let at = led.iter().position(|l| l.contains_key(election)).unwrap();
+        (["a", "b"][at], led[at][election])
+    };
+    let status = |json: bool| {
+        let mut args = vec!["status", "--coord", url.as_str()];
+        if json {
+            args.push("--json");
+        }
+        let out = sluice().output(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let table = status(false);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NODE",
+            "PIPELINE",
+            "ELECTION",
+            "ROLE",
+            "TOKEN",
+            "SOURCE",
+            "READY",
+            "IN",
+            "FLIGHT",
+            "CHECKPOINT",
+            "LAG"
+        ]
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), TABLES, "{table}");
+    for table_name in &relay.tables {
+        let election = relay.election(table_name);
+        let (node, token) = leader_of(&election);
+        let row = rows
+            .iter()
+            .find(|r| r[2] == election)
+            .unwrap_or_else(|| panic!("no row for {election}:\n{table}"));
+        assert_eq!(row[0], node, "{table}");
+        assert!(
+            row[1].ends_with(&format!("{node}-{table_name}.toml")),
+            "{table}"
+        );
+        assert_eq!(
+            &row[3..6],
+            ["leader", &token.to_string(), table_name.as_str()],
+            "{table}"
+        );
+    }
+
+    let view: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let elections = view["elections"].as_array().unwrap();
+    assert_eq!(elections.len(), TABLES, "{view:#}");
+    for entry in elections {
+        let (node, token) = leader_of(entry["name"].as_str().unwrap());
+        assert_eq!(entry["leader"], node, "{view:#}");
+        assert_eq!(entry["fencing_token"], token, "{view:#}");
+        assert_eq!(entry["pipeline"]["election"]["role"], "leader", "{view:#}");
+        assert!(
+            entry["pipeline"]["components"][0]["in_flight_events"].is_number(),
+            "{view:#}"
+        );
+    }
+    assert_eq!(view["nodes"].as_array().unwrap().len(), 2, "{view:#}");
+
+    // A node killed is listed until its lease expires; its API does not answer.
+    let (mut killed, _) = nodes.remove(1);
+    killed.signal("KILL");
+    killed.wait().unwrap();
+    let table = status(false);
+    let unreachable: Vec<&str> = table.lines().filter(|l| l.starts_with("node b ")).collect();
+    assert_eq!(unreachable.len(), 1, "{table}");
+    assert!(unreachable[0].contains("unreachable"), "{table}");
+    let b_rows: Vec<&str> = table.lines().filter(|l| l.starts_with("b ")).collect();
+    assert_eq!(
+        b_rows.len(),
+        2,
+        "b's relays, as their elections say:\n{table}"
+    );
+    assert!(b_rows.iter().all(|r| r.contains(" leader ")), "{table}");
     for (mut running, _) in nodes {
         running.signal("TERM");
         assert!(running.wait().unwrap().success(), "{}", running.log());

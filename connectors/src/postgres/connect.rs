@@ -221,8 +221,8 @@ impl Database {
         if let Some(remedy) = crate::tls::remedy(error, "sslrootcert") {
             return Some(remedy);
         }
-        let text = error.to_string();
-        (text.contains("server does not support TLS")).then(|| {
+        let text = sluice_pipeline::error::chain(error);
+        text.contains("server does not support TLS").then(|| {
             format!(
                 "the server does not accept TLS and sslmode={} requires it: enable ssl on the server, or lower sslmode",
                 self.ssl.mode.name()

@@ -2,8 +2,9 @@
 //! failure with its remedy: the connection (TLS included), the login, the virtual host, and
 //! the exchanges known before the first event (a constant `exchange`, the
 //! `quarantine_exchange`), which must exist or be declared by the sink on start, and
-//! `max_payload_bytes` against RabbitMQ's default `max_message_size`; and, without I/O, whether
-//! the configured message shape crosses the property bytes the broker handles cheaply.
+//! `max_payload_bytes` against RabbitMQ's default `max_message_size`, and whether a constant
+//! route reaches a queue (asked of the management API, see `management`); and, without I/O,
+//! whether the configured message shape crosses the property bytes the broker handles cheaply.
 //!
 //! Only passive declarations are made: checking changes nothing on the broker.
 
@@ -15,6 +16,7 @@ use sluice_pipeline::error::chain;
 use super::broker::{Broker, ExchangeState};
 use super::config::{CHEAP_PROPERTY_BYTES, Declare, RabbitmqSinkConfig};
 use super::endpoint::Endpoint;
+use super::management::{self, Management, Route};
 use super::wire::WireError;
 
 /// RabbitMQ's default `max_message_size` (128 MiB); the broker does not tell its own over AMQP.
@@ -90,6 +92,10 @@ async fn live(config: &RabbitmqSinkConfig) -> Vec<Finding> {
             )),
         });
     }
+    if let (Some(exchange), Some(key)) = (config.exchange.constant(), config.routing_key.constant())
+    {
+        findings.extend(route_finding(&endpoint, exchange, key, &declared).await);
+    }
     if config.max_payload_bytes > RABBITMQ_MAX_MESSAGE_SIZE {
         findings.push(Finding::warn(format!(
             "max_payload_bytes {} is above RabbitMQ's default max_message_size (134217728): raise max_message_size on the broker to match, or the broker closes the channel of a larger message",
@@ -98,6 +104,38 @@ async fn live(config: &RabbitmqSinkConfig) -> Vec<Finding> {
     }
     broker.close().await;
     findings
+}
+
+/// Whether a constant route reaches anything, as the management API tells.
+async fn route_finding(
+    endpoint: &Endpoint,
+    exchange: &str,
+    key: &str,
+    declared: &Declare,
+) -> Option<Finding> {
+    let asked = match Management::beside(endpoint) {
+        Ok(api) => api.route(exchange, key, declared).await,
+        Err(reason) => Err(reason),
+    };
+    let exchange_text = if exchange.is_empty() {
+        "the default exchange".to_owned()
+    } else {
+        format!("exchange {exchange:?}")
+    };
+    Some(match asked {
+        Ok(Route::Bound(destinations)) => Finding::ok(format!(
+            "route: {exchange_text} with routing key {key:?} reaches {}",
+            destinations.join(", ")
+        )),
+        Ok(Route::Unbound(kind)) => Finding::warn(format!(
+            "route: nothing is bound to {kind} {exchange:?} for routing key {key:?}, so the broker confirms these messages and drops them: bind a queue to it (or list one under [[declare.bindings]]), or change routing_key"
+        )),
+        Ok(Route::NoExchange) => return None,
+        Err(reason) => Finding::ok(format!(
+            "route: whether routing key {key:?} reaches a queue is not checked ({reason}); the rabbitmq_management plugin on port {} lets check tell",
+            management::PORT
+        )),
+    })
 }
 
 fn connected(endpoint: &Endpoint) -> String {

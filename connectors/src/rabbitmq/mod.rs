@@ -31,6 +31,7 @@ mod cloudevents;
 pub mod config;
 pub mod endpoint;
 mod lane;
+mod management;
 mod message;
 pub mod metrics;
 mod sink;

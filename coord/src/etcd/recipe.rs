@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
 
 use super::conn::Conn;
@@ -44,14 +44,43 @@ impl Withdrawals {
 }
 
 /// Withdraws a candidacy that was not won when the future holding it is dropped: deletes the
-/// key in the background, if it still is this candidacy's.
+/// key in the background, if it still is this candidacy's — also when the future is dropped
+/// while the create is on its way (the create then finishes first, and says whether there is
+/// a key to withdraw).
 struct Withdraw<'a> {
     client: &'a Client,
     withdrawals: &'a Withdrawals,
     key: String,
-    revision: i64,
+    /// The create, until it answered.
+    creating: Option<JoinHandle<Result<TxnResponse, CoordError>>>,
+    /// The revision the key was created at, once known.
+    revision: Option<i64>,
     /// Disarmed: won, or failed after the key was deleted.
     done: bool,
+}
+
+impl Withdraw<'_> {
+    /// Waits for the create's answer.
+    async fn created(&mut self) -> Result<TxnResponse, CoordError> {
+        let Some(creating) = self.creating.as_mut() else {
+            return Err(CoordError::Protocol(
+                "a candidate key's create awaited twice".to_owned(),
+            ));
+        };
+        let created = creating.await.map_err(|e| {
+            CoordError::Protocol(format!("putting a candidate key: the task failed: {e}"))
+        });
+        self.creating = None;
+        let created = created?;
+        match &created {
+            Ok(answer) if answer.succeeded() => {
+                self.revision = Some(header_revision(answer.header())?);
+            }
+            // No key of ours was made.
+            _ => self.done = true,
+        }
+        created
+    }
 }
 
 impl Drop for Withdraw<'_> {
@@ -64,15 +93,27 @@ impl Drop for Withdraw<'_> {
             return;
         };
         let mut client = self.client.clone();
-        let txn =
-            still_ours(&self.key, self.revision).and_then([TxnOp::delete(self.key.as_str(), None)]);
+        let (creating, known) = (self.creating.take(), self.revision);
         tracing::debug!(key = %self.key, "etcd candidacy withdrawn");
         let (withdrawals, key) = (Arc::clone(&self.withdrawals.0), self.key.clone());
         // Held while spawning, so the task's own removal comes after the insert.
         let mut pending = self.withdrawals.pending();
         let task = runtime.spawn(async move {
-            if let Err(err) = client.txn(txn).await {
-                tracing::debug!(error = %err, "withdrawing an etcd candidacy failed; its lease's end removes it");
+            let revision = match (known, creating) {
+                (Some(revision), _) => Some(revision),
+                (None, Some(creating)) => match creating.await {
+                    Ok(Ok(created)) if created.succeeded() => {
+                        header_revision(created.header()).ok()
+                    }
+                    _ => None,
+                },
+                (None, None) => None,
+            };
+            if let Some(revision) = revision {
+                let txn = still_ours(&key, revision).and_then([TxnOp::delete(key.as_str(), None)]);
+                if let Err(err) = client.txn(txn).await {
+                    tracing::debug!(error = %err, "withdrawing an etcd candidacy failed; its lease's end removes it");
+                }
             }
             withdrawals
                 .lock()
@@ -117,12 +158,27 @@ pub async fn contend(
             ),
             TxnOp::get(recipe, Some(oldest)),
         ]);
-    let created = conn
-        .call("putting a candidate key", |mut c| {
-            let create = create.clone();
-            async move { c.txn(create).await }
-        })
-        .await?;
+    // The create goes on its own task, so that a candidacy dropped while it is on its way
+    // still knows whether it made a key, and withdraws it.
+    let creating = tokio::spawn({
+        let conn = conn.clone();
+        async move {
+            conn.call("putting a candidate key", |mut c| {
+                let create = create.clone();
+                async move { c.txn(create).await }
+            })
+            .await
+        }
+    });
+    let mut withdraw = Withdraw {
+        client: conn.client(),
+        withdrawals,
+        key: key.clone(),
+        creating: Some(creating),
+        revision: None,
+        done: false,
+    };
+    let created = withdraw.created().await?;
     if !created.succeeded() {
         return Err(CoordError::Config(format!(
             "{key} exists: session {session} already contends for {recipe} (etcd keys one \
@@ -137,19 +193,13 @@ pub async fn contend(
         _ => None,
     };
     if first == Some(true) {
+        withdraw.done = true;
         return Ok(Held {
             key,
             token: to_u64(revision)?,
             session,
         });
     }
-    let mut withdraw = Withdraw {
-        client: conn.client(),
-        withdrawals,
-        key: key.clone(),
-        revision,
-        done: false,
-    };
     loop {
         match wait_for_predecessor(conn, recipe, &key, revision).await {
             Ok(true) => {

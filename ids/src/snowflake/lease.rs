@@ -22,58 +22,11 @@ use std::time::{Duration, Instant};
 
 use sluice_coord::{Coord, LockGuard};
 
-use super::layout::Layout;
-use super::worker::{Node, WorkerClaim};
+use super::worker::{Node, PairRange, WorkerClaim};
 use crate::error::IdError;
 
 /// How long one pair's lock may take before the next pair is tried.
 pub const ATTEMPT: Duration = Duration::from_millis(300);
-
-/// The pairs a process may lease: datacenters and workers, both inclusive ranges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairRange {
-    /// The datacenters.
-    pub datacenters: std::ops::RangeInclusive<u64>,
-    /// The workers within each datacenter.
-    pub workers: std::ops::RangeInclusive<u64>,
-}
-
-impl PairRange {
-    /// Every pair `layout` can hold.
-    pub fn all(layout: &Layout) -> Self {
-        PairRange {
-            datacenters: 0..=layout.max_datacenter(),
-            workers: 0..=layout.max_worker(),
-        }
-    }
-
-    /// The pairs, datacenter by datacenter.
-    fn pairs(&self) -> Vec<Node> {
-        self.datacenters
-            .clone()
-            .flat_map(|datacenter| {
-                self.workers
-                    .clone()
-                    .map(move |worker| Node { datacenter, worker })
-            })
-            .collect()
-    }
-
-    /// Checks that every pair fits `layout`.
-    pub fn check(&self, layout: &Layout) -> Result<(), IdError> {
-        let fits = |field, range: &std::ops::RangeInclusive<u64>| {
-            if range.is_empty() {
-                return Err(IdError::Setup(format!("the {field} range is empty")));
-            }
-            layout
-                .check_field(field, *range.end())
-                .map(drop)
-                .map_err(|e| IdError::Setup(e.to_string()))
-        };
-        fits("datacenter", &self.datacenters)?;
-        fits("worker", &self.workers)
-    }
-}
 
 /// A pair held as a lock of the coordination service.
 pub struct LeasedWorker {
@@ -163,6 +116,11 @@ impl LeasedWorker {
         }
     }
 
+    /// Resolves once the pair's lock is lost (its claim already fails by then).
+    pub async fn lost(&self) {
+        self.guard.lost().await;
+    }
+
     /// The lock's fencing token.
     pub fn token(&self) -> u64 {
         self.guard.token().0
@@ -211,6 +169,7 @@ fn start_index(node: &str, n: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snowflake::Layout;
 
     #[test]
     fn ranges_list_their_pairs_and_must_fit_the_layout() {

@@ -19,7 +19,7 @@ pub use layout::{
     DEFAULT_DATACENTER_BITS, DEFAULT_EPOCH_MS, DEFAULT_SEQUENCE_BITS, DEFAULT_TIMESTAMP_BITS,
     DEFAULT_WORKER_BITS, Layout, LayoutError, Parts,
 };
-pub use worker::{Node, StaticWorker, WorkerClaim};
+pub use worker::{Node, PairRange, StaticWorker, WorkerClaim, parse_range};
 
 #[cfg(test)]
 mod tests;

@@ -8,12 +8,12 @@
 //!
 //! - [`StaticWorker`]: the pair from config or the environment (a StatefulSet ordinal, a
 //!   deployment's own numbering). The operator guarantees its uniqueness; it always holds.
-//! - **Leased (not yet built)**: a pair claimed under a coordination lease (`[coord]`), whose
-//!   `check` compares the monotonic clock with a deadline the lease's keepalive pushes forward
-//!   (the last renewal plus the TTL minus a safety margin), so that it fails before the lease
-//!   can expire on the server. It implements this trait; the generator needs no change.
+//! - `lease::LeasedWorker` (feature `coord`): a pair claimed as a lock of the coordination
+//!   service, whose `check` fails once the lock's session cannot be proven any more (before
+//!   the lease can expire on the server); [`PairRange`] is the range it is leased in.
 
 use std::fmt::Debug;
+use std::ops::RangeInclusive;
 
 use crate::error::IdError;
 use crate::snowflake::{Layout, LayoutError};
@@ -61,5 +61,83 @@ impl WorkerClaim for StaticWorker {
 
     fn check(&self) -> Result<(), IdError> {
         Ok(())
+    }
+}
+
+/// The pairs a process may lease: datacenters and workers, both inclusive ranges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairRange {
+    /// The datacenters.
+    pub datacenters: RangeInclusive<u64>,
+    /// The workers within each datacenter.
+    pub workers: RangeInclusive<u64>,
+}
+
+impl PairRange {
+    /// Every pair `layout` can hold.
+    pub fn all(layout: &Layout) -> Self {
+        PairRange {
+            datacenters: 0..=layout.max_datacenter(),
+            workers: 0..=layout.max_worker(),
+        }
+    }
+
+    /// The range to lease in: the `datacenters` given, else the one `datacenter` given, else
+    /// every one `layout` holds; the `workers` given, else all; checked against `layout`.
+    pub fn resolve(
+        layout: &Layout,
+        datacenter: Option<u64>,
+        datacenters: Option<RangeInclusive<u64>>,
+        workers: Option<RangeInclusive<u64>>,
+    ) -> Result<Self, IdError> {
+        let all = PairRange::all(layout);
+        let range = PairRange {
+            datacenters: datacenters
+                .or(datacenter.map(|d| d..=d))
+                .unwrap_or(all.datacenters),
+            workers: workers.unwrap_or(all.workers),
+        };
+        range.check(layout)?;
+        Ok(range)
+    }
+
+    /// The pairs, datacenter by datacenter.
+    pub fn pairs(&self) -> Vec<Node> {
+        self.datacenters
+            .clone()
+            .flat_map(|datacenter| {
+                self.workers
+                    .clone()
+                    .map(move |worker| Node { datacenter, worker })
+            })
+            .collect()
+    }
+
+    /// Checks that every pair fits `layout`.
+    pub fn check(&self, layout: &Layout) -> Result<(), IdError> {
+        let fits = |field, range: &RangeInclusive<u64>| {
+            if range.is_empty() {
+                return Err(IdError::Setup(format!("the {field} range is empty")));
+            }
+            layout
+                .check_field(field, *range.end())
+                .map(drop)
+                .map_err(|e| IdError::Setup(e.to_string()))
+        };
+        fits("datacenter", &self.datacenters)?;
+        fits("worker", &self.workers)
+    }
+}
+
+/// An inclusive range written `A-B`, or one number `N` for `N-N`.
+pub fn parse_range(text: &str) -> Result<RangeInclusive<u64>, String> {
+    let parse = |n: &str| {
+        n.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{text:?}: expected A-B with whole numbers"))
+    };
+    match text.split_once('-') {
+        Some((a, b)) => Ok(parse(a)?..=parse(b)?),
+        None => parse(text).map(|n| n..=n),
     }
 }

@@ -5,8 +5,8 @@
 use sluice_pipeline::Finding;
 use tokio_postgres::Client;
 
-use super::config::PostgresCdcConfig;
-use super::slot::publication_sql;
+use super::config::{PostgresCdcConfig, Snapshot};
+use super::slot::{publication_sql, snapshot_refusal};
 use crate::postgres::connect::{Database, quote_ident, split_table};
 
 /// Columns of the outbox contract (Debezium's defaults), checked when the table has them.
@@ -104,10 +104,11 @@ async fn server(
     let tables = config.qualified_tables();
     let publication = sql
         .query_opt(
-            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = $1",
             &[&config.publication],
         )
         .await?;
+    let comment: Option<String> = publication.as_ref().and_then(|row| row.get(0));
     if publication.is_some() {
         let published: Vec<String> = sql
             .query(
@@ -165,10 +166,19 @@ async fn server(
         });
     }
 
+    if slot_row.is_some()
+        && let Some(refusal) = snapshot_refusal(config, comment.as_deref())
+    {
+        findings.push(Finding::fail(refusal));
+    }
     findings.push(match slot_row {
         None if config.create => Finding::warn(format!(
-            "slot {} does not exist yet: sluice will create it (pgoutput)",
-            config.slot
+            "slot {} does not exist yet: sluice will create it (pgoutput){}",
+            config.slot,
+            match config.snapshot {
+                Snapshot::Initial => ", and deliver the rows already in the tables first",
+                Snapshot::Never => "",
+            }
         )),
         None => Finding::fail(format!(
             "slot {} does not exist: run `SELECT pg_create_logical_replication_slot('{}', 'pgoutput')`",

@@ -73,7 +73,15 @@ pub struct PostgresCdcConfig {
     /// and republishes every row still in `tables` (same ids: dedupe makes it safe).
     #[serde(default)]
     pub recover: Recover,
-    /// The column that orders rows when replaying a table after slot loss.
+    /// Whether the rows already in `tables` when sluice creates the slot are delivered before
+    /// what the slot streams: `initial` reads them as of the slot's starting point (an
+    /// exported snapshot), so none is missed or read twice; `never` starts with what is
+    /// committed after the slot. Applies only to a slot sluice creates: for an existing slot,
+    /// republish rows with `sluice backfill`.
+    #[serde(default)]
+    pub snapshot: Snapshot,
+    /// The column that orders rows read from a table rather than the stream: the snapshot,
+    /// the replay after slot loss and `sluice backfill`.
     #[serde(default = "default_replay_order_by")]
     pub replay_order_by: String,
     /// Most events per emitted batch; a larger transaction is emitted in parts.
@@ -112,6 +120,17 @@ pub enum Recover {
     Error,
     /// Recreate the slot and republish the rows still in the tables.
     Replay,
+}
+
+/// Whether rows already in the tables are delivered when the slot is created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Snapshot {
+    /// Only what is committed after the slot's creation.
+    #[default]
+    Never,
+    /// The rows already there when the slot is created, then the stream.
+    Initial,
 }
 
 fn default_tables() -> Vec<String> {
@@ -203,6 +222,12 @@ impl Validate for PostgresCdcConfig {
                 "must be longer than zero (omit it for none)",
             ));
         }
+        if self.snapshot == Snapshot::Initial && !self.create {
+            problems.push(FieldError::new(
+                "snapshot",
+                "the snapshot is taken as sluice creates the slot, which create = false forbids: set create = true, or create the slot yourself and republish the rows already there with `sluice backfill`",
+            ));
+        }
         if self.max_batch_events == 0 {
             problems.push(FieldError::new("max_batch_events", "must be at least 1"));
         }
@@ -259,6 +284,7 @@ mod tests {
         assert_eq!(c.operations, [Operation::Insert]);
         assert!(c.create);
         assert_eq!(c.recover, Recover::Error);
+        assert_eq!(c.snapshot, Snapshot::Never);
         assert_eq!(c.qualified_tables(), ["public.outbox"]);
     }
 
@@ -277,5 +303,9 @@ mod tests {
             assert_eq!(parse(extra).unwrap_err().path, field, "{extra}");
         }
         assert_eq!(parse("recover = \"maybe\"").unwrap_err().path, "recover");
+        assert_eq!(parse("snapshot = \"always\"").unwrap_err().path, "snapshot");
+        let refused = parse("snapshot = \"initial\"\ncreate = false").unwrap_err();
+        assert_eq!(refused.path, "snapshot");
+        assert!(refused.message.contains("sluice backfill"), "{refused:?}");
     }
 }

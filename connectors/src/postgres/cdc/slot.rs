@@ -1,28 +1,132 @@
 //! The replication slot and publication, over an ordinary SQL session: finding, creating,
-//! recognizing a lost slot, measuring lag, writing heartbeats and reading tables for a replay.
+//! recognizing a lost slot, measuring lag, writing heartbeats and building the queries that
+//! read the tables.
 //!
 //! sluice records which slot feeds a publication in the publication's comment
-//! (`sluice: slot NAME`) when it creates the slot. A slot that is missing while that mark is
-//! there was lost (dropped, or not carried over by a failover), which is different from a first
-//! start: recreating it silently would skip everything committed while it was gone.
+//! (`sluice: slot NAME`) when it creates the slot, and there too whatever must be delivered
+//! from the tables before the slot streams ([`Mark`]). A slot that is missing while that mark
+//! is there was lost (dropped, or not carried over by a failover), which is different from a
+//! first start: recreating it silently would skip everything committed while it was gone.
 
 use std::time::Duration;
 
+use pgwire_replication::ReplicationClient;
 use sluice_pipeline::{Error, ErrorKind, Term};
 use tokio_postgres::Client;
 
-use super::config::{HEARTBEAT_PREFIX, PostgresCdcConfig, Recover};
-use crate::postgres::connect::{quote_ident, quote_table, split_table};
+use super::config::{HEARTBEAT_PREFIX, PostgresCdcConfig, Recover, Snapshot};
+use crate::postgres::connect::{Database, quote_ident, quote_table, split_table};
 use crate::postgres::error::classify;
 use crate::postgres::pgoutput::Lsn;
 
-/// Where streaming starts, and whether rows must be replayed first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where streaming starts, and what must be read from the tables first.
+#[derive(Debug)]
 pub(crate) struct Start {
     /// The slot's confirmed position (or its consistent point when just created).
     pub lsn: Lsn,
-    /// Whether the slot was recreated after a loss, so the tables' rows must be republished.
-    pub replay: bool,
+    /// Rows to deliver from the tables before streaming, if any.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// Rows the stream cannot deliver, read from the tables before it starts.
+#[derive(Debug)]
+pub(crate) enum CatchUp {
+    /// Every row still in the tables: the slot was recreated after a loss.
+    Replay,
+    /// The rows already in the tables when the slot was created (`snapshot = "initial"`): as of
+    /// the slot's exported snapshot when it was just created, or as of now when a restart came
+    /// before they were all delivered (the exported snapshot died with the session that made
+    /// it; see [`prepare`]).
+    Snapshot(Option<Exported>),
+}
+
+/// A snapshot exported by the slot's creation: importable (`SET TRANSACTION SNAPSHOT`) only
+/// while the replication session that created the slot stays open and idle.
+pub(crate) struct Exported {
+    /// The snapshot's name.
+    pub name: String,
+    /// Held only to keep the snapshot alive; dropping it ends the session.
+    _session: ReplicationClient,
+}
+
+impl std::fmt::Debug for Exported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exported")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// What the publication's comment records about the slot sluice created for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    /// Created; nothing to read from the tables.
+    Created,
+    /// Recreated after a loss; the replay is not delivered yet, so a restart replays again.
+    ReplayPending,
+    /// Created with `snapshot = "initial"`; the snapshot is not delivered yet. Written before
+    /// the slot is created, so a crash at any point leaves it there.
+    SnapshotPending,
+    /// Created with `snapshot = "initial"` (or replayed since), and those rows delivered.
+    Snapshotted,
+}
+
+impl Mark {
+    const ALL: [Mark; 4] = [
+        Mark::Created,
+        Mark::ReplayPending,
+        Mark::SnapshotPending,
+        Mark::Snapshotted,
+    ];
+
+    /// The comment for `slot`.
+    fn text(self, slot: &str) -> String {
+        let state = match self {
+            Mark::Created => "",
+            Mark::ReplayPending => ", replay pending",
+            Mark::SnapshotPending => ", snapshot pending",
+            Mark::Snapshotted => ", snapshot delivered",
+        };
+        format!("sluice: slot {slot}{state}")
+    }
+
+    /// The mark a comment holds for `slot`, if it is one.
+    fn read(comment: Option<&str>, slot: &str) -> Option<Mark> {
+        let comment = comment?;
+        Mark::ALL.into_iter().find(|m| m.text(slot) == comment)
+    }
+
+    /// The mark once the tables' rows are delivered: a snapshot's record is kept when the
+    /// config asks for one, so that a restart does not take the existing slot for one made
+    /// without it.
+    fn caught_up(config: &PostgresCdcConfig) -> Mark {
+        match config.snapshot {
+            Snapshot::Initial => Mark::Snapshotted,
+            Snapshot::Never => Mark::Created,
+        }
+    }
+}
+
+/// Why `snapshot = "initial"` does not apply to an existing slot whose publication holds
+/// `comment`, if it does not: the slot was not created with a snapshot (nor is a replay of
+/// every row pending, which does as much), and creating it is the only moment a snapshot is
+/// consistent with it.
+pub(crate) fn snapshot_refusal(
+    config: &PostgresCdcConfig,
+    comment: Option<&str>,
+) -> Option<String> {
+    let mark = Mark::read(comment, &config.slot);
+    let had_snapshot = matches!(
+        mark,
+        Some(Mark::SnapshotPending | Mark::Snapshotted | Mark::ReplayPending)
+    );
+    (config.snapshot == Snapshot::Initial && !had_snapshot).then(|| {
+        format!(
+            "snapshot = \"initial\" applies when sluice creates the slot, and slot {:?} already exists without one: remove `snapshot`, and republish the rows already in {} with `sluice backfill CONFIG --source ID --where \"…\"` (same ids, so consumers that dedupe by id are safe)",
+            config.slot,
+            config.tables.join(", ")
+        )
+    })
 }
 
 fn sql_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -38,17 +142,6 @@ fn parse_lsn(text: &str) -> Result<Lsn, Error> {
         )
         .with_source(e)
     })
-}
-
-/// The publication comment of a slot sluice created.
-fn mark(slot: &str) -> String {
-    format!("sluice: slot {slot}")
-}
-
-/// The publication comment while a replay after slot loss has not been delivered: a restart
-/// in the middle replays again instead of forgetting it.
-fn replay_mark(slot: &str) -> String {
-    format!("sluice: slot {slot}, replay pending")
 }
 
 /// `<verb> "publication" <clause> "schema"."table", …`: the statement that creates a
@@ -72,11 +165,24 @@ pub(crate) fn publication_sql(
 const TAKE_OVER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Makes sure the publication covers the tables and the slot exists, recreating a lost slot
-/// when `recover = "replay"`; returns where to start. A slot in use by another server process
-/// is taken over when `term` (this process leads the pipeline's election) is still valid: the
-/// previous leader's walsender is terminated (see [`take_over`]).
+/// when `recover = "replay"`; returns where to start and what to read from the tables first.
+/// A slot in use by another server process is taken over when `term` (this process leads the
+/// pipeline's election) is still valid: the previous leader's walsender is terminated (see
+/// [`take_over`]).
+///
+/// With `snapshot = "initial"`, the slot is created on a replication session that exports its
+/// snapshot: the rows that snapshot shows are exactly those committed before the slot's
+/// consistent point, where streaming starts, so none is missed or read twice. The pending mark
+/// is written before the slot is created and cleared once the rows are delivered. A restart in
+/// between finds the slot and the mark but no snapshot (it ended with the session that
+/// exported it), and reads the tables again as of then: every row still there is delivered,
+/// and those committed after the consistent point arrive a second time through the stream,
+/// with the same ids — duplicates that consumers drop, never a gap. Dropping and recreating
+/// the slot instead would be exact only for rows still in the tables: an outbox that deletes
+/// its rows once written (Debezium's pattern) keeps them only in the WAL the old slot holds.
 pub(crate) async fn prepare(
     sql: &Client,
+    database: &Database,
     config: &PostgresCdcConfig,
     term: Option<&dyn Term>,
 ) -> Result<Start, Error> {
@@ -122,8 +228,7 @@ pub(crate) async fn prepare(
         take_over(sql, config, pid, term).await?;
         slot = look_up_slot(sql, config).await?;
     }
-    let replay_pending = comment.as_deref() == Some(replay_mark(&config.slot).as_str());
-    let marked = replay_pending || comment.as_deref() == Some(mark(&config.slot).as_str());
+    let mark = Mark::read(comment.as_deref(), &config.slot);
     match slot {
         Some(row) => {
             let plugin: String = row.get(0);
@@ -157,20 +262,31 @@ pub(crate) async fn prepare(
                     ),
                 ));
             }
+            let catch_up = match mark {
+                Some(Mark::ReplayPending) => Some(CatchUp::Replay),
+                Some(Mark::SnapshotPending) => {
+                    tracing::warn!(slot = %config.slot, "the slot's snapshot was not all delivered before the last stop: reading the tables again as of now (rows committed since the slot was created arrive twice, with the same ids)");
+                    Some(CatchUp::Snapshot(None))
+                }
+                _ => None,
+            };
+            if let Some(refusal) = snapshot_refusal(config, comment.as_deref()) {
+                return Err(Error::new(ErrorKind::Config, refusal));
+            }
             if comment.is_none() {
-                set_mark(sql, config, &mark(&config.slot)).await?;
+                set_mark(sql, config, Mark::Created).await?;
             }
             let lsn = confirmed
                 .as_deref()
                 .map(parse_lsn)
                 .transpose()?
                 .unwrap_or(Lsn(0));
-            Ok(Start {
-                lsn,
-                replay: replay_pending,
-            })
+            Ok(Start { lsn, catch_up })
         }
-        None if marked => {
+        // A stop between writing the mark and creating the slot: nothing was streamed, so a
+        // new slot and its snapshot start afresh.
+        None if mark == Some(Mark::SnapshotPending) => create(sql, database, config).await,
+        None if mark.is_some() => {
             lost(
                 sql,
                 config,
@@ -186,9 +302,32 @@ pub(crate) async fn prepare(
                 config.slot, config.slot
             ),
         )),
-        None => {
-            let lsn = create_slot(sql, config, &mark(&config.slot)).await?;
-            Ok(Start { lsn, replay: false })
+        None => create(sql, database, config).await,
+    }
+}
+
+/// Creates the slot on first start: with an exported snapshot of the tables' rows when the
+/// config asks for one.
+async fn create(
+    sql: &Client,
+    database: &Database,
+    config: &PostgresCdcConfig,
+) -> Result<Start, Error> {
+    match config.snapshot {
+        Snapshot::Never => {
+            let lsn = create_slot(sql, config, Mark::Created).await?;
+            Ok(Start {
+                lsn,
+                catch_up: None,
+            })
+        }
+        Snapshot::Initial => {
+            set_mark(sql, config, Mark::SnapshotPending).await?;
+            let (lsn, exported) = create_slot_exporting(database, config).await?;
+            Ok(Start {
+                lsn,
+                catch_up: Some(CatchUp::Snapshot(Some(exported))),
+            })
         }
     }
 }
@@ -297,37 +436,94 @@ async fn add_missing_tables(
     Ok(())
 }
 
-async fn create_slot(
-    sql: &Client,
-    config: &PostgresCdcConfig,
-    comment: &str,
-) -> Result<Lsn, Error> {
+async fn create_slot(sql: &Client, config: &PostgresCdcConfig, mark: Mark) -> Result<Lsn, Error> {
     let row = sql
         .query_one(
             "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
             &[&config.slot],
         )
         .await
-        .map_err(sql_error(format!(
-            "creating the replication slot {:?} (the role needs REPLICATION, and max_replication_slots a free slot)",
-            config.slot
-        )))?;
+        .map_err(sql_error(creating_slot(config)))?;
     let lsn = parse_lsn(row.get(0))?;
-    set_mark(sql, config, comment).await?;
+    set_mark(sql, config, mark).await?;
     tracing::info!(slot = %config.slot, consistent_point = %lsn, "created the replication slot");
     Ok(lsn)
 }
 
-/// Records that the replay after a slot loss is delivered.
-pub(crate) async fn replay_done(sql: &Client, config: &PostgresCdcConfig) -> Result<(), Error> {
-    set_mark(sql, config, &mark(&config.slot)).await
+fn creating_slot(config: &PostgresCdcConfig) -> String {
+    format!(
+        "creating the replication slot {:?} (the role needs REPLICATION, and max_replication_slots a free slot)",
+        config.slot
+    )
 }
 
-async fn set_mark(sql: &Client, config: &PostgresCdcConfig, mark: &str) -> Result<(), Error> {
+/// Creates the slot on a replication session that exports the snapshot its consistent point
+/// corresponds to (`CREATE_REPLICATION_SLOT … EXPORT_SNAPSHOT`, understood by every server
+/// with pgoutput), and keeps the session open so that the snapshot can be imported.
+async fn create_slot_exporting(
+    database: &Database,
+    config: &PostgresCdcConfig,
+) -> Result<(Lsn, Exported), Error> {
+    let replication_error = |context: String| {
+        move |e: pgwire_replication::PgWireError| {
+            let kind = match e {
+                pgwire_replication::PgWireError::Auth(_)
+                | pgwire_replication::PgWireError::Tls(_)
+                | pgwire_replication::PgWireError::Server(_) => ErrorKind::Config,
+                _ => ErrorKind::Connect,
+            };
+            Error::new(kind, context).with_source(e)
+        }
+    };
+    let settings = database.replication(&config.slot, &config.publication)?;
+    let mut session =
+        ReplicationClient::connect_gated(settings)
+            .await
+            .map_err(replication_error(
+                "opening a replication session".to_owned(),
+            ))?;
+    let rows = session
+        .simple_query(&format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT",
+            quote_ident(&config.slot)
+        ))
+        .await
+        .map_err(replication_error(creating_slot(config)))?;
+    // slot_name, consistent_point, snapshot_name, output_plugin
+    let text = |i: usize| {
+        rows.first()
+            .and_then(|row| row.get(i))
+            .and_then(Option::as_ref)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("CREATE_REPLICATION_SLOT answered without column {i}"),
+                )
+            })
+    };
+    let lsn = parse_lsn(&text(1)?)?;
+    let name = text(2)?;
+    tracing::info!(slot = %config.slot, consistent_point = %lsn, snapshot = %name, "created the replication slot with an exported snapshot");
+    Ok((
+        lsn,
+        Exported {
+            name,
+            _session: session,
+        },
+    ))
+}
+
+/// Records that the rows read from the tables before streaming are all delivered.
+pub(crate) async fn caught_up(sql: &Client, config: &PostgresCdcConfig) -> Result<(), Error> {
+    set_mark(sql, config, Mark::caught_up(config)).await
+}
+
+async fn set_mark(sql: &Client, config: &PostgresCdcConfig, mark: Mark) -> Result<(), Error> {
     let comment = format!(
         "COMMENT ON PUBLICATION {} IS '{}'",
         quote_ident(&config.publication),
-        mark.replace('\'', "''")
+        mark.text(&config.slot).replace('\'', "''")
     );
     sql.batch_execute(&comment)
         .await
@@ -352,12 +548,20 @@ async fn lost(
     }
     tracing::warn!(slot = %config.slot, "{message}; recreating it and replaying the tables");
     if exists {
-        sql.execute("SELECT pg_drop_replication_slot($1)", &[&config.slot])
-            .await
-            .map_err(sql_error("dropping the lost slot"))?;
+        drop_slot(sql, config).await?;
     }
-    let lsn = create_slot(sql, config, &replay_mark(&config.slot)).await?;
-    Ok(Start { lsn, replay: true })
+    let lsn = create_slot(sql, config, Mark::ReplayPending).await?;
+    Ok(Start {
+        lsn,
+        catch_up: Some(CatchUp::Replay),
+    })
+}
+
+async fn drop_slot(sql: &Client, config: &PostgresCdcConfig) -> Result<(), Error> {
+    sql.execute("SELECT pg_drop_replication_slot($1)", &[&config.slot])
+        .await
+        .map(drop)
+        .map_err(sql_error("dropping the lost slot"))
 }
 
 /// Bytes of WAL the slot holds back: `pg_current_wal_lsn() - confirmed_flush_lsn`.
@@ -385,12 +589,14 @@ pub(crate) async fn heartbeat(sql: &Client) -> Result<(), Error> {
     .map_err(sql_error("writing a heartbeat"))
 }
 
-/// The query that reads every row of `table` with each column as text (NULL as `None`),
-/// ordered by `order_by`, and the column names.
-pub(crate) async fn replay_query(
+/// The query that reads the rows of `table` (those matching `filter`, an SQL condition, when
+/// given) with each column as text (NULL as `None`), ordered by `order_by`, and the column
+/// names.
+pub(crate) async fn read_query(
     sql: &Client,
     table: &str,
     order_by: &str,
+    filter: Option<&str>,
 ) -> Result<(Vec<String>, String), Error> {
     let (schema, name) = split_table(table);
     let columns: Vec<String> = sql
@@ -408,13 +614,14 @@ pub(crate) async fn replay_query(
         return Err(Error::new(
             ErrorKind::Config,
             format!(
-                "cannot replay {table}: it has no column {order_by:?} to order rows by (set replay_order_by to one of: {})",
+                "cannot read {table}: it has no column {order_by:?} to order rows by (set replay_order_by to one of: {})",
                 columns.join(", ")
             ),
         ));
     }
+    let filter = filter.map_or(String::new(), |f| format!(" WHERE ({f})"));
     let select = format!(
-        "SELECT {} FROM {} ORDER BY {}",
+        "SELECT {} FROM {}{filter} ORDER BY {}",
         columns
             .iter()
             .map(|c| format!("{}::text", quote_ident(c)))
@@ -424,4 +631,60 @@ pub(crate) async fn replay_query(
         quote_ident(order_by)
     );
     Ok((columns, select))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(snapshot: Snapshot) -> PostgresCdcConfig {
+        let text = format!(
+            "url = \"postgres://postgres@127.0.0.1/db\"\nslot = \"s\"\npublication = \"p\"\nsnapshot = \"{}\"",
+            match snapshot {
+                Snapshot::Never => "never",
+                Snapshot::Initial => "initial",
+            }
+        );
+        sluice_pipeline::config::deserialize(toml::from_str::<toml::Value>(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn marks_read_back_for_their_own_slot_only() {
+        for mark in Mark::ALL {
+            let text = mark.text("s");
+            assert_eq!(Mark::read(Some(&text), "s"), Some(mark), "{text}");
+            assert_eq!(Mark::read(Some(&text), "other"), None, "{text}");
+        }
+        assert_eq!(Mark::read(Some("the orders outbox"), "s"), None);
+        assert_eq!(Mark::read(None, "s"), None);
+    }
+
+    #[test]
+    fn a_snapshot_is_refused_only_for_a_slot_made_without_one() {
+        let initial = config(Snapshot::Initial);
+        for (comment, refused) in [
+            (None, true),
+            (Some(Mark::Created.text("s")), true),
+            (Some("someone else's comment".to_owned()), true),
+            (Some(Mark::SnapshotPending.text("s")), false),
+            (Some(Mark::Snapshotted.text("s")), false),
+            (Some(Mark::ReplayPending.text("s")), false),
+        ] {
+            let refusal = snapshot_refusal(&initial, comment.as_deref());
+            assert_eq!(refusal.is_some(), refused, "{comment:?}");
+            if let Some(refusal) = refusal {
+                assert!(refusal.contains("sluice backfill"), "{refusal}");
+            }
+        }
+        assert_eq!(snapshot_refusal(&config(Snapshot::Never), None), None);
+    }
+
+    #[test]
+    fn a_delivered_catch_up_keeps_the_snapshot_on_record_when_configured() {
+        assert_eq!(
+            Mark::caught_up(&config(Snapshot::Initial)),
+            Mark::Snapshotted
+        );
+        assert_eq!(Mark::caught_up(&config(Snapshot::Never)), Mark::Created);
+    }
 }

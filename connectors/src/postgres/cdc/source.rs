@@ -1,6 +1,6 @@
-//! The running `postgres_cdc` source: a session (prepare the slot, replay if it was lost,
-//! stream) per run — the runtime runs it again after a lost connection — and the stream
-//! itself: decoding, batching and confirming.
+//! The running `postgres_cdc` source: a session (prepare the slot, deliver the snapshot or
+//! the replay the slot needs first, stream) per run — the runtime runs it again after a lost
+//! connection — and the stream itself: decoding, batching and confirming.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
@@ -16,7 +16,8 @@ use tokio_postgres::Client;
 
 use super::config::{HEARTBEAT_PREFIX, Operation, PostgresCdcConfig};
 use super::metrics::CdcMetrics;
-use super::slot;
+use super::read::TableRead;
+use super::slot::{self, CatchUp};
 use crate::postgres::cleanup::{Cleanup, Delivered};
 use crate::postgres::connect::Database;
 use crate::postgres::pgoutput::{
@@ -82,7 +83,8 @@ impl PostgresCdc {
         client: &mut Option<ReplicationClient>,
     ) -> Result<(), Error> {
         let sql = self.database.connect().await?;
-        let start = slot::prepare(&sql, &self.config, cx.term().map(|t| &**t)).await?;
+        let start =
+            slot::prepare(&sql, &self.database, &self.config, cx.term().map(|t| &**t)).await?;
         stream.confirmed = start.lsn;
         if let Some(cleanup) = &self.config.cleanup {
             for table in &self.tables {
@@ -96,12 +98,12 @@ impl PostgresCdc {
                 stream.cleanups.push(tokio::spawn(run));
             }
         }
-        if start.replay {
-            if !self.replay(cx, stream, start.lsn).await? {
-                // Stopped before every replayed row was delivered: the next session replays.
+        if let Some(catch_up) = start.catch_up {
+            if !self.catch_up(cx, stream, catch_up, start.lsn).await? {
+                // Stopped before every row was delivered: the next session reads them again.
                 return Ok(());
             }
-            slot::replay_done(&sql, &self.config).await?;
+            slot::caught_up(&sql, &self.config).await?;
         }
         let pg_lsn = pgwire_replication::Lsn::from_u64(stream.confirmed.0);
         let settings = self
@@ -123,87 +125,45 @@ impl PostgresCdc {
         stream.run(&sql, replication, cx).await
     }
 
-    /// Republishes every row of the tables after the slot was recreated at `consistent_point`,
-    /// at a position just below it, so they precede everything the new slot streams, and
+    /// Delivers the rows of the tables the stream cannot (see [`CatchUp`]), at a position just
+    /// below the slot's `consistent_point`, so they precede everything the slot streams, and
     /// returns once they are all delivered (true), or once asked to stop before that (false).
-    async fn replay(
+    async fn catch_up(
         &self,
         cx: &mut SourceContext,
         stream: &mut Stream,
+        catch_up: CatchUp,
         consistent_point: Lsn,
     ) -> Result<bool, Error> {
+        let (replay, exported) = match catch_up {
+            CatchUp::Replay => (true, None),
+            CatchUp::Snapshot(exported) => (false, exported),
+        };
+        let read = TableRead {
+            purpose: if replay { "replay" } else { "snapshot" },
+            tables: &self.tables,
+            order_by: &self.config.replay_order_by,
+            filter: None,
+            snapshot: exported.as_ref().map(|e| e.name.as_str()),
+            batch: self.config.max_batch_events,
+        };
         let position = Position(consistent_point.0.saturating_sub(1));
-        let mut sql = self.database.connect().await?;
-        let mut queries = Vec::with_capacity(self.tables.len());
-        for table in &self.tables {
-            queries.push(slot::replay_query(&sql, table, &self.config.replay_order_by).await?);
+        let delivered = read
+            .deliver(&self.database, cx, &stream.metrics.events, position)
+            .await?;
+        // The exported snapshot is needed only until the read has imported it.
+        drop(exported);
+        let Some(rows) = delivered else {
+            return Ok(false);
+        };
+        if replay {
+            tracing::warn!(rows, "replayed the outbox tables after recreating the slot");
+        } else {
+            tracing::info!(
+                rows,
+                "delivered the rows already in the outbox tables (snapshot)"
+            );
         }
-        let transaction = sql
-            .transaction()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Connect, "starting the replay").with_source(e))?;
-        let mut replayed = 0u64;
-        for (table, (columns, select)) in self.tables.iter().zip(queries) {
-            let columns: Vec<Text> = columns.into_iter().map(Text::from).collect();
-            let table_name = Text::from(table.as_str());
-            let portal = transaction.bind(select.as_str(), &[]).await.map_err(|e| {
-                Error::new(ErrorKind::Config, format!("reading {table}")).with_source(e)
-            })?;
-            while !cx.shutdown().is_requested() {
-                let rows = transaction
-                    .query_portal(&portal, self.config.max_batch_events as i32)
-                    .await
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Connect, format!("reading {table}")).with_source(e)
-                    })?;
-                if rows.is_empty() {
-                    break;
-                }
-                let mut out = Output::with_capacity(rows.len());
-                for db_row in &rows {
-                    let fields: Fields = columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, name)| {
-                            (
-                                name.clone(),
-                                db_row.get::<_, Option<String>>(i).map(Text::from),
-                            )
-                        })
-                        .collect();
-                    replayed += 1;
-                    let id = Text::from(format!("replay/{table}/{replayed}"));
-                    out.push(row::row_event(
-                        id,
-                        row::INSERT,
-                        table_name.clone(),
-                        fields,
-                        position,
-                    ));
-                }
-                stream.metrics.events.increment(out.len() as u64);
-                cx.emit_open(out).await?;
-            }
-        }
-        cx.seal();
-        transaction
-            .commit()
-            .await
-            .map_err(|e| Error::new(ErrorKind::Connect, "ending the replay").with_source(e))?;
-        cx.drain().await;
-        if cx.checkpoint() < Some(position) {
-            if cx.shutdown().is_requested() {
-                return Ok(false);
-            }
-            return Err(Error::new(
-                ErrorKind::Internal,
-                "the replayed rows were not all delivered; the replay runs again on restart",
-            ));
-        }
-        tracing::warn!(
-            rows = replayed,
-            "replayed the outbox tables after recreating the slot"
-        );
         Ok(true)
     }
 }
