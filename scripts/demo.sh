@@ -83,8 +83,9 @@ if [[ -n $HA ]]; then
         done
     }
     until [ -n "$(leader)" ]; do sleep 0.2; done
-    SLUICE_API=${node_api[$(leader)]}
-    log "node $(leader) leads election outbox-relay; b and c wait as standbys"
+    first=$(leader)
+    SLUICE_API=${node_api[$first]}
+    log "node $first leads election outbox-relay; the other two wait as standbys"
 else
     log "sluice run examples/outbox-demo.toml (metrics on http://$SLUICE_API/metrics)"
     target/release/sluice run examples/outbox-demo.toml 2> >(sed 's/^/[sluice] /' >&2) &
