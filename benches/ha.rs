@@ -466,9 +466,13 @@ fn main() {
     if !args.is_bench_run() {
         return;
     }
-    let rate: f64 = args.number("rate", 200.0);
-    let failed = failovers(args.number("kills", 20), args.number("freezes", 5), rate);
-    let joined = joins(args.number("joins", 5), rate);
+    let rate: f64 = args.number("--rate", 200.0);
+    let failed = failovers(
+        args.number("--kills", 20),
+        args.number("--freezes", 5),
+        rate,
+    );
+    let joined = joins(args.number("--joins", 5), rate);
 
     println!(
         "\nHA relay failover: 3 nodes, etcd TTL {} s, {rate} commits/s; target: max ≤ TTL + 1 s = {} s",
