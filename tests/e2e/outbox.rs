@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sluice_consumer::{BoxError, Consumer, ConsumerConfig, Handler, Message};
 use sluice_tests::rabbitmq::{Reader, Received, Vhost};
@@ -47,8 +47,37 @@ struct Relay {
     configs: Vec<PathBuf>,
 }
 
-/// Where the nodes of a relay elect their leaders: a namespace of their own on the shared etcd.
+/// The coordination service a relay's nodes elect their leaders on.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Etcd,
+    ZooKeeper,
+}
+
+impl Backend {
+    /// Its `backend` in `[coord]`, and its scheme in `--coord`.
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Etcd => "etcd",
+            Backend::ZooKeeper => "zookeeper",
+        }
+    }
+
+    /// The shared server's endpoints as `scripts/services.sh env` exports them
+    /// (`ETCD_ENDPOINTS`, `ZOOKEEPER_ENDPOINTS`), comma-separated.
+    fn endpoints(self) -> String {
+        let (variable, default) = match self {
+            Backend::Etcd => ("ETCD_ENDPOINTS", "http://127.0.0.1:2379"),
+            Backend::ZooKeeper => ("ZOOKEEPER_ENDPOINTS", "127.0.0.1:2181"),
+        };
+        std::env::var(variable).unwrap_or_else(|_| default.to_owned())
+    }
+}
+
+/// Where the nodes of a relay elect their leaders: a namespace of their own on the shared
+/// etcd or ZooKeeper.
 struct Coordination {
+    backend: Backend,
     namespace: String,
     ttl: std::time::Duration,
 }
@@ -56,13 +85,17 @@ struct Coordination {
 impl Coordination {
     /// `--coord` for the namespace.
     fn url(&self) -> String {
-        let endpoints =
-            std::env::var("ETCD_ENDPOINTS").unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
+        let endpoints = self.backend.endpoints();
         let hosts: Vec<&str> = endpoints
             .split(',')
             .map(|e| e.trim_start_matches("http://"))
             .collect();
-        format!("etcd://{}?namespace={}", hosts.join(","), self.namespace)
+        format!(
+            "{}://{}?namespace={}",
+            self.backend.name(),
+            hosts.join(","),
+            self.namespace
+        )
     }
 }
 
@@ -71,14 +104,23 @@ impl Relay {
         Relay::create(test, max_in_flight, 1, None)
     }
 
-    /// A relay whose nodes run under an election (see [`Relay::node`]).
-    fn highly_available(test: &str, max_in_flight: usize) -> Self {
-        Relay::cluster(test, max_in_flight, 1, std::time::Duration::from_secs(2))
+    /// A relay whose nodes run under an election on `backend`, with sessions of 2 s (see
+    /// [`Relay::node`]).
+    fn highly_available(test: &str, max_in_flight: usize, backend: Backend) -> Self {
+        let ttl = std::time::Duration::from_secs(2);
+        Relay::cluster(test, max_in_flight, 1, backend, ttl)
     }
 
-    /// `tables` relays, each under an election of its own, with sessions of `ttl`.
-    fn cluster(test: &str, max_in_flight: usize, tables: usize, ttl: std::time::Duration) -> Self {
+    /// `tables` relays, each under an election of its own on `backend`, with sessions of `ttl`.
+    fn cluster(
+        test: &str,
+        max_in_flight: usize,
+        tables: usize,
+        backend: Backend,
+        ttl: std::time::Duration,
+    ) -> Self {
         let coordination = Coordination {
+            backend,
             namespace: format!("e2e-{test}-{}-{}", std::process::id(), free_port()),
             ttl,
         };
@@ -120,6 +162,11 @@ impl Relay {
         format!("relay-{table}")
     }
 
+    /// The replication slot (and publication) of `table`'s relay.
+    fn slot(&self, table: &str) -> String {
+        format!("{}_{table}", self.db.name)
+    }
+
     /// The configs of node `node` of the relay, one per table: its own API address (shared by
     /// its pipelines) and data directory.
     fn node(&self, node: &str) -> (Vec<PathBuf>, SocketAddr) {
@@ -135,11 +182,11 @@ impl Relay {
     /// The config of `table`'s relay on node `node`.
     fn pipeline(&self, node: &str, table: &str, api: SocketAddr) -> PathBuf {
         let leadership = self.coordination.as_ref().map_or(String::new(), |c| {
-            let etcd = std::env::var("ETCD_ENDPOINTS")
-                .unwrap_or_else(|_| "http://127.0.0.1:2379".to_owned());
             format!(
-                "leader = \"{election}\"\n[coord]\nbackend = \"etcd\"\nendpoints = \"{etcd}\"\nnamespace = \"{namespace}\"\nttl = \"{ttl}s\"\nnode = \"{node}\"\n",
+                "leader = \"{election}\"\n[coord]\nbackend = \"{backend}\"\nendpoints = \"{endpoints}\"\nnamespace = \"{namespace}\"\nttl = \"{ttl}s\"\nnode = \"{node}\"\n",
                 election = self.election(table),
+                backend = c.backend.name(),
+                endpoints = c.backend.endpoints(),
                 namespace = c.namespace,
                 ttl = c.ttl.as_secs(),
             )
@@ -188,7 +235,7 @@ impl Relay {
                 data = self.dir.join(node).display(),
                 max_in_flight = self.max_in_flight,
                 url = self.db.url,
-                slot = format!("{}_{table}", self.db.name),
+                slot = self.slot(table),
                 amqp = self.vhost.url(),
             ),
         )
@@ -463,47 +510,136 @@ fn spread(
     (led, started.elapsed())
 }
 
-#[test]
-fn three_nodes_one_relay_the_leader_killed_five_times_and_frozen_twice_loses_nothing() {
+/// What a watch of a relay's replication connections saw.
+struct Walsenders {
+    /// The most replication connections the relay's database had at once.
+    most_at_once: i64,
+    /// The server processes that held the slot, in turn.
+    holders: Vec<i32>,
+}
+
+/// A watch of a relay's replication connections, on a thread of its own; it ends when
+/// finished or dropped (as when the test fails).
+struct SlotWatch {
+    watching: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Walsenders>>,
+}
+
+impl SlotWatch {
+    /// Samples every 10 ms, on a connection of its own, how many replication connections the
+    /// relay's database has and which of them holds `table`'s slot.
+    fn start(relay: &Relay, table: &str) -> SlotWatch {
+        let watching = std::sync::Arc::new(AtomicBool::new(true));
+        let (url, slot) = (relay.db.url.clone(), relay.slot(table));
+        let thread = std::thread::spawn({
+            let watching = std::sync::Arc::clone(&watching);
+            move || Self::sample(&url, &slot, &watching)
+        });
+        SlotWatch {
+            watching,
+            thread: Some(thread),
+        }
+    }
+
+    fn sample(url: &str, slot: &str, watching: &AtomicBool) -> Walsenders {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let sample = client
+                .prepare(
+                    "SELECT (SELECT count(*) FROM pg_stat_activity \
+                             WHERE backend_type = 'walsender' AND datname = current_database()), \
+                            (SELECT active_pid FROM pg_replication_slots WHERE slot_name = $1)",
+                )
+                .await
+                .unwrap();
+            let mut seen = Walsenders {
+                most_at_once: 0,
+                holders: Vec::new(),
+            };
+            while watching.load(Ordering::Relaxed) {
+                let row = client.query_one(&sample, &[&slot]).await.unwrap();
+                seen.most_at_once = seen.most_at_once.max(row.get(0));
+                if let Some(pid) = row.get::<_, Option<i32>>(1)
+                    && seen.holders.last() != Some(&pid)
+                {
+                    seen.holders.push(pid);
+                }
+                // The sampling period, not a synchronization.
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            seen
+        })
+    }
+
+    /// Ends the watch; what it saw.
+    fn finish(mut self) -> Walsenders {
+        self.watching.store(false, Ordering::Relaxed);
+        let thread = self.thread.take().expect("a watch is finished once");
+        thread.join().unwrap()
+    }
+}
+
+impl Drop for SlotWatch {
+    fn drop(&mut self) {
+        self.watching.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Three nodes of one relay under an election on `backend` (sessions of 2 s), 20,000 events in
+/// 2,000 transactions over 50 aggregates: during the stream the leader is killed with
+/// `kill -9` five times and frozen with `SIGSTOP` for twice the TTL twice. Each failover takes
+/// at most the TTL + 1 s, the inbox applies every event once, and at no time do two replication
+/// connections use the slot.
+fn one_relay_on_three_nodes_loses_nothing_when_its_leader_is_killed_or_frozen(backend: Backend) {
     const IN_FLIGHT: usize = 2000;
-    let relay = Relay::highly_available("outbox_ha", IN_FLIGHT);
+    const FAILURES: u64 = 7;
+    let test = format!("outbox_ha_{}", backend.name());
+    let relay = Relay::highly_available(&test, IN_FLIGHT, backend);
+    let ttl = relay.coordination.as_ref().unwrap().ttl;
     let start = |name: &str| {
         let (configs, api) = relay.node(name);
         (start_node(&configs, api), api)
     };
     let mut nodes: Vec<(Running, SocketAddr)> = ["a", "b", "c"].map(start).into_iter().collect();
     // The nodes' sinks have declared the queue by now.
-    let inbox = Applier::start(&relay, "outbox_ha_consumer");
+    let inbox = Applier::start(&relay, &format!("{test}_consumer"));
     let mut started = 3;
     let leader = |nodes: &[(Running, SocketAddr)]| {
-        wait_for("a leader", || nodes.iter().position(|(_, api)| leads(*api))).unwrap()
+        wait_for("a leader", || nodes.iter().position(|(_, api)| leads(*api)))
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(nodes)))
     };
+    let watch = SlotWatch::start(&relay, &relay.tables[0]);
     let mut failovers = Vec::new();
     std::thread::scope(|scope| {
         let writer = scope.spawn(|| relay.insert(2000, 10, Some(100)));
-        for round in 1..=7u64 {
+        for round in 1..=FAILURES {
             wait_for(&format!("events applied before failure {round}"), || {
                 (inbox.applied() >= round * 2200).then_some(())
             })
-            .unwrap_or_else(|e| {
-                let logs: Vec<String> = nodes.iter().map(|(n, _)| n.log()).collect();
-                panic!("{e}\n{}", logs.join("\n----\n"))
-            });
+            .unwrap_or_else(|e| panic!("{e}\n{}", logs(&nodes)));
             let at = leader(&nodes);
             let failed = std::time::Instant::now();
-            if round % 3 == 0 {
+            let failure = if round % 3 == 0 {
                 // Frozen for twice the TTL, then resumed: it finds itself a standby.
                 nodes[at].0.signal("STOP");
                 let others: Vec<usize> = (0..nodes.len()).filter(|i| *i != at).collect();
                 wait_for("another leader", || {
                     others.iter().find(|i| leads(nodes[**i].1)).map(drop)
                 })
-                .unwrap();
+                .unwrap_or_else(|e| panic!("{e}\n{}", logs(&nodes)));
                 failovers.push(failed.elapsed());
-                while failed.elapsed() < std::time::Duration::from_secs(4) {
+                while failed.elapsed() < 2 * ttl {
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
                 nodes[at].0.signal("CONT");
+                "SIGSTOP"
             } else {
                 let (mut dead, _) = nodes.remove(at);
                 dead.signal("KILL");
@@ -512,23 +648,57 @@ fn three_nodes_one_relay_the_leader_killed_five_times_and_frozen_twice_loses_not
                 failovers.push(failed.elapsed());
                 started += 1;
                 nodes.push(start(&format!("n{started}")));
-            }
+                "kill -9"
+            };
+            eprintln!(
+                "{} failover {round} ({failure} of the leader): {:?}",
+                backend.name(),
+                failovers[failovers.len() - 1]
+            );
         }
         writer.join().unwrap();
     });
-    eprintln!("failovers: {failovers:?}");
-    let ttl = std::time::Duration::from_secs(2);
+    let walsenders = watch.finish();
+    eprintln!(
+        "{} failovers: {failovers:?}; the slot held by {} replication connections in turn, at most {} at once",
+        backend.name(),
+        walsenders.holders.len(),
+        walsenders.most_at_once
+    );
     assert!(
         failovers
             .iter()
             .all(|f| *f <= ttl + std::time::Duration::from_secs(1)),
         "a failover took longer than the TTL + 1 s: {failovers:?}"
     );
-    inbox.check_every_event_applied_once(&relay, 7 * IN_FLIGHT as u64);
+    assert!(
+        walsenders.most_at_once <= 1,
+        "{} replication connections used the relay's database at once",
+        walsenders.most_at_once
+    );
+    assert!(
+        walsenders.holders.len() > FAILURES as usize,
+        "the slot changed hands {} times in {FAILURES} failovers: the watch missed some",
+        walsenders.holders.len().saturating_sub(1)
+    );
+    inbox.check_every_event_applied_once(&relay, FAILURES * IN_FLIGHT as u64);
     for (mut running, _) in nodes {
         running.signal("TERM");
         assert!(running.wait().unwrap().success(), "{}", running.log());
     }
+}
+
+#[test]
+fn three_nodes_one_relay_on_etcd_the_leader_killed_five_times_and_frozen_twice_loses_nothing() {
+    one_relay_on_three_nodes_loses_nothing_when_its_leader_is_killed_or_frozen(Backend::Etcd);
+}
+
+#[test]
+#[ignore = "on ZooKeeper, a leader frozen past its session and resumed does not register again, \
+            and after the next kill no node leads (see docs/high-availability.md)"]
+fn three_nodes_one_relay_on_zookeeper_the_leader_killed_five_times_and_frozen_twice_loses_nothing()
+{
+    one_relay_on_three_nodes_loses_nothing_when_its_leader_is_killed_or_frozen(Backend::ZooKeeper);
 }
 
 /// The logs of `nodes`, for a failure message.
@@ -543,7 +713,7 @@ fn three_nodes_six_relays_two_each_three_each_after_a_kill_two_each_after_the_re
     const IN_FLIGHT: usize = 1000;
     const TABLES: usize = 6;
     let ttl = std::time::Duration::from_secs(2);
-    let relay = Relay::cluster("outbox_cluster", IN_FLIGHT, TABLES, ttl);
+    let relay = Relay::cluster("outbox_cluster", IN_FLIGHT, TABLES, Backend::Etcd, ttl);
     let start = |name: &str| {
         let (configs, api) = relay.node(name);
         (start_node(&configs, api), api)
@@ -554,7 +724,7 @@ fn three_nodes_six_relays_two_each_three_each_after_a_kill_two_each_after_the_re
     let (_, started) = spread(&relay, &apis(&nodes), 2, || logs(&nodes));
     eprintln!("three fresh nodes led two relays each {started:?} after the last was ready");
     let inbox = Applier::start(&relay, "outbox_cluster_consumer");
-    let loading = std::sync::atomic::AtomicBool::new(true);
+    let loading = AtomicBool::new(true);
     std::thread::scope(|scope| {
         // Six tables written in turn, 50 transactions of 5 events a second, until told.
         let loader = scope.spawn(|| {
@@ -616,7 +786,7 @@ fn status_with_coord_shows_every_relay_with_its_leader_and_says_which_node_it_ca
     const TABLES: usize = 4;
     // Long enough that a killed node is still listed, and leading, when status asks.
     let ttl = std::time::Duration::from_secs(10);
-    let relay = Relay::cluster("outbox_status", 100, TABLES, ttl);
+    let relay = Relay::cluster("outbox_status", 100, TABLES, Backend::Etcd, ttl);
     let url = relay.coordination.as_ref().unwrap().url();
     let mut nodes: Vec<(Running, SocketAddr)> = ["a", "b"]
         .map(|name| {
