@@ -25,7 +25,7 @@ use self::rows::{Relation, Transaction};
 use super::config::{Operation, PostgresCdcConfig};
 use super::metrics::CdcMetrics;
 use crate::postgres::connect::Database;
-use crate::postgres::pgoutput::{Decoder, Lsn, ProtocolVersion};
+use crate::postgres::pgoutput::Lsn;
 
 /// The running `postgres_cdc` source.
 #[derive(Debug)]
@@ -84,7 +84,6 @@ struct Stream {
     status_interval: Duration,
     slot: String,
     metrics: CdcMetrics,
-    decoder: Decoder,
     relations: HashMap<u32, Relation>,
     transaction: Option<Transaction>,
     /// Events read and not yet emitted (the tail of the stream).
@@ -123,7 +122,6 @@ impl Stream {
             status_interval: c.status_interval.get(),
             slot: c.slot.clone(),
             metrics,
-            decoder: Decoder::new(ProtocolVersion::V1),
             relations: HashMap::new(),
             transaction: None,
             pending: Output::default(),

@@ -88,7 +88,7 @@ impl Stream {
 
     /// A pgoutput change message inside a transaction.
     fn change(&mut self, data: Bytes) {
-        let message = match self.decoder.decode(data.clone()) {
+        let message = match pgoutput::decode(data.clone()) {
             Ok(message) => message,
             Err(e) => {
                 self.metrics.decode_errors.increment(1);
@@ -111,7 +111,8 @@ impl Stream {
                 tracing::warn!("a published table was truncated; truncates are not events");
                 return;
             }
-            _ => return,
+            // A type's name and a transaction's origin say nothing a row event carries.
+            Message::Type(_) | Message::Origin(_) => return,
         };
         if !self.operations.contains(&operation) {
             self.metrics.ignored.increment(1);
