@@ -26,13 +26,14 @@ use super::config::{Operation, PostgresCdcConfig};
 use super::metrics::CdcMetrics;
 use crate::postgres::connect::Database;
 use crate::postgres::pgoutput::Lsn;
+use crate::postgres::table::TableName;
 
 /// The running `postgres_cdc` source.
 #[derive(Debug)]
 pub struct PostgresCdc {
     config: PostgresCdcConfig,
     database: Database,
-    tables: Vec<String>,
+    tables: Vec<TableName>,
 }
 
 impl PostgresCdc {
@@ -75,7 +76,7 @@ impl Source for PostgresCdc {
 
 /// State of the stream across sessions: what was read, emitted and confirmed.
 struct Stream {
-    tables: Vec<String>,
+    tables: Vec<TableName>,
     operations: Vec<Operation>,
     message_prefixes: Vec<String>,
     max_batch_events: usize,

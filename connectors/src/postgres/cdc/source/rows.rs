@@ -12,6 +12,7 @@ use super::super::config::{HEARTBEAT_PREFIX, Operation};
 use super::Stream;
 use crate::postgres::pgoutput::{self as pgoutput, Column, Lsn, Message, PgTimestamp, TupleData};
 use crate::postgres::row::{self, MESSAGE_PREFIX_HEADER};
+use crate::postgres::table::TableName;
 
 /// A relation (table) as its last Relation message described it.
 #[derive(Debug)]
@@ -122,12 +123,12 @@ impl Stream {
     }
 
     fn relation(&mut self, relation: pgoutput::Relation) {
-        let name = format!("{}.{}", relation.namespace, relation.name);
+        let name = TableName::new(relation.namespace.as_str(), relation.name.as_str());
         let included = self.tables.contains(&name);
         self.relations.insert(
             relation.id,
             Relation {
-                name: Text::from(name),
+                name: Text::from(name.to_string()),
                 columns: relation.columns.into_iter().map(|c| c.name).collect(),
                 included,
             },

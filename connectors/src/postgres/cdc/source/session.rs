@@ -25,7 +25,7 @@ impl PostgresCdc {
         stream.confirmed = start.lsn;
         if let Some(cleanup) = &self.config.cleanup {
             for table in &self.tables {
-                let table = Table::resolve(&sql, table).await?;
+                let table = Table::resolve(&sql, &table.to_string()).await?;
                 let delivered = Delivered::CreatedBefore {
                     column: self.config.created_column.clone(),
                     confirmed: stream.confirmed_commit.subscribe(),
