@@ -13,6 +13,8 @@ use crate::postgres::cleanup::{Cleanup, Delivered};
 use crate::postgres::table::Table;
 
 impl PostgresCdc {
+    /// One run: leaves the replication client in `client` once connected, so that the caller
+    /// can confirm the final position on it whatever the outcome.
     pub(super) async fn session(
         &self,
         cx: &mut SourceContext,
@@ -65,6 +67,8 @@ impl PostgresCdc {
 }
 
 impl Stream {
+    /// Reads the stream until shutdown or an error, emitting in batches that grow with what is
+    /// already received, and confirming as the checkpoint moves.
     async fn run(
         &mut self,
         sql: &Client,
