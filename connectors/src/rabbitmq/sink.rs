@@ -37,6 +37,12 @@ use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
 use super::wire::WireError;
 
+/// With several brokers, the sink moves to the next one each time a message has been nacked
+/// this many times: a node can go on nacking every publish of a connection to a queue that
+/// lost its leader while the connection was being made (seen with quorum queues on RabbitMQ
+/// 3.10), and a new connection finds the queue's new leader.
+const NACKS_BEFORE_NEXT_NODE: u32 = 3;
+
 /// The running `rabbitmq` sink.
 #[derive(Debug)]
 pub struct RabbitmqSink {
@@ -748,6 +754,12 @@ impl Relay {
             state.blocking += 1;
         }
         state.retry_at = Some(state.retry_at.map_or(due, |at| at.max(due)));
+        if self.endpoints.len() > 1
+            && record.nacks.is_multiple_of(NACKS_BEFORE_NEXT_NODE)
+            && self.failure.is_none()
+        {
+            self.failure = Some(WireError::Nacking(record.nacks));
+        }
         let at = state.retrying.partition_point(|r| r.seq < record.seq);
         state.retrying.insert(at, record);
         self.retrying.insert(key);
