@@ -1468,7 +1468,11 @@ async fn a_cluster_node_killed_mid_stream_loses_nothing() {
     .unwrap();
     assert!(reconnects >= 1.0);
     std::fs::write(&gate, b"").unwrap();
-    running.await.unwrap().unwrap();
+    tokio::time::timeout(sluice_tests::PATIENCE, running)
+        .await
+        .expect("the pipeline to drain once the gate opened")
+        .unwrap()
+        .unwrap();
 
     let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
     assert!(checkpoint >= 1300, "{checkpoint}");
