@@ -40,7 +40,7 @@ use super::wire::WireError;
 /// With several brokers, the sink moves to the next one each time a message has been nacked
 /// this many times: a node can go on nacking every publish of a connection to a queue that
 /// lost its leader while the connection was being made (seen with quorum queues on RabbitMQ
-/// 3.10), and a new connection finds the queue's new leader.
+/// 3.10), and the next connection is made after the queue has elected a new one.
 const NACKS_BEFORE_NEXT_NODE: u32 = 3;
 
 /// The running `rabbitmq` sink.
