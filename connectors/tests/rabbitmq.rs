@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use sluice_pipeline::{
     Config, Error, Event, FieldErrors, Position, Registry, ShutdownTrigger, Source, SourceConfig,
     SourceContext, Validate,
 };
+use sluice_tests::rabbitmq::cluster::Cluster;
 use sluice_tests::rabbitmq::{Reader, Received, Vhost, rabbitmqctl_patiently, vhost_url};
 use sluice_tests::{Scratch, free_port, json_lines, metric, metrics, saved_checkpoint};
 
@@ -941,13 +943,56 @@ async fn delivers_over_verified_tls_with_a_password_and_with_a_client_certificat
     }
 }
 
-/// The findings of `sluice check` for a sink at `url` publishing to `exchange`.
+/// The findings of `sluice check` for a sink at `url` with the further settings `extra`.
 async fn check_findings(url: &str, extra: &str) -> Vec<sluice_pipeline::Finding> {
+    check_sink(&format!("url = \"{url}\"\n{extra}")).await
+}
+
+/// The findings of `sluice check` for a sink with the settings `text` (TOML).
+async fn check_sink(text: &str) -> Vec<sluice_pipeline::Finding> {
     use sluice_pipeline::SinkConfig;
-    let text = format!("url = \"{url}\"\n{extra}");
     let config: RabbitmqSinkConfig =
-        sluice_pipeline::config::deserialize(toml::from_str(&text).unwrap()).unwrap();
+        sluice_pipeline::config::deserialize(toml::from_str(text).unwrap()).unwrap();
     config.check().await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_reports_each_node_of_a_cluster() {
+    let vhost = Vhost::create("check-nodes").unwrap();
+    let down = format!(
+        "amqp://guest:guest@127.0.0.1:{}/{}",
+        free_port(),
+        vhost.name()
+    );
+    let findings = check_sink(&format!("urls = [\"{}\", \"{down}\"]", vhost.url())).await;
+    let levels: Vec<_> = findings.iter().map(|f| f.level).collect();
+    use sluice_pipeline::Level;
+    assert_eq!(levels, [Level::Ok, Level::Warn], "{findings:?}");
+    assert!(
+        findings[0].message.starts_with("connected to amqp://"),
+        "{findings:?}"
+    );
+    let shown_down = down.replacen("guest:guest@", "guest@", 1);
+    assert!(
+        findings[1]
+            .message
+            .starts_with(&format!("cannot connect to {shown_down}")),
+        "{findings:?}"
+    );
+    assert!(
+        findings[1]
+            .message
+            .ends_with("meanwhile the sink connects to the other nodes"),
+        "{findings:?}"
+    );
+    // With no node reachable, each is a failure.
+    let findings = check_sink(&format!(
+        "urls = [\"{down}\", \"{}\"]",
+        down.replacen("127.0.0.1", "localhost", 1)
+    ))
+    .await;
+    let levels: Vec<_> = findings.iter().map(|f| f.level).collect();
+    assert_eq!(levels, [Level::Fail, Level::Fail], "{findings:?}");
 }
 
 fn only_failure(findings: &[sluice_pipeline::Finding]) -> &str {
@@ -1326,4 +1371,130 @@ async fn check_warns_when_a_constant_route_reaches_no_queue() {
     );
     let findings = check_findings(vhost.url(), "exchange = \"\"\nrouting_key = \"nobody\"").await;
     assert_eq!(findings.last().unwrap().level, Level::Warn, "{findings:?}");
+}
+
+/// The node of `cluster` serving the sink's connection, asked of node `ask`, once there is
+/// one.
+async fn serving_node(cluster: &Arc<Mutex<Cluster>>, ask: usize) -> usize {
+    let cluster = Arc::clone(cluster);
+    tokio::task::spawn_blocking(move || {
+        sluice_tests::wait_for("the sink's connection to a node", || {
+            let cluster = cluster.lock().unwrap();
+            cluster.node_serving(ask, "sluice broker").ok().flatten()
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_node_killed_mid_stream_loses_nothing() {
+    let started = std::time::Instant::now();
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start("failover", 3))
+        .await
+        .unwrap()
+        .unwrap();
+    let urls = cluster.urls();
+    let cluster_up = started.elapsed();
+    let cluster = Arc::new(Mutex::new(cluster));
+    let dir = Scratch::new("rabbitmq-cluster");
+    let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let keys = ["a", "b", "c", "d", "e"];
+    let events: Vec<Ev> = (0..1000u64)
+        .map(|n| Ev::order(keys[n as usize % 5], n))
+        .collect();
+    let gate = dir.join("gate");
+    let source = ScriptedConfig {
+        events,
+        batch: 20,
+        pace_ms: Some(2),
+        gate: Some(gate.clone()),
+        after_gate: 300,
+    };
+    let confirm_window = 200;
+    let sink = format!(
+        r#"
+        urls = {urls:?}
+        exchange = "orders"
+        routing_key = "orders"
+        channels = 3
+        confirm_window = {confirm_window}
+        backoff_initial = "50ms"
+        [[declare.exchanges]]
+        name = "orders"
+        type = "fanout"
+        [[declare.queues]]
+        name = "orders"
+        arguments = {{ "x-queue-type" = "quorum" }}
+        [[declare.queues]]
+        name = "orders.stream"
+        arguments = {{ "x-queue-type" = "stream" }}
+        [[declare.bindings]]
+        exchange = "orders"
+        queue = "orders"
+        [[declare.bindings]]
+        exchange = "orders"
+        queue = "orders.stream"
+        "#
+    );
+    let config = pipeline(&dir, &source, &sink, Some(api));
+    let running = tokio::spawn(async move { run(&config).await });
+
+    let killed = serving_node(&cluster, 0).await;
+    let survivor = (killed + 1) % urls.len();
+    let mut reader = Reader::new(&urls[survivor]);
+    while reader.ready("orders").await.unwrap() < 500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.lock().unwrap().kill(killed).unwrap();
+    let killed_at = started.elapsed();
+    let now_serving = serving_node(&cluster, survivor).await;
+    assert_ne!(now_serving, killed);
+    let reconnects = tokio::task::spawn_blocking(move || {
+        sluice_tests::wait_for("the sink to be ready again", || {
+            let m = metrics(api).ok()?;
+            let ready = metric(&m, "sluice_component_ready", &[("component_id", "broker")])?;
+            let reconnects = metric(
+                &m,
+                "sluice_rabbitmq_reconnects_total",
+                &[("component_id", "broker")],
+            )?;
+            (ready == 1.0 && reconnects >= 1.0).then_some(reconnects)
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(reconnects >= 1.0);
+    std::fs::write(&gate, b"").unwrap();
+    tokio::time::timeout(sluice_tests::PATIENCE, running)
+        .await
+        .expect("the pipeline to drain once the gate opened")
+        .unwrap()
+        .unwrap();
+
+    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
+    assert!(checkpoint >= 1300, "{checkpoint}");
+    let messages = reader.take_ready("orders").await.unwrap();
+    let ids = assert_key_order(&messages);
+    assert_eq!(
+        ids.len() as u64,
+        checkpoint,
+        "every event delivered (duplicates aside)"
+    );
+    let duplicates = messages.len() - ids.len();
+    assert!(
+        duplicates <= confirm_window,
+        "{duplicates} duplicates: more than were unconfirmed when the node went"
+    );
+    let queues = cluster
+        .lock()
+        .unwrap()
+        .ctl(survivor, &["list_queues", "name", "type"])
+        .unwrap();
+    eprintln!(
+        "cluster up after {cluster_up:?}, node {killed} killed after {killed_at:?}, node {now_serving} serving after it, {duplicates} duplicates, all read after {:?}; queues:\n{queues}",
+        started.elapsed()
+    );
 }

@@ -180,3 +180,20 @@ fn several_problems_are_all_reported() {
         assert!(stderr.contains(expected), "{expected} missing:\n{stderr}");
     }
 }
+
+#[test]
+fn a_malformed_cluster_node_url() {
+    let stderr = refused(
+        "amqp-urls",
+        "[pipeline]\ndata_dir = \"DATA\"\n[sources.gen]\ntype = \"generator\"\n\
+         [sinks.broker]\ntype = \"rabbitmq\"\ninputs = [\"gen\"]\n\
+         urls = [\"amqp://relay:s3cret@rabbit1/orders\", \"relay:s3cret@rabbit2:5672\"]\n",
+    );
+    assert!(
+        stderr.contains("sinks.broker.urls[1]: ")
+            && stderr
+                .contains("write the node as a whole URL, amqp://user:password@host:5672/vhost"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}

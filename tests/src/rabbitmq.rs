@@ -18,6 +18,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 use crate::PATIENCE;
 
+pub mod cluster;
+
 /// The broker the tests use when `AMQP_URL` is unset.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

@@ -1,5 +1,6 @@
 //! Live checks of what the `rabbitmq` sink needs from the broker (`sluice check`), each
-//! failure with its remedy: the connection (TLS included), the login, the virtual host, and
+//! failure with its remedy: the connection to each configured broker (TLS included), the
+//! login, the virtual host, and
 //! the exchanges known before the first event (a constant `exchange`, the
 //! `quarantine_exchange`), which must exist or be declared by the sink on start, and
 //! `max_payload_bytes` against RabbitMQ's default `max_message_size`, and whether a constant
@@ -45,25 +46,60 @@ fn shape(config: &RabbitmqSinkConfig) -> Option<Finding> {
     })
 }
 
-/// The checks that talk to the broker.
+/// The checks that talk to the broker: a connection to each configured broker, then, on the
+/// first that takes one, the exchanges and the route. A cluster node that cannot be reached
+/// is a warning while another takes connections (the sink uses that one meanwhile); any
+/// other refusal, and every failure when no broker takes a connection, is a failure.
 async fn live(config: &RabbitmqSinkConfig) -> Vec<Finding> {
-    let endpoint = match config.url.parse() {
-        Ok(endpoint) => endpoint,
-        Err(message) => return vec![Finding::fail(format!("url {message}"))],
+    let endpoints = match config.endpoints() {
+        Ok(endpoints) => endpoints,
+        Err(errors) => {
+            return errors
+                .0
+                .iter()
+                .map(|e| Finding::fail(e.to_string()))
+                .collect();
+        }
     };
     let nothing = Declare::default();
-    let connecting = Broker::connect(
-        &endpoint,
-        "check",
-        config.connect_timeout.get(),
-        &nothing,
-        &mut [],
-    );
-    let mut broker = match connecting.await {
-        Ok(broker) => broker,
-        Err(error) => return vec![Finding::fail(connect_failure(&endpoint, &error))],
+    let mut reached = None;
+    let mut attempts = Vec::new();
+    for endpoint in &endpoints {
+        let connecting = Broker::connect(
+            endpoint,
+            "check",
+            config.connect_timeout.get(),
+            &nothing,
+            &mut [],
+        );
+        match connecting.await {
+            Ok(broker) => {
+                attempts.push(Ok(endpoint));
+                match reached {
+                    None => reached = Some((endpoint, broker)),
+                    Some(_) => broker.close().await,
+                }
+            }
+            Err(error) => attempts.push(Err((endpoint, error))),
+        }
+    }
+    let others_serve = reached.is_some() && endpoints.len() > 1;
+    let mut findings: Vec<Finding> = attempts
+        .into_iter()
+        .map(|attempt| match attempt {
+            Ok(endpoint) => Finding::ok(connected(endpoint)),
+            Err((endpoint, error @ (WireError::Io(_) | WireError::Timeout(_)))) if others_serve => {
+                Finding::warn(format!(
+                    "{}; meanwhile the sink connects to the other nodes",
+                    connect_failure(endpoint, &error)
+                ))
+            }
+            Err((endpoint, error)) => Finding::fail(connect_failure(endpoint, &error)),
+        })
+        .collect();
+    let Some((endpoint, mut broker)) = reached else {
+        return findings;
     };
-    let mut findings = vec![Finding::ok(connected(&endpoint))];
     let declared = config.topology();
     let known = [
         ("exchange", config.exchange.constant()),
@@ -94,7 +130,7 @@ async fn live(config: &RabbitmqSinkConfig) -> Vec<Finding> {
     }
     if let (Some(exchange), Some(key)) = (config.exchange.constant(), config.routing_key.constant())
     {
-        findings.extend(route_finding(&endpoint, exchange, key, &declared).await);
+        findings.extend(route_finding(endpoint, exchange, key, &declared).await);
     }
     if config.max_payload_bytes > RABBITMQ_MAX_MESSAGE_SIZE {
         findings.push(Finding::warn(format!(

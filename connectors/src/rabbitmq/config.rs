@@ -65,8 +65,16 @@ pub struct RabbitmqSinkConfig {
     /// `connection_timeout` (ms), `auth_mechanism` (`plain`, or `external` to log in with the
     /// client certificate), and for `amqps://` `cacertfile`, `certfile`, `keyfile`, `verify`
     /// (`verify_peer`, the default, or `verify_none`) and `server_name_indication`; any other
-    /// is refused. The password is never logged or printed.
-    pub url: AmqpUrl,
+    /// is refused. The password is never logged or printed. Set this for one broker, or
+    /// `urls` for the nodes of a cluster.
+    pub url: Option<AmqpUrl>,
+    /// The nodes of a RabbitMQ cluster, each as `url` takes it, all with the same virtual
+    /// host: `["amqp://relay:${AMQP_PASSWORD}@rabbit1/orders", "amqp://…@rabbit2/orders"]`.
+    /// The sink connects to one node, starting at a random one so that sinks spread over
+    /// the cluster; when it loses that node or cannot reach it, it goes on to the next, and
+    /// publishes again there what the lost connection left unconfirmed. Set this or `url`.
+    #[serde(default)]
+    pub urls: Option<Vec<AmqpUrl>>,
     /// The exchange each message is published to, as a template over event values
     /// (`"outbox.{aggregatetype}"`). Empty (the default) is the default exchange, which
     /// routes to the queue named by the routing key.
@@ -332,6 +340,23 @@ impl<'de> Deserialize<'de> for AmqpUrl {
     }
 }
 
+/// The message for a URL that does not parse, with a hint for the usual slips in a list:
+/// several nodes in one string, a node written without its scheme.
+fn malformed(url: &AmqpUrl, message: String) -> String {
+    let text = url.0.as_str();
+    if text.contains(',') {
+        format!(
+            "{message}: it holds a comma; write each node as a URL of its own, urls = [\"amqp://user:password@rabbit1/vhost\", \"amqp://user:password@rabbit2/vhost\"]"
+        )
+    } else if !text.contains("://") {
+        format!(
+            "{message}: write the node as a whole URL, amqp://user:password@host:5672/vhost (or amqps:// for TLS)"
+        )
+    } else {
+        message
+    }
+}
+
 /// Whether `content_type` is a JSON media type (`application/json`, `…+json`, parameters
 /// ignored).
 pub(crate) fn is_json(content_type: &str) -> bool {
@@ -368,6 +393,73 @@ impl RabbitmqSinkConfig {
             }
         }
         bytes
+    }
+
+    /// The brokers to connect to, in the order configured: `url`, or each of `urls`. The
+    /// errors name the field (`urls[1]`) and never repeat a URL (it holds a password).
+    pub fn endpoints(&self) -> Result<Vec<Endpoint>, FieldErrors> {
+        let urls: Vec<(String, &AmqpUrl)> = match (&self.url, &self.urls) {
+            (Some(url), None) => vec![("url".to_owned(), url)],
+            (None, Some(urls)) if urls.is_empty() => {
+                return Err(FieldError::new(
+                    "urls",
+                    "is empty: list the URL of each node of the cluster, such as [\"amqp://user:password@rabbit1:5672/vhost\", \"amqp://user:password@rabbit2:5672/vhost\"]",
+                )
+                .into());
+            }
+            (None, Some(urls)) => urls
+                .iter()
+                .enumerate()
+                .map(|(i, url)| (format!("urls[{i}]"), url))
+                .collect(),
+            (None, None) => {
+                return Err(FieldError::new(
+                    "url",
+                    "is missing: set url to the broker's URL (amqp://user:password@host:5672/vhost), or urls to the URLs of the nodes of a cluster",
+                )
+                .into());
+            }
+            (Some(_), Some(_)) => {
+                return Err(FieldError::new(
+                    "urls",
+                    "is set together with url: keep url for one broker, or urls for the nodes of a cluster (listing that broker among them), not both",
+                )
+                .into());
+            }
+        };
+        let mut problems = FieldErrors::new();
+        let mut endpoints: Vec<(String, Endpoint)> = Vec::new();
+        for (path, url) in urls {
+            let endpoint = match url.parse() {
+                Ok(endpoint) => endpoint,
+                Err(message) => {
+                    problems.push(FieldError::new(path, malformed(url, message)));
+                    continue;
+                }
+            };
+            if let Some((first, _)) = endpoints.iter().find(|(_, e)| e.same_node(&endpoint)) {
+                problems.push(FieldError::new(
+                    path,
+                    format!("names the same node as {first}: list each node once"),
+                ));
+                continue;
+            }
+            if let Some((first, other)) = endpoints.first()
+                && other.uri.vhost != endpoint.uri.vhost
+            {
+                problems.push(FieldError::new(
+                    path,
+                    format!(
+                        "names vhost {:?} but {first} names {:?}: the nodes of a cluster serve the same virtual hosts, so give every URL the same one",
+                        endpoint.uri.vhost, other.uri.vhost
+                    ),
+                ));
+                continue;
+            }
+            endpoints.push((path, endpoint));
+        }
+        problems.into_result()?;
+        Ok(endpoints.into_iter().map(|(_, e)| e).collect())
     }
 
     /// The content type messages carry.
@@ -430,12 +522,9 @@ fn declared_name(path: String, name: &str) -> Result<(), FieldError> {
 impl Validate for RabbitmqSinkConfig {
     fn validate(&self) -> Result<(), FieldErrors> {
         let mut problems = FieldErrors::new();
-        problems.add(
-            self.url
-                .parse()
-                .map(drop)
-                .map_err(|m| FieldError::new("url", m)),
-        );
+        if let Err(errors) = self.endpoints() {
+            problems.0.extend(errors.0);
+        }
         if let Some(exchange) = self.exchange.constant() {
             problems.add(short_name("exchange", exchange));
         }
@@ -734,6 +823,75 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("secret"), "{shown}");
         assert!(shown.contains("amqp://u@localhost:5672//"), "{shown}");
+    }
+
+    #[test]
+    fn a_cluster_is_a_list_of_urls_and_a_malformed_entry_is_named_with_the_fix() {
+        let c = parse(
+            r#"urls = ["amqp://u:secret@rabbit1/orders", "amqp://u:secret@rabbit2:5673/orders"]"#,
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .endpoints()
+            .unwrap()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "amqp://u@rabbit1:5672/orders",
+                "amqp://u@rabbit2:5673/orders"
+            ]
+        );
+        assert!(!format!("{c:?}").contains("secret"));
+        let list = |entries: &str| parse(&format!("urls = [{entries}]")).unwrap_err();
+        for (entries, path, says) in [
+            (
+                r#""amqp://u:secret@rabbit1/v", "rabbit2:5672""#,
+                "urls[1]",
+                "write the node as a whole URL, amqp://user:password@host:5672/vhost",
+            ),
+            (
+                r#""amqp://u:secret@rabbit1:5672,rabbit2:5672/v""#,
+                "urls[0]",
+                "holds a comma; write each node as a URL of its own",
+            ),
+            (
+                r#""amqp://u:secret@rabbit1/v", "amqps://u:secret@rabbit2/v?verify=no""#,
+                "urls[1]",
+                "use verify_peer (the default) or verify_none",
+            ),
+            (
+                r#""amqp://u:secret@rabbit1/v", "amqp://u:secret@RABBIT1:5672/v""#,
+                "urls[1]",
+                "names the same node as urls[0]: list each node once",
+            ),
+            (
+                r#""amqp://u:secret@rabbit1/v", "amqp://u:secret@rabbit2/w""#,
+                "urls[1]",
+                "names vhost \"w\" but urls[0] names \"v\"",
+            ),
+            ("", "urls", "is empty: list the URL of each node"),
+        ] {
+            let error = list(entries);
+            assert_eq!(error.path, path, "{entries}: {error}");
+            assert!(error.message.contains(says), "{entries}: {error}");
+            assert!(!error.message.contains("secret"), "{error}");
+        }
+        let both = parse(
+            r#"url = "amqp://h"
+            urls = ["amqp://h"]"#,
+        )
+        .unwrap_err();
+        assert_eq!(both.path, "urls");
+        assert!(both.message.contains("not both"), "{both}");
+        let neither = parse("routing_key = \"q\"").unwrap_err();
+        assert_eq!(neither.path, "url");
+        assert!(
+            neither.message.contains("set url to the broker's URL"),
+            "{neither}"
+        );
     }
 
     #[test]

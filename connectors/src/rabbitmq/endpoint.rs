@@ -102,6 +102,12 @@ impl Endpoint {
         Ok(Endpoint { uri, tls })
     }
 
+    /// Whether `other` reaches the same node: the same host (in any case) and port.
+    pub fn same_node(&self, other: &Endpoint) -> bool {
+        let (a, b) = (&self.uri.authority, &other.uri.authority);
+        a.host.eq_ignore_ascii_case(&b.host) && a.port == b.port
+    }
+
     /// The SASL mechanism to log in with.
     pub fn mechanism(&self) -> SASLMechanism {
         self.uri.query.auth_mechanism.unwrap_or_default()

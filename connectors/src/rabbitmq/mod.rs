@@ -13,8 +13,8 @@
 //! An event is acknowledged only once the broker confirms its message; an unroutable message
 //! is quarantined (and acknowledged once the quarantine has it); a nacked one is retried with
 //! backoff while its key waits; after a lost connection everything unconfirmed is published
-//! again, in order, before anything new. `docs/rabbitmq.md` documents every setting, the
-//! message format and the guarantees.
+//! again, in order, before anything new — on the next node of a cluster when `urls` lists
+//! several. `docs/rabbitmq.md` documents every setting, the message format and the guarantees.
 //!
 //! - [`config`]: the settings.
 //! - `message`, `avro`, `cloudevents`: from an event to a message.

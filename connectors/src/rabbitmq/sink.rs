@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use amq_protocol::types::ShortString;
 use sluice_pipeline::backoff::BackoffConfig;
+use sluice_pipeline::error::chain;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use tokio::time::Sleep;
 
@@ -36,11 +37,17 @@ use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
 use super::wire::WireError;
 
+/// With several brokers, the sink moves to the next one each time a message has been nacked
+/// this many times: a node can go on nacking every publish of a connection to a queue that
+/// lost its leader while the connection was being made (seen with quorum queues on RabbitMQ
+/// 3.10), and the next connection is made after the queue has elected a new one.
+const NACKS_BEFORE_NEXT_NODE: u32 = 3;
+
 /// The running `rabbitmq` sink.
 #[derive(Debug)]
 pub struct RabbitmqSink {
     config: RabbitmqSinkConfig,
-    endpoint: Endpoint,
+    endpoints: Vec<Endpoint>,
     /// Made on the first start, and kept across restarts with what it has not settled.
     relay: Option<Relay>,
 }
@@ -48,13 +55,12 @@ pub struct RabbitmqSink {
 impl RabbitmqSink {
     /// A sink for a validated `config` (no I/O).
     pub fn new(config: RabbitmqSinkConfig) -> Result<Self, Error> {
-        let endpoint = config
-            .url
-            .parse()
-            .map_err(|message| Error::new(ErrorKind::Config, format!("url {message}")))?;
+        let endpoints = config
+            .endpoints()
+            .map_err(|errors| Error::new(ErrorKind::Config, errors.to_string()))?;
         Ok(RabbitmqSink {
             config,
-            endpoint,
+            endpoints,
             relay: None,
         })
     }
@@ -75,8 +81,12 @@ impl Sink for RabbitmqSink {
                     Encoding::Json => None,
                 };
                 let builder = MessageBuilder::new(&self.config, avro, cx.id());
-                let relay =
-                    Relay::new(self.config.clone(), self.endpoint.clone(), builder, cx.id());
+                let relay = Relay::new(
+                    self.config.clone(),
+                    self.endpoints.clone(),
+                    builder,
+                    cx.id(),
+                );
                 self.relay.insert(relay)
             }
         };
@@ -133,7 +143,13 @@ impl KeyState {
 
 /// The sink's state: the connection, and every record it holds until the broker settles it.
 struct Relay {
-    endpoint: Endpoint,
+    /// The brokers (`url`, or the nodes of `urls`).
+    endpoints: Vec<Endpoint>,
+    /// The broker connected to, or last tried.
+    node: usize,
+    /// The broker the next connection tries first: a random one at first, so that sinks
+    /// spread over a cluster's nodes, then the one after the last tried.
+    next_node: usize,
     name: String,
     config: RabbitmqSinkConfig,
     builder: MessageBuilder,
@@ -179,12 +195,15 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     fn new(
         config: RabbitmqSinkConfig,
-        endpoint: Endpoint,
+        endpoints: Vec<Endpoint>,
         builder: MessageBuilder,
         id: &str,
     ) -> Self {
+        let first = random_below(endpoints.len());
         Relay {
-            endpoint,
+            endpoints,
+            node: first,
+            next_node: first,
             name: id.to_owned(),
             builder,
             declare_as: config
@@ -286,10 +305,14 @@ impl Relay {
         match lost {
             Some(error) => {
                 self.metrics.in_flight.set(self.in_flight as f64);
-                Err(
-                    Error::new(ErrorKind::Connect, "lost the connection to RabbitMQ")
-                        .with_source(error),
+                Err(Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "lost the connection to RabbitMQ at {}",
+                        self.endpoints[self.node]
+                    ),
                 )
+                .with_source(error))
             }
             None => Ok(()),
         }
@@ -302,49 +325,77 @@ impl Relay {
             && self.unsent.is_empty()
     }
 
-    /// Connects and publishes what the last connection left unsettled. An error retrying
-    /// cannot fix (a refused password) stops the pipeline on the first connection only; once
-    /// the sink has delivered, every failure to connect is retried.
+    /// Connects to one of the brokers, trying each once from `next_node` on, and publishes
+    /// what the last connection left unsettled. Each failure is reported once: logged when
+    /// another broker is tried after it, or returned. An error retrying cannot fix (a
+    /// refused password) stops the pipeline on the first connection only, and is the one
+    /// returned when several brokers fail; once the sink has delivered, every failure to
+    /// connect is retried.
     async fn connect(&mut self, cx: &SinkContext) -> Result<(), Error> {
-        match self.try_connect().await {
-            Ok(()) => {
-                tracing::info!(republished = self.in_flight, "connected to RabbitMQ");
-                self.connected_once = true;
-                cx.set_ready(true);
-                Ok(())
-            }
-            Err(error) => {
-                self.detach_all();
-                self.broker = None;
-                self.metrics.reconnects.increment(1);
-                if self.connected_once && !error.is_retryable() {
-                    return Err(Error::new(ErrorKind::Connect, "reconnecting to RabbitMQ")
-                        .with_source(error));
+        let mut failed: Option<Error> = None;
+        for _ in 0..self.endpoints.len() {
+            self.node = self.next_node;
+            self.next_node = (self.node + 1) % self.endpoints.len();
+            let error = match self.try_connect().await {
+                Ok(()) => {
+                    tracing::info!(
+                        broker = %self.endpoints[self.node],
+                        republished = self.in_flight,
+                        "connected to RabbitMQ"
+                    );
+                    self.connected_once = true;
+                    cx.set_ready(true);
+                    return Ok(());
                 }
-                Err(error)
+                Err(error) => error,
+            };
+            self.detach_all();
+            self.broker = None;
+            self.metrics.reconnects.increment(1);
+            let (kept, passed) = match failed.take() {
+                Some(previous) if !previous.is_retryable() => (previous, Some(error)),
+                previous => (error, previous),
+            };
+            if let Some(passed) = passed {
+                tracing::warn!(
+                    error = %chain(&passed),
+                    "could not connect to a RabbitMQ node; trying the next"
+                );
             }
+            failed = Some(kept);
         }
+        let error = failed.unwrap_or_else(|| {
+            Error::new(ErrorKind::Internal, "connecting with no broker configured")
+        });
+        if self.connected_once && !error.is_retryable() {
+            return Err(
+                Error::new(ErrorKind::Connect, "reconnecting to RabbitMQ").with_source(error)
+            );
+        }
+        Err(error)
     }
 
+    /// Connects to broker `node`, declares the topology and publishes what is unsent.
     async fn try_connect(&mut self) -> Result<(), Error> {
-        let wire_error = |context: &str| {
-            let context = context.to_owned();
-            move |e: WireError| Error::new(e.kind(), context).with_source(e)
-        };
+        let endpoint = &self.endpoints[self.node];
+        let wire_error =
+            |context: String| move |e: WireError| Error::new(e.kind(), context).with_source(e);
         let broker = Broker::connect(
-            &self.endpoint,
+            endpoint,
             &self.name,
             self.config.connect_timeout.get(),
             &self.config.topology(),
             &mut self.lanes,
         )
         .await
-        .map_err(wire_error("connecting to RabbitMQ"))?;
+        .map_err(wire_error(format!("connecting to RabbitMQ at {endpoint}")))?;
+        let republishing =
+            format!("publishing again on {endpoint} what the last connection left unconfirmed");
         self.broker = Some(broker);
         self.ensure_quarantine_exchange().await?;
-        self.publish_unsent().await.map_err(wire_error(
-            "publishing again what the last connection left unconfirmed",
-        ))
+        self.publish_unsent()
+            .await
+            .map_err(wire_error(republishing))
     }
 
     /// Checks (or declares) the quarantine exchange; a missing one is a configuration error.
@@ -703,6 +754,12 @@ impl Relay {
             state.blocking += 1;
         }
         state.retry_at = Some(state.retry_at.map_or(due, |at| at.max(due)));
+        if self.endpoints.len() > 1
+            && record.nacks.is_multiple_of(NACKS_BEFORE_NEXT_NODE)
+            && self.failure.is_none()
+        {
+            self.failure = Some(WireError::Nacking(record.nacks));
+        }
         let at = state.retrying.partition_point(|r| r.seq < record.seq);
         state.retrying.insert(at, record);
         self.retrying.insert(key);
@@ -790,6 +847,7 @@ impl Relay {
         self.metrics.blocked.set(0.0);
         self.metrics.reconnects.increment(1);
         tracing::warn!(
+            broker = %self.endpoints[self.node],
             unsettled = self.in_flight,
             "lost the connection to RabbitMQ"
         );
@@ -830,6 +888,12 @@ impl Relay {
             cx.reject(std::mem::take(&mut self.rejects)).await;
         }
     }
+}
+
+/// A number below `n` (at least 1), different from run to run: std's hasher keys are random.
+fn random_below(n: usize) -> usize {
+    let random = std::hash::BuildHasher::build_hasher(&std::hash::RandomState::new()).finish();
+    (random % n.max(1) as u64) as usize
 }
 
 fn missing_exchange(exchange: &ShortString) -> String {

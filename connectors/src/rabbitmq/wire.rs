@@ -97,6 +97,10 @@ pub(crate) enum WireError {
     /// The connection was refused because of its settings.
     #[error("{0}")]
     Refused(String),
+    /// The node nacked one message this many times in a row: another node of the cluster
+    /// may take it.
+    #[error("the node nacked a message {0} times in a row")]
+    Nacking(u32),
 }
 
 /// The AMQP reply code of "no such exchange or queue".
@@ -130,6 +134,7 @@ impl WireError {
             | WireError::Eof
             | WireError::MissedHeartbeats(_)
             | WireError::Timeout(_)
+            | WireError::Nacking(_)
             | WireError::NotConnected => ErrorKind::Connect,
         }
     }
