@@ -202,7 +202,13 @@ fn cluster_table(view: &Value) -> String {
         }
     }
     let mut out = render(&rows);
-    for node in view["nodes"].as_array().unwrap_or(&empty) {
+    let nodes = view["nodes"].as_array().unwrap_or(&empty);
+    if nodes.is_empty() {
+        out.push_str(
+            "no node is registered: no `sluice run` with this [coord] section is running\n",
+        );
+    }
+    for node in nodes {
         if let Value::String(why) = &node["unreachable"] {
             out.push_str(&format!(
                 "node {} (API {}): unreachable: {why}\n",
@@ -342,6 +348,18 @@ mod tests {
              b     -            payments  leader  8      -       -      -          -           -\n\
              -     -            refunds   unled   -      -       -      -          -           -\n\
              node b (API 127.0.0.1:9465): unreachable: cannot connect\n"
+        );
+    }
+
+    #[test]
+    fn a_cluster_without_nodes_says_so() {
+        let view = json!({"elections": [], "nodes": []});
+        assert!(
+            cluster_table(&view).ends_with(
+                "no node is registered: no `sluice run` with this [coord] section is running\n"
+            ),
+            "{}",
+            cluster_table(&view)
         );
     }
 }
