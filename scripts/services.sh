@@ -768,10 +768,18 @@ apt_mirror() {
     echo "${uri:-http://deb.debian.org/debian}"
 }
 
+# So that `FROM debian:bookworm` (and the Dockerfile's bookworm-slim) build unchanged, with
+# no registry to pull them from.
+podman_base_tags() {
+    local tag
+    for tag in docker.io/library/debian:bookworm docker.io/library/debian:bookworm-slim; do
+        podman image exists "$tag" || podman tag "$PODMAN_BASE_IMAGE" "$tag"
+    done
+}
+
 podman_base_image() {
     if podman image exists "$PODMAN_BASE_IMAGE"; then
-        podman image exists docker.io/library/debian:bookworm ||
-            podman tag "$PODMAN_BASE_IMAGE" docker.io/library/debian:bookworm
+        podman_base_tags
         return 0
     fi
     local mirror rootfs t0=$SECONDS
@@ -787,8 +795,7 @@ podman_base_image() {
     tar -C "$rootfs" -c . | podman import - "$PODMAN_BASE_IMAGE" >/dev/null ||
         die "podman import of the base image failed"
     rm -rf "$rootfs"
-    # So that `FROM debian:bookworm` builds unchanged, with no registry to pull it from.
-    podman tag "$PODMAN_BASE_IMAGE" docker.io/library/debian:bookworm
+    podman_base_tags
     log "base image $PODMAN_BASE_IMAGE ready ($((SECONDS - t0))s)"
 }
 
