@@ -3,7 +3,8 @@
 # PostgreSQL (wal_level=logical), RabbitMQ, etcd, Redis and ZooKeeper, all on loopback, and
 # Python's kazoo (Debian python3-kazoo), the ZooKeeper recipe library sluice's tests
 # interoperate with; and curl, openssl, nginx-light, haproxy and wrk for the gateway's tests and
-# benchmark (installed only: the benchmark starts its own nginx and HAProxy).
+# benchmark (installed only: the benchmark starts its own nginx and HAProxy); and Prometheus
+# for the dashboards' test (installed only: the test runs its own).
 #
 #   scripts/services.sh up      install what is missing (Debian, as root), start what is not
 #                               answering, wait until all answer, print the export lines
@@ -182,6 +183,9 @@ missing_packages() {
     command -v nginx >/dev/null || echo nginx-light
     command -v haproxy >/dev/null || echo haproxy
     command -v wrk >/dev/null || echo wrk
+    # The dashboards' test (tests/e2e/dashboards.rs): Prometheus, never started as a service
+    # (the test runs its own, on a free port with its own config and data directory).
+    command -v prometheus >/dev/null || echo prometheus
 }
 
 POLICY_RC=/usr/sbin/policy-rc.d

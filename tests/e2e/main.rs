@@ -9,6 +9,8 @@ mod check;
 mod cli;
 mod config_errors;
 mod coord;
+#[cfg(feature = "gateway")]
+mod dashboards;
 mod engine;
 #[cfg(feature = "gateway")]
 mod gateway;
