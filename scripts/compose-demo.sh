@@ -105,6 +105,8 @@ teardown() {
         local t0=$SECONDS
         log "tearing the stack down"
         compose down -v -t 5 >"$LOGS/down.log" 2>&1 || log "podman-compose down failed (log: $LOGS/down.log)"
+        # podman-compose leaves the network it made.
+        podman network rm "${PROJECT}_default" >/dev/null 2>&1 || true
         log "stack down ($((SECONDS - t0))s)"
     fi
     exit "$rc"
