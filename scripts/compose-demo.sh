@@ -50,8 +50,8 @@ mkdir -p "$LOGS"
 compose() { podman-compose -p "$PROJECT" "${FILES[@]}" "$@"; }
 
 # The merged compose files as lines the script reads: `service NAME HEALTHCHECK DEPS`
-# (dependencies first), `build IMAGE CONTEXT DOCKERFILE TARGET`, `port SERVICE HOST_IP
-# HOST_PORT CONTAINER_PORT`.
+# (dependencies first), `port SERVICE HOST_IP HOST_PORT CONTAINER_PORT`, `build IMAGE CONTEXT
+# DOCKERFILE TARGET SERVICES` (one per image).
 plan() {
     docker-compose "${FILES[@]}" config | python3 -c '
 import sys, yaml
@@ -65,17 +65,18 @@ def visit(name):
     done.append(name)
 for name in sorted(services):
     visit(name)
-images = set()
+builds = {}
 for name in done:
     s = services[name]
     print("service", name, "yes" if "healthcheck" in s else "no", ",".join(s.get("depends_on", {})) or "-")
     b = s.get("build")
-    if b and s["image"] not in images:
-        images.add(s["image"])
-        print("build", s["image"], b["context"], b.get("dockerfile", "Dockerfile"), b.get("target", "-"))
+    if b:
+        builds.setdefault(s["image"], (b, []))[1].append(name)
     for p in s.get("ports", []):
         ip, host, target = str(p).split("/")[0].split(":")
         print("port", name, ip, host, target)
+for image, (b, users) in builds.items():
+    print("build", image, b["context"], b.get("dockerfile", "Dockerfile"), b.get("target", "-"), ",".join(users))
 '
 }
 plan_lines=$(plan) || fail "docker-compose could not read docker-compose.yml and docker-compose.podman.yml"
@@ -123,15 +124,14 @@ for bin in sluice order-service order-consumer products-service; do
     strip -o "target/compose-bin/$bin" "target/debug/$bin" || fail "no target/debug/$bin to put in the sluice image"
 done
 
-while read -r kind image context dockerfile target; do
+while read -r kind image context dockerfile target users; do
     [[ $kind == build ]] || continue
-    users=$(awk -v i="$image" '$1 == "service" {s = $2} $1 == "build" && $2 == i {print s}' <<<"$plan_lines")
     t0=$SECONDS
     args=(-t "$image" -f "$context/$dockerfile")
     [[ $target == - ]] || args+=(--target "$target")
     if ! nice podman build "${args[@]}" "$context" >"$LOGS/build-${image##*/}.log" 2>&1; then
         tail -n 20 "$LOGS/build-${image##*/}.log" >&2
-        fail "the image of service $users ($image) did not build (log: $LOGS/build-${image##*/}.log)"
+        fail "the image of service ${users//,/, } ($image) did not build (log: $LOGS/build-${image##*/}.log)"
     fi
     log "image $image built ($((SECONDS - t0))s)"
 done <<<"$plan_lines"
@@ -163,25 +163,30 @@ for svc in "${services[@]}"; do
 done
 
 # Healthchecks do not run on their own under podman: run a service's, or wait for its
-# container to run, until it passes; a container that exits fails at once.
+# container to run, until it passes. A container that exits fails at once, unless its restart
+# policy brings it back (the consumer exits until a relay has declared its queue) and it has
+# not yet exited MAX_RESTARTS times.
+MAX_RESTARTS=5
 declare -A ready=()
 wait_ready() {
-    local svc=$1 c deadline=$((SECONDS + SERVICE_TIMEOUT))
+    local svc=$1 c running code restarts policy deadline=$((SECONDS + SERVICE_TIMEOUT))
     [[ -n ${ready[$svc]:-} ]] && return 0
     c=$(container "$svc")
     while :; do
-        if [[ $(podman container inspect -f '{{.State.Running}}' "$c") != true ]]; then
+        read -r running code restarts policy <<<"$(podman container inspect -f \
+            '{{.State.Running}} {{.State.ExitCode}} {{.RestartCount}} {{.HostConfig.RestartPolicy.Name}}' "$c")"
+        if [[ $running == true ]]; then
+            if [[ ${healthcheck[$svc]} != yes ]] || podman healthcheck run "$c" >/dev/null 2>&1; then break; fi
+        elif [[ $policy != on-failure ]] || ((restarts >= MAX_RESTARTS)); then
             failed_service=$svc
-            fail "service $svc exited (exit code $(podman container inspect -f '{{.State.ExitCode}}' "$c"))"
-        fi
-        if [[ ${healthcheck[$svc]} == yes ]]; then
-            podman healthcheck run "$c" >/dev/null 2>&1 && break
-        else
-            break
+            fail "service $svc exited (exit code $code, after $restarts restarts)"
         fi
         if ((SECONDS >= deadline)); then
             failed_service=$svc
-            fail "service $svc did not pass its healthcheck within ${SERVICE_TIMEOUT}s"
+            if [[ ${healthcheck[$svc]} == yes ]]; then
+                fail "service $svc did not pass its healthcheck within ${SERVICE_TIMEOUT}s"
+            fi
+            fail "service $svc was not running after ${SERVICE_TIMEOUT}s (exit code $code, $restarts restarts)"
         fi
         sleep 1
     done

@@ -796,7 +796,7 @@ podman_base_image() {
         die "debootstrap bookworm from $mirror failed (log: $STATE_DIR/debootstrap.log)"
     }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | podman import - "$PODMAN_BASE_IMAGE" >/dev/null ||
+    tar -C "$rootfs" -c . | podman import --quiet - "$PODMAN_BASE_IMAGE" >/dev/null ||
         die "podman import of the base image failed"
     rm -rf "$rootfs"
     podman_base_tags
