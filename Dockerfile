@@ -22,7 +22,8 @@ RUN cargo build --release --locked -p sluice -p sluice-examples \
 FROM debian:bookworm-slim AS base
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/sluice --create-home sluice
+    && groupadd --system --gid 10001 sluice \
+    && useradd --system --uid 10001 --gid sluice --home-dir /var/lib/sluice --create-home sluice
 COPY examples/*.toml /etc/sluice/examples/
 WORKDIR /var/lib/sluice
 USER sluice
