@@ -38,9 +38,16 @@ container() { echo "${PROJECT}_$1_1"; }
 if [[ ${1:-} == kill-node ]]; then
     [[ -n ${2:-} ]] || fail "usage: $0 kill-node NAME (the relay node's NODE_NAME: a or b)"
     c=$(container "relay-$2")
-    eval "$(bash scripts/services.sh podman 2>/dev/null)"
+    [[ -n ${CONTAINERS_CONF:-} ]] || eval "$(bash scripts/services.sh podman 2>/dev/null)"
+    started_at() { podman container inspect -f '{{.State.Running}} {{.State.StartedAt}}' "$c"; }
+    before=$(started_at) || fail "no container $c for relay node $2"
     podman kill --signal KILL "$c" >/dev/null || fail "podman kill $c failed"
-    until [[ $(podman container inspect -f '{{.State.Running}}' "$c") == false ]]; do sleep 0.1; done
+    # Down, or already brought back by its restart policy; then up again either way.
+    deadline=$((SECONDS + 30))
+    while now=$(started_at) && [[ $now == "$before" ]]; do
+        ((SECONDS < deadline)) || fail "$c still runs 30 s after podman kill"
+        sleep 0.1
+    done
     podman start "$c" >/dev/null || fail "podman start $c failed"
     exit 0
 fi

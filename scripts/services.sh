@@ -796,8 +796,10 @@ podman_base_image() {
         die "debootstrap bookworm from $mirror failed (log: $STATE_DIR/debootstrap.log)"
     }
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -c . | podman import --quiet - "$PODMAN_BASE_IMAGE" >/dev/null ||
+    if ! tar -C "$rootfs" -c . | podman import --quiet - "$PODMAN_BASE_IMAGE" >/dev/null; then
+        rm -rf "$rootfs"
         die "podman import of the base image failed"
+    fi
     rm -rf "$rootfs"
     podman_base_tags
     log "base image $PODMAN_BASE_IMAGE ready ($((SECONDS - t0))s)"
@@ -945,7 +947,7 @@ cmd_down() {
 }
 
 main() {
-    # up/down: one at a time per machine (two checkouts running tests at once). flock -o
+    # up/down/podman: one at a time per machine (two checkouts running tests at once). flock -o
     # keeps the lock's fd out of the servers we start, so they do not hold the lock.
     if [[ ${1:-} == up || ${1:-} == down || ${1:-} == podman ]] && [[ -z ${SLUICE_SERVICES_LOCKED:-} ]] &&
         command -v flock >/dev/null && mkdir -p "$STATE_DIR" 2>/dev/null; then
