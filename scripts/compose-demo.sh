@@ -57,12 +57,20 @@ mkdir -p "$LOGS"
 compose() { podman-compose -p "$PROJECT" "${FILES[@]}" "$@"; }
 
 # The merged compose files as lines the script reads: `service NAME HEALTHCHECK DEPS`
-# (dependencies first), `port SERVICE HOST_IP HOST_PORT CONTAINER_PORT`, `build IMAGE CONTEXT
-# DOCKERFILE TARGET SERVICES` (one per image).
+# (dependencies first), `port SERVICE HOST_IP HOST_PORT CONTAINER_PORT VARIABLE`, `build IMAGE
+# CONTEXT DOCKERFILE TARGET SERVICES` (one per image).
 plan() {
     docker-compose "${FILES[@]}" config | python3 -c '
-import sys, yaml
+import re, sys, yaml
 services = yaml.safe_load(sys.stdin)["services"]
+# The variable that sets each published port, from the file as written.
+raw = yaml.safe_load(open("docker-compose.yml"))["services"]
+port_vars = {}
+for name, s in raw.items():
+    for p in s.get("ports", []):
+        m = re.search(r"\$\{(\w+):-\d+\}:(\d+)", str(p))
+        if m:
+            port_vars[name, m.group(2)] = m.group(1)
 done = []
 def visit(name):
     if name in done:
@@ -81,22 +89,22 @@ for name in done:
         builds.setdefault(s["image"], (b, []))[1].append(name)
     for p in s.get("ports", []):
         ip, host, target = str(p).split("/")[0].split(":")
-        print("port", name, ip, host, target)
+        print("port", name, ip, host, target, port_vars.get((name, target), "-"))
 for image, (b, users) in builds.items():
     print("build", image, b["context"], b.get("dockerfile", "Dockerfile"), b.get("target", "-"), ",".join(users))
 '
 }
 plan_lines=$(plan) || fail "docker-compose could not read docker-compose.yml and docker-compose.podman.yml"
 
-declare -A healthcheck=() deps=() host_port=()
+declare -A healthcheck=() deps=() host_port=() port_var=()
 services=()
-while read -r kind a b c d; do
+while read -r kind a b c d e; do
     case $kind in
         service)
             [[ " $SKIP " == *" $a "* ]] && continue
             services+=("$a") healthcheck[$a]=$b deps[$a]=${c//,/ }
             ;;
-        port) [[ " $SKIP " == *" $a "* ]] || host_port[$a:$d]=$c ;;
+        port) [[ " $SKIP " == *" $a "* ]] || host_port[$a:$d]=$c port_var[$a:$d]=$e ;;
     esac
 done <<<"$plan_lines"
 
@@ -152,7 +160,7 @@ fi
 for key in "${!host_port[@]}"; do
     port=${host_port[$key]}
     if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
-        fail "host port $port, published for service ${key%%:*} (its port ${key#*:}), is already taken; free it or set the variable docker-compose.yml names for it"
+        fail "host port $port, published for service ${key%%:*} (its port ${key#*:}), is already taken: free it or choose another with ${port_var[$key]}=PORT"
     fi
 done
 

@@ -61,7 +61,7 @@ time.sleep(3600)
 ' 2>/dev/null)
     local pid=$!
     read -r -u "$holder" port
-    expect_failure "host port $port, published for service gateway" GATEWAY_PORT="$port" || rc=1
+    expect_failure "host port $port, published for service gateway (its port 8080), is already taken: free it or choose another with GATEWAY_PORT=PORT" GATEWAY_PORT="$port" || rc=1
     kill "$pid" 2>/dev/null
     exec {holder}<&-
     return "$rc"
