@@ -3,8 +3,9 @@
 # PostgreSQL (wal_level=logical), RabbitMQ, etcd, Redis and ZooKeeper, all on loopback, and
 # Python's kazoo (Debian python3-kazoo), the ZooKeeper recipe library sluice's tests
 # interoperate with; and curl, openssl, nginx-light, haproxy and wrk for the gateway's tests and
-# benchmark (installed only: the benchmark starts its own nginx and HAProxy); and Prometheus
-# for the dashboards' test (installed only: the test runs its own).
+# benchmark (installed only: the benchmark starts its own nginx and HAProxy); chromium with
+# chromium-driver for the console's browser test (installed only); and Prometheus for the
+# dashboards' test (installed only: the test runs its own).
 #
 #   scripts/services.sh up      install what is missing (Debian, as root), start what is not
 #                               answering, wait until all answer, print the export lines
@@ -183,6 +184,8 @@ missing_packages() {
     command -v nginx >/dev/null || echo nginx-light
     command -v haproxy >/dev/null || echo haproxy
     command -v wrk >/dev/null || echo wrk
+    # The console's browser test: headless Chromium driven over WebDriver.
+    { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || printf '%s\n' chromium chromium-driver
     # The dashboards' test (tests/e2e/dashboards.rs): Prometheus, never started as a service
     # (the test runs its own, on a free port with its own config and data directory).
     command -v prometheus >/dev/null || echo prometheus

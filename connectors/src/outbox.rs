@@ -321,6 +321,11 @@ impl Transform for Outbox {
                     event.fields = fields;
                     event.headers = headers;
                     event.payload = parts.payload;
+                    if self.config.payload_format == PayloadFormat::Json {
+                        // Checked by `route`, or made by serializing JSON: a sink need not
+                        // parse it again.
+                        event.mark_payload_json();
+                    }
                     out.push(event);
                 }
                 Ok(None) => out.drop_event(event),
@@ -404,6 +409,14 @@ mod tests {
         let (kept, _, _) = run(&mut o, vec![row(&columns)]).await;
         let names: Vec<&str> = kept[0].headers.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["traceparent"], "a NULL column is no header");
+    }
+
+    #[tokio::test]
+    async fn payloads_checked_as_json_are_marked_so_sinks_do_not_parse_them_again() {
+        let (kept, _, _) = run(&mut outbox(""), vec![row(&good())]).await;
+        assert!(kept[0].payload_is_json());
+        let (kept, _, _) = run(&mut outbox("payload_format = \"any\""), vec![row(&good())]).await;
+        assert!(!kept[0].payload_is_json(), "not checked, so not marked");
     }
 
     #[tokio::test]

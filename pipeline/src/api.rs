@@ -1,6 +1,8 @@
 //! The HTTP API: `/metrics` (Prometheus text), `/health` (the process is alive), `/ready`
 //! (every component started and connected, and the role of each election: leader or standby),
-//! `/status` (JSON for `sluice status`) and `/tap/ID` (events leaving a component, live).
+//! `/status` (JSON for `sluice status`), `/tap/ID` (events leaving a component, live),
+//! `/quarantined` (the latest quarantined events' metadata, JSON) and `/console` (one page that
+//! shows all of it in a browser, polling the others).
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -23,6 +25,10 @@ use crate::leadership::Role;
 use crate::metrics::{self, Buckets};
 use crate::tap::Taps;
 use tokio::sync::broadcast;
+
+/// The console: one self-contained page (inline CSS and script, no build step) that polls
+/// `/status`, `/metrics` and `/quarantined` and computes rates between polls.
+const CONSOLE: &str = include_str!("console.html");
 
 /// How often histograms are compacted between scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -120,11 +126,28 @@ pub async fn serve(
                 let health = health.clone();
                 move || {
                     let health = health.clone();
-                    async move {
-                        let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
-                        (json, health.status().to_string())
-                    }
+                    async move { json(&health.status()) }
                 }
+            }),
+        )
+        .route(
+            "/quarantined",
+            get({
+                let quarantined = health.quarantined().clone();
+                move || {
+                    let quarantined = quarantined.clone();
+                    async move { json(&quarantined.to_json()) }
+                }
+            }),
+        )
+        .route(
+            "/console",
+            get(|| async {
+                let html = [
+                    (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                    (axum::http::header::CACHE_CONTROL, "no-store"),
+                ];
+                (html, CONSOLE)
             }),
         )
         .route(
@@ -185,6 +208,12 @@ pub async fn serve(
         task,
         address,
     })
+}
+
+/// `value` as a JSON answer.
+fn json(value: &serde_json::Value) -> impl axum::response::IntoResponse + use<> {
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    (json, value.to_string())
 }
 
 /// `GET /tap/ID?payload=true&every=N`: the events leaving component ID, one JSON object per
@@ -372,6 +401,38 @@ mod tests {
         );
         let health = get(server.address, "/health").await;
         assert!(health.ends_with("ok\n"), "{health}");
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn the_console_and_the_quarantined_events_it_shows_are_served() {
+        let health = Health::default();
+        let server = serve(
+            &ApiConfig::at("127.0.0.1:0".parse().unwrap()),
+            health.clone(),
+            Routes::default(),
+        )
+        .await
+        .unwrap();
+        let console = get(server.address, "/console").await;
+        assert!(
+            console.starts_with("HTTP/1.1 200")
+                && console.contains("content-type: text/html; charset=utf-8")
+                && console.contains("<title>sluice console</title>"),
+            "{console}"
+        );
+        health.quarantined().record(
+            &"check".into(),
+            &"e1".into(),
+            &"fields.total is absent".into(),
+        );
+        let answer = get(server.address, "/quarantined").await;
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let log: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(log["total"], 1);
+        assert_eq!(log["recent"][0]["id"], "e1");
+        assert_eq!(log["recent"][0]["reason"], "fields.total is absent");
         server.stop().await;
     }
 }

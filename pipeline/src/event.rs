@@ -251,6 +251,9 @@ pub struct Event {
     /// Source position, commit time and transaction.
     pub meta: SourceMeta,
     pub(crate) ack: Option<AckHandle>,
+    /// The payload that [`Event::mark_payload_json`] recorded as checked. Holding it keeps its
+    /// buffer alive, so a payload at the same address and length is the same bytes.
+    json_payload: Option<Bytes>,
 }
 
 impl Event {
@@ -266,6 +269,20 @@ impl Event {
             payload,
             ..Event::default()
         }
+    }
+
+    /// Records that the payload, as it is now, was checked to be JSON, so that a later stage
+    /// that needs JSON (a sink sending `application/json`) does not parse it again.
+    pub fn mark_payload_json(&mut self) {
+        self.json_payload = Some(self.payload.clone());
+    }
+
+    /// Whether the payload is still the one [`Event::mark_payload_json`] recorded: giving
+    /// the event another payload forgets the check.
+    pub fn payload_is_json(&self) -> bool {
+        self.json_payload.as_ref().is_some_and(|checked| {
+            checked.as_ptr() == self.payload.as_ptr() && checked.len() == self.payload.len()
+        })
     }
 
     /// Approximate bytes this event holds, for the in-flight byte budget.
@@ -381,6 +398,23 @@ mod tests {
         assert_eq!(f.get("c"), None);
         assert_eq!(f.remove("a"), Some(Some("2".into())));
         assert_eq!(f.len(), 1);
+    }
+
+    #[test]
+    fn a_payload_checked_as_json_stays_so_until_it_is_replaced() {
+        let mut e = Event::new("e1", Position(1), Bytes::from_static(b"{\"a\":1}"));
+        assert!(!e.payload_is_json());
+        e.mark_payload_json();
+        assert!(e.payload_is_json());
+        assert!(e.clone().payload_is_json());
+        e.payload = Bytes::from(b"{\"a\":1}".to_vec());
+        assert!(
+            !e.payload_is_json(),
+            "another buffer, even with equal bytes"
+        );
+        e.mark_payload_json();
+        e.payload = e.payload.slice(1..);
+        assert!(!e.payload_is_json(), "a slice of the checked payload");
     }
 
     #[test]

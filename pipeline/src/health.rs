@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::leadership::{Election, Role};
 use crate::metrics::{SourceFigures, ready_gauge};
+use crate::quarantined::Quarantined;
 use crate::tap::Taps;
 
 /// Every component's ready flag, and every election's role. A handle may be scoped to one
@@ -20,6 +21,8 @@ pub struct Health {
     pipeline: Arc<str>,
     /// The running components' outputs, for `/tap`.
     taps: Taps,
+    /// The latest quarantined events, for `/quarantined`.
+    quarantined: Quarantined,
 }
 
 #[derive(Default)]
@@ -89,6 +92,11 @@ impl Health {
         &self.taps
     }
 
+    /// The latest events this process quarantined (metadata only).
+    pub fn quarantined(&self) -> &Quarantined {
+        &self.quarantined
+    }
+
     /// Expects the pipeline of this handle: the process is starting (not ready) until that
     /// pipeline has [registered](Health::registered) its components.
     pub(crate) fn expect(&self) {
@@ -118,6 +126,7 @@ impl Health {
             inner: Arc::clone(&self.inner),
             pipeline: Arc::from(name),
             taps: self.taps.clone(),
+            quarantined: self.quarantined.clone(),
         }
     }
 

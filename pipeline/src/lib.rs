@@ -12,6 +12,8 @@
 //! - [`resource`]: clients shared by a process's components (`[coord]`); [`leadership`]: the
 //!   elections sources run under; [`backoff`]: the one backoff.
 //! - [`transforms`]: the engine's own `filter` and `dedupe`.
+//! - [`tap`] and [`quarantined`]: what people watch live, events leaving a component and the
+//!   latest quarantined ones.
 
 pub mod ack;
 pub mod api;
@@ -25,6 +27,7 @@ pub mod health;
 pub mod leadership;
 pub mod metrics;
 pub mod pace;
+pub mod quarantined;
 pub mod registry;
 pub mod resource;
 pub mod runtime;

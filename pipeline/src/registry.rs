@@ -144,15 +144,6 @@ impl Registry {
     ) -> Result<Box<dyn SinkConfig>, FieldErrors> {
         lookup(&self.sinks, "sink", type_name)?(value)
     }
-
-    /// Names of the registered types of each kind: (sources, transforms, sinks).
-    pub fn type_names(&self) -> [(&'static str, Vec<&'static str>); 3] {
-        [
-            ("sources", self.sources.keys().copied().collect()),
-            ("transforms", self.transforms.keys().copied().collect()),
-            ("sinks", self.sinks.keys().copied().collect()),
-        ]
-    }
 }
 
 fn checked<C: DeserializeOwned + Validate>(value: toml::Value) -> Result<C, FieldErrors> {

@@ -29,6 +29,7 @@ use crate::leadership::{LeaderView, Leadership};
 use crate::metrics::{
     ComponentMetrics, SourceMetrics, error_counter, quarantined_counter, reload_counter,
 };
+use crate::quarantined::Quarantined;
 use crate::resource::{Provider, ResourceContext, Resources};
 use crate::shutdown::{Shutdown, ShutdownTrigger};
 use crate::supervise::{self, Gate, SourceSlot, TransformSlot};
@@ -108,6 +109,7 @@ pub(crate) struct QuarantineSender {
     target: Option<mpsc::Sender<Batch>>,
     component: Text,
     counter: Counter,
+    log: Quarantined,
 }
 
 impl QuarantineSender {
@@ -121,6 +123,7 @@ impl QuarantineSender {
         let mut batch = Vec::with_capacity(rejected.len());
         for (mut event, reason) in rejected {
             tracing::warn!(event_id = %event.id, %reason, "event quarantined");
+            self.log.record(&self.component, &event.id, &reason);
             event.note_quarantined(&reason);
             event.headers.set(QUARANTINE_REASON_HEADER, Some(reason));
             event
@@ -687,6 +690,7 @@ fn spawn_components(
         },
         component: Text::from(id),
         counter: quarantined_counter(kind, id),
+        log: health.quarantined().clone(),
     };
     let taps = health.taps();
     let fanout = |id: &str| Fanout {

@@ -8,6 +8,8 @@ mod api;
 mod check;
 mod cli;
 mod config_errors;
+#[cfg(feature = "gateway")]
+mod console;
 mod coord;
 #[cfg(feature = "gateway")]
 mod dashboards;

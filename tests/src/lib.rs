@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod rabbitmq;
+pub mod webdriver;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -201,24 +202,65 @@ impl Drop for Running {
 
 /// A minimal HTTP GET (the API answers plain HTTP/1.1 on loopback): (status, body).
 pub fn http_get(address: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(address, "GET", path, None, Duration::from_secs(5))
+}
+
+/// A minimal HTTP/1.1 request to a loopback server, with a JSON `body` if given, waiting at
+/// most `patience` for each read: (status, body). The body ends where `Content-Length` says,
+/// or where the server closes the connection.
+pub fn http_request(
+    address: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    patience: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(patience))?;
+    let body = body.unwrap_or_default();
+    let content_type = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+        body.len()
     )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
+    let mut response = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        response.extend_from_slice(&chunk[..read]);
+        if let Some((head, body)) = split_head(&response) {
+            let length = head.lines().find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            });
+            if length.is_some_and(|length| body.len() >= length) {
+                break;
+            }
+        }
+    }
+    let (head, body) = split_head(&response).unwrap_or_default();
+    let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok((status, String::from_utf8_lossy(body).into_owned()))
+}
+
+/// An HTTP response's head (as text) and the body bytes after it, once the head is complete.
+fn split_head(response: &[u8]) -> Option<(String, &[u8])> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&response[..end]).into_owned();
+    Some((head, &response[end + 4..]))
 }
 
 /// Polls `probe` until it returns `Some`, failing after [`PATIENCE`].

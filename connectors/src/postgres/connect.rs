@@ -415,17 +415,6 @@ pub fn connect_error(context: String, cause: impl Into<sluice_pipeline::error::B
     Error::new(ErrorKind::Connect, context).with_source(cause)
 }
 
-/// `"schema"."name"` from `schema.name` (or `name`, meaning `public`), quoting each part.
-pub fn quote_table(table: &str) -> String {
-    let (schema, name) = split_table(table);
-    format!("{}.{}", quote_ident(schema), quote_ident(name))
-}
-
-/// `(schema, name)` from `schema.name`, `public` when no schema is given.
-pub fn split_table(table: &str) -> (&str, &str) {
-    table.split_once('.').unwrap_or(("public", table))
-}
-
 /// An identifier in double quotes, with embedded quotes doubled.
 pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -501,12 +490,5 @@ mod tests {
             error.contains("percent-encode") && !error.contains("r3t"),
             "{error}"
         );
-    }
-
-    #[test]
-    fn quotes_table_names() {
-        assert_eq!(quote_table("public.outbox"), "\"public\".\"outbox\"");
-        assert_eq!(quote_table("outbox"), "\"public\".\"outbox\"");
-        assert_eq!(quote_table("s.we\"ird"), "\"s\".\"we\"\"ird\"");
     }
 }

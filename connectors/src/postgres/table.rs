@@ -6,17 +6,93 @@
 //! privilege is reported as a config error naming the table and the fix, instead of as a
 //! failing statement later.
 
+use std::borrow::Borrow;
+use std::fmt;
+
 use tokio_postgres::Client;
 
 use super::connect::quote_ident;
 use super::error::DbError;
 
+/// A table named in a config as `schema.table`, or as `table` for one in `public`: how
+/// `postgres_cdc` names its tables in the publication it manages, the rows it reads and the
+/// relations its stream describes. Unlike [`Table::resolve`], which takes a name as SQL
+/// writes it, the parts are taken as written (no case folding, no quotes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    schema: String,
+    name: String,
+}
+
+impl TableName {
+    /// A table `name` in `schema`.
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Reads `schema.table`, or `table` meaning `public.table`; the problem, to show with the
+    /// setting that holds `text`, when it is neither.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (schema, name) = text.split_once('.').unwrap_or(("public", text));
+        if schema.is_empty() || name.is_empty() || name.contains('.') {
+            return Err(format!("{text:?} is not a table name: write schema.table"));
+        }
+        Ok(TableName::new(schema, name))
+    }
+
+    /// The schema.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table's name within its schema.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `"schema"."table"`: how SQL names it.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+    }
+
+    /// `names` as `a.b, c.d`, for messages.
+    pub fn list(names: &[impl Borrow<TableName>]) -> String {
+        let names: Vec<String> = names.iter().map(|n| n.borrow().to_string()).collect();
+        names.join(", ")
+    }
+}
+
+impl fmt::Display for TableName {
+    /// `schema.table`, unquoted: how events and logs name it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+impl PartialEq<str> for TableName {
+    /// Whether `other` is this table's `schema.table` form.
+    fn eq(&self, other: &str) -> bool {
+        other
+            .strip_prefix(self.schema.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            == Some(self.name.as_str())
+    }
+}
+
+impl PartialEq<&str> for TableName {
+    fn eq(&self, other: &&str) -> bool {
+        *self == **other
+    }
+}
+
 /// A table found in the catalog.
 #[derive(Debug, Clone)]
 pub struct Table {
     oid: u32,
-    schema: String,
-    name: String,
+    name: TableName,
     columns: Vec<Column>,
 }
 
@@ -90,10 +166,11 @@ impl Table {
             })
             .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(DbError::statement("reading the table's columns"))?;
+        let schema: String = row.try_get(1).map_err(DbError::statement(doing))?;
+        let table: String = row.try_get(2).map_err(DbError::statement(doing))?;
         Ok(Table {
             oid,
-            schema: row.try_get(1).map_err(DbError::statement(doing))?,
-            name: row.try_get(2).map_err(DbError::statement(doing))?,
+            name: TableName::new(schema, table),
             columns,
         })
     }
@@ -105,12 +182,12 @@ impl Table {
 
     /// `schema.table`, unquoted: how events and logs name it.
     pub fn qualified_name(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        self.name.to_string()
     }
 
     /// `"schema"."table"`: how SQL names it.
     pub fn quoted_name(&self) -> String {
-        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
+        self.name.quoted()
     }
 
     /// The columns, in table order.
@@ -211,12 +288,29 @@ mod tests {
     fn table() -> Table {
         Table {
             oid: 1,
-            schema: "public".into(),
-            name: "outbox".into(),
+            name: TableName::new("public", "outbox"),
             columns: vec![Column {
                 name: "seq".into(),
                 type_name: "bigint".into(),
             }],
+        }
+    }
+
+    #[test]
+    fn table_names_default_to_public_and_quote_each_part() {
+        let quoted = |text| TableName::parse(text).map(|name| name.quoted());
+        assert_eq!(quoted("public.outbox").unwrap(), "\"public\".\"outbox\"");
+        assert_eq!(quoted("outbox").unwrap(), "\"public\".\"outbox\"");
+        assert_eq!(quoted("s.we\"ird").unwrap(), "\"s\".\"we\"\"ird\"");
+        let name = TableName::parse("Sales.Outbox").unwrap();
+        assert_eq!((name.schema(), name.name()), ("Sales", "Outbox"));
+        assert_eq!(name.to_string(), "Sales.Outbox");
+        assert!(name == "Sales.Outbox" && name != "sales.outbox" && name != "Sales");
+        for bad in ["a.b.c", ".outbox", "public.", ""] {
+            assert_eq!(
+                TableName::parse(bad).unwrap_err(),
+                format!("{bad:?} is not a table name: write schema.table")
+            );
         }
     }
 

@@ -200,8 +200,9 @@ impl MessageBuilder {
             _ => None,
         };
         let body = match &self.codec {
-            Codec::Json { check: false } => event.payload.clone(),
-            Codec::Json { check: true } => {
+            // Unchecked, or checked already (see `Event::mark_payload_json`).
+            Codec::Json { check } if !check || event.payload_is_json() => event.payload.clone(),
+            Codec::Json { .. } => {
                 serde_json::from_slice::<serde::de::IgnoredAny>(&event.payload).map_err(|e| {
                     Rejection::new(format!(
                         "payload is not JSON ({e}) but the content type is {}",
@@ -551,6 +552,16 @@ mod tests {
         let mut e = event();
         e.key = None;
         assert!(b.build(&e).is_ok());
+    }
+
+    #[test]
+    fn a_payload_already_checked_as_json_is_not_parsed_again() {
+        let mut e = event();
+        e.payload = Bytes::from_static(b"{nope");
+        e.mark_payload_json();
+        assert_eq!(&builder("").build(&e).unwrap().body[..], b"{nope");
+        e.payload = Bytes::from_static(b"{nope!");
+        assert!(builder("").build(&e).is_err(), "a new payload is checked");
     }
 
     #[test]

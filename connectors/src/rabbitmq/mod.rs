@@ -40,4 +40,3 @@ mod wire;
 pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, OptionalProperty, RabbitmqSinkConfig};
 pub use endpoint::Endpoint;
 pub use sink::RabbitmqSink;
-pub use sluice_pipeline::template::{Missing, Template, TemplateError};

@@ -24,6 +24,7 @@ use super::config::PostgresCdcConfig;
 use super::metrics::CdcMetrics;
 use super::read::TableRead;
 use crate::postgres::connect::Database;
+use crate::postgres::table::TableName;
 
 /// The position of every backfilled row: the checkpoint passes it once all are delivered.
 const POSITION: Position = Position(1);
@@ -72,7 +73,7 @@ impl SourceConfig for BackfillConfig {
 struct Backfill {
     config: BackfillConfig,
     database: Database,
-    tables: Vec<String>,
+    tables: Vec<TableName>,
 }
 
 impl Source for Backfill {

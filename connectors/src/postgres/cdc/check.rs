@@ -6,8 +6,9 @@ use sluice_pipeline::Finding;
 use tokio_postgres::Client;
 
 use super::config::{PostgresCdcConfig, Snapshot};
-use super::slot::{publication_sql, snapshot_refusal};
-use crate::postgres::connect::{Database, quote_ident, split_table};
+use super::slot::{publication_sql, snapshot_refusal, unpublished};
+use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::table::TableName;
 
 /// Columns of the outbox contract (Debezium's defaults), checked when the table has them.
 const OUTBOX_COLUMNS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "type", "payload"];
@@ -110,26 +111,13 @@ async fn server(
         .await?;
     let comment: Option<String> = publication.as_ref().and_then(|row| row.get(0));
     if publication.is_some() {
-        let published: Vec<String> = sql
-            .query(
-                "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
-                &[&config.publication],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let missing: Vec<&String> = tables.iter().filter(|t| !published.contains(t)).collect();
-        let listed = missing
-            .iter()
-            .map(|t| t.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let missing = unpublished(sql, &config.publication, &tables).await?;
+        let listed = TableName::list(&missing);
         findings.push(match (missing.is_empty(), config.create) {
             (true, _) => Finding::ok(format!(
                 "publication {} covers {}",
                 config.publication,
-                tables.join(", ")
+                TableName::list(&tables)
             )),
             (false, true) => Finding::warn(format!(
                 "publication {} lacks {listed}: sluice will add them (create = true)",
@@ -215,13 +203,12 @@ async fn server(
     Ok(findings)
 }
 
-async fn outbox_table(sql: &Client, table: &str) -> Result<Finding, tokio_postgres::Error> {
-    let (schema, name) = split_table(table);
+async fn outbox_table(sql: &Client, table: &TableName) -> Result<Finding, tokio_postgres::Error> {
     let columns: Vec<(String, String)> = sql
         .query(
             "SELECT column_name::text, data_type::text FROM information_schema.columns \
              WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
-            &[&schema, &name],
+            &[&table.schema(), &table.name()],
         )
         .await?
         .iter()

@@ -9,6 +9,7 @@ use sluice_pipeline::{
 use super::source::PostgresCdc;
 use crate::postgres::cleanup::CleanupConfig;
 use crate::postgres::connect::Database;
+use crate::postgres::table::TableName;
 
 /// Default for [`PostgresCdcConfig::tables`].
 pub const DEFAULT_TABLE: &str = "public.outbox";
@@ -188,12 +189,8 @@ impl Validate for PostgresCdcConfig {
             problems.push(FieldError::new("tables", "list at least one table"));
         }
         for (i, table) in self.tables.iter().enumerate() {
-            let parts: Vec<_> = table.split('.').collect();
-            if parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
-                problems.push(FieldError::new(
-                    format!("tables[{i}]"),
-                    format!("{table:?} is not a table name: write schema.table"),
-                ));
+            if let Err(problem) = TableName::parse(table) {
+                problems.push(FieldError::new(format!("tables[{i}]"), problem));
             }
         }
         if self.operations.is_empty() && self.message_prefixes.is_empty() {
@@ -251,14 +248,12 @@ impl SourceConfig for PostgresCdcConfig {
 }
 
 impl PostgresCdcConfig {
-    /// The tables in the form relations carry them, `schema.table`.
-    pub(crate) fn qualified_tables(&self) -> Vec<String> {
+    /// The tables, parsed; [`Validate::validate`] refuses a config with a name that does
+    /// not parse, so none is left out.
+    pub(crate) fn qualified_tables(&self) -> Vec<TableName> {
         self.tables
             .iter()
-            .map(|t| {
-                let (schema, name) = crate::postgres::connect::split_table(t);
-                format!("{schema}.{name}")
-            })
+            .filter_map(|table| TableName::parse(table).ok())
             .collect()
     }
 }

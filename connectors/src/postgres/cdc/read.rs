@@ -14,6 +14,7 @@ use tokio_postgres::IsolationLevel;
 use super::slot;
 use crate::postgres::connect::Database;
 use crate::postgres::row;
+use crate::postgres::table::TableName;
 
 /// Which rows to read, and how.
 #[derive(Debug)]
@@ -21,8 +22,8 @@ pub(crate) struct TableRead<'a> {
     /// What the rows are for (`snapshot`, `replay`, `backfill`): in their event ids (which the
     /// `outbox` transform replaces with the row's id) and in messages.
     pub purpose: &'static str,
-    /// The tables, as `schema.table`.
-    pub tables: &'a [String],
+    /// The tables.
+    pub tables: &'a [TableName],
     /// The column that orders each table's rows.
     pub order_by: &'a str,
     /// An SQL condition the rows must match; all rows when `None`.
@@ -92,7 +93,7 @@ impl TableRead<'_> {
         let mut interrupted = false;
         for ((table, (columns, _)), statement) in self.tables.iter().zip(queries).zip(statements) {
             let columns: Vec<Text> = columns.into_iter().map(Text::from).collect();
-            let table_name = Text::from(table.as_str());
+            let table_name = Text::from(table.to_string());
             let portal = transaction.bind(&statement, &[]).await.map_err(|e| {
                 Error::new(ErrorKind::Config, format!("reading {table}")).with_source(e)
             })?;

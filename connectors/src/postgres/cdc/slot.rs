@@ -8,6 +8,7 @@
 //! is there was lost (dropped, or not carried over by a failover), which is different from a
 //! first start: recreating it silently would skip everything committed while it was gone.
 
+use std::borrow::Borrow;
 use std::time::Duration;
 
 use pgwire_replication::ReplicationClient;
@@ -15,9 +16,10 @@ use sluice_pipeline::{Error, ErrorKind, Term};
 use tokio_postgres::Client;
 
 use super::config::{HEARTBEAT_PREFIX, PostgresCdcConfig, Recover, Snapshot};
-use crate::postgres::connect::{Database, quote_ident, quote_table, split_table};
+use crate::postgres::connect::{Database, quote_ident};
 use crate::postgres::error::classify;
 use crate::postgres::pgoutput::Lsn;
+use crate::postgres::table::TableName;
 
 /// Where streaming starts, and what must be read from the tables first.
 #[derive(Debug)]
@@ -151,9 +153,9 @@ pub(crate) fn publication_sql(
     verb: &str,
     publication: &str,
     clause: &str,
-    tables: &[impl AsRef<str>],
+    tables: &[impl Borrow<TableName>],
 ) -> String {
-    let tables: Vec<String> = tables.iter().map(|t| quote_table(t.as_ref())).collect();
+    let tables: Vec<String> = tables.iter().map(|t| t.borrow().quoted()).collect();
     format!(
         "{verb} {} {clause} {}",
         quote_ident(publication),
@@ -392,20 +394,33 @@ async fn take_over(
     }
 }
 
+/// The `tables` that `publication` (which exists) does not cover.
+pub(crate) async fn unpublished<'a>(
+    sql: &Client,
+    publication: &str,
+    tables: &'a [TableName],
+) -> Result<Vec<&'a TableName>, tokio_postgres::Error> {
+    let rows = sql
+        .query(
+            "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    let published: Vec<TableName> = rows
+        .iter()
+        .map(|r| TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    Ok(tables.iter().filter(|t| !published.contains(t)).collect())
+}
+
 async fn add_missing_tables(
     sql: &Client,
     config: &PostgresCdcConfig,
-    tables: &[String],
+    tables: &[TableName],
 ) -> Result<(), Error> {
-    let rows = sql
-        .query(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = $1",
-            &[&config.publication],
-        )
+    let missing = unpublished(sql, &config.publication, tables)
         .await
         .map_err(sql_error("listing the publication's tables"))?;
-    let published: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-    let missing: Vec<&String> = tables.iter().filter(|t| !published.contains(t)).collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -421,18 +436,14 @@ async fn add_missing_tables(
             format!(
                 "publication {:?} does not include {}: run `{alter}`, or set create = true",
                 config.publication,
-                missing
-                    .iter()
-                    .map(|t| t.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                TableName::list(&missing)
             ),
         ));
     }
     sql.batch_execute(&alter)
         .await
         .map_err(sql_error(format!("adding tables with `{alter}`")))?;
-    tracing::info!(publication = %config.publication, tables = ?missing, "added tables to the publication");
+    tracing::info!(publication = %config.publication, tables = %TableName::list(&missing), "added tables to the publication");
     Ok(())
 }
 
@@ -594,16 +605,15 @@ pub(crate) async fn heartbeat(sql: &Client) -> Result<(), Error> {
 /// names.
 pub(crate) async fn read_query(
     sql: &Client,
-    table: &str,
+    table: &TableName,
     order_by: &str,
     filter: Option<&str>,
 ) -> Result<(Vec<String>, String), Error> {
-    let (schema, name) = split_table(table);
     let columns: Vec<String> = sql
         .query(
             "SELECT column_name::text FROM information_schema.columns \
              WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
-            &[&schema, &name],
+            &[&table.schema(), &table.name()],
         )
         .await
         .map_err(sql_error(format!("listing the columns of {table}")))?
@@ -627,7 +637,7 @@ pub(crate) async fn read_query(
             .map(|c| format!("{}::text", quote_ident(c)))
             .collect::<Vec<_>>()
             .join(", "),
-        quote_table(table),
+        table.quoted(),
         quote_ident(order_by)
     );
     Ok((columns, select))

@@ -6,8 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{Column, Message, Name, OldTuple, TupleData};
 
-/// Encodes `message` as PostgreSQL would send it; the xid of a data message is written when
-/// it is `Some`, as inside a streamed block.
+/// Encodes `message` as PostgreSQL would send it.
 ///
 /// # Panics
 ///
@@ -17,23 +16,11 @@ pub fn encode(message: &Message) -> Bytes {
     let mut out = BytesMut::new();
     out.put_u8(message.kind().tag());
     match message {
-        Message::Begin(begin) => {
-            out.put_u64(begin.final_lsn.0);
-            out.put_i64(begin.commit_time.0);
-            out.put_u32(begin.xid);
-        }
-        Message::Commit(commit) => {
-            out.put_u8(0);
-            out.put_u64(commit.commit_lsn.0);
-            out.put_u64(commit.end_lsn.0);
-            out.put_i64(commit.commit_time.0);
-        }
         Message::Origin(origin) => {
             out.put_u64(origin.commit_lsn.0);
             put_name(&mut out, &origin.name);
         }
         Message::Relation(relation) => {
-            put_xid(&mut out, relation.xid);
             out.put_u32(relation.id);
             put_name(&mut out, &relation.namespace);
             put_name(&mut out, &relation.name);
@@ -47,18 +34,15 @@ pub fn encode(message: &Message) -> Bytes {
             }
         }
         Message::Type(ty) => {
-            put_xid(&mut out, ty.xid);
             out.put_u32(ty.id);
             put_name(&mut out, &ty.namespace);
             put_name(&mut out, &ty.name);
         }
         Message::Insert(insert) => {
-            put_xid(&mut out, insert.xid);
             out.put_u32(insert.relation_id);
             put_tuple(&mut out, b'N', &insert.new);
         }
         Message::Update(update) => {
-            put_xid(&mut out, update.xid);
             out.put_u32(update.relation_id);
             if let Some(old) = &update.old {
                 put_old_tuple(&mut out, old);
@@ -66,49 +50,18 @@ pub fn encode(message: &Message) -> Bytes {
             put_tuple(&mut out, b'N', &update.new);
         }
         Message::Delete(delete) => {
-            put_xid(&mut out, delete.xid);
             out.put_u32(delete.relation_id);
             put_old_tuple(&mut out, &delete.old);
         }
         Message::Truncate(truncate) => {
-            put_xid(&mut out, truncate.xid);
             out.put_u32(length(truncate.relation_ids.len()));
             out.put_u8(u8::from(truncate.cascade) | u8::from(truncate.restart_identity) << 1);
             for id in &truncate.relation_ids {
                 out.put_u32(*id);
             }
         }
-        Message::LogicalMessage(message) => {
-            put_xid(&mut out, message.xid);
-            out.put_u8(message.transactional.into());
-            out.put_u64(message.lsn.0);
-            put_name(&mut out, &message.prefix);
-            put_counted(&mut out, &message.content);
-        }
-        Message::StreamStart(start) => {
-            out.put_u32(start.xid);
-            out.put_u8(start.first_segment.into());
-        }
-        Message::StreamStop => {}
-        Message::StreamCommit(commit) => {
-            out.put_u32(commit.xid);
-            out.put_u8(0);
-            out.put_u64(commit.commit_lsn.0);
-            out.put_u64(commit.end_lsn.0);
-            out.put_i64(commit.commit_time.0);
-        }
-        Message::StreamAbort(abort) => {
-            out.put_u32(abort.xid);
-            out.put_u32(abort.subxid);
-        }
     }
     out.freeze()
-}
-
-fn put_xid(out: &mut BytesMut, xid: Option<u32>) {
-    if let Some(xid) = xid {
-        out.put_u32(xid);
-    }
 }
 
 fn put_name(out: &mut BytesMut, name: &Name) {

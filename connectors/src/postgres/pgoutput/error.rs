@@ -17,20 +17,11 @@ pub enum Error {
     #[error("empty pgoutput message: expected a tag byte")]
     Empty,
 
-    /// The tag byte names no message this decoder knows.
+    /// The tag byte names no message this decoder reads (see [`MessageKind::from_tag`]).
     #[error("unknown pgoutput message tag {} at offset 0", ByteName(*tag))]
     UnknownTag {
         /// The tag byte.
         tag: u8,
-    },
-
-    /// A well-formed message arrived where the stream state does not allow it.
-    #[error("unexpected {message} message: {reason}")]
-    Unexpected {
-        /// The message that arrived.
-        message: MessageKind,
-        /// Why it is not allowed here.
-        reason: &'static str,
     },
 
     /// The message ended inside a fixed-size field.

@@ -1,19 +1,17 @@
-//! The pgoutput messages as Rust values, one type per message of the PostgreSQL 15
-//! "Logical Replication Message Formats" page; names and values share the decoded buffer.
+//! The pgoutput messages the decoder reads as Rust values, one type per message of the
+//! PostgreSQL 15 "Logical Replication Message Formats" page; names and values share the
+//! decoded buffer. Begin, Commit and Logical Message are not among them: the replication
+//! transport decodes those itself (see the [module docs](super)).
 
 use std::fmt;
 
 use bytes::Bytes;
 
-use super::{Lsn, PgTimestamp};
+use super::Lsn;
 
 /// One pgoutput message: the payload of one XLogData message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// 'B': a transaction starts.
-    Begin(Begin),
-    /// 'C': the transaction started by the last [`Begin`] committed.
-    Commit(Commit),
     /// 'O': the changes came from another origin (replicated from elsewhere).
     Origin(Origin),
     /// 'R': the layout of a relation that the following changes refer to.
@@ -28,24 +26,12 @@ pub enum Message {
     Delete(Delete),
     /// 'T': relations were truncated.
     Truncate(Truncate),
-    /// 'M': a message from `pg_logical_emit_message`.
-    LogicalMessage(LogicalMessage),
-    /// 'S' (protocol 2): a block of a streamed in-progress transaction starts.
-    StreamStart(StreamStart),
-    /// 'E' (protocol 2): the current streamed block ends.
-    StreamStop,
-    /// 'c' (protocol 2): a streamed transaction committed.
-    StreamCommit(StreamCommit),
-    /// 'A' (protocol 2): a streamed transaction or one of its subtransactions aborted.
-    StreamAbort(StreamAbort),
 }
 
 impl Message {
     /// Which kind of message this is.
     pub fn kind(&self) -> MessageKind {
         match self {
-            Message::Begin(_) => MessageKind::Begin,
-            Message::Commit(_) => MessageKind::Commit,
             Message::Origin(_) => MessageKind::Origin,
             Message::Relation(_) => MessageKind::Relation,
             Message::Type(_) => MessageKind::Type,
@@ -53,11 +39,6 @@ impl Message {
             Message::Update(_) => MessageKind::Update,
             Message::Delete(_) => MessageKind::Delete,
             Message::Truncate(_) => MessageKind::Truncate,
-            Message::LogicalMessage(_) => MessageKind::LogicalMessage,
-            Message::StreamStart(_) => MessageKind::StreamStart,
-            Message::StreamStop => MessageKind::StreamStop,
-            Message::StreamCommit(_) => MessageKind::StreamCommit,
-            Message::StreamAbort(_) => MessageKind::StreamAbort,
         }
     }
 }
@@ -65,10 +46,6 @@ impl Message {
 /// The kind of a message, named by its tag byte; errors use it to say which message was bad.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageKind {
-    /// 'B'
-    Begin,
-    /// 'C'
-    Commit,
     /// 'O'
     Origin,
     /// 'R'
@@ -83,22 +60,10 @@ pub enum MessageKind {
     Delete,
     /// 'T'
     Truncate,
-    /// 'M'
-    LogicalMessage,
-    /// 'S'
-    StreamStart,
-    /// 'E'
-    StreamStop,
-    /// 'c'
-    StreamCommit,
-    /// 'A'
-    StreamAbort,
 }
 
 impl MessageKind {
-    const ALL: [MessageKind; 14] = [
-        MessageKind::Begin,
-        MessageKind::Commit,
+    const ALL: [MessageKind; 7] = [
         MessageKind::Origin,
         MessageKind::Relation,
         MessageKind::Type,
@@ -106,18 +71,11 @@ impl MessageKind {
         MessageKind::Update,
         MessageKind::Delete,
         MessageKind::Truncate,
-        MessageKind::LogicalMessage,
-        MessageKind::StreamStart,
-        MessageKind::StreamStop,
-        MessageKind::StreamCommit,
-        MessageKind::StreamAbort,
     ];
 
     /// The tag byte that starts this kind of message on the wire.
     pub fn tag(self) -> u8 {
         match self {
-            MessageKind::Begin => b'B',
-            MessageKind::Commit => b'C',
             MessageKind::Origin => b'O',
             MessageKind::Relation => b'R',
             MessageKind::Type => b'Y',
@@ -125,41 +83,21 @@ impl MessageKind {
             MessageKind::Update => b'U',
             MessageKind::Delete => b'D',
             MessageKind::Truncate => b'T',
-            MessageKind::LogicalMessage => b'M',
-            MessageKind::StreamStart => b'S',
-            MessageKind::StreamStop => b'E',
-            MessageKind::StreamCommit => b'c',
-            MessageKind::StreamAbort => b'A',
         }
     }
 
-    /// The kind a tag byte names, or `None` for tags this decoder does not know (such as the
-    /// protocol 3 two-phase messages).
+    /// The kind a tag byte names, or `None` for tags this decoder does not read: the messages
+    /// the transport decodes (Begin, Commit, Logical Message), and those of protocol versions
+    /// sluice does not ask for (streaming, two-phase).
     pub fn from_tag(tag: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.tag() == tag)
-    }
-
-    /// Whether this kind carries a leading xid while a streamed block is open (protocol 2).
-    pub(super) fn has_stream_xid(self) -> bool {
-        matches!(
-            self,
-            MessageKind::Relation
-                | MessageKind::Type
-                | MessageKind::Insert
-                | MessageKind::Update
-                | MessageKind::Delete
-                | MessageKind::Truncate
-                | MessageKind::LogicalMessage
-        )
     }
 }
 
 impl fmt::Display for MessageKind {
-    /// The name the PostgreSQL docs give the message, e.g. `Stream Commit`.
+    /// The name the PostgreSQL docs give the message, e.g. `Relation`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            MessageKind::Begin => "Begin",
-            MessageKind::Commit => "Commit",
             MessageKind::Origin => "Origin",
             MessageKind::Relation => "Relation",
             MessageKind::Type => "Type",
@@ -167,42 +105,13 @@ impl fmt::Display for MessageKind {
             MessageKind::Update => "Update",
             MessageKind::Delete => "Delete",
             MessageKind::Truncate => "Truncate",
-            MessageKind::LogicalMessage => "Logical Message",
-            MessageKind::StreamStart => "Stream Start",
-            MessageKind::StreamStop => "Stream Stop",
-            MessageKind::StreamCommit => "Stream Commit",
-            MessageKind::StreamAbort => "Stream Abort",
         })
     }
 }
 
-/// A name from the wire (relation, namespace, column, type, origin, message prefix): UTF-8
+/// A name from the wire (relation, namespace, column, type, origin): UTF-8
 /// text sharing the buffer it was decoded from.
 pub type Name = sluice_pipeline::Text;
-
-/// Begin ('B'): the changes of one transaction follow, up to its [`Commit`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Begin {
-    /// The final LSN of the transaction (the LSN of its commit record).
-    pub final_lsn: Lsn,
-    /// When the transaction committed.
-    pub commit_time: PgTimestamp,
-    /// The transaction id.
-    pub xid: u32,
-}
-
-/// Commit ('C'): the transaction started by the last [`Begin`] committed. Its flags byte is
-/// unused and must be 0, as PostgreSQL's own reader demands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Commit {
-    /// The LSN of the commit record.
-    pub commit_lsn: Lsn,
-    /// The LSN just past the commit record: where a consumer that handled the transaction
-    /// may confirm to.
-    pub end_lsn: Lsn,
-    /// When the transaction committed.
-    pub commit_time: PgTimestamp,
-}
 
 /// Origin ('O'): the transaction's changes were replicated here from another origin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,8 +126,6 @@ pub struct Origin {
 /// and again after it changes; later changes refer to it by [`id`](Self::id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Relation {
-    /// The streamed transaction's xid, present only inside a streamed block.
-    pub xid: Option<u32>,
     /// The relation's OID.
     pub id: u32,
     /// The schema name, empty for `pg_catalog`.
@@ -287,8 +194,6 @@ pub struct RelationColumn {
 /// uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Type {
-    /// The streamed transaction's xid, present only inside a streamed block.
-    pub xid: Option<u32>,
     /// The type's OID.
     pub id: u32,
     /// The schema name, empty for `pg_catalog`.
@@ -300,9 +205,6 @@ pub struct Type {
 /// Insert ('I'): a new row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Insert {
-    /// The streamed transaction's (or subtransaction's) xid, present only inside a streamed
-    /// block.
-    pub xid: Option<u32>,
     /// The OID of the [`Relation`] the row belongs to.
     pub relation_id: u32,
     /// The new row ('N').
@@ -312,9 +214,6 @@ pub struct Insert {
 /// Update ('U'): a changed row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Update {
-    /// The streamed transaction's (or subtransaction's) xid, present only inside a streamed
-    /// block.
-    pub xid: Option<u32>,
     /// The OID of the [`Relation`] the row belongs to.
     pub relation_id: u32,
     /// The old key ('K', when the key changed) or old row ('O', with `REPLICA IDENTITY FULL`).
@@ -327,9 +226,6 @@ pub struct Update {
 /// Delete ('D'): a removed row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delete {
-    /// The streamed transaction's (or subtransaction's) xid, present only inside a streamed
-    /// block.
-    pub xid: Option<u32>,
     /// The OID of the [`Relation`] the row belonged to.
     pub relation_id: u32,
     /// The old key or row.
@@ -348,66 +244,12 @@ pub enum OldTuple {
 /// Truncate ('T'): relations were emptied in one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Truncate {
-    /// The streamed transaction's (or subtransaction's) xid, present only inside a streamed
-    /// block.
-    pub xid: Option<u32>,
     /// `TRUNCATE … CASCADE` (option bit 1).
     pub cascade: bool,
     /// `TRUNCATE … RESTART IDENTITY` (option bit 2).
     pub restart_identity: bool,
     /// The OIDs of the truncated relations.
     pub relation_ids: Vec<u32>,
-}
-
-/// Logical Message ('M'): what `pg_logical_emit_message(transactional, prefix, content)` wrote.
-/// Sent only when the `messages` option is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogicalMessage {
-    /// The streamed transaction's (or subtransaction's) xid, present only inside a streamed
-    /// block.
-    pub xid: Option<u32>,
-    /// Whether the message is part of a transaction (between [`Begin`] and [`Commit`]) rather
-    /// than sent at once.
-    pub transactional: bool,
-    /// The LSN of the message.
-    pub lsn: Lsn,
-    /// The prefix given to `pg_logical_emit_message`.
-    pub prefix: Name,
-    /// The content, as raw bytes.
-    pub content: Bytes,
-}
-
-/// Stream Start ('S'): a block of changes of an in-progress transaction follows, up to
-/// [`Message::StreamStop`]; data messages inside carry an xid.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamStart {
-    /// The top-level transaction's xid.
-    pub xid: u32,
-    /// Whether this is the transaction's first block.
-    pub first_segment: bool,
-}
-
-/// Stream Commit ('c'): a streamed transaction committed; its flags byte must be 0.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamCommit {
-    /// The top-level transaction's xid.
-    pub xid: u32,
-    /// The LSN of the commit record.
-    pub commit_lsn: Lsn,
-    /// The LSN just past the commit record.
-    pub end_lsn: Lsn,
-    /// When the transaction committed.
-    pub commit_time: PgTimestamp,
-}
-
-/// Stream Abort ('A'): a streamed transaction, or one of its subtransactions, aborted; drop
-/// what was streamed for `subxid`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamAbort {
-    /// The top-level transaction's xid.
-    pub xid: u32,
-    /// The aborted subtransaction's xid, equal to `xid` when the whole transaction aborted.
-    pub subxid: u32,
 }
 
 /// The columns of one row, in the order of the [`Relation`]'s columns.

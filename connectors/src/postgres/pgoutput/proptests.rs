@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use proptest::test_runner::TestCaseError;
 
-use super::decode::tests::{assert_decodes, decoder};
+use super::decode::tests::assert_decodes;
 use super::*;
 
 fn name() -> impl Strategy<Value = Name> {
@@ -21,15 +21,6 @@ fn bytes() -> impl Strategy<Value = Bytes> {
 
 fn lsn() -> impl Strategy<Value = Lsn> {
     any::<u64>().prop_map(Lsn)
-}
-
-fn time() -> impl Strategy<Value = PgTimestamp> {
-    any::<i64>().prop_map(PgTimestamp)
-}
-
-/// The xid prefix of a data message: present inside a streamed block only.
-fn stream_xid() -> impl Strategy<Value = Option<u32>> {
-    any::<Option<u32>>()
 }
 
 fn tuple() -> impl Strategy<Value = TupleData> {
@@ -47,26 +38,6 @@ fn old_tuple() -> impl Strategy<Value = OldTuple> {
         tuple().prop_map(OldTuple::Key),
         tuple().prop_map(OldTuple::Full)
     ]
-}
-
-fn begin() -> impl Strategy<Value = Message> {
-    (lsn(), time(), any::<u32>()).prop_map(|(final_lsn, commit_time, xid)| {
-        Message::Begin(Begin {
-            final_lsn,
-            commit_time,
-            xid,
-        })
-    })
-}
-
-fn commit() -> impl Strategy<Value = Message> {
-    (lsn(), lsn(), time()).prop_map(|(commit_lsn, end_lsn, commit_time)| {
-        Message::Commit(Commit {
-            commit_lsn,
-            end_lsn,
-            commit_time,
-        })
-    })
 }
 
 fn origin() -> impl Strategy<Value = Message> {
@@ -91,30 +62,22 @@ fn relation() -> impl Strategy<Value = Message> {
         },
     );
     let columns = vec(column, 0..6);
-    (
-        stream_xid(),
-        any::<u32>(),
-        name(),
-        name(),
-        identity,
-        columns,
-    )
-        .prop_map(|(xid, id, namespace, name, replica_identity, columns)| {
+    (any::<u32>(), name(), name(), identity, columns).prop_map(
+        |(id, namespace, name, replica_identity, columns)| {
             Message::Relation(Relation {
-                xid,
                 id,
                 namespace,
                 name,
                 replica_identity,
                 columns,
             })
-        })
+        },
+    )
 }
 
 fn type_message() -> impl Strategy<Value = Message> {
-    (stream_xid(), any::<u32>(), name(), name()).prop_map(|(xid, id, namespace, name)| {
+    (any::<u32>(), name(), name()).prop_map(|(id, namespace, name)| {
         Message::Type(Type {
-            xid,
             id,
             namespace,
             name,
@@ -123,20 +86,14 @@ fn type_message() -> impl Strategy<Value = Message> {
 }
 
 fn insert() -> impl Strategy<Value = Message> {
-    (stream_xid(), any::<u32>(), tuple()).prop_map(|(xid, relation_id, new)| {
-        Message::Insert(Insert {
-            xid,
-            relation_id,
-            new,
-        })
-    })
+    (any::<u32>(), tuple())
+        .prop_map(|(relation_id, new)| Message::Insert(Insert { relation_id, new }))
 }
 
 fn update() -> impl Strategy<Value = Message> {
     let old = proptest::option::of(old_tuple());
-    (stream_xid(), any::<u32>(), old, tuple()).prop_map(|(xid, relation_id, old, new)| {
+    (any::<u32>(), old, tuple()).prop_map(|(relation_id, old, new)| {
         Message::Update(Update {
-            xid,
             relation_id,
             old,
             new,
@@ -145,68 +102,23 @@ fn update() -> impl Strategy<Value = Message> {
 }
 
 fn delete() -> impl Strategy<Value = Message> {
-    (stream_xid(), any::<u32>(), old_tuple()).prop_map(|(xid, relation_id, old)| {
-        Message::Delete(Delete {
-            xid,
-            relation_id,
-            old,
-        })
-    })
+    (any::<u32>(), old_tuple())
+        .prop_map(|(relation_id, old)| Message::Delete(Delete { relation_id, old }))
 }
 
 fn truncate() -> impl Strategy<Value = Message> {
     let ids = vec(any::<u32>(), 0..6);
-    (stream_xid(), any::<bool>(), any::<bool>(), ids).prop_map(
-        |(xid, cascade, restart_identity, relation_ids)| {
-            Message::Truncate(Truncate {
-                xid,
-                cascade,
-                restart_identity,
-                relation_ids,
-            })
-        },
-    )
-}
-
-fn logical_message() -> impl Strategy<Value = Message> {
-    (stream_xid(), any::<bool>(), lsn(), name(), bytes()).prop_map(
-        |(xid, transactional, lsn, prefix, content)| {
-            Message::LogicalMessage(LogicalMessage {
-                xid,
-                transactional,
-                lsn,
-                prefix,
-                content,
-            })
-        },
-    )
-}
-
-fn stream_start() -> impl Strategy<Value = Message> {
-    (any::<u32>(), any::<bool>())
-        .prop_map(|(xid, first_segment)| Message::StreamStart(StreamStart { xid, first_segment }))
-}
-
-fn stream_commit() -> impl Strategy<Value = Message> {
-    (any::<u32>(), lsn(), lsn(), time()).prop_map(|(xid, commit_lsn, end_lsn, commit_time)| {
-        Message::StreamCommit(StreamCommit {
-            xid,
-            commit_lsn,
-            end_lsn,
-            commit_time,
+    (any::<bool>(), any::<bool>(), ids).prop_map(|(cascade, restart_identity, relation_ids)| {
+        Message::Truncate(Truncate {
+            cascade,
+            restart_identity,
+            relation_ids,
         })
     })
 }
 
-fn stream_abort() -> impl Strategy<Value = Message> {
-    (any::<u32>(), any::<u32>())
-        .prop_map(|(xid, subxid)| Message::StreamAbort(StreamAbort { xid, subxid }))
-}
-
 fn any_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        begin(),
-        commit(),
         origin(),
         relation(),
         type_message(),
@@ -214,48 +126,22 @@ fn any_message() -> impl Strategy<Value = Message> {
         update(),
         delete(),
         truncate(),
-        logical_message(),
-        stream_start(),
-        Just(Message::StreamStop),
-        stream_commit(),
-        stream_abort(),
     ]
 }
 
-/// Whether `message` can only be sent inside a streamed block.
-fn needs_stream(message: &Message) -> bool {
-    match message {
-        Message::Relation(Relation { xid, .. })
-        | Message::Type(Type { xid, .. })
-        | Message::Insert(Insert { xid, .. })
-        | Message::Update(Update { xid, .. })
-        | Message::Delete(Delete { xid, .. })
-        | Message::Truncate(Truncate { xid, .. })
-        | Message::LogicalMessage(LogicalMessage { xid, .. }) => xid.is_some(),
-        Message::StreamStop => true,
-        _ => false,
-    }
-}
-
 fn round_trip(message: &Message) {
-    assert_decodes(needs_stream(message), &encode(message), message);
+    assert_decodes(&encode(message), message);
 }
 
 /// Decodes `payload` and, if it is accepted, checks that it encodes back to the same bytes.
-fn decode_without_panic(mut decoder: Decoder, payload: Bytes) -> Result<(), TestCaseError> {
-    if let Ok(message) = decoder.decode(payload.clone()) {
+fn decode_without_panic(payload: Bytes) -> Result<(), TestCaseError> {
+    if let Ok(message) = decode(payload.clone()) {
         prop_assert_eq!(encode(&message), payload);
     }
     Ok(())
 }
 
 proptest! {
-    #[test]
-    fn begin_round_trips(message in begin()) { round_trip(&message) }
-
-    #[test]
-    fn commit_round_trips(message in commit()) { round_trip(&message) }
-
     #[test]
     fn origin_round_trips(message in origin()) { round_trip(&message) }
 
@@ -278,31 +164,14 @@ proptest! {
     fn truncate_round_trips(message in truncate()) { round_trip(&message) }
 
     #[test]
-    fn logical_message_round_trips(message in logical_message()) { round_trip(&message) }
-
-    #[test]
-    fn stream_start_round_trips(message in stream_start()) { round_trip(&message) }
-
-    #[test]
-    fn stream_commit_round_trips(message in stream_commit()) { round_trip(&message) }
-
-    #[test]
-    fn stream_abort_round_trips(message in stream_abort()) { round_trip(&message) }
-
-    #[test]
     fn arbitrary_bytes_never_panic(
-        state in 0..3_u8,
         tag in select(&b"BCORYIUDTMSEcAx"[..]),
         rest in vec(any::<u8>(), 0..64),
         bare in vec(any::<u8>(), 0..64),
     ) {
-        let decoder = || match state {
-            0 => Decoder::new(ProtocolVersion::V1),
-            in_stream => decoder(in_stream == 2),
-        };
         let tagged = [&[tag][..], &rest].concat();
-        decode_without_panic(decoder(), Bytes::from(tagged))?;
-        decode_without_panic(decoder(), Bytes::from(bare))?;
+        decode_without_panic(Bytes::from(tagged))?;
+        decode_without_panic(Bytes::from(bare))?;
     }
 
     #[test]
@@ -315,6 +184,6 @@ proptest! {
             let at = at.index(corrupted.len());
             corrupted[at] = byte;
         }
-        decode_without_panic(decoder(needs_stream(&message)), Bytes::from(corrupted))?;
+        decode_without_panic(Bytes::from(corrupted))?;
     }
 }
