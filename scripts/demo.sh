@@ -9,7 +9,10 @@
 # leader is killed with kill -9, a standby takes over (the time it took is printed), and the
 # killed node comes back as a standby.
 #   HA=1 ORDERS=6000 RATE=200 scripts/demo.sh
+# --compose runs it on the compose stack instead (scripts/compose-demo.sh, docs/compose.md).
 set -euo pipefail
+# --compose: the same scenario on the docker-compose stack, run under podman.
+if [[ ${1:-} == --compose ]]; then exec bash "$(dirname "$0")/compose-demo.sh" "${@:2}"; fi
 cd "$(dirname "$0")/.."
 
 ORDERS=${ORDERS:-6000}

@@ -3,14 +3,19 @@
 # PostgreSQL (wal_level=logical), RabbitMQ, etcd, Redis and ZooKeeper, all on loopback, and
 # Python's kazoo (Debian python3-kazoo), the ZooKeeper recipe library sluice's tests
 # interoperate with; and curl, openssl, nginx-light, haproxy and wrk for the gateway's tests and
-# benchmark (installed only: the benchmark starts its own nginx and HAProxy); and chromium with
-# chromium-driver for the console's browser test (installed only).
+# benchmark (installed only: the benchmark starts its own nginx and HAProxy); chromium with
+# chromium-driver for the console's browser test (installed only); and Prometheus for the
+# dashboards' test (installed only: the test runs its own).
 #
 #   scripts/services.sh up      install what is missing (Debian, as root), start what is not
 #                               answering, wait until all answer, print the export lines
 #   scripts/services.sh env     print the export lines:  eval "$(scripts/services.sh env)"
 #   scripts/services.sh status  one line per service; exits non-zero if any is down
 #   scripts/services.sh down    stop only what this script started
+#   scripts/services.sh podman  for the compose stack only: install podman, runc, docker-compose
+#                               and podman-compose, write a containers.conf for this machine,
+#                               build the base image localhost/debian:bookworm (debootstrap,
+#                               once), print the export line (CONTAINERS_CONF)
 #
 # `up` is idempotent: where everything already runs and is configured it changes nothing.
 # Progress goes to stderr; only the export lines go to stdout.
@@ -181,6 +186,9 @@ missing_packages() {
     command -v wrk >/dev/null || echo wrk
     # The console's browser test: headless Chromium driven over WebDriver.
     { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || printf '%s\n' chromium chromium-driver
+    # The dashboards' test (tests/e2e/dashboards.rs): Prometheus, never started as a service
+    # (the test runs its own, on a free port with its own config and data directory).
+    command -v prometheus >/dev/null || echo prometheus
 }
 
 POLICY_RC=/usr/sbin/policy-rc.d
@@ -722,6 +730,106 @@ rabbit_tls_configure() {
 }
 
 # ---------------------------------------------------------------------------------------
+# Containers: podman and a local Debian base image, for the compose stack
+# (docker-compose.yml + docker-compose.podman.yml, run by scripts/compose-demo.sh)
+# ---------------------------------------------------------------------------------------
+
+# Where no Docker engine and no registry can be reached, podman runs the compose stack from
+# images built on a base image debootstrapped from the apt mirror. Only `podman` sets this up.
+PODMAN_CONF=$STATE_DIR/containers.conf
+PODMAN_BASE_IMAGE=localhost/debian:bookworm
+
+podman_missing_packages() {
+    local cmd pkg
+    for pkg in podman debootstrap runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
+        catatonit iptables nftables docker-compose podman-compose; do
+        case $pkg in
+            netavark) cmd=/usr/lib/podman/netavark ;;
+            aardvark-dns) cmd=/usr/lib/podman/aardvark-dns ;;
+            uidmap) cmd=newuidmap ;;
+            catatonit) cmd=/usr/bin/catatonit ;;
+            nftables) cmd=nft ;;
+            *) cmd=$pkg ;;
+        esac
+        command -v "$cmd" >/dev/null || [[ -x $cmd ]] || echo "$pkg"
+    done
+}
+
+# runc, not crun: crun fails here on cgroups in hybrid mode and on raising RLIMIT_NOFILE
+# above the hard limit it was given (no CAP_SYS_RESOURCE).
+podman_conf() {
+    cat <<CONF
+# written by sluice scripts/services.sh podman
+[containers]
+default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=32768:32768"]
+[engine]
+runtime = "runc"
+CONF
+}
+
+# The first deb URI apt uses: the base image's apt reaches the same mirror.
+apt_mirror() {
+    local uri
+    uri=$(sed -n 's/^URIs:[[:space:]]*//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '{print $1; exit}')
+    [[ -n $uri ]] || uri=$(awk '$1 == "deb" {print ($2 ~ /^\[/ ? $3 : $2); exit}' /etc/apt/sources.list 2>/dev/null)
+    echo "${uri:-http://deb.debian.org/debian}"
+}
+
+# So that `FROM debian:bookworm` (and the Dockerfile's bookworm-slim) build unchanged, with
+# no registry to pull them from.
+podman_base_tags() {
+    local tag
+    for tag in docker.io/library/debian:bookworm docker.io/library/debian:bookworm-slim; do
+        podman image exists "$tag" || podman tag "$PODMAN_BASE_IMAGE" "$tag"
+    done
+}
+
+podman_base_image() {
+    if podman image exists "$PODMAN_BASE_IMAGE"; then
+        podman_base_tags
+        return 0
+    fi
+    local mirror rootfs t0=$SECONDS
+    mirror=$(apt_mirror)
+    rootfs=$(mktemp -d "$STATE_DIR/rootfs.XXXXXX")
+    log "building the base image $PODMAN_BASE_IMAGE: debootstrap bookworm from $mirror"
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$STATE_DIR/debootstrap.log" 2>&1 || {
+        tail -n 20 "$STATE_DIR/debootstrap.log" >&2
+        rm -rf "$rootfs"
+        die "debootstrap bookworm from $mirror failed (log: $STATE_DIR/debootstrap.log)"
+    }
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    if ! tar -C "$rootfs" -c . | podman import --quiet - "$PODMAN_BASE_IMAGE" >/dev/null; then
+        rm -rf "$rootfs"
+        die "podman import of the base image failed"
+    fi
+    rm -rf "$rootfs"
+    podman_base_tags
+    log "base image $PODMAN_BASE_IMAGE ready ($((SECONDS - t0))s)"
+}
+
+# Install podman and the compose tools, configure the runtime, build the base image; each step
+# only when missing. Prints the export line the compose tools need.
+cmd_podman() {
+    local pkgs
+    mapfile -t pkgs < <(podman_missing_packages)
+    if ((${#pkgs[@]})); then
+        need_root "installing ${pkgs[*]}"
+        log "installing: ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -q >&2 || die "apt-get update failed"
+        apt-get install -y -q --no-install-recommends "${pkgs[@]}" >&2 || die "apt-get install ${pkgs[*]} failed"
+        [[ -z $(podman_missing_packages) ]] || die "still missing after install: $(podman_missing_packages)"
+    fi
+    mkdir -p "$STATE_DIR"
+    if podman_conf | write_if_changed "$PODMAN_CONF"; then log "wrote $PODMAN_CONF"; fi
+    export CONTAINERS_CONF=$PODMAN_CONF
+    podman info >/dev/null 2>&1 || die "podman does not run here: $(podman info 2>&1 | tail -n 3)"
+    podman_base_image
+    printf 'export CONTAINERS_CONF=%q\n' "$PODMAN_CONF"
+}
+
+# ---------------------------------------------------------------------------------------
 # Commands
 # ---------------------------------------------------------------------------------------
 
@@ -842,9 +950,9 @@ cmd_down() {
 }
 
 main() {
-    # up/down: one at a time per machine (two checkouts running tests at once). flock -o
+    # up/down/podman: one at a time per machine (two checkouts running tests at once). flock -o
     # keeps the lock's fd out of the servers we start, so they do not hold the lock.
-    if [[ ${1:-} == up || ${1:-} == down ]] && [[ -z ${SLUICE_SERVICES_LOCKED:-} ]] &&
+    if [[ ${1:-} == up || ${1:-} == down || ${1:-} == podman ]] && [[ -z ${SLUICE_SERVICES_LOCKED:-} ]] &&
         command -v flock >/dev/null && mkdir -p "$STATE_DIR" 2>/dev/null; then
         SLUICE_SERVICES_LOCKED=1 exec flock -o -w "$TIMEOUT" -E 75 "$STATE_DIR/lock" "$BASH" "${BASH_SOURCE[0]}" "$@"
     fi
@@ -853,8 +961,9 @@ main() {
         env) print_env ;;
         status) cmd_status ;;
         down) cmd_down ;;
+        podman) cmd_podman ;;
         *)
-            echo "usage: $0 up|down|status|env" >&2
+            echo "usage: $0 up|down|status|env|podman" >&2
             exit 2
             ;;
     esac

@@ -11,6 +11,8 @@ mod config_errors;
 #[cfg(feature = "gateway")]
 mod console;
 mod coord;
+#[cfg(feature = "gateway")]
+mod dashboards;
 mod engine;
 #[cfg(feature = "gateway")]
 mod gateway;

@@ -108,12 +108,24 @@ impl Binary {
         self.spawn_logged(&args, &configs[0].with_extension("log"))
     }
 
+    /// Starts `sluice run <config>` in the background with these environment variables set
+    /// (a config that reads them, such as the examples'), logging to `<config>.log`.
+    pub fn spawn_env(&self, config: &Path, env: &[(&str, &str)]) -> Running {
+        let args = [OsStr::new("run"), config.as_os_str()];
+        self.start(&args, env, &config.with_extension("log"))
+    }
+
     /// Starts `sluice <args>` in the background, logging to `log`.
     pub fn spawn_logged(&self, args: &[&OsStr], log: &Path) -> Running {
+        self.start(args, &[], log)
+    }
+
+    fn start(&self, args: &[&OsStr], env: &[(&str, &str)], log: &Path) -> Running {
         let stderr = std::fs::File::create(log).unwrap();
         let log = log.to_owned();
         let child = Command::new(&self.0)
             .args(args)
+            .envs(env.iter().copied())
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)
