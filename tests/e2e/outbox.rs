@@ -694,8 +694,6 @@ fn three_nodes_one_relay_on_etcd_the_leader_killed_five_times_and_frozen_twice_l
 }
 
 #[test]
-#[ignore = "on ZooKeeper, a leader frozen past its session and resumed does not register again, \
-            and after the next kill no node leads (see docs/high-availability.md)"]
 fn three_nodes_one_relay_on_zookeeper_the_leader_killed_five_times_and_frozen_twice_loses_nothing()
 {
     one_relay_on_three_nodes_loses_nothing_when_its_leader_is_killed_or_frozen(Backend::ZooKeeper);
