@@ -209,12 +209,18 @@ async fn keep_registered(
 ) {
     loop {
         tokio::select! {
-            () = session.ended() => session = coord.session().await,
+            () = session.ended() => {}
             changed = values.changed() => {
                 if changed.is_err() {
                     return;
                 }
             }
+        }
+        // A new value may come while the session is already lost (a process resumed after a
+        // freeze ends its terms, and so changes its node entry, before it has a new session):
+        // it is written under the next session, never under the one that ended.
+        if !session.is_valid() {
+            session = coord.session().await;
         }
         let value = values.borrow_and_update().clone();
         let backend = coord.connected().await;
@@ -222,7 +228,7 @@ async fn keep_registered(
             tracing::warn!(
                 %key,
                 error = %sluice_pipeline::error::chain(&error),
-                "cannot register the instance under the new session; trying again"
+                "cannot register the instance; trying again"
             );
             let pause = coord.ttl() / 10;
             if tokio::time::timeout(pause, session.ended()).await.is_ok() {

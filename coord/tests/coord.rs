@@ -24,6 +24,13 @@ use sluice_coord::{
 };
 use sluice_pipeline::leadership::{Leadership, Term};
 
+#[cfg(feature = "zookeeper")]
+#[path = "support/poll.rs"]
+mod poll;
+#[cfg(feature = "zookeeper")]
+#[path = "support/proxy.rs"]
+mod proxy;
+
 /// The session TTL of every test: the shortest allowed.
 const TTL: Duration = Duration::from_secs(2);
 /// How long something that should happen soon may take.
@@ -962,4 +969,98 @@ async fn a_frozen_leader_knows_before_anything_runs_zookeeper() -> Result<()> {
     let outcome = a_frozen_leader_knows_before_anything_runs(store.clone()).await;
     store.cleanup().await?;
     outcome
+}
+
+/// A process cut off from ZooKeeper until the server expires its session comes back whole
+/// once it can reach the server again: its lock is lost and taken again with a larger token
+/// under a new session, its registration is put again under that session, and its watches,
+/// whose connections came back within their own (longer) sessions, deliver what changes next.
+#[cfg(feature = "zookeeper")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_cut_off_past_its_session_recovers_zookeeper() -> Result<()> {
+    let store = Store::zookeeper();
+    let outcome = a_process_cut_off_past_its_session_recovers(&store).await;
+    store.cleanup().await?;
+    outcome
+}
+
+#[cfg(feature = "zookeeper")]
+async fn a_process_cut_off_past_its_session_recovers(store: &Store) -> Result<()> {
+    use sluice_coord::zookeeper::{ZooKeeper, ZooKeeperOptions};
+
+    let Store::ZooKeeper { namespace } = store else {
+        bail!("a ZooKeeper store")
+    };
+    let upstream = zk::endpoints();
+    let upstream = upstream.split(',').next().context("an endpoint")?;
+    let proxy = proxy::Proxy::start(upstream.to_owned()).await?;
+    let backend = ZooKeeper::connect(ZooKeeperOptions {
+        endpoints: vec![proxy.addr.to_string()],
+        namespace: Some(namespace.clone()),
+    })
+    .await?;
+    let coord = Coord::with_backend(Arc::new(backend), TTL, "cut-off");
+    let observer = store.coord("observer").await?;
+    let (service, lock, config) = (unique("cut-off"), unique("cut-off"), unique("cut-off"));
+    let instance = |id: &str| Instance {
+        service: service.clone(),
+        id: id.to_owned(),
+        address: "127.0.0.1:1".into(),
+        metadata: serde_json::Value::Null,
+    };
+    let ids = |list: Vec<Instance>| list.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    // Each watch delivers a change before the cut, so its connection is open by then.
+    let mut values = coord.watch_config(&config).await?;
+    ensure!(next(&mut values).await?.is_none());
+    coord.put_config(&config, "v1").await?;
+    ensure!(next(&mut values).await?.as_deref() == Some("v1"));
+    let mut lists = coord.watch_instances(&service).await?;
+    ensure!(next(&mut lists).await?.is_empty());
+    let registration = coord.register(instance("cut-off")).await?;
+    ensure!(ids(next(&mut lists).await?) == ["cut-off"]);
+    let guard = coord.lock(&lock).await?;
+    let old = guard.held().session;
+
+    proxy.cut_all().await?;
+    eventually(
+        SOON,
+        "the cut-off session expired on the server",
+        || async { Ok(observer.discover(&service).await?.is_empty().then_some(())) },
+    )
+    .await?;
+    ensure!(!guard.is_valid(), "a lock held past its session's expiry");
+    proxy.set_cut(false);
+
+    let key = observer
+        .backend()
+        .context("connected")?
+        .layout()
+        .instance
+        .replace("{service}", &service)
+        .replace("{id}", "cut-off");
+    let new = eventually(SOON, "registered again under a new session", || async {
+        let entry = observer.backend().context("connected")?.get(&key).await?;
+        Ok(entry
+            .and_then(|kv| kv.session)
+            .filter(|session| *session != old))
+    })
+    .await?;
+    let again = coord.lock(&lock).await?;
+    ensure!(again.token() > guard.token() && again.held().session == new);
+    // What changes now reaches the watches: the first change may come with the read a watch
+    // makes once reconnected, so the second one, made after it arrived, comes live.
+    observer.put_config(&config, "v2").await?;
+    ensure!(next(&mut values).await?.as_deref() == Some("v2"));
+    observer.put_config(&config, "v3").await?;
+    ensure!(next(&mut values).await?.as_deref() == Some("v3"));
+    let other = observer.register(instance("other")).await?;
+    while ids(next(&mut lists).await?) != ["cut-off", "other"] {}
+    other.close().await?;
+    while ids(next(&mut lists).await?) != ["cut-off"] {}
+
+    again.unlock().await?;
+    registration.close().await?;
+    coord.close().await;
+    observer.close().await;
+    Ok(())
 }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,11 +16,18 @@ use futures::StreamExt;
 use sluice_coord::zookeeper::{ZooKeeper, ZooKeeperOptions};
 use sluice_coord::{Backend, Change, CoordError, Fenced, Held, Op, SessionId, WatchEvent};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use zookeeper_client as zk;
+
+#[path = "support/poll.rs"]
+mod poll;
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use poll::eventually;
+use proxy::Proxy;
 
 /// The TTL the tests' sessions ask for: the smallest sluice allows, and what the services
 /// script's ZooKeeper grants (`minSessionTimeout` 2 s).
@@ -119,24 +125,6 @@ async fn contenders(client: &zk::Client, path: &str) -> Result<Vec<String>> {
     children.retain(|c| c.contains("__lock__"));
     children.sort_by(|a, b| a[a.len() - 10..].cmp(&b[b.len() - 10..]));
     Ok(children)
-}
-
-/// Polls `check` until it gives `Some`, for at most `within`.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(found) = check().await? {
-            return Ok(found);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {within:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until `dir` has `n` contender nodes.
@@ -895,60 +883,6 @@ async fn a_watch_from_a_range_of_the_same_backend_replays_the_difference() -> Re
     f.cleanup().await
 }
 
-/// A loopback TCP proxy to ZooKeeper that the test can cut: open connections close, new ones
-/// are closed on accept.
-struct Proxy {
-    addr: SocketAddr,
-    cut: watch::Sender<bool>,
-    /// Connections being forwarded.
-    open: Arc<AtomicUsize>,
-}
-
-impl Proxy {
-    async fn start(upstream: String) -> Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let (cut, _) = watch::channel(false);
-        let cuts = cut.clone();
-        let open = Arc::new(AtomicUsize::new(0));
-        let counting = Arc::clone(&open);
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                let mut cut = cuts.subscribe();
-                if *cut.borrow_and_update() {
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let open = Arc::clone(&counting);
-                open.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    if let Ok(mut up) = TcpStream::connect(&upstream).await {
-                        tokio::select! {
-                            _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                            _ = cut.wait_for(|c| *c) => {}
-                        }
-                    }
-                    open.fetch_sub(1, Ordering::SeqCst);
-                });
-            }
-        });
-        Ok(Proxy { addr, cut, open })
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.send_replace(cut);
-    }
-
-    /// Cuts, and waits until every forwarded connection is closed.
-    async fn cut_all(&self) -> Result<()> {
-        self.set_cut(true);
-        eventually("proxied connections closed", SOON, || async {
-            Ok((self.open.load(Ordering::SeqCst) == 0).then_some(()))
-        })
-        .await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_leader_cannot_renew_loses_its_session_and_is_fenced() -> Result<()> {
     let f = Fixture::new().await?;
@@ -1088,8 +1022,11 @@ async fn a_short_disconnection_keeps_the_session_and_its_nodes() -> Result<()> {
     f.cleanup().await
 }
 
+/// A watch whose connection breaks and comes back within its session delivers what changed
+/// meanwhile, and then every later change: its persistent watch, dropped by the server with
+/// the old connection, is set again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watch_catches_up_after_a_disconnection() -> Result<()> {
+async fn a_watch_catches_up_after_a_disconnection_and_follows_on() -> Result<()> {
     let f = Fixture::new().await?;
     let zk = &f.zk;
     zk.put("reg/a", Bytes::from_static(b"1"), None).await?;
@@ -1114,6 +1051,21 @@ async fn a_watch_catches_up_after_a_disconnection() -> Result<()> {
             .any(|c| matches!(c, Change::Put(kv) if kv.key == "reg/c" && kv.mod_revision == r2))
     );
     assert!(caught_up.iter().any(|c| matches!(c, Change::Delete { key, mod_revision } if key == "reg/b" && *mod_revision >= r3)));
+
+    // Changes after the reconnection arrive live, as before the disconnection.
+    let r4 = zk.put("reg/d", Bytes::from_static(b"1"), None).await?;
+    let r5 = zk.delete("reg/a").await?.context("a")?;
+    let after = collect(&mut stream, |c| c.len() >= 2).await?;
+    assert!(
+        after
+            .iter()
+            .any(|c| matches!(c, Change::Put(kv) if kv.key == "reg/d" && kv.mod_revision == r4)),
+        "{after:?}"
+    );
+    assert!(
+        after.iter().any(|c| matches!(c, Change::Delete { key, mod_revision } if key == "reg/a" && *mod_revision >= r5)),
+        "{after:?}"
+    );
     f.cleanup().await
 }
 

@@ -76,8 +76,9 @@
 //!   ZooKeeper 3.9, whose events carry zxids), and a delete and create between two reads is
 //!   one `Put` with a new `create_revision`;
 //! - after a disconnection (events may be lost, ZOOKEEPER-4698) or the end of the watch's own
-//!   session, the watch reads the sub-tree again and delivers the difference, deletions dated
-//!   at that read.
+//!   session, the watch sets its persistent watch again (the server drops a connection's
+//!   watches with it, and the client restores only one-shot ones), reads the sub-tree again
+//!   and delivers the difference, deletions dated at that read.
 //!
 //! etcd, by contrast, delivers every revision exactly once, deletes included, from any revision
 //! it has not compacted.

@@ -267,20 +267,9 @@ impl Watch {
                     }
                 }
                 zk::SessionState::Expired => {
-                    // The watch's own session (it holds nothing) ended: a new one, read again.
-                    match connect(&self.inner, &self.base).await {
-                        Ok((client, new)) => {
-                            self.client = client;
-                            watcher = new;
-                            pending.clear();
-                            if !self.resync().await {
-                                return;
-                            }
-                        }
-                        Err(err) => {
-                            self.fail(err).await;
-                            return;
-                        }
+                    pending.clear();
+                    if !self.new_session(&mut watcher).await {
+                        return;
                     }
                 }
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {}
@@ -308,8 +297,13 @@ impl Watch {
         None
     }
 
-    /// Waits, after a disconnection, until connected again, then reads everything again.
-    /// `false` when the watch ends.
+    /// Waits, after a disconnection, until connected again, sets the persistent watch again,
+    /// then reads everything again. `false` when the watch ends.
+    ///
+    /// The server drops a connection's watches with the connection, and the client
+    /// (`zookeeper-client` 0.11) restores only one-shot watches when it reconnects within the
+    /// session: without setting it again here, the persistent watch would be gone on the
+    /// server while the session lives on, and the watch would stay silent for good.
     async fn reconnected(&mut self, watcher: &mut zk::PersistentWatcher) -> bool {
         loop {
             let event = tokio::select! {
@@ -321,24 +315,51 @@ impl Watch {
             }
             match event.session_state {
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                    return self.resync().await;
+                    // The new watcher is added before the old one is dropped, so the client
+                    // never asks the server to remove the watch they share.
+                    match self
+                        .client
+                        .watch(&self.base, zk::AddWatchMode::PersistentRecursive)
+                        .await
+                    {
+                        Ok(again) => {
+                            *watcher = again;
+                            tracing::debug!(base = %self.base, "zookeeper watch set again after a reconnection");
+                            return self.resync().await;
+                        }
+                        // Disconnected again before it was set: wait for the next connection.
+                        Err(e) if is_connection_loss(&e) => {}
+                        Err(zk::Error::SessionExpired) => return self.new_session(watcher).await,
+                        Err(e) => {
+                            let endpoints = &self.inner.sessions.endpoints;
+                            self.fail(to_coord(e, endpoints, "setting a persistent watch again"))
+                                .await;
+                            return false;
+                        }
+                    }
                 }
                 zk::SessionState::Disconnected => {}
-                zk::SessionState::Expired => match connect(&self.inner, &self.base).await {
-                    Ok((client, new)) => {
-                        self.client = client;
-                        *watcher = new;
-                        return self.resync().await;
-                    }
-                    Err(err) => {
-                        self.fail(err).await;
-                        return false;
-                    }
-                },
+                zk::SessionState::Expired => return self.new_session(watcher).await,
                 zk::SessionState::AuthFailed | zk::SessionState::Closed => {
                     self.fail(CoordError::SessionExpired).await;
                     return false;
                 }
+            }
+        }
+    }
+
+    /// The watch's own session (it holds nothing) ended: connects with a new one, sets the
+    /// watch on it and reads everything again. `false` when the watch ends.
+    async fn new_session(&mut self, watcher: &mut zk::PersistentWatcher) -> bool {
+        match connect(&self.inner, &self.base).await {
+            Ok((client, new)) => {
+                self.client = client;
+                *watcher = new;
+                self.resync().await
+            }
+            Err(err) => {
+                self.fail(err).await;
+                false
             }
         }
     }
