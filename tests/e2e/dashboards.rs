@@ -259,19 +259,25 @@ fn every_dashboard_panel_returns_data_from_a_prometheus_scraping_the_demo() {
         (confirmed >= 500.0).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}; relay log:\n{}", relay.log()));
-    let auth = bearer(&token("dashboards", 300, SECRET));
+    // The Redis keys (cache:products:ID, the rate limit's user) are this test's own.
+    let id = 8_000_000 + u64::from(std::process::id());
+    db.execute(&format!(
+        "INSERT INTO products (id, name, price) VALUES ({id}, 'Dashboard lamp', 10)"
+    ));
+    let product = format!("/api/products/{id}");
+    let auth = bearer(&token(&format!("dashboards-{id}"), 300, SECRET));
     let headers = [("Authorization", auth.as_str())];
-    assert_eq!(get_with(gateway, "/api/products/1", &[]).status, 401);
+    assert_eq!(get_with(gateway, &product, &[]).status, 401);
     for _ in 0..2 {
-        assert_eq!(get_with(gateway, "/api/products/1", &headers).status, 200);
+        assert_eq!(get_with(gateway, &product, &headers).status, 200);
     }
     let limited: Vec<u16> = (0..6)
-        .map(|_| get_with(gateway, "/api/limited/products/1", &headers).status)
+        .map(|_| get_with(gateway, &format!("/api/limited/products/{id}"), &headers).status)
         .collect();
     assert!(limited.contains(&429), "{limited:?}");
     let ids = get_with(gateway, "/api/ids/orders?count=3", &headers);
     assert_eq!(ids.status, 200, "{ids:?}");
-    db.execute("UPDATE products SET price = price + 1 WHERE id = 1");
+    db.execute(&format!("UPDATE products SET price = 11 WHERE id = {id}"));
     wait_for("the CDC event to evict the product's cache entry", || {
         let evicted = metric(
             &metrics(gateway_api).ok()?,
