@@ -241,6 +241,25 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
+/// Waits until the sink `broker` behind `api` has reconnected at least once and is ready again.
+async fn reconnected(api: SocketAddr) {
+    tokio::task::spawn_blocking(move || {
+        sluice_tests::wait_for("the sink to reconnect and be ready again", || {
+            let m = metrics(api).ok()?;
+            let ready = metric(&m, "sluice_component_ready", &[("component_id", "broker")])?;
+            let reconnects = metric(
+                &m,
+                "sluice_rabbitmq_reconnects_total",
+                &[("component_id", "broker")],
+            )?;
+            (ready == 1.0 && reconnects >= 1.0).then_some(())
+        })
+    })
+    .await
+    .unwrap()
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn delivers_every_event_once_persistent_and_in_key_order() {
     let vhost = Vhost::create("deliver").unwrap();
@@ -692,22 +711,7 @@ async fn a_closed_connection_is_reopened_and_nothing_is_lost() {
     .await
     .unwrap();
     assert_eq!(closed, 1, "the sink has one connection");
-    let reconnects = tokio::task::spawn_blocking(move || {
-        sluice_tests::wait_for("the sink to reconnect", || {
-            let m = metrics(api).ok()?;
-            let ready = metric(&m, "sluice_component_ready", &[("component_id", "broker")])?;
-            let reconnects = metric(
-                &m,
-                "sluice_rabbitmq_reconnects_total",
-                &[("component_id", "broker")],
-            )?;
-            (ready == 1.0 && reconnects >= 1.0).then_some(reconnects)
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(reconnects >= 1.0);
+    reconnected(api).await;
     std::fs::write(&gate, b"").unwrap();
     running.await.unwrap().unwrap();
 
@@ -1451,22 +1455,7 @@ async fn a_cluster_node_killed_mid_stream_loses_nothing() {
     let killed_at = started.elapsed();
     let now_serving = serving_node(&cluster, survivor).await;
     assert_ne!(now_serving, killed);
-    let reconnects = tokio::task::spawn_blocking(move || {
-        sluice_tests::wait_for("the sink to be ready again", || {
-            let m = metrics(api).ok()?;
-            let ready = metric(&m, "sluice_component_ready", &[("component_id", "broker")])?;
-            let reconnects = metric(
-                &m,
-                "sluice_rabbitmq_reconnects_total",
-                &[("component_id", "broker")],
-            )?;
-            (ready == 1.0 && reconnects >= 1.0).then_some(reconnects)
-        })
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(reconnects >= 1.0);
+    reconnected(api).await;
     std::fs::write(&gate, b"").unwrap();
     tokio::time::timeout(sluice_tests::PATIENCE, running)
         .await
