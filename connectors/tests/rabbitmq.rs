@@ -241,6 +241,39 @@ fn sorted(mut ids: Vec<String>) -> Vec<String> {
     ids
 }
 
+/// 1000 orders over five keys, paced, the last 300 held back until the returned gate file
+/// exists: a stream still flowing while a test breaks the sink's connection.
+fn gated_orders(dir: &Scratch) -> (ScriptedConfig, PathBuf) {
+    let keys = ["a", "b", "c", "d", "e"];
+    let events: Vec<Ev> = (0..1000u64)
+        .map(|n| Ev::order(keys[n as usize % 5], n))
+        .collect();
+    let gate = dir.join("gate");
+    let source = ScriptedConfig {
+        events,
+        batch: 20,
+        pace_ms: Some(2),
+        gate: Some(gate.clone()),
+        after_gate: 300,
+    };
+    (source, gate)
+}
+
+/// Checks that the stream of [`gated_orders`] was checkpointed past its gate and that queue
+/// `orders` holds every checkpointed event, in key order; returns how many copies were extra.
+async fn every_gated_order_delivered_in_key_order(dir: &Scratch, reader: &mut Reader) -> usize {
+    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
+    assert!(checkpoint >= 1300, "{checkpoint}");
+    let messages = reader.take_ready("orders").await.unwrap();
+    let ids = assert_key_order(&messages);
+    assert_eq!(
+        ids.len() as u64,
+        checkpoint,
+        "every event delivered (duplicates aside)"
+    );
+    messages.len() - ids.len()
+}
+
 /// Waits until the sink `broker` behind `api` has reconnected at least once and is ready again.
 async fn reconnected(api: SocketAddr) {
     tokio::task::spawn_blocking(move || {
@@ -675,18 +708,7 @@ async fn a_closed_connection_is_reopened_and_nothing_is_lost() {
     let vhost = Vhost::create("reconnect").unwrap();
     let dir = Scratch::new("rabbitmq-reconnect");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let keys = ["a", "b", "c", "d", "e"];
-    let events: Vec<Ev> = (0..1000u64)
-        .map(|n| Ev::order(keys[n as usize % 5], n))
-        .collect();
-    let gate = dir.join("gate");
-    let source = ScriptedConfig {
-        events,
-        batch: 20,
-        pace_ms: Some(2),
-        gate: Some(gate.clone()),
-        after_gate: 300,
-    };
+    let (source, gate) = gated_orders(&dir);
     let sink = format!(
         r#"
         url = "{url}"
@@ -715,15 +737,7 @@ async fn a_closed_connection_is_reopened_and_nothing_is_lost() {
     std::fs::write(&gate, b"").unwrap();
     running.await.unwrap().unwrap();
 
-    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
-    assert!(checkpoint >= 1300, "{checkpoint}");
-    let messages = reader.take_ready("orders").await.unwrap();
-    let ids = assert_key_order(&messages);
-    assert_eq!(
-        ids.len() as u64,
-        checkpoint,
-        "every event delivered (duplicates aside)"
-    );
+    every_gated_order_delivered_in_key_order(&dir, &mut reader).await;
 }
 
 /// Runs one event into a sink at `url` that must fail to start, checks that nothing was
@@ -1404,18 +1418,7 @@ async fn a_cluster_node_killed_mid_stream_loses_nothing() {
     let cluster = Arc::new(Mutex::new(cluster));
     let dir = Scratch::new("rabbitmq-cluster");
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let keys = ["a", "b", "c", "d", "e"];
-    let events: Vec<Ev> = (0..1000u64)
-        .map(|n| Ev::order(keys[n as usize % 5], n))
-        .collect();
-    let gate = dir.join("gate");
-    let source = ScriptedConfig {
-        events,
-        batch: 20,
-        pace_ms: Some(2),
-        gate: Some(gate.clone()),
-        after_gate: 300,
-    };
+    let (source, gate) = gated_orders(&dir);
     let confirm_window = 200;
     let sink = format!(
         r#"
@@ -1463,16 +1466,7 @@ async fn a_cluster_node_killed_mid_stream_loses_nothing() {
         .unwrap()
         .unwrap();
 
-    let checkpoint = saved_checkpoint(&dir.join("data"), "events").unwrap();
-    assert!(checkpoint >= 1300, "{checkpoint}");
-    let messages = reader.take_ready("orders").await.unwrap();
-    let ids = assert_key_order(&messages);
-    assert_eq!(
-        ids.len() as u64,
-        checkpoint,
-        "every event delivered (duplicates aside)"
-    );
-    let duplicates = messages.len() - ids.len();
+    let duplicates = every_gated_order_delivered_in_key_order(&dir, &mut reader).await;
     assert!(
         duplicates <= confirm_window,
         "{duplicates} duplicates: more than were unconfirmed when the node went"
