@@ -2,20 +2,15 @@
 //! settles it on the broker's answer, and keeps going across nacks; a lost connection ends the
 //! run, and the runtime starts it again with everything it had not settled.
 //!
-//! Bookkeeping per key (kept only for keys with something in flight, held back or waiting):
-//! - `in_flight`: its records published and not yet settled;
-//! - `blocking`: its records that were nacked and are not yet settled; while there are any,
-//!   the key's later events are held back, so no event published after a nack overtakes the
-//!   retried one;
-//! - `held`: its events waiting, in order, behind `blocking` or `max_in_flight_per_key`;
-//! - `retrying`: its nacked records waiting out their backoff.
+//! Which of a key's events may go out, and what a settle or a nack releases, is the `order`
+//! module's: a nack holds the key's later events back until the retried one is settled.
 //!
 //! After a lost connection every unsettled record is published again, each lane in the order
 //! the records were first accepted, before anything new; the events of a key therefore reach
 //! the queue in commit order, with duplicates of any that had arrived but were not confirmed.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
@@ -35,6 +30,7 @@ use super::endpoint::Endpoint;
 use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
+use super::order::KeyOrder;
 use super::wire::WireError;
 
 /// With several brokers, the sink moves to the next one each time a message has been nacked
@@ -122,25 +118,6 @@ enum Wake {
     Blocked(bool),
 }
 
-/// The bookkeeping of one key (see the module documentation).
-#[derive(Debug, Default)]
-struct KeyState {
-    in_flight: usize,
-    blocking: usize,
-    held: VecDeque<Record>,
-    retrying: Vec<Record>,
-    retry_at: Option<Instant>,
-}
-
-impl KeyState {
-    fn is_idle(&self) -> bool {
-        self.in_flight == 0
-            && self.blocking == 0
-            && self.held.is_empty()
-            && self.retrying.is_empty()
-    }
-}
-
 /// The sink's state: the connection, and every record it holds until the broker settles it.
 struct Relay {
     /// The brokers (`url`, or the nodes of `urls`).
@@ -158,7 +135,8 @@ struct Relay {
     metrics: RabbitmqMetrics,
     broker: Option<Broker>,
     lanes: Vec<Lane>,
-    keys: HashMap<Text, KeyState>,
+    /// The order of each key's records.
+    keys: KeyOrder<Record>,
     /// Keys with records waiting out a backoff.
     retrying: HashSet<Text>,
     retry_timer: Pin<Box<Sleep>>,
@@ -213,7 +191,7 @@ impl Relay {
             metrics: RabbitmqMetrics::new(id, config.confirm_window),
             broker: None,
             lanes: (0..config.channels).map(|_| Lane::default()).collect(),
-            keys: HashMap::new(),
+            keys: KeyOrder::new(config.max_in_flight_per_key),
             retrying: HashSet::new(),
             retry_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
             retry_at: None,
@@ -570,17 +548,9 @@ impl Relay {
     /// Publishes a new record as `message`, or holds it behind its key's earlier ones (its
     /// message is built again when it is released).
     fn admit(&mut self, record: Record, message: Message, now: Instant) {
-        let limit = self.config.max_in_flight_per_key;
-        let state = self.keys.entry(record.key.clone()).or_default();
-        if state.blocking > 0
-            || !state.held.is_empty()
-            || limit.is_some_and(|limit| state.in_flight >= limit)
-        {
-            state.held.push_back(record);
-            return;
+        if let Some(record) = self.keys.admit(record) {
+            self.publish(record, message, now);
         }
-        state.in_flight += 1;
-        self.publish(record, message, now);
     }
 
     /// Queues `message` on the record's lane; without a connection, the record waits for
@@ -747,21 +717,14 @@ impl Relay {
         record.nacks += 1;
         let wait = self.nack_backoff.after(record.nacks);
         tracing::warn!(event_id = %record.event.id, nacks = record.nacks, retry_in = ?wait, "the broker nacked a message; retrying");
-        let due = now + wait;
-        let state = self.keys.entry(key.clone()).or_default();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if record.nacks == 1 {
-            state.blocking += 1;
-        }
-        state.retry_at = Some(state.retry_at.map_or(due, |at| at.max(due)));
         if self.endpoints.len() > 1
             && record.nacks.is_multiple_of(NACKS_BEFORE_NEXT_NODE)
             && self.failure.is_none()
         {
             self.failure = Some(WireError::Nacking(record.nacks));
         }
-        let at = state.retrying.partition_point(|r| r.seq < record.seq);
-        state.retrying.insert(at, record);
+        let first = record.nacks == 1;
+        self.keys.nacked(record, first, now + wait);
         self.retrying.insert(key);
         self.arm_retry();
     }
@@ -772,25 +735,12 @@ impl Relay {
         let due: Vec<Text> = self
             .retrying
             .iter()
-            .filter(|key| {
-                self.keys
-                    .get(*key)
-                    .and_then(|s| s.retry_at)
-                    .is_none_or(|at| at <= now)
-            })
+            .filter(|key| self.keys.retry_at(key).is_none_or(|at| at <= now))
             .cloned()
             .collect();
         for key in due {
             self.retrying.remove(&key);
-            let records = match self.keys.get_mut(&key) {
-                Some(state) => {
-                    state.retry_at = None;
-                    state.in_flight += state.retrying.len();
-                    std::mem::take(&mut state.retrying)
-                }
-                None => Vec::new(),
-            };
-            for record in records {
+            for record in self.keys.retry(&key) {
                 self.metrics.republished.increment(1);
                 self.send(record, now);
             }
@@ -802,7 +752,7 @@ impl Relay {
         let next = self
             .retrying
             .iter()
-            .filter_map(|key| self.keys.get(key)?.retry_at)
+            .filter_map(|key| self.keys.retry_at(key))
             .min();
         if let Some(at) = next
             && self.retry_at != Some(at)
@@ -814,26 +764,7 @@ impl Relay {
 
     /// One of `key`'s records is settled: release what it held back.
     fn key_settled(&mut self, key: &Text, was_nacked: bool, now: Instant) {
-        let limit = self.config.max_in_flight_per_key;
-        let Some(state) = self.keys.get_mut(key) else {
-            return;
-        };
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if was_nacked {
-            state.blocking = state.blocking.saturating_sub(1);
-        }
-        let mut release = Vec::new();
-        while state.blocking == 0 && limit.is_none_or(|limit| state.in_flight < limit) {
-            let Some(record) = state.held.pop_front() else {
-                break;
-            };
-            state.in_flight += 1;
-            release.push(record);
-        }
-        if state.is_idle() {
-            self.keys.remove(key);
-        }
-        for record in release {
+        for record in self.keys.settled(key, was_nacked) {
             self.send(record, now);
         }
     }
@@ -864,11 +795,7 @@ impl Relay {
         self.settle();
         self.failure = None;
         self.detach_all();
-        for state in self.keys.values_mut() {
-            state.in_flight += state.retrying.len();
-            state.retry_at = None;
-            self.unsent.append(&mut state.retrying);
-        }
+        self.keys.retry_all(&mut self.unsent);
         self.retrying.clear();
         self.retry_at = None;
         error
