@@ -9,19 +9,17 @@
 //! the records were first accepted, before anything new; the events of a key therefore reach
 //! the queue in commit order, with duplicates of any that had arrived but were not confirmed.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use amq_protocol::types::ShortString;
 use sluice_pipeline::backoff::BackoffConfig;
 use sluice_pipeline::error::chain;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
-use tokio::time::Sleep;
 
 use super::avro::AvroEncoder;
 use super::broker::{Answer, Broker, ExchangeState};
@@ -31,13 +29,8 @@ use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
 use super::order::KeyOrder;
+use super::retry::{Retries, next_broker_after};
 use super::wire::WireError;
-
-/// With several brokers, the sink moves to the next one each time a message has been nacked
-/// this many times: a node can go on nacking every publish of a connection to a queue that
-/// lost its leader while the connection was being made (seen with quorum queues on RabbitMQ
-/// 3.10), and the next connection is made after the queue has elected a new one.
-const NACKS_BEFORE_NEXT_NODE: u32 = 3;
 
 /// The running `rabbitmq` sink.
 #[derive(Debug)]
@@ -137,10 +130,8 @@ struct Relay {
     lanes: Vec<Lane>,
     /// The order of each key's records.
     keys: KeyOrder<Record>,
-    /// Keys with records waiting out a backoff.
-    retrying: HashSet<Text>,
-    retry_timer: Pin<Box<Sleep>>,
-    retry_at: Option<Instant>,
+    /// Keys with nacked records waiting out a backoff.
+    retries: Retries,
     /// Received, not yet turned into records.
     incoming: VecDeque<Event>,
     /// Unsettled when the connection failed: published first on the next one.
@@ -153,8 +144,6 @@ struct Relay {
     next_seq: u64,
     /// Records published and not yet settled, over all lanes.
     in_flight: usize,
-    /// Waits before a nacked message is published again.
-    nack_backoff: BackoffConfig,
     connected_once: bool,
     /// The broker blocks publishing (a resource alarm): input waits, nothing new is published.
     blocked: bool,
@@ -192,9 +181,10 @@ impl Relay {
             broker: None,
             lanes: (0..config.channels).map(|_| Lane::default()).collect(),
             keys: KeyOrder::new(config.max_in_flight_per_key),
-            retrying: HashSet::new(),
-            retry_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            retry_at: None,
+            retries: Retries::new(BackoffConfig {
+                initial: config.backoff_initial,
+                max: config.backoff_max,
+            }),
             incoming: VecDeque::new(),
             unsent: Vec::new(),
             rejects: Vec::new(),
@@ -202,10 +192,6 @@ impl Relay {
             failure: None,
             next_seq: 0,
             in_flight: 0,
-            nack_backoff: BackoffConfig {
-                initial: config.backoff_initial,
-                max: config.backoff_max,
-            },
             connected_once: false,
             blocked: false,
             config,
@@ -607,7 +593,7 @@ impl Relay {
         if settled {
             return Poll::Ready(Wake::Settled);
         }
-        if self.retry_at.is_some() && self.retry_timer.as_mut().poll(task).is_ready() {
+        if self.retries.poll_due(task).is_ready() {
             return Poll::Ready(Wake::RetryDue);
         }
         Poll::Pending
@@ -713,53 +699,27 @@ impl Relay {
 
     /// A nacked record waits out its backoff, and its key is held back until it is settled.
     fn nacked(&mut self, mut record: Record, now: Instant) {
-        let key = record.key.clone();
         record.nacks += 1;
-        let wait = self.nack_backoff.after(record.nacks);
+        let wait = self.retries.nacked(record.key.clone(), record.nacks);
         tracing::warn!(event_id = %record.event.id, nacks = record.nacks, retry_in = ?wait, "the broker nacked a message; retrying");
-        if self.endpoints.len() > 1
-            && record.nacks.is_multiple_of(NACKS_BEFORE_NEXT_NODE)
-            && self.failure.is_none()
-        {
+        if next_broker_after(record.nacks, self.endpoints.len()) && self.failure.is_none() {
             self.failure = Some(WireError::Nacking(record.nacks));
         }
         let first = record.nacks == 1;
         self.keys.nacked(record, first, now + wait);
-        self.retrying.insert(key);
-        self.arm_retry();
+        self.retries.arm(&self.keys);
     }
 
     /// Republishes the nacked records whose backoff is over, each key's in acceptance order.
     fn retry_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<Text> = self
-            .retrying
-            .iter()
-            .filter(|key| self.keys.retry_at(key).is_none_or(|at| at <= now))
-            .cloned()
-            .collect();
-        for key in due {
-            self.retrying.remove(&key);
+        for key in self.retries.due(&self.keys, now) {
             for record in self.keys.retry(&key) {
                 self.metrics.republished.increment(1);
                 self.send(record, now);
             }
         }
-        self.arm_retry();
-    }
-
-    fn arm_retry(&mut self) {
-        let next = self
-            .retrying
-            .iter()
-            .filter_map(|key| self.keys.retry_at(key))
-            .min();
-        if let Some(at) = next
-            && self.retry_at != Some(at)
-        {
-            self.retry_timer.as_mut().reset(at.into());
-        }
-        self.retry_at = next;
+        self.retries.arm(&self.keys);
     }
 
     /// One of `key`'s records is settled: release what it held back.
@@ -796,8 +756,7 @@ impl Relay {
         self.failure = None;
         self.detach_all();
         self.keys.retry_all(&mut self.unsent);
-        self.retrying.clear();
-        self.retry_at = None;
+        self.retries.clear();
         error
     }
 
