@@ -22,6 +22,7 @@
 //! - `wire`: sluice's own AMQP connection: socket, frames, handshake (ADR 0009).
 //! - `broker`: the connection as the sink uses it: topology, exchanges, publishes, answers.
 //! - `order`: the order of each key's events, across settles, nacks and retries.
+//! - `quarantine`: where an event that cannot be delivered goes.
 //! - `retry`: when nacked records go out again.
 //! - `sink`: the running sink.
 //! - [`metrics`]: metric names.
@@ -37,6 +38,7 @@ mod management;
 mod message;
 pub mod metrics;
 mod order;
+mod quarantine;
 mod retry;
 mod sink;
 mod wire;

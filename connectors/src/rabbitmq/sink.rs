@@ -29,6 +29,7 @@ use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
 use super::order::KeyOrder;
+use super::quarantine::{self, Route};
 use super::retry::{Retries, next_broker_after};
 use super::wire::WireError;
 
@@ -449,19 +450,7 @@ impl Relay {
         match &record.purpose {
             Purpose::Deliver => self.builder.build(event).map_err(|r| r.reason),
             Purpose::Quarantine { reason, returned } => {
-                let published = if *returned {
-                    self.builder.build(event).ok()
-                } else {
-                    None
-                };
-                let routing_key = match &published {
-                    Some(message) => message.routing_key.clone(),
-                    None => self.builder.routing_key_or_empty(event),
-                };
-                let published = published.as_ref().map(|m| (&m.properties, m.body.clone()));
-                self.builder
-                    .quarantine(event, reason, routing_key, published)
-                    .ok_or_else(|| format!("{reason} (and there is no quarantine exchange)"))
+                quarantine::rebuild(&self.builder, event, reason, *returned)
             }
         }
     }
@@ -478,18 +467,15 @@ impl Relay {
             let (mut message, mut purpose) = match self.builder.build(&event) {
                 Ok(message) => (message, Purpose::Deliver),
                 Err(rejection) => {
-                    let routing_key = self.builder.routing_key_or_empty(&event);
-                    let message = rejection
-                        .to_exchange
-                        .then(|| {
-                            self.builder
-                                .quarantine(&event, &rejection.reason, routing_key, None)
-                        })
-                        .flatten();
-                    match message {
-                        Some(message) => (message, quarantine(rejection.reason)),
-                        None => {
-                            self.rejects.push((event, Text::from(rejection.reason)));
+                    let route = if rejection.to_exchange {
+                        self.divert(&event, &Purpose::Deliver, rejection.reason, None)
+                    } else {
+                        Route::Pipeline(rejection.reason)
+                    };
+                    match route {
+                        Route::Exchange(message, purpose) => (*message, purpose),
+                        Route::Pipeline(reason) => {
+                            self.rejects.push((event, Text::from(reason)));
                             continue;
                         }
                     }
@@ -499,13 +485,12 @@ impl Relay {
                 Ok(ExchangeState::Ready) => {}
                 Ok(ExchangeState::Missing) => {
                     let reason = missing_exchange(&message.exchange);
-                    let routing_key = message.routing_key.clone();
-                    match self.builder.quarantine(&event, &reason, routing_key, None) {
-                        Some(quarantined) => {
-                            message = quarantined;
-                            purpose = quarantine(reason);
+                    match self.divert(&event, &Purpose::Deliver, reason, None) {
+                        Route::Exchange(quarantined, diverted) => {
+                            message = *quarantined;
+                            purpose = diverted;
                         }
-                        None => {
+                        Route::Pipeline(reason) => {
                             self.rejects.push((event, Text::from(reason)));
                             continue;
                         }
@@ -661,32 +646,28 @@ impl Relay {
     /// quarantined copy keeps.
     fn requarantine(&mut self, record: Record, reason: String, returned: Option<Message>) {
         let now = Instant::now();
-        if let Purpose::Quarantine { reason: first, .. } = &record.purpose {
-            let reason = format!("{first}; then the quarantine exchange: {reason}");
-            return self.reject_record(record, reason, now);
-        }
-        let routing_key = match &returned {
-            Some(message) => message.routing_key.clone(),
-            None => self.builder.routing_key_or_empty(&record.event),
-        };
-        let published = returned.as_ref().map(|m| (&m.properties, m.body.clone()));
-        let quarantined = self
-            .builder
-            .quarantine(&record.event, &reason, routing_key, published);
-        match quarantined {
-            Some(message) => {
+        match self.divert(&record.event, &record.purpose, reason, returned.as_ref()) {
+            Route::Exchange(message, purpose) => {
                 let record = Record {
-                    purpose: Purpose::Quarantine {
-                        reason,
-                        returned: returned.is_some(),
-                    },
+                    purpose,
                     returned: None,
                     ..record
                 };
-                self.publish(record, message, now);
+                self.publish(record, *message, now);
             }
-            None => self.reject_record(record, reason, now),
+            Route::Pipeline(reason) => self.reject_record(record, reason, now),
         }
+    }
+
+    /// Where `event`, last published for `purpose`, goes for `reason` (see `quarantine`).
+    fn divert(
+        &self,
+        event: &Event,
+        purpose: &Purpose,
+        reason: String,
+        returned: Option<&Message>,
+    ) -> Route {
+        quarantine::divert(&self.builder, event, purpose, reason, returned)
     }
 
     /// Sends a record's event to the pipeline's quarantine; its key moves on.
@@ -784,13 +765,6 @@ fn random_below(n: usize) -> usize {
 
 fn missing_exchange(exchange: &ShortString) -> String {
     format!("exchange {:?} does not exist", exchange.as_str())
-}
-
-fn quarantine(reason: String) -> Purpose {
-    Purpose::Quarantine {
-        reason,
-        returned: false,
-    }
 }
 
 /// Hands the broker's answers to the lanes they are about.
