@@ -2,8 +2,10 @@
 //! settles it on the broker's answer, and keeps going across nacks; a lost connection ends the
 //! run, and the runtime starts it again with everything it had not settled.
 //!
-//! Which of a key's events may go out, and what a settle or a nack releases, is the `order`
-//! module's: a nack holds the key's later events back until the retried one is settled.
+//! The rules are units of their own: which of a key's events may go out and what a settle or
+//! a nack releases is `order`'s (a nack holds the key's later events back until the retried
+//! one is settled); when a nacked record goes out again is `retry`'s; where an event that
+//! cannot be delivered goes is `quarantine`'s. This module drives them with the connection.
 //!
 //! After a lost connection every unsettled record is published again, each lane in the order
 //! the records were first accepted, before anything new; the events of a key therefore reach
