@@ -181,3 +181,148 @@ impl Lane {
         self.in_flight.drain(..).map(|f| f.record).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::BasicProperties;
+    use bytes::Bytes;
+    use sluice_pipeline::Position;
+
+    fn record(seq: u64) -> Record {
+        Record {
+            seq,
+            event: Event::new(format!("e{seq}"), Position(seq), Bytes::new()),
+            key: "k".into(),
+            lane: 0,
+            purpose: Purpose::Deliver,
+            nacks: 0,
+            returned: None,
+        }
+    }
+
+    /// A lane on a fresh channel with records `seqs` published, in that order.
+    fn lane(seqs: &[u64]) -> Lane {
+        let mut lane = Lane::default();
+        lane.attach();
+        let now = Instant::now();
+        for &seq in seqs {
+            lane.push(record(seq), now);
+        }
+        lane
+    }
+
+    fn settle(lane: &mut Lane) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        lane.settle(&mut out);
+        out.into_iter()
+            .map(|s| {
+                let outcome = match s.outcome {
+                    Outcome::Confirmed => "confirmed".to_owned(),
+                    Outcome::Nacked => "nacked".to_owned(),
+                    Outcome::Returned(returned) => format!("returned: {}", returned.reason),
+                };
+                (s.record.seq, outcome)
+            })
+            .collect()
+    }
+
+    fn returned(event_id: &str, reason: &str) -> Box<Returned> {
+        Box::new(Returned {
+            reason: reason.to_owned(),
+            message: Message {
+                exchange: "x".into(),
+                routing_key: "r".into(),
+                properties: BasicProperties::default().with_message_id(event_id.into()),
+                body: Bytes::new(),
+            },
+        })
+    }
+
+    #[test]
+    fn settles_in_publish_order_and_only_a_confirmed_prefix() {
+        let mut lane = lane(&[10, 11, 12]);
+        lane.confirm(2, false, true).unwrap();
+        assert!(!lane.settle(&mut Vec::new()), "tag 1 is not answered yet");
+        lane.confirm(1, false, false).unwrap();
+        assert_eq!(
+            settle(&mut lane),
+            [(10, "nacked".to_owned()), (11, "confirmed".to_owned())]
+        );
+        lane.confirm(3, false, true).unwrap();
+        assert_eq!(settle(&mut lane), [(12, "confirmed".to_owned())]);
+        assert!(lane.detach().is_empty());
+    }
+
+    #[test]
+    fn a_multiple_confirm_answers_every_earlier_tag_but_not_one_already_answered() {
+        let mut lane = lane(&[0, 1, 2, 3]);
+        lane.confirm(2, false, false).unwrap();
+        lane.confirm(3, true, true).unwrap();
+        assert_eq!(
+            settle(&mut lane),
+            [
+                (0, "confirmed".to_owned()),
+                (1, "nacked".to_owned()),
+                (2, "confirmed".to_owned())
+            ]
+        );
+        // Tags keep counting after a settle: the 4th publish is still tag 4.
+        lane.confirm(4, true, true).unwrap();
+        assert_eq!(settle(&mut lane), [(3, "confirmed".to_owned())]);
+    }
+
+    #[test]
+    fn a_confirm_of_a_tag_not_in_flight_is_a_protocol_error() {
+        let mut lane = lane(&[0, 1]);
+        lane.confirm(1, false, true).unwrap();
+        settle(&mut lane);
+        for tag in [0, 1, 3] {
+            let error = lane.confirm(tag, false, true).unwrap_err();
+            assert!(
+                matches!(&error, WireError::Protocol(text) if text.contains(&format!("delivery tag {tag},")) && text.contains("tags 2..3")),
+                "{error}"
+            );
+        }
+        lane.confirm(2, false, true).unwrap();
+    }
+
+    #[test]
+    fn a_return_marks_the_earliest_unanswered_message_of_its_event() {
+        let mut lane = Lane::default();
+        lane.attach();
+        let now = Instant::now();
+        // The same event twice (published again after a nack), and another after it.
+        lane.push(record(7), now);
+        lane.push(record(7), now);
+        lane.push(record(8), now);
+        lane.confirm(1, false, true).unwrap();
+        lane.returned(returned("e7", "NO_ROUTE"));
+        lane.returned(returned("e9", "not in flight: ignored"));
+        lane.confirm(3, true, true).unwrap();
+        assert_eq!(
+            settle(&mut lane),
+            [
+                (7, "confirmed".to_owned()),
+                (7, "returned: NO_ROUTE".to_owned()),
+                (8, "confirmed".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn detach_gives_back_every_unsettled_record_in_order_and_a_new_channel_counts_from_one() {
+        let mut lane = lane(&[4, 5, 6]);
+        lane.confirm(2, false, true).unwrap();
+        let seqs: Vec<u64> = lane.detach().into_iter().map(|r| r.seq).collect();
+        assert_eq!(
+            seqs,
+            [4, 5, 6],
+            "a confirm not yet settled is not known to hold"
+        );
+        lane.attach();
+        lane.push(record(4), Instant::now());
+        lane.confirm(1, false, true).unwrap();
+        assert_eq!(settle(&mut lane), [(4, "confirmed".to_owned())]);
+    }
+}

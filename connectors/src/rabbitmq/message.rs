@@ -381,7 +381,7 @@ fn base_headers_lenient(event: &Event) -> FieldTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use sluice_pipeline::Position;
     use std::time::Duration;
@@ -392,11 +392,13 @@ mod tests {
         sluice_pipeline::config::deserialize(value).unwrap()
     }
 
-    fn builder(extra: &str) -> MessageBuilder {
+    /// A builder for the config `url = "amqp://localhost"` and `extra`.
+    pub(crate) fn builder(extra: &str) -> MessageBuilder {
         MessageBuilder::new(&config(extra), None, "broker")
     }
 
-    fn event() -> Event {
+    /// An event with a key, a type, a field, headers and a commit time.
+    pub(crate) fn event() -> Event {
         let mut event = Event::new("id-1", Position(3), Bytes::from_static(br#"{"a":1}"#));
         event.key = Some("order-9".into());
         event.event_type = "OrderCreated".into();
@@ -414,7 +416,8 @@ mod tests {
         properties.headers().as_ref()?.inner().get(name)
     }
 
-    fn header_text(properties: &BasicProperties, name: &str) -> String {
+    /// The text of header `name` (it must be a long string).
+    pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> String {
         match header(properties, name) {
             Some(AMQPValue::LongString(s)) => s.to_string(),
             other => panic!("{name}: {other:?}"),

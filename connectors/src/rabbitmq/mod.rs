@@ -21,6 +21,9 @@
 //! - `lane`: one publishing channel and its messages in flight.
 //! - `wire`: sluice's own AMQP connection: socket, frames, handshake (ADR 0009).
 //! - `broker`: the connection as the sink uses it: topology, exchanges, publishes, answers.
+//! - `order`: the order of each key's events, across settles, nacks and retries.
+//! - `quarantine`: where an event that cannot be delivered goes.
+//! - `retry`: when nacked records go out again.
 //! - `sink`: the running sink.
 //! - [`metrics`]: metric names.
 
@@ -34,6 +37,9 @@ mod lane;
 mod management;
 mod message;
 pub mod metrics;
+mod order;
+mod quarantine;
+mod retry;
 mod sink;
 mod wire;
 

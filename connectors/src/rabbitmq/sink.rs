@@ -2,31 +2,26 @@
 //! settles it on the broker's answer, and keeps going across nacks; a lost connection ends the
 //! run, and the runtime starts it again with everything it had not settled.
 //!
-//! Bookkeeping per key (kept only for keys with something in flight, held back or waiting):
-//! - `in_flight`: its records published and not yet settled;
-//! - `blocking`: its records that were nacked and are not yet settled; while there are any,
-//!   the key's later events are held back, so no event published after a nack overtakes the
-//!   retried one;
-//! - `held`: its events waiting, in order, behind `blocking` or `max_in_flight_per_key`;
-//! - `retrying`: its nacked records waiting out their backoff.
+//! The rules are units of their own: which of a key's events may go out and what a settle or
+//! a nack releases is `order`'s (a nack holds the key's later events back until the retried
+//! one is settled); when a nacked record goes out again is `retry`'s; where an event that
+//! cannot be delivered goes is `quarantine`'s. This module drives them with the connection.
 //!
 //! After a lost connection every unsettled record is published again, each lane in the order
 //! the records were first accepted, before anything new; the events of a key therefore reach
 //! the queue in commit order, with duplicates of any that had arrived but were not confirmed.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
 use std::hash::{Hash, Hasher};
-use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use amq_protocol::types::ShortString;
 use sluice_pipeline::backoff::BackoffConfig;
 use sluice_pipeline::error::chain;
 use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
-use tokio::time::Sleep;
 
 use super::avro::AvroEncoder;
 use super::broker::{Answer, Broker, ExchangeState};
@@ -35,13 +30,10 @@ use super::endpoint::Endpoint;
 use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
+use super::order::KeyOrder;
+use super::quarantine::{self, Route};
+use super::retry::{Retries, next_broker_after};
 use super::wire::WireError;
-
-/// With several brokers, the sink moves to the next one each time a message has been nacked
-/// this many times: a node can go on nacking every publish of a connection to a queue that
-/// lost its leader while the connection was being made (seen with quorum queues on RabbitMQ
-/// 3.10), and the next connection is made after the queue has elected a new one.
-const NACKS_BEFORE_NEXT_NODE: u32 = 3;
 
 /// The running `rabbitmq` sink.
 #[derive(Debug)]
@@ -122,25 +114,6 @@ enum Wake {
     Blocked(bool),
 }
 
-/// The bookkeeping of one key (see the module documentation).
-#[derive(Debug, Default)]
-struct KeyState {
-    in_flight: usize,
-    blocking: usize,
-    held: VecDeque<Record>,
-    retrying: Vec<Record>,
-    retry_at: Option<Instant>,
-}
-
-impl KeyState {
-    fn is_idle(&self) -> bool {
-        self.in_flight == 0
-            && self.blocking == 0
-            && self.held.is_empty()
-            && self.retrying.is_empty()
-    }
-}
-
 /// The sink's state: the connection, and every record it holds until the broker settles it.
 struct Relay {
     /// The brokers (`url`, or the nodes of `urls`).
@@ -158,11 +131,10 @@ struct Relay {
     metrics: RabbitmqMetrics,
     broker: Option<Broker>,
     lanes: Vec<Lane>,
-    keys: HashMap<Text, KeyState>,
-    /// Keys with records waiting out a backoff.
-    retrying: HashSet<Text>,
-    retry_timer: Pin<Box<Sleep>>,
-    retry_at: Option<Instant>,
+    /// The order of each key's records.
+    keys: KeyOrder<Record>,
+    /// Keys with nacked records waiting out a backoff.
+    retries: Retries,
     /// Received, not yet turned into records.
     incoming: VecDeque<Event>,
     /// Unsettled when the connection failed: published first on the next one.
@@ -175,8 +147,6 @@ struct Relay {
     next_seq: u64,
     /// Records published and not yet settled, over all lanes.
     in_flight: usize,
-    /// Waits before a nacked message is published again.
-    nack_backoff: BackoffConfig,
     connected_once: bool,
     /// The broker blocks publishing (a resource alarm): input waits, nothing new is published.
     blocked: bool,
@@ -213,10 +183,11 @@ impl Relay {
             metrics: RabbitmqMetrics::new(id, config.confirm_window),
             broker: None,
             lanes: (0..config.channels).map(|_| Lane::default()).collect(),
-            keys: HashMap::new(),
-            retrying: HashSet::new(),
-            retry_timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
-            retry_at: None,
+            keys: KeyOrder::new(config.max_in_flight_per_key),
+            retries: Retries::new(BackoffConfig {
+                initial: config.backoff_initial,
+                max: config.backoff_max,
+            }),
             incoming: VecDeque::new(),
             unsent: Vec::new(),
             rejects: Vec::new(),
@@ -224,10 +195,6 @@ impl Relay {
             failure: None,
             next_seq: 0,
             in_flight: 0,
-            nack_backoff: BackoffConfig {
-                initial: config.backoff_initial,
-                max: config.backoff_max,
-            },
             connected_once: false,
             blocked: false,
             config,
@@ -485,19 +452,7 @@ impl Relay {
         match &record.purpose {
             Purpose::Deliver => self.builder.build(event).map_err(|r| r.reason),
             Purpose::Quarantine { reason, returned } => {
-                let published = if *returned {
-                    self.builder.build(event).ok()
-                } else {
-                    None
-                };
-                let routing_key = match &published {
-                    Some(message) => message.routing_key.clone(),
-                    None => self.builder.routing_key_or_empty(event),
-                };
-                let published = published.as_ref().map(|m| (&m.properties, m.body.clone()));
-                self.builder
-                    .quarantine(event, reason, routing_key, published)
-                    .ok_or_else(|| format!("{reason} (and there is no quarantine exchange)"))
+                quarantine::rebuild(&self.builder, event, reason, *returned)
             }
         }
     }
@@ -514,18 +469,15 @@ impl Relay {
             let (mut message, mut purpose) = match self.builder.build(&event) {
                 Ok(message) => (message, Purpose::Deliver),
                 Err(rejection) => {
-                    let routing_key = self.builder.routing_key_or_empty(&event);
-                    let message = rejection
-                        .to_exchange
-                        .then(|| {
-                            self.builder
-                                .quarantine(&event, &rejection.reason, routing_key, None)
-                        })
-                        .flatten();
-                    match message {
-                        Some(message) => (message, quarantine(rejection.reason)),
-                        None => {
-                            self.rejects.push((event, Text::from(rejection.reason)));
+                    let route = if rejection.to_exchange {
+                        self.divert(&event, &Purpose::Deliver, rejection.reason, None)
+                    } else {
+                        Route::Pipeline(rejection.reason)
+                    };
+                    match route {
+                        Route::Exchange(message, purpose) => (*message, purpose),
+                        Route::Pipeline(reason) => {
+                            self.rejects.push((event, Text::from(reason)));
                             continue;
                         }
                     }
@@ -535,13 +487,12 @@ impl Relay {
                 Ok(ExchangeState::Ready) => {}
                 Ok(ExchangeState::Missing) => {
                     let reason = missing_exchange(&message.exchange);
-                    let routing_key = message.routing_key.clone();
-                    match self.builder.quarantine(&event, &reason, routing_key, None) {
-                        Some(quarantined) => {
-                            message = quarantined;
-                            purpose = quarantine(reason);
+                    match self.divert(&event, &Purpose::Deliver, reason, None) {
+                        Route::Exchange(quarantined, diverted) => {
+                            message = *quarantined;
+                            purpose = diverted;
                         }
-                        None => {
+                        Route::Pipeline(reason) => {
                             self.rejects.push((event, Text::from(reason)));
                             continue;
                         }
@@ -570,17 +521,9 @@ impl Relay {
     /// Publishes a new record as `message`, or holds it behind its key's earlier ones (its
     /// message is built again when it is released).
     fn admit(&mut self, record: Record, message: Message, now: Instant) {
-        let limit = self.config.max_in_flight_per_key;
-        let state = self.keys.entry(record.key.clone()).or_default();
-        if state.blocking > 0
-            || !state.held.is_empty()
-            || limit.is_some_and(|limit| state.in_flight >= limit)
-        {
-            state.held.push_back(record);
-            return;
+        if let Some(record) = self.keys.admit(record) {
+            self.publish(record, message, now);
         }
-        state.in_flight += 1;
-        self.publish(record, message, now);
     }
 
     /// Queues `message` on the record's lane; without a connection, the record waits for
@@ -637,7 +580,7 @@ impl Relay {
         if settled {
             return Poll::Ready(Wake::Settled);
         }
-        if self.retry_at.is_some() && self.retry_timer.as_mut().poll(task).is_ready() {
+        if self.retries.poll_due(task).is_ready() {
             return Poll::Ready(Wake::RetryDue);
         }
         Poll::Pending
@@ -705,32 +648,28 @@ impl Relay {
     /// quarantined copy keeps.
     fn requarantine(&mut self, record: Record, reason: String, returned: Option<Message>) {
         let now = Instant::now();
-        if let Purpose::Quarantine { reason: first, .. } = &record.purpose {
-            let reason = format!("{first}; then the quarantine exchange: {reason}");
-            return self.reject_record(record, reason, now);
-        }
-        let routing_key = match &returned {
-            Some(message) => message.routing_key.clone(),
-            None => self.builder.routing_key_or_empty(&record.event),
-        };
-        let published = returned.as_ref().map(|m| (&m.properties, m.body.clone()));
-        let quarantined = self
-            .builder
-            .quarantine(&record.event, &reason, routing_key, published);
-        match quarantined {
-            Some(message) => {
+        match self.divert(&record.event, &record.purpose, reason, returned.as_ref()) {
+            Route::Exchange(message, purpose) => {
                 let record = Record {
-                    purpose: Purpose::Quarantine {
-                        reason,
-                        returned: returned.is_some(),
-                    },
+                    purpose,
                     returned: None,
                     ..record
                 };
-                self.publish(record, message, now);
+                self.publish(record, *message, now);
             }
-            None => self.reject_record(record, reason, now),
+            Route::Pipeline(reason) => self.reject_record(record, reason, now),
         }
+    }
+
+    /// Where `event`, last published for `purpose`, goes for `reason` (see `quarantine`).
+    fn divert(
+        &self,
+        event: &Event,
+        purpose: &Purpose,
+        reason: String,
+        returned: Option<&Message>,
+    ) -> Route {
+        quarantine::divert(&self.builder, event, purpose, reason, returned)
     }
 
     /// Sends a record's event to the pipeline's quarantine; its key moves on.
@@ -743,97 +682,32 @@ impl Relay {
 
     /// A nacked record waits out its backoff, and its key is held back until it is settled.
     fn nacked(&mut self, mut record: Record, now: Instant) {
-        let key = record.key.clone();
         record.nacks += 1;
-        let wait = self.nack_backoff.after(record.nacks);
+        let wait = self.retries.nacked(record.key.clone(), record.nacks);
         tracing::warn!(event_id = %record.event.id, nacks = record.nacks, retry_in = ?wait, "the broker nacked a message; retrying");
-        let due = now + wait;
-        let state = self.keys.entry(key.clone()).or_default();
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if record.nacks == 1 {
-            state.blocking += 1;
-        }
-        state.retry_at = Some(state.retry_at.map_or(due, |at| at.max(due)));
-        if self.endpoints.len() > 1
-            && record.nacks.is_multiple_of(NACKS_BEFORE_NEXT_NODE)
-            && self.failure.is_none()
-        {
+        if next_broker_after(record.nacks, self.endpoints.len()) && self.failure.is_none() {
             self.failure = Some(WireError::Nacking(record.nacks));
         }
-        let at = state.retrying.partition_point(|r| r.seq < record.seq);
-        state.retrying.insert(at, record);
-        self.retrying.insert(key);
-        self.arm_retry();
+        let first = record.nacks == 1;
+        self.keys.nacked(record, first, now + wait);
+        self.retries.arm(&self.keys);
     }
 
     /// Republishes the nacked records whose backoff is over, each key's in acceptance order.
     fn retry_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<Text> = self
-            .retrying
-            .iter()
-            .filter(|key| {
-                self.keys
-                    .get(*key)
-                    .and_then(|s| s.retry_at)
-                    .is_none_or(|at| at <= now)
-            })
-            .cloned()
-            .collect();
-        for key in due {
-            self.retrying.remove(&key);
-            let records = match self.keys.get_mut(&key) {
-                Some(state) => {
-                    state.retry_at = None;
-                    state.in_flight += state.retrying.len();
-                    std::mem::take(&mut state.retrying)
-                }
-                None => Vec::new(),
-            };
-            for record in records {
+        for key in self.retries.due(&self.keys, now) {
+            for record in self.keys.retry(&key) {
                 self.metrics.republished.increment(1);
                 self.send(record, now);
             }
         }
-        self.arm_retry();
-    }
-
-    fn arm_retry(&mut self) {
-        let next = self
-            .retrying
-            .iter()
-            .filter_map(|key| self.keys.get(key)?.retry_at)
-            .min();
-        if let Some(at) = next
-            && self.retry_at != Some(at)
-        {
-            self.retry_timer.as_mut().reset(at.into());
-        }
-        self.retry_at = next;
+        self.retries.arm(&self.keys);
     }
 
     /// One of `key`'s records is settled: release what it held back.
     fn key_settled(&mut self, key: &Text, was_nacked: bool, now: Instant) {
-        let limit = self.config.max_in_flight_per_key;
-        let Some(state) = self.keys.get_mut(key) else {
-            return;
-        };
-        state.in_flight = state.in_flight.saturating_sub(1);
-        if was_nacked {
-            state.blocking = state.blocking.saturating_sub(1);
-        }
-        let mut release = Vec::new();
-        while state.blocking == 0 && limit.is_none_or(|limit| state.in_flight < limit) {
-            let Some(record) = state.held.pop_front() else {
-                break;
-            };
-            state.in_flight += 1;
-            release.push(record);
-        }
-        if state.is_idle() {
-            self.keys.remove(key);
-        }
-        for record in release {
+        for record in self.keys.settled(key, was_nacked) {
             self.send(record, now);
         }
     }
@@ -864,13 +738,8 @@ impl Relay {
         self.settle();
         self.failure = None;
         self.detach_all();
-        for state in self.keys.values_mut() {
-            state.in_flight += state.retrying.len();
-            state.retry_at = None;
-            self.unsent.append(&mut state.retrying);
-        }
-        self.retrying.clear();
-        self.retry_at = None;
+        self.keys.retry_all(&mut self.unsent);
+        self.retries.clear();
         error
     }
 
@@ -898,13 +767,6 @@ fn random_below(n: usize) -> usize {
 
 fn missing_exchange(exchange: &ShortString) -> String {
     format!("exchange {:?} does not exist", exchange.as_str())
-}
-
-fn quarantine(reason: String) -> Purpose {
-    Purpose::Quarantine {
-        reason,
-        returned: false,
-    }
 }
 
 /// Hands the broker's answers to the lanes they are about.

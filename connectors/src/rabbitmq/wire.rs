@@ -191,6 +191,21 @@ impl Wire {
         }
     }
 
+    /// A connection on `stream` before the handshake: frames no larger than the protocol's
+    /// minimum until the broker tunes it, and no heartbeat.
+    fn new(stream: Box<dyn Transport>) -> Wire {
+        Wire {
+            stream,
+            read: vec![0; READ_CHUNK],
+            read_at: 0,
+            read_end: 0,
+            write: Vec::with_capacity(READ_CHUNK),
+            written: 0,
+            frame_max: constants::FRAME_MIN_SIZE as usize,
+            heartbeat: None,
+        }
+    }
+
     async fn handshake(endpoint: &Endpoint, name: &str, channels: u16) -> Result<Wire, WireError> {
         let uri = &endpoint.uri;
         let authority = &uri.authority;
@@ -200,16 +215,7 @@ impl Wire {
             Some(tls) => Box::new(tls_session(tls, tcp).await?),
             None => Box::new(tcp),
         };
-        let mut wire = Wire {
-            stream,
-            read: vec![0; READ_CHUNK],
-            read_at: 0,
-            read_end: 0,
-            write: Vec::with_capacity(READ_CHUNK),
-            written: 0,
-            frame_max: constants::FRAME_MIN_SIZE as usize,
-            heartbeat: None,
-        };
+        let mut wire = Wire::new(stream);
         wire.write.extend_from_slice(b"AMQP\x00\x00\x09\x01");
         let start = match wire.next_method(0).await? {
             AMQPClass::Connection(connection::AMQPMethod::Start(start)) => start,
@@ -617,4 +623,165 @@ pub(crate) fn short(name: &str) -> Result<ShortString, WireError> {
 
 pub(crate) fn unexpected(expected: &str, got: &AMQPClass) -> WireError {
     WireError::Protocol(format!("expected {expected}, got {got:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::BasicProperties;
+
+    /// One frame as it goes on the socket: type, channel, payload.
+    struct Frame<'a> {
+        kind: u8,
+        channel: ChannelId,
+        payload: &'a [u8],
+    }
+
+    /// Splits `bytes` into frames, checking each one's size and end octet.
+    fn frames(mut bytes: &[u8]) -> Vec<Frame<'_>> {
+        let mut frames = Vec::new();
+        while !bytes.is_empty() {
+            let (head, rest) = bytes.split_at(7);
+            let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+            assert!(rest.len() > size, "a frame of {size} bytes is cut short");
+            assert_eq!(rest[size], constants::FRAME_END, "the frame's end octet");
+            frames.push(Frame {
+                kind: head[0],
+                channel: u16::from_be_bytes([head[1], head[2]]),
+                payload: &rest[..size],
+            });
+            bytes = &rest[size + 1..];
+        }
+        frames
+    }
+
+    fn u16_at(bytes: &[u8], at: usize) -> u16 {
+        u16::from_be_bytes([bytes[at], bytes[at + 1]])
+    }
+
+    /// A short string at the front of `bytes`, and what follows it.
+    fn short_string(bytes: &[u8]) -> (&str, &[u8]) {
+        let len = bytes[0] as usize;
+        let text = std::str::from_utf8(&bytes[1..=len]).expect("a short string is UTF-8");
+        (text, &bytes[1 + len..])
+    }
+
+    /// A connection that writes into its buffer only (nothing is flushed in these tests).
+    fn wire(frame_max: usize) -> Wire {
+        let (stream, _peer) = tokio::io::duplex(64);
+        let mut wire = Wire::new(Box::new(stream));
+        wire.frame_max = frame_max;
+        wire
+    }
+
+    fn properties() -> BasicProperties {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString("00-ab-01".into()),
+        );
+        BasicProperties::default()
+            .with_message_id("event-7".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(1_700_000_000)
+            .with_headers(headers)
+    }
+
+    /// Publishes `body` and parses the frames back: the method's fields, the content header's
+    /// class, weight, size and properties, and the body frames, each within `frame_max`.
+    fn round_trip(frame_max: usize, mandatory: bool, body: &[u8]) -> Vec<usize> {
+        let mut wire = wire(frame_max);
+        wire.publish(
+            5,
+            "outbox.order",
+            "OrderCreated",
+            mandatory,
+            &properties(),
+            body,
+        )
+        .unwrap();
+        let frames = frames(&wire.write);
+        assert!(frames.len() >= 2, "a method and a content header at least");
+        assert!(
+            frames.iter().all(|f| f.channel == 5),
+            "every frame on channel 5"
+        );
+
+        let method = &frames[0];
+        assert_eq!(method.kind, constants::FRAME_METHOD);
+        assert_eq!(
+            (u16_at(method.payload, 0), u16_at(method.payload, 2)),
+            (60, 40),
+            "basic.publish"
+        );
+        assert_eq!(u16_at(method.payload, 4), 0, "the reserved ticket");
+        let (exchange, rest) = short_string(&method.payload[6..]);
+        let (routing_key, rest) = short_string(rest);
+        assert_eq!((exchange, routing_key), ("outbox.order", "OrderCreated"));
+        assert_eq!(rest, [u8::from(mandatory)], "mandatory, and not immediate");
+
+        let header = &frames[1];
+        assert_eq!(header.kind, constants::FRAME_HEADER);
+        assert_eq!(u16_at(header.payload, 0), 60, "the content class");
+        assert_eq!(u16_at(header.payload, 2), 0, "the weight");
+        let size = u64::from_be_bytes(header.payload[4..12].try_into().unwrap());
+        assert_eq!(size, body.len() as u64);
+        let (rest, parsed) = basic::parse_properties(&header.payload[12..]).unwrap();
+        assert!(rest.is_empty(), "{} bytes after the properties", rest.len());
+        assert_eq!(parsed, properties());
+
+        let mut received = Vec::new();
+        let mut sizes = Vec::new();
+        for frame in &frames[2..] {
+            assert_eq!(frame.kind, constants::FRAME_BODY);
+            assert!(frame.payload.len() + FRAME_OVERHEAD <= frame_max);
+            received.extend_from_slice(frame.payload);
+            sizes.push(frame.payload.len());
+        }
+        assert_eq!(received, body, "the body frames join into the body");
+        sizes
+    }
+
+    #[test]
+    fn a_publish_parses_back_with_its_body_split_at_frame_max() {
+        let frame_max = constants::FRAME_MIN_SIZE as usize;
+        let room = frame_max - FRAME_OVERHEAD;
+        let body: Vec<u8> = (0..2 * room + 10).map(|i| (i % 251) as u8).collect();
+        assert_eq!(round_trip(frame_max, true, &body), [room, room, 10]);
+        assert_eq!(round_trip(frame_max, false, &body[..room]), [room]);
+        assert_eq!(round_trip(frame_max, true, b"{}"), [2]);
+        assert!(
+            round_trip(frame_max, false, b"").is_empty(),
+            "no body frame"
+        );
+    }
+
+    #[test]
+    fn publishes_follow_one_another_in_the_buffer() {
+        let mut wire = wire(DEFAULT_FRAME_MAX as usize);
+        for body in [&b"first"[..], b"second"] {
+            wire.publish(1, "x", "r", false, &properties(), body)
+                .unwrap();
+        }
+        let bodies: Vec<&[u8]> = frames(&wire.write)
+            .iter()
+            .filter(|f| f.kind == constants::FRAME_BODY)
+            .map(|f| f.payload)
+            .collect();
+        assert_eq!(bodies, [&b"first"[..], b"second"]);
+    }
+
+    #[test]
+    fn a_name_longer_than_a_short_string_is_refused() {
+        let mut wire = wire(DEFAULT_FRAME_MAX as usize);
+        let long = "x".repeat(256);
+        let error = wire
+            .publish(1, &long, "r", false, &properties(), b"body")
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("longer than 255 bytes"),
+            "{error}"
+        );
+    }
 }
