@@ -300,8 +300,12 @@ impl Wire {
         b.extend_from_slice(&60u16.to_be_bytes());
         b.extend_from_slice(&40u16.to_be_bytes());
         b.extend_from_slice(&0u16.to_be_bytes());
-        put_short(b, exchange)?;
-        put_short(b, routing_key)?;
+        // A name that does not fit leaves nothing of this publish behind in the buffer.
+        if let Err(error) = put_short(b, exchange).and_then(|()| put_short(b, routing_key)) {
+            self.write.truncate(start);
+            return Err(error);
+        }
+        let b = &mut self.write;
         b.push(u8::from(mandatory));
         b.push(constants::FRAME_END);
         // The content header: class 60, weight 0, body size, then the properties.
@@ -773,15 +777,21 @@ mod tests {
     }
 
     #[test]
-    fn a_name_longer_than_a_short_string_is_refused() {
+    fn a_name_longer_than_a_short_string_is_refused_and_leaves_nothing_behind() {
         let mut wire = wire(DEFAULT_FRAME_MAX as usize);
+        wire.publish(1, "e", "first", false, &properties(), b"body")
+            .unwrap();
+        let before = wire.write.clone();
         let long = "x".repeat(256);
-        let error = wire
-            .publish(1, &long, "r", false, &properties(), b"body")
-            .unwrap_err();
-        assert!(
-            error.to_string().contains("longer than 255 bytes"),
-            "{error}"
-        );
+        for (exchange, key) in [(long.as_str(), "r"), ("e", long.as_str())] {
+            let error = wire
+                .publish(1, exchange, key, false, &properties(), b"body")
+                .unwrap_err();
+            assert!(
+                error.to_string().contains("longer than 255 bytes"),
+                "{error}"
+            );
+            assert_eq!(wire.write, before, "the refused publish left bytes behind");
+        }
     }
 }
