@@ -501,11 +501,16 @@ async fn a_dropped_campaign_withdraws_its_candidacy(subject: &Subject) -> Result
     }
     drop(waiting);
     let again = spawn_campaign(&b2, s2, "e", b"again");
-    f.wait_candidates(&layout.election, "e", 2).await?;
-    let (keys, _) = f.b.range(&layout.election.replace("{name}", "e")).await?;
-    let values: Vec<&[u8]> = keys.iter().map(|kv| &kv.value[..]).collect();
+    // The withdrawal runs after the drop; the new candidacy appears only once it is done.
+    let prefix = layout.election.replace("{name}", "e");
+    let values = eventually("the new candidacy", SOON, || async {
+        let (keys, _) = f.b.range(&prefix).await?;
+        let values: Vec<Vec<u8>> = keys.iter().map(|kv| kv.value.to_vec()).collect();
+        Ok(values.iter().any(|v| v == b"again").then_some(values))
+    })
+    .await?;
     ensure!(
-        !values.contains(&&b"dropped"[..]),
+        !values.iter().any(|v| v == b"dropped") && values.len() == 2,
         "the dropped candidacy stayed: {values:?}"
     );
     b1.resign(&first).await?;
