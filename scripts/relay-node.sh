@@ -3,7 +3,8 @@
 # its API on ADDRESS, in the background; its pid is kept in $SLUICE_DATA/NAME.pid and its log
 # goes to stderr, each line prefixed with [sluice NAME].
 #   scripts/relay-node.sh start NAME ADDRESS
-#   scripts/relay-node.sh restart NAME      # kill -9, then start it again: a standby now
+#   scripts/relay-node.sh restart NAME      # kill -9, then, once another node leads, start it
+#                                           # again: a standby now
 # `restart` is the demo's KILL_NODE (scripts/scenario.sh appends the leader's name).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,19 @@ restart)
     for _ in $(seq 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
+    done
+    # Back only once another node leads: a node back under its name before its registry entry
+    # lapses keeps its pipelines (the assignment is sticky, docs/high-availability.md), and
+    # would take them again after the TTL instead of a standby taking over now.
+    for _ in $(seq 300); do
+        for file in "$SLUICE_DATA"/*.api; do
+            [ "$file" != "$SLUICE_DATA/$name.api" ] || continue
+            if curl -fsS "http://$(cat "$file")/metrics" 2>/dev/null |
+                awk '$1 == "sluice_leader" || $1 ~ /^sluice_leader[{]/ {v += $2} END {exit !(v >= 1)}'; then
+                break 2
+            fi
+        done
+        sleep 0.1
     done
     ;;
 *)
