@@ -48,6 +48,10 @@ if [[ ${1:-} == kill-node ]]; then
         ((SECONDS < deadline)) || fail "$c still runs 30 s after podman kill"
         sleep 0.1
     done
+    # Back only once another node leads (scripts/another-leads.sh says why); RELAY_APIS is
+    # the scenario's, which runs this.
+    # shellcheck disable=SC2086
+    bash scripts/another-leads.sh "$2" ${RELAY_APIS:-} || true
     podman start "$c" >/dev/null || fail "podman start $c failed"
     exit 0
 fi

@@ -27,19 +27,12 @@ restart)
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.05
     done
-    # Back only once another node leads: a node back under its name before its registry entry
-    # lapses keeps its pipelines (the assignment is sticky, docs/high-availability.md), and
-    # would take them again after the TTL instead of a standby taking over now.
-    for _ in $(seq 300); do
-        for file in "$SLUICE_DATA"/*.api; do
-            [ "$file" != "$SLUICE_DATA/$name.api" ] || continue
-            if curl -fsS "http://$(cat "$file")/metrics" 2>/dev/null |
-                awk '$1 == "sluice_leader" || $1 ~ /^sluice_leader[{]/ {v += $2} END {exit !(v >= 1)}'; then
-                break 2
-            fi
-        done
-        sleep 0.1
+    # Back only once another node leads (scripts/another-leads.sh says why).
+    others=()
+    for file in "$SLUICE_DATA"/*.api; do
+        [ "$file" = "$SLUICE_DATA/$name.api" ] || others+=("$(cat "$file")")
     done
+    bash scripts/another-leads.sh "$name" "${others[@]}" || true
     ;;
 *)
     echo "usage: $0 start NAME ADDRESS | restart NAME" >&2
