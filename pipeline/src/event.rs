@@ -253,7 +253,22 @@ pub struct Event {
     pub(crate) ack: Option<AckHandle>,
     /// The payload that [`Event::mark_payload_json`] recorded as checked. Holding it keeps its
     /// buffer alive, so a payload at the same address and length is the same bytes.
-    json_payload: Option<Bytes>,
+    json_payload: CheckedJson,
+}
+
+/// The payload an event recorded as checked JSON; shown by `Debug` only as whether there is one,
+/// since it is the payload again.
+#[derive(Clone, Default)]
+struct CheckedJson(Option<Bytes>);
+
+impl fmt::Debug for CheckedJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "checked"
+        } else {
+            "unchecked"
+        })
+    }
 }
 
 impl Event {
@@ -274,13 +289,13 @@ impl Event {
     /// Records that the payload, as it is now, was checked to be JSON, so that a later stage
     /// that needs JSON (a sink sending `application/json`) does not parse it again.
     pub fn mark_payload_json(&mut self) {
-        self.json_payload = Some(self.payload.clone());
+        self.json_payload = CheckedJson(Some(self.payload.clone()));
     }
 
     /// Whether the payload is still the one [`Event::mark_payload_json`] recorded: giving
     /// the event another payload forgets the check.
     pub fn payload_is_json(&self) -> bool {
-        self.json_payload.as_ref().is_some_and(|checked| {
+        self.json_payload.0.as_ref().is_some_and(|checked| {
             checked.as_ptr() == self.payload.as_ptr() && checked.len() == self.payload.len()
         })
     }
