@@ -6,7 +6,8 @@
 //! - [`file`](mod@file), [`stdout`]: events as JSON lines; [`blackhole`]: acknowledges and discards.
 //! - [`rabbitmq`]: RabbitMQ, persistent and confirmed, in order per key.
 //! - [`codec`]: encodings shared by sinks.
-//! - [`tls`]: TLS client settings shared by the PostgreSQL and RabbitMQ connections.
+//! - [`tls`]: TLS client settings shared by the PostgreSQL and RabbitMQ connections;
+//!   [`ConnectionUrl`]: their URLs in configs, never shown with the password.
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
 //! its running component; the `sluice` binary registers them by type name.
@@ -21,3 +22,5 @@ pub mod rabbitmq;
 pub mod stdout;
 pub mod tls;
 mod url;
+
+pub use url::{ConnectionUrl, ParseUrl};

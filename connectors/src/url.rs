@@ -1,7 +1,81 @@
-//! What connection URLs of every kind share: refusing user information that needed
-//! percent-encoding, and reading query parameters.
+//! What connection URLs of every kind share: the config type that holds one without ever
+//! showing its password, refusing user information that needed percent-encoding, and reading
+//! query parameters.
+
+use std::fmt;
+use std::marker::PhantomData;
 
 use percent_encoding::percent_decode_str;
+use serde::{Deserialize, Deserializer};
+
+/// A connection URL parsed into `T`, which says where to connect and shows itself without
+/// the password.
+pub trait ParseUrl: fmt::Display + Sized {
+    /// Parses `url`; the error never repeats any part of it.
+    fn parse_url(url: &str) -> Result<Self, String>;
+}
+
+/// A connection URL as written in a config. It holds a password, so it is never shown as
+/// written: `Debug` shows the parsed URL without the password (or `<invalid url>`).
+pub struct ConnectionUrl<T> {
+    text: String,
+    parsed: PhantomData<fn() -> T>,
+}
+
+impl<T: ParseUrl> ConnectionUrl<T> {
+    /// Wraps `url` (not checked until validation).
+    pub fn new(url: impl Into<String>) -> Self {
+        ConnectionUrl {
+            text: url.into(),
+            parsed: PhantomData,
+        }
+    }
+
+    /// Parses the URL, with a message that does not repeat it.
+    pub fn parse(&self) -> Result<T, String> {
+        T::parse_url(&self.text)
+    }
+
+    /// The URL as written, for hints about its shape; never to be shown.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+}
+
+impl<T> Clone for ConnectionUrl<T> {
+    fn clone(&self) -> Self {
+        ConnectionUrl {
+            text: self.text.clone(),
+            parsed: PhantomData,
+        }
+    }
+}
+
+impl<T> PartialEq for ConnectionUrl<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl<T> Eq for ConnectionUrl<T> {}
+
+impl<T: ParseUrl> fmt::Debug for ConnectionUrl<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.parse() {
+            Ok(parsed) => write!(f, "\"{parsed}\""),
+            Err(_) => f.write_str("\"<invalid url>\""),
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ConnectionUrl<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(|text| ConnectionUrl {
+            text,
+            parsed: PhantomData,
+        })
+    }
+}
 
 /// Refuses a URL whose user name or password holds an `@` or `/` that should have been
 /// percent-encoded, without echoing any of it (it is likely part of a password).

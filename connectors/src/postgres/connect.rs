@@ -12,7 +12,7 @@ use tokio_postgres::{Client, Connection, Socket};
 
 use super::tls::{MakeRustls, RustlsStream};
 use crate::tls::{PemFile, TlsOptions, Verify};
-use crate::url::{check_userinfo, query_pairs};
+use crate::url::{ConnectionUrl, ParseUrl, check_userinfo, query_pairs};
 
 /// How long connecting may take unless the URL says (`connect_timeout=`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -381,6 +381,15 @@ fn key_values(text: &str) -> Result<Vec<(String, String, &str)>, String> {
         rest = rest[end..].trim_start();
     }
     Ok(pairs)
+}
+
+/// A PostgreSQL URL in a config, whose password never appears in `Debug` output.
+pub type PostgresUrl = ConnectionUrl<Database>;
+
+impl ParseUrl for Database {
+    fn parse_url(url: &str) -> Result<Self, String> {
+        Database::parse(url)
+    }
 }
 
 impl fmt::Display for Database {

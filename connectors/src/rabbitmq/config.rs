@@ -2,11 +2,11 @@
 //! checks that need no I/O.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
 
 use super::endpoint::Endpoint;
-use serde::{Deserialize, Deserializer};
+use crate::url::{ConnectionUrl, ParseUrl};
+use serde::Deserialize;
 use sluice_pipeline::component::{BoxFuture, BuildContext, DynSink};
 use sluice_pipeline::{
     Error, FieldError, FieldErrors, Finding, HumanDuration, SinkConfig, Validate,
@@ -310,40 +310,18 @@ pub struct CloudEventsConfig {
 }
 
 /// An AMQP URL whose password never appears in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl(String);
+pub type AmqpUrl = ConnectionUrl<Endpoint>;
 
-impl AmqpUrl {
-    /// Wraps `url` (not checked until validation).
-    pub fn new(url: impl Into<String>) -> Self {
-        AmqpUrl(url.into())
-    }
-
-    /// Parses the URL, with a message that does not repeat it (it holds a password).
-    pub fn parse(&self) -> Result<Endpoint, String> {
-        Endpoint::parse(&self.0)
-    }
-}
-
-impl fmt::Debug for AmqpUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.parse() {
-            Ok(endpoint) => fmt::Debug::fmt(&endpoint, f),
-            Err(_) => f.write_str("\"<invalid url>\""),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for AmqpUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(AmqpUrl)
+impl ParseUrl for Endpoint {
+    fn parse_url(url: &str) -> Result<Self, String> {
+        Endpoint::parse(url)
     }
 }
 
 /// The message for a URL that does not parse, with a hint for the usual slips in a list:
 /// several nodes in one string, a node written without its scheme.
 fn malformed(url: &AmqpUrl, message: String) -> String {
-    let text = url.0.as_str();
+    let text = url.text();
     if text.contains(',') {
         format!(
             "{message}: it holds a comma; write each node as a URL of its own, urls = [\"amqp://user:password@rabbit1/vhost\", \"amqp://user:password@rabbit2/vhost\"]"

@@ -58,8 +58,11 @@ impl Validate for BackfillConfig {
 
 impl SourceConfig for BackfillConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
-        let database =
-            Database::parse(&self.source.url).map_err(|m| Error::new(ErrorKind::Config, m))?;
+        let database = self
+            .source
+            .url
+            .parse()
+            .map_err(|m| Error::new(ErrorKind::Config, m))?;
         Ok(Box::new(Backfill {
             tables: self.source.qualified_tables(),
             config: self.clone(),

@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use super::config::{PostgresCdcConfig, Snapshot};
 use super::slot::{publication_sql, snapshot_refusal, unpublished};
-use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::connect::quote_ident;
 use crate::postgres::table::TableName;
 
 /// Columns of the outbox contract (Debezium's defaults), checked when the table has them.
@@ -15,7 +15,7 @@ const OUTBOX_COLUMNS: [&str; 5] = ["id", "aggregatetype", "aggregateid", "type",
 
 /// Runs every check; a failed connection is the only finding then.
 pub(crate) async fn check(config: &PostgresCdcConfig) -> Vec<Finding> {
-    let database = match Database::parse(&config.url) {
+    let database = match config.url.parse() {
         Ok(d) => d,
         Err(e) => return vec![Finding::fail(e)],
     };

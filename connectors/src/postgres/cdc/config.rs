@@ -8,7 +8,7 @@ use sluice_pipeline::{
 
 use super::source::PostgresCdc;
 use crate::postgres::cleanup::CleanupConfig;
-use crate::postgres::connect::Database;
+use crate::postgres::connect::PostgresUrl;
 use crate::postgres::table::TableName;
 
 /// Default for [`PostgresCdcConfig::tables`].
@@ -43,7 +43,7 @@ pub struct PostgresCdcConfig {
     /// Connection URL, `postgres://user:password@host:port/dbname`. The role needs the
     /// `REPLICATION` attribute (or superuser), and ownership of the tables to create the
     /// publication.
-    pub url: String,
+    pub url: PostgresUrl,
     /// The logical replication slot (created with `pgoutput` when missing and `create` is set).
     pub slot: String,
     /// The publication the slot reads (created for `tables` when missing and `create` is set).
@@ -172,7 +172,8 @@ impl Validate for PostgresCdcConfig {
     fn validate(&self) -> Result<(), FieldErrors> {
         let mut problems = FieldErrors::new();
         problems.add(
-            Database::parse(&self.url)
+            self.url
+                .parse()
                 .map(drop)
                 .map_err(|m| FieldError::new("url", m)),
         );
@@ -237,7 +238,9 @@ impl Validate for PostgresCdcConfig {
 
 impl SourceConfig for PostgresCdcConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
-        let database = Database::parse(&self.url)
+        let database = self
+            .url
+            .parse()
             .map_err(|m| Error::new(sluice_pipeline::ErrorKind::Config, m))?;
         Ok(Box::new(PostgresCdc::new(self.clone(), database)))
     }
@@ -270,6 +273,32 @@ mod tests {
             sluice_pipeline::config::deserialize(toml::from_str::<toml::Value>(&text).unwrap())?;
         config.validate().map_err(|mut e| e.0.remove(0))?;
         Ok(config)
+    }
+
+    #[test]
+    fn debug_output_shows_the_url_without_its_password() {
+        let text = "url = \"postgres://relay:s3cret@db:5432/shop?sslmode=verify-full\"\nslot = \"s\"\npublication = \"p\"";
+        let c: PostgresCdcConfig =
+            sluice_pipeline::config::deserialize(toml::from_str::<toml::Value>(text).unwrap())
+                .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("\"postgres://relay@db:5432/shop?sslmode=verify-full\""),
+            "{shown}"
+        );
+        let c: PostgresCdcConfig = sluice_pipeline::config::deserialize(
+            toml::from_str::<toml::Value>(
+                "url = \"postgres://relay:s3c@r3t@db/shop\"\nslot = \"s\"\npublication = \"p\"",
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("<invalid url>") && !shown.contains("r3t"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -9,12 +9,12 @@ use tokio_postgres::Client;
 use super::batch::Poller;
 use super::config::PollConfig;
 use crate::postgres::cleanup::{Cleanup, Delivered};
-use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::connect::quote_ident;
 use crate::postgres::table::Table;
 
 /// Runs every check; a failed connection or a table that does not fit ends them.
 pub(super) async fn check(config: &PollConfig) -> Vec<Finding> {
-    let database = match Database::parse(&config.url) {
+    let database = match config.url.parse() {
         Ok(database) => database,
         Err(e) => return vec![Finding::fail(e)],
     };

@@ -9,7 +9,7 @@ use sluice_pipeline::{
 
 use super::source::PollSource;
 use crate::postgres::cleanup::CleanupConfig;
-use crate::postgres::connect::Database;
+use crate::postgres::connect::PostgresUrl;
 
 /// Default for [`PollConfig::table`].
 pub const DEFAULT_TABLE: &str = "public.outbox";
@@ -38,7 +38,7 @@ const MAX_CHANNEL_BYTES: usize = 63;
 pub struct PollConfig {
     /// Connection URL, `postgres://user:password@host:port/dbname`. The role needs `SELECT` on
     /// the table and `UPDATE` on its published column (and `DELETE` when cleanup is on).
-    pub url: String,
+    pub url: PostgresUrl,
     /// The outbox table, written as SQL names it: `schema.table`, with double quotes around
     /// names that need them. A plain (not partitioned) table.
     #[serde(default = "default_table")]
@@ -117,7 +117,8 @@ impl Validate for PollConfig {
     fn validate(&self) -> Result<(), FieldErrors> {
         let mut problems = FieldErrors::new();
         problems.add(
-            Database::parse(&self.url)
+            self.url
+                .parse()
                 .map(drop)
                 .map_err(|m| FieldError::new("url", m)),
         );
@@ -174,7 +175,10 @@ impl Validate for PollConfig {
 
 impl SourceConfig for PollConfig {
     fn build(&self, _cx: &BuildContext) -> Result<Box<dyn DynSource>, Error> {
-        let database = Database::parse(&self.url).map_err(|m| Error::new(ErrorKind::Config, m))?;
+        let database = self
+            .url
+            .parse()
+            .map_err(|m| Error::new(ErrorKind::Config, m))?;
         Ok(Box::new(PollSource::new(self.clone(), database)))
     }
 
@@ -192,6 +196,17 @@ mod tests {
             sluice_pipeline::config::deserialize(toml::from_str(text).unwrap())?;
         config.validate().map_err(|mut e| e.0.remove(0))?;
         Ok(config)
+    }
+
+    #[test]
+    fn debug_output_shows_the_url_without_its_password() {
+        let config = parse(r#"url = "postgres://relay:s3cret@db:5432/shop""#).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(
+            shown.contains("\"postgres://relay@db:5432/shop\""),
+            "{shown}"
+        );
     }
 
     #[test]
