@@ -257,3 +257,68 @@ pub fn remedy(error: &(dyn std::error::Error + 'static), ca_param: &str) -> Opti
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of this test's own holding `text`.
+    fn file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("sluice-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn refusal(options: TlsOptions) -> String {
+        options.client_config().map(drop).unwrap_err()
+    }
+
+    #[test]
+    fn unusable_files_are_refused_naming_their_parameter() {
+        let garbage = file("garbage.pem", "not a certificate\n");
+        let with_ca = |path: &PathBuf| TlsOptions {
+            verify: Verify::Full,
+            ca: Some(PemFile::new("sslrootcert", path)),
+            identity: None,
+        };
+        let missing = PathBuf::from("/nonexistent/ca.pem");
+        let error = refusal(with_ca(&missing));
+        assert!(
+            error.starts_with("sslrootcert=/nonexistent/ca.pem: cannot read the file"),
+            "{error}"
+        );
+        let error = refusal(with_ca(&garbage));
+        assert!(
+            error
+                == format!(
+                    "sslrootcert={}: holds no PEM certificate",
+                    garbage.display()
+                ),
+            "{error}"
+        );
+        // A directory opens but does not read.
+        let dir = garbage.parent().unwrap().to_owned();
+        let error = refusal(with_ca(&dir));
+        assert!(
+            error.starts_with(&format!("sslrootcert={}:", dir.display())),
+            "{error}"
+        );
+        let error = refusal(TlsOptions {
+            verify: Verify::Nothing,
+            ca: None,
+            identity: Some((
+                PemFile::new("certfile", &garbage),
+                PemFile::new("keyfile", &garbage),
+            )),
+        });
+        assert!(
+            error.starts_with(&format!(
+                "certfile={}: holds no PEM certificate",
+                garbage.display()
+            )),
+            "{error}"
+        );
+    }
+}
