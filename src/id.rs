@@ -25,7 +25,7 @@ use clap::{Args, Subcommand};
 use sluice_coord::{Coord, CoordConfig};
 use sluice_ids::calendar;
 use sluice_ids::random::{Ulids, Uuid7, uuid4};
-use sluice_ids::snowflake::lease::LeasedWorker;
+use sluice_ids::snowflake::lease::{self, LeasedWorker};
 use sluice_ids::snowflake::{
     Layout, Node, Options, PairRange, Snowflake, StaticWorker, WorkerClaim, parse_range,
 };
@@ -168,13 +168,17 @@ fn claim(
     .map_err(|e| Failure::Usage(e.to_string()))?;
     let config =
         CoordConfig::from_url(url).map_err(|e| Failure::Usage(format!("--coord {url}: {e}")))?;
-    let guard = match &leased.guard {
-        Some(text) => text
-            .parse::<sluice_pipeline::HumanDuration>()
-            .map_err(|e| Failure::Usage(format!("--guard {text:?}: {e}")))?
-            .get(),
-        None => config.ttl() + std::time::Duration::from_secs(1),
-    };
+    let guard = leased
+        .guard
+        .as_deref()
+        .map(|text| {
+            text.parse::<sluice_pipeline::HumanDuration>()
+                .map(|d| d.get())
+                .map_err(|e| Failure::Usage(format!("--guard {text:?}: {e}")))
+        })
+        .transpose()?;
+    let guard = lease::guard_time(config.ttl(), guard)
+        .map_err(|reason| Failure::Usage(format!("--guard {reason}")))?;
     let runtime = tokio::runtime::Runtime::new().map_err(Failure::Output)?;
     let (coord, leased) = runtime
         .block_on(async {

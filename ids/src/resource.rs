@@ -246,16 +246,12 @@ impl Ids {
     ) -> Result<Arc<NamedGenerator>, Error> {
         let needed_by = format!("ids.generators.{name} (no `worker`: its pair is leased)");
         let coord = resources.require::<sluice_coord::Coord>(&needed_by, "coord")?;
-        let guard = guard.unwrap_or(coord.ttl() + Duration::from_secs(1));
-        if guard <= coord.ttl() {
-            return Err(Error::new(
+        let guard = crate::snowflake::lease::guard_time(coord.ttl(), guard).map_err(|reason| {
+            Error::new(
                 ErrorKind::Config,
-                format!(
-                    "ids.generators.{name}.lease.guard: {guard:?} is not above the coordination TTL ({:?}): a reused pair could issue ids the previous holder issued",
-                    coord.ttl()
-                ),
-            ));
-        }
+                format!("ids.generators.{name}.lease.guard: {reason}"),
+            )
+        })?;
         let named = Arc::new(NamedGenerator::waiting(name, "snowflake"));
         self.leases.push(Leasing {
             named: Arc::clone(&named),

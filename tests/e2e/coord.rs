@@ -743,6 +743,47 @@ fn thirty_two_processes_lease_distinct_workers_and_a_killed_ones_pair_waits_its_
     assert!(all_ids.len() >= 32 * count as usize);
 }
 
+#[test]
+fn a_guard_time_not_above_the_ttl_is_refused_before_any_pair_is_taken() {
+    let namespace = unique("ids-guard");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--coord")
+        .arg(format!("{}?namespace={namespace}&ttl=2s", coord_url()))
+        .args(["id", "snowflake", "--workers", "0-1", "--guard", "2s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--guard 2s is not above the coordination TTL (2s)"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "ids were printed");
+
+    let dir = Scratch::new("ids_guard");
+    let (config, _) = ids_leasing(&dir, &namespace, "a");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "workers = \"0-1\" }",
+        "workers = \"0-1\", guard = \"1s\" }",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = sluice().output(&["run", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "ids.generators.orders.lease.guard: 1s is not above the coordination TTL (2s)"
+        ),
+        "{stderr}"
+    );
+    let pairs: Vec<String> = keys(&format!("{namespace}/"))
+        .into_iter()
+        .filter(|k| k.contains("ids-worker") || k.contains("ids/workers"))
+        .collect();
+    assert!(pairs.is_empty(), "a pair was taken: {pairs:?}");
+}
+
 /// A process whose `[ids]` generator leases its pair among the two of `namespace`, serving
 /// `/ids/orders` on its API.
 fn ids_leasing(dir: &Scratch, namespace: &str, node: &str) -> (std::path::PathBuf, SocketAddr) {

@@ -27,6 +27,22 @@ use crate::error::IdError;
 
 /// How long one pair's lock may take before the next pair is tried.
 pub const ATTEMPT: Duration = Duration::from_millis(300);
+/// The default guard time's margin over the lease TTL, for the clock step allowed between
+/// machines.
+pub const GUARD_MARGIN: Duration = Duration::from_secs(1);
+
+/// The guard time for pairs leased with sessions of `ttl`: `given`, or the TTL plus
+/// [`GUARD_MARGIN`]. One that is not above the TTL is refused: a reused pair could then issue
+/// ids its previous holder issued.
+pub fn guard_time(ttl: Duration, given: Option<Duration>) -> Result<Duration, String> {
+    let guard = given.unwrap_or(ttl + GUARD_MARGIN);
+    if guard <= ttl {
+        return Err(format!(
+            "{guard:?} is not above the coordination TTL ({ttl:?}): a reused pair could issue ids the previous holder issued; set it above the TTL plus the clock step allowed between machines"
+        ));
+    }
+    Ok(guard)
+}
 
 /// A pair held as a lock of the coordination service.
 pub struct LeasedWorker {
@@ -170,6 +186,23 @@ fn start_index(node: &str, n: usize) -> usize {
 mod tests {
     use super::*;
     use crate::snowflake::Layout;
+
+    #[test]
+    fn the_guard_time_defaults_above_the_ttl_and_must_exceed_it() {
+        let ttl = Duration::from_secs(2);
+        assert_eq!(guard_time(ttl, None), Ok(Duration::from_secs(3)));
+        assert_eq!(
+            guard_time(ttl, Some(Duration::from_secs(6))),
+            Ok(Duration::from_secs(6))
+        );
+        for given in [Duration::ZERO, ttl] {
+            let error = guard_time(ttl, Some(given)).unwrap_err();
+            assert!(
+                error.contains("is not above the coordination TTL (2s)"),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn ranges_list_their_pairs_and_must_fit_the_layout() {
