@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::sluice;
 use sluice_tests::{
-    Running, Scratch, TestDb, free_port, http_get, json_lines, metric, metrics, wait_for,
+    Running, Scratch, TestDb, free_port, http_get, json_lines, metric, metrics, saved_checkpoint,
+    wait_for,
 };
 
 const OUTBOX: &str = "
@@ -462,6 +463,113 @@ fn check_reports_what_the_server_lacks_with_remedies() {
         text.contains("sources.outbox: ok   table public.outbox: id uuid, aggregatetype text"),
         "{text}"
     );
+}
+
+/// `DATABASE_TLS_URL` (the SCRAM role, `verify-full` against the local CA) pointed at `db`.
+fn tls_url(db: &TestDb) -> String {
+    let url = std::env::var("DATABASE_TLS_URL")
+        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh up)\")");
+    let (base, query) = url
+        .split_once('?')
+        .expect("DATABASE_TLS_URL has its TLS parameters");
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    format!("{base}/{}?{query}", db.name)
+}
+
+#[test]
+fn the_relay_runs_over_verified_tls_with_scram_and_a_missing_ca_file_starts_nothing() {
+    let cdc = Cdc::new("cdc_tls", OUTBOX, "");
+    let url = tls_url(&cdc.db);
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, password)| password.to_owned())
+        .expect("DATABASE_TLS_URL holds a password");
+    let plain = std::fs::read_to_string(&cdc.config).unwrap();
+    let over_tls = plain.replacen(
+        &format!("url = \"{}\"", cdc.db.url),
+        &format!("url = \"{url}\""),
+        1,
+    );
+    assert_ne!(over_tls, plain);
+    std::fs::write(&cdc.config, &over_tls).unwrap();
+
+    let out = sluice().output(&["check", cdc.config.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("sources.outbox: ok   role sluice_scram may replicate"),
+        "{text}"
+    );
+    assert!(
+        !text.contains(&password),
+        "check shows the password:\n{text}"
+    );
+
+    let mut running = cdc.start();
+    cdc.insert(10, 10, 0);
+    let out = wait_for_lines(&cdc.out(), 100, &running);
+    assert_eq!(
+        seqs(&out),
+        (0..100).collect::<Vec<_>>(),
+        "commit order, each once"
+    );
+    // Every session sluice holds on this database, the replication one included, is encrypted.
+    let sessions = cdc.db.query(&format!(
+        "SELECT a.backend_type, s.ssl::text FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+         WHERE a.application_name = 'sluice' AND a.datname = '{}'",
+        cdc.db.name
+    ));
+    assert!(
+        sessions
+            .iter()
+            .any(|r| r[0].as_deref() == Some("walsender")),
+        "{sessions:?}"
+    );
+    assert!(
+        sessions.iter().all(|r| r[1].as_deref() == Some("true")),
+        "{sessions:?}"
+    );
+    running.signal("TERM");
+    assert!(running.wait().unwrap().success(), "{}", running.log());
+    assert!(
+        !running.log().contains(&password),
+        "the log shows the password"
+    );
+
+    // A CA file that is not there: check names the parameter, run starts nothing.
+    let ca = std::env::var("SLUICE_TEST_CA").expect("SLUICE_TEST_CA is set");
+    let missing = over_tls.replacen(
+        &format!("sslrootcert={ca}"),
+        "sslrootcert=/nonexistent/ca.pem",
+        1,
+    );
+    assert_ne!(missing, over_tls);
+    std::fs::remove_dir_all(cdc.dir.join("data")).unwrap();
+    let path = cdc.dir.write("missing-ca.toml", &missing);
+    let out = sluice().output(&["check", path.to_str().unwrap()]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("sources.outbox: FAIL cannot connect:")
+            && text.contains("sslrootcert=/nonexistent/ca.pem: cannot read the file"),
+        "{text}"
+    );
+    let mut running = sluice().spawn(&path);
+    let status = running.wait().unwrap();
+    let log = running.log();
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("sslrootcert=/nonexistent/ca.pem: cannot read the file"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&password),
+        "the log shows the password:\n{log}"
+    );
+    assert!(lines(&cdc.out()).is_empty(), "nothing delivered");
+    assert_eq!(saved_checkpoint(&cdc.dir.join("data"), "outbox"), None);
 }
 
 #[test]
