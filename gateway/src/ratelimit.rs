@@ -231,7 +231,7 @@ impl Limiter {
     /// The identity `request` is counted under.
     pub fn identity(&self, request: &Request) -> String {
         let cx = request.extensions().get::<RequestContext>();
-        let ip = || cx.map_or_else(|| "unknown".to_owned(), |c| c.client_ip.to_string());
+        let ip = || cx.map_or("unknown", |c| c.client.ip_text());
         match &self.by {
             By::User => match cx.and_then(|c| c.user.as_deref()) {
                 Some(user) => format!("user:{user}"),

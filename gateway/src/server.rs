@@ -13,7 +13,7 @@
 //! counted and its access-log record handed to the pipeline.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ use tower::Service;
 
 use crate::body::{self, Response};
 use crate::config::GatewayConfig;
-use crate::context::{AnsweredFor, CacheStatus, RequestContext, UpstreamTiming};
+use crate::context::{AnsweredFor, CacheStatus, Peer, RequestContext, UpstreamTiming};
 use crate::metrics;
 use crate::route::path;
 use crate::stack::{Gateway, Route, RouteMetrics};
@@ -209,7 +209,7 @@ impl Entrance {
     pub async fn handle(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> Response {
         let started = Instant::now();
@@ -219,6 +219,7 @@ impl Entrance {
         let method = request.method().clone();
         let raw_path = request.uri().path().to_owned();
         let http_version = request.version();
+        let client_ip = peer.address.ip();
         let (route, response) = self.answer(request, peer, tls).await;
         let elapsed = started.elapsed();
         let status = response.status();
@@ -231,7 +232,7 @@ impl Entrance {
         let route = route.map(|r| Arc::clone(&r.id));
         self.log.record(AccessRecord {
             time_unix_ms,
-            client_ip: peer.ip(),
+            client_ip,
             method: method.to_string(),
             path: raw_path,
             version: version(http_version),
@@ -255,7 +256,7 @@ impl Entrance {
     async fn answer(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> (Option<&Route>, Response) {
         // HTTP/2 requests always carry scheme and authority; in HTTP/1 they mean absolute
@@ -343,7 +344,7 @@ impl Entrance {
         }
         parts.extensions.insert(RequestContext {
             route: Arc::clone(&route.id),
-            client_ip: peer.ip(),
+            client: peer,
             rest,
             user: None,
             scheme: if tls { "https" } else { "http" },
@@ -438,7 +439,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> impl Future<Output = Response> + Send;
 }
@@ -447,7 +448,7 @@ impl Handler for Entrance {
     fn handle(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> impl Future<Output = Response> + Send {
         Entrance::handle(self, request, peer, tls)
@@ -504,9 +505,11 @@ pub async fn serve<H: Handler>(
         let tls = tls.clone();
         tokio::spawn(async move {
             let secure = tls.is_some();
+            let client = Arc::new(Peer::new(peer));
             let service = hyper::service::service_fn(move |request| {
                 let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler.handle(request, peer, secure).await) }
+                let client = Arc::clone(&client);
+                async move { Ok::<_, Infallible>(handler.handle(request, client, secure).await) }
             });
             let result = match tls {
                 None => {
