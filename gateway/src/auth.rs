@@ -9,14 +9,12 @@
 //! and only algorithms listed in `algorithms` are accepted; `alg: none` never is.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use jsonwebtoken::jwk::JwkSet;
@@ -27,7 +25,7 @@ use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 use crate::body::{self, Request, Response};
 use crate::connection::Client;
 use crate::context::{AnsweredFor, RequestContext};
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 
 /// Default for [`JwtConfig::claim`].
 pub const DEFAULT_CLAIM: &str = "sub";
@@ -606,11 +604,14 @@ pub fn unauthorized(error: &AuthError) -> Response {
 }
 
 impl Phase for AuthPhase {
-    fn call<S: Next>(
-        &self,
-        mut request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        !matches!(
+            (self.mode, &self.verifier),
+            (AuthMode::Required | AuthMode::Optional, Some(_))
+        )
+    }
+
+    fn call<S: Next>(&self, mut request: Request, mut inner: S) -> PhaseFuture {
         let layer = self.clone();
         Box::pin(async move {
             let (AuthMode::Required | AuthMode::Optional, Some(verifier)) =

@@ -11,9 +11,7 @@
 //! `sluice_gateway_no_instance_total`), which its breaker does not count as a failure.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
@@ -31,6 +29,7 @@ use crate::breaker::BreakerConfig;
 use crate::connection::{Address, Connector, Pool, SendError, default_roots, roots_from};
 use crate::context::{NoInstance, RequestContext, UpstreamTiming};
 use crate::metrics;
+use crate::phase::PhaseFuture;
 
 /// Default for [`UpstreamConfig::max_fails`].
 pub const DEFAULT_MAX_FAILS: u32 = 3;
@@ -406,7 +405,7 @@ impl Proxy {
 impl tower::Service<Request> for Proxy {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = PhaseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))

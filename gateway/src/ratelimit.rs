@@ -10,12 +10,10 @@
 //! gateway), `"closed"` answers 503; each is counted, and the change of state is logged once.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
@@ -23,7 +21,7 @@ use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 use crate::body::{self, Request, Response};
 use crate::context::RequestContext;
 use crate::metrics;
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 use crate::redis::Redis;
 
 /// Default for [`RateLimitConfig::window`].
@@ -343,11 +341,11 @@ impl RateLimitPhase {
 }
 
 impl Phase for RateLimitPhase {
-    fn call<S: Next>(
-        &self,
-        request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        self.limiter.is_none()
+    }
+
+    fn call<S: Next>(&self, request: Request, mut inner: S) -> PhaseFuture {
         let limiter = self.limiter.clone();
         Box::pin(async move {
             let Some(limiter) = limiter else {

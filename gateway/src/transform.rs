@@ -3,17 +3,15 @@
 //! parameter operations (remove, then set).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, Validate};
 
 use crate::body::{Request, Response};
 use crate::context::RequestContext;
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 
 /// Operations on a set of headers.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -88,6 +86,14 @@ impl HeaderOps {
 }
 
 impl Compiled {
+    /// Whether there is no operation.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+    }
+
     /// Applies the operations to `headers`.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
@@ -196,11 +202,12 @@ impl TransformPhase {
 }
 
 impl Phase for TransformPhase {
-    fn call<S: Next>(
-        &self,
-        mut request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        let t = &self.transforms;
+        t.rewrite.is_none() && t.request.is_empty() && t.response.is_empty() && t.query.is_empty()
+    }
+
+    fn call<S: Next>(&self, mut request: Request, mut inner: S) -> PhaseFuture {
         let t = &self.transforms;
         t.request.apply(request.headers_mut());
         if t.rewrite.is_some() || !t.query.is_empty() {
