@@ -349,9 +349,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Removes hop-by-hop headers, and those the `Connection` header names; `Upgrade` too unless
 /// `upgrade` (then `Connection: upgrade` is kept).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // One pass over the names finds the usual message, which has none of them.
+    let present = headers
+        .keys()
+        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(name));
+    if !present && !upgrade {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -529,19 +540,19 @@ fn prepare_headers(request: &mut Request, cx: Option<&RequestContext>, upgrade: 
     let original_host = headers.remove(header::HOST);
     if let Some(cx) = cx {
         let ip = &cx.client.ip;
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
             Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", cx.client.ip_text()))
                 .unwrap_or_else(|_| ip.clone()),
             None => ip.clone(),
         };
-        headers.insert("x-forwarded-for", forwarded_for);
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(cx.scheme));
+        headers.insert(X_FORWARDED_FOR, forwarded_for);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(cx.scheme));
     }
     if let Some(host) = original_host.or_else(|| {
         cx.and_then(|c| c.host.as_deref())
             .and_then(|h| HeaderValue::from_str(h).ok())
     }) {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 

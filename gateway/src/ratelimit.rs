@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
-use crate::body::{self, Request, Response};
+use crate::body::{self, Request};
 use crate::context::RequestContext;
 use crate::metrics;
 use crate::phase::{Next, Phase, PhaseFuture};

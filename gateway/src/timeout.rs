@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use crate::body::{self, Request, Response};
+use crate::body::{self, Request};
 use crate::phase::{Next, Phase, PhaseFuture};
 
 /// The timeout phase of a route.

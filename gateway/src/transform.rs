@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, Validate};
 
-use crate::body::{Request, Response};
+use crate::body::Request;
 use crate::context::RequestContext;
 use crate::phase::{Next, Phase, PhaseFuture};
 
