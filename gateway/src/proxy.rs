@@ -356,30 +356,29 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// Removes hop-by-hop headers, and those the `Connection` header names; `Upgrade` too unless
 /// `upgrade` (then `Connection: upgrade` is kept).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // One pass over the names finds the usual message, which has none of them.
-    let present = headers
+    // One pass over the names finds those present (the usual message has none, or only
+    // `Connection: keep-alive`), so that only they are looked up again to be removed.
+    let mut present: Vec<HeaderName> = headers
         .keys()
-        .any(|name| *name == header::UPGRADE || HOP_BY_HOP.contains(name));
-    if !present && !upgrade {
-        return;
-    }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE))
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        if upgrade && *name == header::UPGRADE {
-            continue;
-        }
+    if present.contains(&header::CONNECTION) {
+        present.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .filter(|name| !(upgrade && *name == header::UPGRADE)),
+        );
+    }
+    for name in &present {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -581,6 +580,31 @@ mod tests {
         remove_hop_by_hop(&mut headers, false);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+
+        let mut upgrading = HeaderMap::new();
+        upgrading.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, x-secret"),
+        );
+        upgrading.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        upgrading.insert("x-secret", HeaderValue::from_static("1"));
+        upgrading.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut upgrading, true);
+        let mut kept: Vec<_> = upgrading
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["connection: upgrade", "upgrade: websocket"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        remove_hop_by_hop(&mut plain, false);
+        assert_eq!(
+            plain.len(),
+            1,
+            "nothing of a message without any is removed"
+        );
     }
 
     #[test]

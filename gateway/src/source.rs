@@ -15,6 +15,7 @@
 //! `method`, payload the JSON record.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -270,7 +271,10 @@ fn event(id: &str, n: u64, record: &AccessRecord) -> Event {
     // Sized for a usual record, so that writing it does not grow the buffer.
     let mut payload = Vec::with_capacity(320);
     let _ = serde_json::to_writer(&mut payload, record);
-    let mut event = Event::new(format!("{id}-{n}"), Position(n), Bytes::from(payload));
+    let mut event_id = String::with_capacity(id.len() + 21);
+    event_id.push_str(id);
+    let _ = write!(event_id, "-{n}");
+    let mut event = Event::new(event_id, Position(n), Bytes::from(payload));
     event.event_type = Text::from_static("access_log");
     if let Some(route) = &record.route {
         let route = Text::from(&**route);
