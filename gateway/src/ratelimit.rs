@@ -174,7 +174,15 @@ pub struct Limiter {
     fallback: Mutex<HashMap<String, (u64, u64)>>,
     limited: ::metrics::Counter,
     store_errors: ::metrics::Counter,
+    /// The limit as a header value, made once.
+    limit_header: HeaderValue,
 }
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -217,6 +225,7 @@ impl Limiter {
             route: Arc::from(route),
             limited: ::metrics::counter!(metrics::RATE_LIMITED, "route" => route.to_owned()),
             store_errors: ::metrics::counter!(metrics::RATE_LIMIT_STORE_ERRORS, "route" => route.to_owned(), "mode" => mode),
+            limit_header: HeaderValue::from(config.limit),
             config,
             by,
             redis,
@@ -316,14 +325,12 @@ impl Limiter {
     }
 
     fn headers(&self, decision: &Decision, headers: &mut HeaderMap) {
-        let limit = HeaderValue::from(self.config.limit);
         let remaining = HeaderValue::from(decision.remaining);
-        let reset = HeaderValue::from(decision.reset);
-        headers.insert("ratelimit-limit", limit.clone());
-        headers.insert("ratelimit-remaining", remaining.clone());
-        headers.insert("ratelimit-reset", reset);
-        headers.insert("x-ratelimit-limit", limit);
-        headers.insert("x-ratelimit-remaining", remaining);
+        headers.insert(RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(RATELIMIT_REMAINING, remaining.clone());
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(decision.reset));
+        headers.insert(X_RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(X_RATELIMIT_REMAINING, remaining);
     }
 }
 
