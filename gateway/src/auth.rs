@@ -9,14 +9,12 @@
 //! and only algorithms listed in `algorithms` are accepted; `alg: none` never is.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use jsonwebtoken::jwk::JwkSet;
@@ -25,9 +23,9 @@ use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
 use crate::body::{self, Request, Response};
+use crate::connection::Client;
 use crate::context::{AnsweredFor, RequestContext};
-use crate::phase::{Next, Phase};
-use crate::proxy::Client;
+use crate::phase::{Next, Phase, PhaseFuture};
 
 /// Default for [`JwtConfig::claim`].
 pub const DEFAULT_CLAIM: &str = "sub";
@@ -307,6 +305,7 @@ type Verified = (Arc<str>, u64);
 struct Jwks {
     url: http::Uri,
     refresh: Duration,
+    /// Its server's connection.
     client: Client,
     state: tokio::sync::Mutex<JwksState>,
     keys: RwLock<Arc<Vec<Key>>>,
@@ -327,7 +326,7 @@ impl fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier for `config` (reads key files; fetches nothing yet).
-    pub fn new(config: &JwtConfig, client: Client) -> Result<Self, FieldError> {
+    pub fn new(config: &JwtConfig) -> Result<Self, FieldError> {
         let algorithms = config.parsed_algorithms()?;
         let keys = config.static_keys(&algorithms)?;
         let mut validation = Validation::new(algorithms[0]);
@@ -344,15 +343,18 @@ impl Verifier {
             validation.set_audience(&config.audience);
         }
         let jwks = match &config.jwks_url {
-            Some(url) => Some(Jwks {
-                url: url
+            Some(url) => {
+                let url: http::Uri = url
                     .parse()
-                    .map_err(|_| FieldError::new("jwks_url", "not a URL"))?,
-                refresh: config.jwks_refresh.get(),
-                client,
-                state: tokio::sync::Mutex::new(JwksState { fetched: None }),
-                keys: RwLock::new(Arc::new(Vec::new())),
-            }),
+                    .map_err(|_| FieldError::new("jwks_url", "not a URL"))?;
+                Some(Jwks {
+                    client: Client::new(&url).map_err(|e| FieldError::new("jwks_url", e))?,
+                    url,
+                    refresh: config.jwks_refresh.get(),
+                    state: tokio::sync::Mutex::new(JwksState { fetched: None }),
+                    keys: RwLock::new(Arc::new(Vec::new())),
+                })
+            }
             None => None,
         };
         let header = HeaderName::from_bytes(config.header.as_bytes())
@@ -522,10 +524,7 @@ impl Jwks {
     }
 
     async fn get(&self) -> Result<Vec<Key>, String> {
-        let request = http::Request::get(self.url.clone())
-            .body(body::empty())
-            .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.get(&self.url))
             .await
             .map_err(|_| "no answer within 10s".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -605,11 +604,14 @@ pub fn unauthorized(error: &AuthError) -> Response {
 }
 
 impl Phase for AuthPhase {
-    fn call<S: Next>(
-        &self,
-        mut request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        !matches!(
+            (self.mode, &self.verifier),
+            (AuthMode::Required | AuthMode::Optional, Some(_))
+        )
+    }
+
+    fn call<S: Next>(&self, mut request: Request, mut inner: S) -> PhaseFuture {
         let layer = self.clone();
         Box::pin(async move {
             let (AuthMode::Required | AuthMode::Optional, Some(verifier)) =
@@ -660,7 +662,7 @@ mod tests {
 
     fn verifier(config: &JwtConfig) -> Verifier {
         config.check().unwrap();
-        Verifier::new(config, crate::proxy::client()).unwrap()
+        Verifier::new(config).unwrap()
     }
 
     fn now() -> u64 {

@@ -10,11 +10,9 @@
 //! 503, 504 — so the gateway's own 502 for an unreachable upstream and its 504 for a timeout
 //! count). The 503 of an upstream without any instance is not counted: nothing was called.
 
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use http::{HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
@@ -22,7 +20,7 @@ use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 use crate::body::{self, Request, Response};
 use crate::context::NoInstance;
 use crate::metrics;
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 
 /// Default for [`BreakerConfig::failures`].
 pub const DEFAULT_FAILURES: u32 = 5;
@@ -378,11 +376,7 @@ impl BreakerPhase {
 }
 
 impl Phase for BreakerPhase {
-    fn call<S: Next>(
-        &self,
-        request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn call<S: Next>(&self, request: Request, mut inner: S) -> PhaseFuture {
         let breaker = Arc::clone(&self.breaker);
         Box::pin(async move {
             let admission = breaker.admit();

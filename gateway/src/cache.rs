@@ -13,12 +13,10 @@
 //!   others wait for it and are answered with its response.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -29,7 +27,7 @@ use tokio::sync::watch;
 use crate::body::{self, Request, Response};
 use crate::context::{CacheStatus, RequestContext};
 use crate::metrics;
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 use crate::redis::Redis;
 
 /// Default for [`CacheConfig::ttl`] (Kong's and APISIX's).
@@ -318,11 +316,11 @@ impl Drop for Filling<'_> {
 }
 
 impl Phase for CachePhase {
-    fn call<S: Next>(
-        &self,
-        request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        self.cache.is_none()
+    }
+
+    fn call<S: Next>(&self, request: Request, mut inner: S) -> PhaseFuture {
         let cache = self.cache.clone();
         Box::pin(async move {
             let Some(cache) = cache else {

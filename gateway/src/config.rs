@@ -172,7 +172,7 @@ impl RouteConfig {
             .map_err(|e| FieldError::new("prefix", format!("{:?}: {e}", self.prefix)))?;
         Ok(match normal.strip_suffix('/') {
             Some(trimmed) if !trimmed.is_empty() => trimmed.to_owned(),
-            _ => normal,
+            _ => normal.into_owned(),
         })
     }
 

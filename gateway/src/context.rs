@@ -1,17 +1,42 @@
 //! What one request carries through the layers (in its extensions), and what the response
 //! carries back for the access log.
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use http::HeaderValue;
+
+/// The client of a connection, known once per connection rather than per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Its IP address as text (`X-Forwarded-For`, rate-limit keys).
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `address`.
+    pub fn new(address: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(address.ip().to_string())
+            .unwrap_or_else(|_| unreachable!("an IP address is a valid header value"));
+        Peer { address, ip }
+    }
+
+    /// Its IP address as text.
+    pub fn ip_text(&self) -> &str {
+        self.ip.to_str().unwrap_or_default()
+    }
+}
 
 /// Facts about a request, set at the entrance and by the layers that learn them.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The route it matched.
     pub route: Arc<str>,
-    /// The client's address.
-    pub client_ip: IpAddr,
+    /// The client.
+    pub client: Arc<Peer>,
     /// The path after the route's prefix (`/123`), normalised.
     pub rest: Arc<str>,
     /// The verified user id (the JWT claim), once authentication ran.

@@ -34,7 +34,7 @@ fn urls(upstream: &str, instances: &[Instance]) -> Vec<String> {
         .iter()
         .filter_map(|instance| {
             let url = base_url(&instance.address);
-            match proxy::Instance::parse(&url) {
+            match proxy::Instance::check(&url) {
                 Ok(_) => Some(url),
                 Err(reason) => {
                     tracing::warn!(upstream, service = %instance.service, instance = %instance.id, "skipping a registered instance: {reason}");

@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::body::{self, Response};
+use crate::context::Peer;
 use crate::metrics;
 use crate::server::{self, Handler, Limits};
 
@@ -202,7 +203,7 @@ impl Handler for Ingress {
     async fn handle(
         &self,
         request: http::Request<Incoming>,
-        _peer: SocketAddr,
+        _peer: Arc<Peer>,
         _tls: bool,
     ) -> Response {
         let response = self.accept(request).await;

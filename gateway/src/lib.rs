@@ -20,6 +20,7 @@ pub mod body;
 pub mod breaker;
 pub mod cache;
 pub mod config;
+pub mod connection;
 pub mod context;
 pub mod discovery;
 pub mod ingress;

@@ -9,14 +9,19 @@ use futures::future::BoxFuture;
 
 use crate::body::{Request, Response};
 
+/// What a phase's call returns.
+pub type PhaseFuture = BoxFuture<'static, Result<Response, Infallible>>;
+
 /// The rest of a route's stack, as a phase calls it.
 pub trait Next:
-    tower::Service<Request, Response = Response, Error = Infallible, Future: Send> + Send + 'static
+    tower::Service<Request, Response = Response, Error = Infallible, Future = PhaseFuture>
+    + Send
+    + 'static
 {
 }
 
 impl<S> Next for S where
-    S: tower::Service<Request, Response = Response, Error = Infallible, Future: Send>
+    S: tower::Service<Request, Response = Response, Error = Infallible, Future = PhaseFuture>
         + Send
         + 'static
 {
@@ -25,11 +30,13 @@ impl<S> Next for S where
 /// One phase of a route.
 pub trait Phase: Clone + Send + Sync + 'static {
     /// Handles `request`: answers it, or calls `next` (ready) with it and works on the answer.
-    fn call<S: Next>(
-        &self,
-        request: Request,
-        next: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>>;
+    fn call<S: Next>(&self, request: Request, next: S) -> PhaseFuture;
+
+    /// Whether it hands every request on untouched (a route without that phase configured),
+    /// so that its layer costs a request nothing.
+    fn passes(&self) -> bool {
+        false
+    }
 }
 
 /// A phase as a tower layer.
@@ -57,13 +64,16 @@ pub struct Phased<P, S> {
 impl<P: Phase, S: Next + Clone> tower::Service<Request> for Phased<P, S> {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = PhaseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
+        if self.phase.passes() {
+            return self.inner.call(request);
+        }
         // The service made ready by `poll_ready` goes with this request; a clone stays.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);

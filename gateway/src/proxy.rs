@@ -1,6 +1,6 @@
-//! The innermost service: forwarding a request to one instance of its upstream, over
-//! hyper-util's pooled client (HTTP/1.1 keep-alive, or HTTP/2 with `http2 = true`; `https://`
-//! instances over rustls), with round-robin across instances, passive health (an instance that
+//! The innermost service: forwarding a request to one instance of its upstream, over that
+//! instance's connections ([`crate::connection`]: HTTP/1.1 keep-alive, or HTTP/2 with
+//! `http2 = true`; `https://` instances over rustls), with round-robin across instances, passive health (an instance that
 //! fails `max_fails` times in a row is skipped for `fail_timeout`), retries on another instance
 //! for idempotent methods when the request could not be sent, hop-by-hop headers removed both
 //! ways, `X-Forwarded-For/Proto/Host` set, and WebSocket (HTTP/1.1 `Upgrade`) passed through.
@@ -11,32 +11,25 @@
 //! `sluice_gateway_no_instance_total`), which its breaker does not count as a failure.
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::pin::Pin;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, StatusCode, Uri};
-use http_body_util::BodyExt;
-use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::body::{self, Request, Response};
 use crate::breaker::BreakerConfig;
+use crate::connection::{Address, Connector, Pool, SendError, default_roots, roots_from};
 use crate::context::{NoInstance, RequestContext, UpstreamTiming};
 use crate::metrics;
-use crate::worker::PerWorker;
+use crate::phase::PhaseFuture;
 
 /// Default for [`UpstreamConfig::max_fails`].
 pub const DEFAULT_MAX_FAILS: u32 = 3;
@@ -134,7 +127,7 @@ impl UpstreamConfig {
             (None, false) => {}
         }
         for (i, url) in self.instances.iter().enumerate() {
-            Instance::parse(url).map_err(|e| FieldError::new(format!("instances[{i}]"), e))?;
+            Instance::check(url).map_err(|e| FieldError::new(format!("instances[{i}]"), e))?;
         }
         if self.max_fails == 0 {
             return Err(FieldError::new("max_fails", "must be at least 1"));
@@ -148,10 +141,11 @@ impl UpstreamConfig {
 pub struct Instance {
     /// The base URL as configured.
     pub url: Arc<str>,
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    address: Address,
     /// A path prefix, without a trailing slash (often empty).
     base_path: String,
+    /// Its connections, kept per serving thread.
+    pool: Arc<Pool>,
     fails: AtomicU32,
     /// Milliseconds since [`epoch`] until which it is skipped.
     down_until: AtomicU64,
@@ -166,67 +160,65 @@ fn now_ms() -> u64 {
     u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The address and the base path of an instance's URL (`http://host:port[/path]`).
+fn parse_base(url: &str) -> Result<(Address, String), String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| format!("{url:?} is not a URL such as http://127.0.0.1:3000"))?;
+    let address = Address::of(&uri).map_err(|e| format!("{url:?}: {e}"))?;
+    if uri.query().is_some() {
+        return Err(format!("{url:?} must not have a query"));
+    }
+    Ok((address, uri.path().trim_end_matches('/').to_owned()))
+}
+
 impl Instance {
-    /// Parses a base URL (`http://host:port[/path]`).
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| format!("{url:?} is not a URL such as http://127.0.0.1:3000"))?;
-        let scheme = uri
-            .scheme()
-            .filter(|s| **s == http::uri::Scheme::HTTP || **s == http::uri::Scheme::HTTPS)
-            .ok_or_else(|| format!("{url:?} needs an http:// or https:// scheme"))?
-            .clone();
-        let authority = uri
-            .authority()
-            .ok_or_else(|| format!("{url:?} has no host"))?
-            .clone();
-        if uri.query().is_some() {
-            return Err(format!("{url:?} must not have a query"));
-        }
+    /// The instance at base URL `url` (`http://host:port[/path]`), keeping up to `max_idle`
+    /// idle connections per serving thread.
+    pub fn new(url: &str, max_idle: usize) -> Result<Self, String> {
+        let (address, base_path) = parse_base(url)?;
         Ok(Instance {
             url: Arc::from(url),
-            scheme,
-            authority,
-            base_path: uri.path().trim_end_matches('/').to_owned(),
+            address,
+            base_path,
+            pool: Arc::new(Pool::new(max_idle)),
             fails: AtomicU32::new(0),
             down_until: AtomicU64::new(0),
         })
+    }
+
+    /// Whether `url` is a base URL an instance can have.
+    pub fn check(url: &str) -> Result<(), String> {
+        parse_base(url).map(drop)
     }
 
     fn is_up(&self) -> bool {
         self.down_until.load(Ordering::Relaxed) <= now_ms()
     }
 
+    /// The origin-form target of a request for `path_and_query` on this instance.
     fn target(&self, path_and_query: &PathAndQuery) -> Result<Uri, http::Error> {
-        let builder = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone());
         // Without a base path the request's own (already parsed) path and query are reused.
         if self.base_path.is_empty() {
-            builder.path_and_query(path_and_query.clone()).build()
+            Uri::builder()
+                .path_and_query(path_and_query.clone())
+                .build()
         } else {
-            builder
+            Uri::builder()
                 .path_and_query(format!("{}{path_and_query}", self.base_path))
                 .build()
         }
     }
 }
 
-/// An upstream: its instances, its client and its passive health.
+/// An upstream: its instances, how they are connected to and their passive health.
 pub struct Upstream {
     /// Its name.
     pub name: Arc<str>,
     instances: RwLock<Arc<Vec<Arc<Instance>>>>,
     next: AtomicUsize,
-    /// A client per serving thread, so a pooled connection is driven by the thread whose
-    /// requests use it.
-    clients: PerWorker<Client>,
-    /// The authorities its `https://` instances are checked against.
-    roots: Arc<rustls::RootCertStore>,
-    connect_timeout: Duration,
+    connector: Connector,
     max_idle: usize,
-    http2: bool,
     max_fails: u32,
     fail_timeout: Duration,
     retries: u32,
@@ -247,12 +239,13 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// An upstream named `name` as `config` says.
     pub fn new(name: &str, config: &UpstreamConfig) -> Result<Self, FieldError> {
+        let max_idle = config.max_idle_per_instance;
         let instances = config
             .instances
             .iter()
             .enumerate()
             .map(|(i, url)| {
-                Instance::parse(url)
+                Instance::new(url, max_idle)
                     .map(Arc::new)
                     .map_err(|e| FieldError::new(format!("instances[{i}]"), e))
             })
@@ -268,11 +261,8 @@ impl Upstream {
             name: Arc::from(name),
             instances: RwLock::new(Arc::new(instances)),
             next: AtomicUsize::new(0),
-            clients: PerWorker::default(),
-            roots,
-            connect_timeout: config.connect_timeout.get(),
-            max_idle: config.max_idle_per_instance,
-            http2: config.http2,
+            connector: Connector::new(config.http2, config.connect_timeout.get(), roots),
+            max_idle,
             max_fails: config.max_fails,
             fail_timeout: config.fail_timeout.get(),
             retries: config.retries,
@@ -281,26 +271,15 @@ impl Upstream {
         })
     }
 
-    /// The client of the calling thread.
-    fn client(&self) -> &Client {
-        self.clients.get_or_init(|| {
-            build_client(
-                self.http2,
-                self.connect_timeout,
-                self.max_idle,
-                Arc::clone(&self.roots),
-            )
-        })
-    }
-
-    /// Replaces the instances (what a discovery found); those that remain keep their health.
+    /// Replaces the instances (what a discovery found); those that remain keep their health
+    /// and their connections.
     pub fn replace_instances(&self, urls: &[String]) -> Result<(), String> {
         let current = self.current();
         let fresh = urls
             .iter()
             .map(|url| match current.iter().find(|i| &*i.url == url) {
                 Some(kept) => Ok(Arc::clone(kept)),
-                None => Instance::parse(url).map(Arc::new),
+                None => Instance::new(url, self.max_idle).map(Arc::new),
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.instance_count.set(fresh.len() as f64);
@@ -358,198 +337,6 @@ impl Upstream {
     }
 }
 
-/// The upstream HTTP client.
-pub type Client = hyper_util::client::legacy::Client<Connector, body::Body>;
-
-/// A default client (HTTP/1.1, plain or TLS), for fetches the gateway makes itself (JWKS).
-pub fn client() -> Client {
-    build_client(false, DEFAULT_CONNECT_TIMEOUT.get(), 8, default_roots())
-}
-
-fn build_client(
-    http2: bool,
-    connect_timeout: Duration,
-    max_idle: usize,
-    roots: Arc<rustls::RootCertStore>,
-) -> Client {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    let connector = Connector {
-        http,
-        tls: tls_connector(http2, roots),
-    };
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .http2_only(http2)
-        .pool_max_idle_per_host(max_idle)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .build(connector)
-}
-
-/// The public roots (webpki), and those of `SSL_CERT_FILE` if set.
-fn default_roots() -> Arc<rustls::RootCertStore> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Ok(path) = std::env::var("SSL_CERT_FILE")
-        && let Ok(pem) = std::fs::read(path)
-    {
-        use rustls_pki_types::pem::PemObject;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem).flatten() {
-            let _ = roots.add(cert);
-        }
-    }
-    Arc::new(roots)
-}
-
-/// The authorities of the PEM file at `path`.
-fn roots_from(path: &Path) -> Result<rustls::RootCertStore, String> {
-    use rustls_pki_types::pem::PemObject;
-    let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certs);
-    if added == 0 {
-        return Err(format!("{} holds no usable certificate", path.display()));
-    }
-    Ok(roots)
-}
-
-fn tls_connector(http2: bool, roots: Arc<rustls::RootCertStore>) -> tokio_rustls::TlsConnector {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-    .unwrap_or_else(|_| unreachable!("aws-lc-rs supports the default protocol versions"));
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-}
-
-/// Opens TCP connections, wrapped in TLS for `https://` instances.
-#[derive(Clone)]
-pub struct Connector {
-    http: HttpConnector,
-    tls: tokio_rustls::TlsConnector,
-}
-
-/// A connection to an upstream instance.
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl tower::Service<Uri> for Connector {
-    type Response = TokioIo<Stream>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.http.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.http.call(uri.clone());
-        let tls = self.tls.clone();
-        Box::pin(async move {
-            let tcp = connecting.await?.into_inner();
-            if uri.scheme() != Some(&http::uri::Scheme::HTTPS) {
-                return Ok(TokioIo::new(Stream::Plain(tcp)));
-            }
-            let host = uri
-                .host()
-                .unwrap_or_default()
-                .trim_matches(['[', ']'])
-                .to_owned();
-            let name = rustls_pki_types::ServerName::try_from(host)?;
-            let stream = tls.connect(name, tcp).await?;
-            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
-        })
-    }
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        match self {
-            Stream::Plain(tcp) => tcp.connected(),
-            Stream::Tls(tls) => {
-                let connected = tls.get_ref().0.connected();
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-}
-
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -562,26 +349,36 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// Removes hop-by-hop headers, and those the `Connection` header names; `Upgrade` too unless
 /// `upgrade` (then `Connection: upgrade` is kept).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    // One pass over the names finds those present (the usual message has none, or only
+    // `Connection: keep-alive`), so that only they are looked up again to be removed.
+    let mut present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name) || (!upgrade && *name == header::UPGRADE))
+        .cloned()
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        if upgrade && *name == header::UPGRADE {
-            continue;
-        }
+    if present.contains(&header::CONNECTION) {
+        present.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .filter(|name| !(upgrade && *name == header::UPGRADE)),
+        );
+    }
+    for name in &present {
         headers.remove(name);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
 }
 
@@ -618,7 +415,7 @@ impl Proxy {
 impl tower::Service<Request> for Proxy {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = PhaseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -646,16 +443,14 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    // Only a request without a body can be sent twice; the entrance buffered it, so its size
-    // is exact.
-    let retryable = idempotent(request.method())
-        && http_body::Body::size_hint(request.body()).exact() == Some(0);
-    let retryable = retryable && upstream.retries > 0 && upstream.current().len() > 1;
-    let (parts, body_in) = request.into_parts();
-    let mut body_in = Some(body_in);
-    // The head is kept for another attempt only when one may follow: cloning a header map
-    // per request is a cost the common case need not pay.
-    let mut parts = Some(parts);
+    // The version must agree with what the gateway speaks to this upstream, whatever its
+    // client spoke.
+    *request.version_mut() = if upstream.connector.http2() {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    let retryable = idempotent(request.method()) && upstream.retries > 0;
     let mut tried = Vec::new();
     loop {
         let Some((index, instance)) = upstream.pick(&tried) else {
@@ -668,30 +463,16 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
         let Ok(uri) = instance.target(&path_and_query) else {
             return body::error(StatusCode::BAD_GATEWAY, "Bad upstream URL");
         };
-        let head = match (&parts, retryable) {
-            (Some(kept), true) => kept.clone(),
-            _ => match parts.take() {
-                Some(head) => head,
-                None => return body::error(StatusCode::BAD_GATEWAY, "Bad gateway"),
-            },
-        };
-        let mut outgoing =
-            http::Request::from_parts(head, body_in.take().unwrap_or_else(body::empty));
-        *outgoing.uri_mut() = uri;
-        // The version must agree with what the client speaks to this upstream, whatever the
-        // client of the gateway spoke.
-        if upstream.http2 {
-            *outgoing.version_mut() = http::Version::HTTP_2;
-        } else {
-            *outgoing.version_mut() = http::Version::HTTP_11;
-        }
+        *request.uri_mut() = uri;
         let started = Instant::now();
-        match upstream.client().request(outgoing).await {
-            Ok(response) => {
+        match upstream
+            .connector
+            .send(&instance.pool, &instance.address, request)
+            .await
+        {
+            Ok(mut response) => {
                 let status = response.status();
                 upstream.record(&instance, matches!(status.as_u16(), 502..=504));
-                let mut response =
-                    response.map(|b| b.map_err(body::BodyError::from).boxed_unsync());
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     tunnel(&mut response, client_upgrade);
                 } else {
@@ -704,15 +485,21 @@ async fn forward(upstream: &Upstream, mut request: Request) -> Response {
                 });
                 return response;
             }
-            Err(e) => {
+            // Never sent, so it may go to another instance as it is.
+            Err(SendError::NotSent(unsent, e)) => {
                 upstream.record(&instance, true);
-                let unsent = e.is_connect();
-                tracing::debug!(upstream = %upstream.name, instance = %instance.url, error = %e, "upstream request failed");
+                tracing::debug!(upstream = %upstream.name, instance = %instance.url, error = %e, "upstream connection failed");
                 let more = tried.len() <= upstream.retries as usize
                     && tried.len() < upstream.current().len();
-                if !(unsent && retryable && more) {
+                if !(retryable && more) {
                     return body::error(StatusCode::BAD_GATEWAY, "Bad gateway");
                 }
+                request = *unsent;
+            }
+            Err(SendError::Failed(e)) => {
+                upstream.record(&instance, true);
+                tracing::debug!(upstream = %upstream.name, instance = %instance.url, error = %e, "upstream request failed");
+                return body::error(StatusCode::BAD_GATEWAY, "Bad gateway");
             }
         }
     }
@@ -751,21 +538,20 @@ fn prepare_headers(request: &mut Request, cx: Option<&RequestContext>, upgrade: 
     remove_hop_by_hop(headers, upgrade);
     let original_host = headers.remove(header::HOST);
     if let Some(cx) = cx {
-        let ip = cx.client_ip.to_string();
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(earlier) => format!("{earlier}, {ip}"),
-            None => ip,
+        let ip = &cx.client.ip;
+        let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(earlier) => HeaderValue::from_str(&format!("{earlier}, {}", cx.client.ip_text()))
+                .unwrap_or_else(|_| ip.clone()),
+            None => ip.clone(),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", value);
-        }
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(cx.scheme));
+        headers.insert(X_FORWARDED_FOR, forwarded_for);
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(cx.scheme));
     }
     if let Some(host) = original_host.or_else(|| {
         cx.and_then(|c| c.host.as_deref())
             .and_then(|h| HeaderValue::from_str(h).ok())
     }) {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
 }
 
@@ -794,6 +580,31 @@ mod tests {
         remove_hop_by_hop(&mut headers, false);
         let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, ["x-kept"]);
+
+        let mut upgrading = HeaderMap::new();
+        upgrading.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, x-secret"),
+        );
+        upgrading.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        upgrading.insert("x-secret", HeaderValue::from_static("1"));
+        upgrading.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut upgrading, true);
+        let mut kept: Vec<_> = upgrading
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["connection: upgrade", "upgrade: websocket"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        remove_hop_by_hop(&mut plain, false);
+        assert_eq!(
+            plain.len(),
+            1,
+            "nothing of a message without any is removed"
+        );
     }
 
     #[test]

@@ -10,20 +10,18 @@
 //! gateway), `"closed"` answers 503; each is counted, and the change of state is logged once.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, HumanDuration, Validate};
 
-use crate::body::{self, Request, Response};
+use crate::body::{self, Request};
 use crate::context::RequestContext;
 use crate::metrics;
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 use crate::redis::Redis;
 
 /// Default for [`RateLimitConfig::window`].
@@ -176,7 +174,15 @@ pub struct Limiter {
     fallback: Mutex<HashMap<String, (u64, u64)>>,
     limited: ::metrics::Counter,
     store_errors: ::metrics::Counter,
+    /// The limit as a header value, made once.
+    limit_header: HeaderValue,
 }
+
+const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -219,6 +225,7 @@ impl Limiter {
             route: Arc::from(route),
             limited: ::metrics::counter!(metrics::RATE_LIMITED, "route" => route.to_owned()),
             store_errors: ::metrics::counter!(metrics::RATE_LIMIT_STORE_ERRORS, "route" => route.to_owned(), "mode" => mode),
+            limit_header: HeaderValue::from(config.limit),
             config,
             by,
             redis,
@@ -231,7 +238,7 @@ impl Limiter {
     /// The identity `request` is counted under.
     pub fn identity(&self, request: &Request) -> String {
         let cx = request.extensions().get::<RequestContext>();
-        let ip = || cx.map_or_else(|| "unknown".to_owned(), |c| c.client_ip.to_string());
+        let ip = || cx.map_or("unknown", |c| c.client.ip_text());
         match &self.by {
             By::User => match cx.and_then(|c| c.user.as_deref()) {
                 Some(user) => format!("user:{user}"),
@@ -318,14 +325,12 @@ impl Limiter {
     }
 
     fn headers(&self, decision: &Decision, headers: &mut HeaderMap) {
-        let limit = HeaderValue::from(self.config.limit);
         let remaining = HeaderValue::from(decision.remaining);
-        let reset = HeaderValue::from(decision.reset);
-        headers.insert("ratelimit-limit", limit.clone());
-        headers.insert("ratelimit-remaining", remaining.clone());
-        headers.insert("ratelimit-reset", reset);
-        headers.insert("x-ratelimit-limit", limit);
-        headers.insert("x-ratelimit-remaining", remaining);
+        headers.insert(RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(RATELIMIT_REMAINING, remaining.clone());
+        headers.insert(RATELIMIT_RESET, HeaderValue::from(decision.reset));
+        headers.insert(X_RATELIMIT_LIMIT, self.limit_header.clone());
+        headers.insert(X_RATELIMIT_REMAINING, remaining);
     }
 }
 
@@ -343,11 +348,11 @@ impl RateLimitPhase {
 }
 
 impl Phase for RateLimitPhase {
-    fn call<S: Next>(
-        &self,
-        request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        self.limiter.is_none()
+    }
+
+    fn call<S: Next>(&self, request: Request, mut inner: S) -> PhaseFuture {
         let limiter = self.limiter.clone();
         Box::pin(async move {
             let Some(limiter) = limiter else {

@@ -12,8 +12,8 @@
 //! differently. A head larger than `max_header_bytes` gets 431. After the route's stack answers, the request is
 //! counted and its access-log record handed to the pipeline.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,7 @@ use tower::Service;
 
 use crate::body::{self, Response};
 use crate::config::GatewayConfig;
-use crate::context::{AnsweredFor, CacheStatus, RequestContext, UpstreamTiming};
+use crate::context::{AnsweredFor, CacheStatus, Peer, RequestContext, UpstreamTiming};
 use crate::metrics;
 use crate::route::path;
 use crate::stack::{Gateway, Route, RouteMetrics};
@@ -45,9 +45,11 @@ pub struct AccessRecord {
     /// When the request's head arrived, Unix milliseconds.
     pub time_unix_ms: u64,
     /// The client's address.
-    pub client_ip: IpAddr,
+    #[serde(rename = "client_ip", serialize_with = "peer_ip")]
+    pub client: Arc<Peer>,
     /// The method.
-    pub method: String,
+    #[serde(serialize_with = "method_name")]
+    pub method: http::Method,
     /// The path as the client sent it (without the query).
     pub path: String,
     /// The HTTP version.
@@ -66,6 +68,14 @@ pub struct AccessRecord {
     pub cache: Option<&'static str>,
     /// The verified user.
     pub user: Option<Arc<str>>,
+}
+
+fn peer_ip<S: serde::Serializer>(peer: &Arc<Peer>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(peer.ip_text())
+}
+
+fn method_name<S: serde::Serializer>(method: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(method.as_str())
 }
 
 /// Records a serving thread gathers before handing them on together.
@@ -209,7 +219,7 @@ impl Entrance {
     pub async fn handle(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> Response {
         let started = Instant::now();
@@ -219,6 +229,7 @@ impl Entrance {
         let method = request.method().clone();
         let raw_path = request.uri().path().to_owned();
         let http_version = request.version();
+        let client = Arc::clone(&peer);
         let (route, response) = self.answer(request, peer, tls).await;
         let elapsed = started.elapsed();
         let status = response.status();
@@ -231,8 +242,8 @@ impl Entrance {
         let route = route.map(|r| Arc::clone(&r.id));
         self.log.record(AccessRecord {
             time_unix_ms,
-            client_ip: peer.ip(),
-            method: method.to_string(),
+            client,
+            method,
             path: raw_path,
             version: version(http_version),
             route,
@@ -255,7 +266,7 @@ impl Entrance {
     async fn answer(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> (Option<&Route>, Response) {
         // HTTP/2 requests always carry scheme and authority; in HTTP/1 they mean absolute
@@ -270,16 +281,22 @@ impl Entrance {
                 ),
             );
         }
-        let Ok(normal) = path::normalize(request.uri().path()) else {
-            return (
-                None,
-                refuse(
-                    StatusCode::BAD_REQUEST,
-                    "bad_path",
-                    "The request path is not acceptable",
-                ),
-            );
+        // `None` when the path is already normal, as nearly every one is.
+        let changed = match path::normalize(request.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(normal)) => Some(normal),
+            Err(_) => {
+                return (
+                    None,
+                    refuse(
+                        StatusCode::BAD_REQUEST,
+                        "bad_path",
+                        "The request path is not acceptable",
+                    ),
+                );
+            }
         };
+        let normal = changed.as_deref().unwrap_or(request.uri().path());
         let host: Option<Arc<str>> = request
             .headers()
             .get(header::HOST)
@@ -289,11 +306,16 @@ impl Entrance {
         let Some((matched, route)) =
             self.gateway
                 .router
-                .find(&normal, host.as_deref(), request.method())
+                .find(normal, host.as_deref(), request.method())
         else {
             return (None, refuse(StatusCode::NOT_FOUND, "no_route", "No route"));
         };
         let route_id = Some(route);
+        let rest: Arc<str> = if matched.prefix == "/" {
+            Arc::from(normal)
+        } else {
+            Arc::from(&normal[matched.prefix.len().min(normal.len())..])
+        };
         let declared = request
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -315,14 +337,11 @@ impl Entrance {
             Err(refusal) => return (route_id, refusal),
         };
         parts.headers.remove(&self.user_header);
-        let rest: Arc<str> = if matched.prefix == "/" {
-            Arc::from(normal.as_str())
-        } else {
-            Arc::from(&normal[matched.prefix.len().min(normal.len())..])
-        };
         // The usual request is already in origin form with a normal path: its URI stays as
-        // parsed, and only one that normalisation changed is parsed again.
-        if parts.uri.scheme().is_some() || parts.uri.path() != normal {
+        // parsed, and only one that normalisation changed (or an HTTP/2 one, whose URI is
+        // absolute) is made again.
+        if parts.uri.scheme().is_some() || changed.is_some() {
+            let normal = changed.unwrap_or_else(|| parts.uri.path().to_owned());
             let target = match parts.uri.query() {
                 Some(query) => format!("{normal}?{query}"),
                 None => normal,
@@ -343,7 +362,7 @@ impl Entrance {
         }
         parts.extensions.insert(RequestContext {
             route: Arc::clone(&route.id),
-            client_ip: peer.ip(),
+            client: peer,
             rest,
             user: None,
             scheme: if tls { "https" } else { "http" },
@@ -366,6 +385,10 @@ pub async fn read_body(
     max: usize,
     timeout: Duration,
 ) -> Result<Bytes, Response> {
+    // Most requests have none: nothing to wait for.
+    if http_body::Body::is_end_stream(&incoming) {
+        return Ok(Bytes::new());
+    }
     match tokio::time::timeout(
         timeout,
         http_body_util::Limited::new(incoming, max).collect(),
@@ -438,7 +461,7 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> impl Future<Output = Response> + Send;
 }
@@ -447,7 +470,7 @@ impl Handler for Entrance {
     fn handle(
         &self,
         request: http::Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
         tls: bool,
     ) -> impl Future<Output = Response> + Send {
         Entrance::handle(self, request, peer, tls)
@@ -504,9 +527,11 @@ pub async fn serve<H: Handler>(
         let tls = tls.clone();
         tokio::spawn(async move {
             let secure = tls.is_some();
+            let client = Arc::new(Peer::new(peer));
             let service = hyper::service::service_fn(move |request| {
                 let handler = Arc::clone(&handler);
-                async move { Ok::<_, Infallible>(handler.handle(request, peer, secure).await) }
+                let client = Arc::clone(&client);
+                async move { Ok::<_, Infallible>(handler.handle(request, client, secure).await) }
             });
             let result = match tls {
                 None => {

@@ -15,6 +15,7 @@
 //! `method`, payload the JSON record.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -267,18 +268,79 @@ async fn forward(
 }
 
 fn event(id: &str, n: u64, record: &AccessRecord) -> Event {
-    let payload = serde_json::to_vec(record).unwrap_or_default();
-    let mut event = Event::new(format!("{id}-{n}"), Position(n), Bytes::from(payload));
-    event.event_type = Text::from("access_log");
+    // Sized for a usual record, so that writing it does not grow the buffer.
+    let mut payload = Vec::with_capacity(320);
+    let _ = serde_json::to_writer(&mut payload, record);
+    let mut event_id = String::with_capacity(id.len() + 21);
+    event_id.push_str(id);
+    let _ = write!(event_id, "-{n}");
+    let mut event = Event::new(event_id, Position(n), Bytes::from(payload));
+    event.event_type = Text::from_static("access_log");
     if let Some(route) = &record.route {
-        event.key = Some(Text::from(&**route));
-        event.fields.set("route", Some(Text::from(&**route)));
+        let route = Text::from(&**route);
+        event.key = Some(route.clone());
+        event.fields.set("route", Some(route));
     }
+    event.fields.set("status", Some(status_text(record.status)));
     event
         .fields
-        .set("status", Some(Text::from(record.status.to_string())));
+        .set("method", Some(method_text(&record.method)));
     event
-        .fields
-        .set("method", Some(Text::from(record.method.as_str())));
-    event
+}
+
+/// The three digits of every status code from 100 to 599, so that a status becomes a field
+/// without formatting or allocating.
+static STATUS_DIGITS: [u8; 1500] = {
+    let mut digits = [0u8; 1500];
+    let mut i = 0;
+    while i < 500 {
+        let code = i + 100;
+        digits[i * 3] = b'0' + (code / 100) as u8;
+        digits[i * 3 + 1] = b'0' + (code / 10 % 10) as u8;
+        digits[i * 3 + 2] = b'0' + (code % 10) as u8;
+        i += 1;
+    }
+    digits
+};
+
+fn status_text(status: u16) -> Text {
+    let at = usize::from(status.wrapping_sub(100)) * 3;
+    match STATUS_DIGITS
+        .get(at..at + 3)
+        .and_then(|d| std::str::from_utf8(d).ok())
+    {
+        Some(digits) if (100..600).contains(&status) => Text::from_static(digits),
+        _ => Text::from(status.to_string()),
+    }
+}
+
+fn method_text(method: &http::Method) -> Text {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => return Text::from(method.as_str()),
+    };
+    Text::from_static(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_methods_become_fields_as_their_text() {
+        for status in [0, 99, 100, 200, 404, 599, 600, 999, u16::MAX] {
+            assert_eq!(status_text(status), *status.to_string(), "{status}");
+        }
+        for method in ["GET", "POST", "PATCH", "PROPFIND"] {
+            let parsed = http::Method::from_bytes(method.as_bytes()).unwrap();
+            assert_eq!(method_text(&parsed), *method);
+        }
+    }
 }

@@ -29,7 +29,7 @@ use crate::breaker::{Breaker, BreakerPhase};
 use crate::cache::{Cache, CachePhase};
 use crate::config::GatewayConfig;
 use crate::metrics;
-use crate::proxy::{self, Proxy, Upstream};
+use crate::proxy::{Proxy, Upstream};
 use crate::ratelimit::{Limiter, RateLimitPhase};
 use crate::redis::Redis;
 use crate::route::{Match, Router};
@@ -125,7 +125,7 @@ pub fn build(
 ) -> Result<Gateway, Error> {
     let verifier = match &config.jwt {
         Some(jwt) => Some(Arc::new(
-            Verifier::new(jwt, proxy::client()).map_err(config_error("jwt".into()))?,
+            Verifier::new(jwt).map_err(config_error("jwt".into()))?,
         )),
         None => None,
     };

@@ -1,14 +1,12 @@
 //! The route's timeout: an upstream that has not answered (its response head) within it gets
 //! the request answered with 504, as Envoy does (503 stays the open breaker's answer).
 
-use std::convert::Infallible;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use http::StatusCode;
 
-use crate::body::{self, Request, Response};
-use crate::phase::{Next, Phase};
+use crate::body::{self, Request};
+use crate::phase::{Next, Phase, PhaseFuture};
 
 /// The timeout phase of a route.
 #[derive(Clone, Copy, Debug)]
@@ -24,11 +22,7 @@ impl TimeoutPhase {
 }
 
 impl Phase for TimeoutPhase {
-    fn call<S: Next>(
-        &self,
-        request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn call<S: Next>(&self, request: Request, mut inner: S) -> PhaseFuture {
         let timeout = self.timeout;
         Box::pin(async move {
             match tokio::time::timeout(timeout, inner.call(request)).await {

@@ -2,18 +2,17 @@
 //! add (Kong's, so a `set` overrides and an `add` appends), the path's prefix rewrite and query
 //! parameter operations (remove, then set).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use serde::Deserialize;
 use sluice_pipeline::{FieldError, FieldErrors, Validate};
 
-use crate::body::{Request, Response};
+use crate::body::Request;
 use crate::context::RequestContext;
-use crate::phase::{Next, Phase};
+use crate::phase::{Next, Phase, PhaseFuture};
 
 /// Operations on a set of headers.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -88,6 +87,14 @@ impl HeaderOps {
 }
 
 impl Compiled {
+    /// Whether there is no operation.
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty()
+            && self.rename.is_empty()
+            && self.set.is_empty()
+            && self.add.is_empty()
+    }
+
     /// Applies the operations to `headers`.
     pub fn apply(&self, headers: &mut HeaderMap) {
         for name in &self.remove {
@@ -165,17 +172,17 @@ pub struct Transforms {
 }
 
 impl Transforms {
-    fn path(&self, path: &str, cx: Option<&RequestContext>) -> String {
+    /// Writes the upstream's path for a request to `path` into `target`.
+    fn write_path(&self, target: &mut String, path: &str, cx: Option<&RequestContext>) {
         match (&self.rewrite, cx) {
             (Some(replacement), Some(cx)) => {
-                let joined = format!("{replacement}{}", cx.rest);
-                if joined.is_empty() {
-                    "/".to_owned()
-                } else {
-                    joined
+                target.push_str(replacement);
+                target.push_str(&cx.rest);
+                if target.is_empty() {
+                    target.push('/');
                 }
             }
-            _ => path.to_owned(),
+            _ => target.push_str(path),
         }
     }
 }
@@ -196,28 +203,36 @@ impl TransformPhase {
 }
 
 impl Phase for TransformPhase {
-    fn call<S: Next>(
-        &self,
-        mut request: Request,
-        mut inner: S,
-    ) -> BoxFuture<'static, Result<Response, Infallible>> {
+    fn passes(&self) -> bool {
+        let t = &self.transforms;
+        t.rewrite.is_none() && t.request.is_empty() && t.response.is_empty() && t.query.is_empty()
+    }
+
+    fn call<S: Next>(&self, mut request: Request, mut inner: S) -> PhaseFuture {
         let t = &self.transforms;
         t.request.apply(request.headers_mut());
         if t.rewrite.is_some() || !t.query.is_empty() {
-            let path = t.path(
-                request.uri().path(),
+            let uri = request.uri();
+            let query = if t.query.is_empty() {
+                uri.query().map(Cow::Borrowed)
+            } else {
+                t.query.apply(uri.query()).map(Cow::Owned)
+            };
+            let mut target = String::with_capacity(
+                t.rewrite.as_ref().map_or(0, String::len)
+                    + uri.path().len()
+                    + query.as_ref().map_or(0, |q| q.len() + 1),
+            );
+            t.write_path(
+                &mut target,
+                uri.path(),
                 request.extensions().get::<RequestContext>(),
             );
-            let query = if t.query.is_empty() {
-                request.uri().query().map(str::to_owned)
-            } else {
-                t.query.apply(request.uri().query())
-            };
-            let target = match query {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            if let Ok(uri) = target.parse::<Uri>() {
+            if let Some(query) = query {
+                target.push('?');
+                target.push_str(&query);
+            }
+            if let Ok(uri) = Uri::try_from(target) {
                 *request.uri_mut() = uri;
             }
         }

@@ -1,13 +1,14 @@
 //! What the gateway speaks to its upstreams, through the binary: a WebSocket upgrade passed
 //! through to a real WebSocket echo server (both ways, text and binary), and an upstream over
-//! TLS whose certificate a private CA signs (`ca_file`), refused without that CA.
+//! TLS whose certificate a private CA signs (`ca_file`), refused without that CA; HTTP/2
+//! upstreams in clear and over TLS, and HTTP/1.1 upstream connections kept alive (nginx).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use futures::{SinkExt, StreamExt};
-use sluice_tests::Scratch;
+use sluice_tests::{Scratch, free_port, wait_for};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
@@ -278,4 +279,175 @@ fn an_https_upstream_is_verified_against_its_private_ca() {
         refused.status, 502,
         "a certificate no trusted CA signs is refused: {refused:?}"
     );
+}
+
+/// An nginx (Debian's) answering every request with the protocol, `Host`, URI and connection
+/// number it saw: HTTP/1.1 on one port, HTTP/2 in clear (prior knowledge) on another and HTTP/2
+/// over TLS (ALPN) on a third.
+struct Nginx {
+    child: Child,
+    ports: Ports,
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    h1: u16,
+    clear: u16,
+    tls: u16,
+}
+
+impl Nginx {
+    fn start(dir: &Scratch, cert: &str, key: &str) -> Self {
+        let ports = Ports {
+            h1: free_port(),
+            clear: free_port(),
+            tls: free_port(),
+        };
+        Nginx::start_on(dir, cert, key, ports)
+    }
+
+    fn start_on(dir: &Scratch, cert: &str, key: &str, ports: Ports) -> Self {
+        let Ports { h1, clear, tls } = ports;
+        let d = dir.path().display();
+        let echo = r#"default_type application/json;
+            return 200 '{"protocol":"$server_protocol","host":"$http_host","uri":"$request_uri","connection":"$connection"}';"#;
+        let conf = dir.write(
+            "nginx.conf",
+            &format!(
+                r#"master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
+events {{ worker_connections 256; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{h1}; location / {{ {echo} }} }}
+  server {{ listen 127.0.0.1:{clear} http2; location / {{ {echo} }} }}
+  server {{ listen 127.0.0.1:{tls} ssl http2; ssl_certificate {cert}; ssl_certificate_key {key};
+    location / {{ {echo} }} }} }}
+"#
+            ),
+        );
+        let child = Command::new("nginx")
+            .args(["-c", &conf.display().to_string(), "-e"])
+            .arg(dir.join("nginx.err"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx (scripts/services.sh installs it)");
+        let nginx = Nginx { child, ports };
+        wait_for("nginx to listen", || {
+            [h1, clear, tls]
+                .iter()
+                .all(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).is_ok())
+                .then_some(())
+        })
+        .unwrap();
+        nginx
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON nginx answered through the gateway at `path`.
+fn echoed(gw: std::net::SocketAddr, path: &str) -> serde_json::Value {
+    let answer = get_with(gw, path, &[]);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    serde_json::from_str(&answer.body).unwrap()
+}
+
+#[test]
+fn http2_upstreams_in_clear_and_over_tls_and_kept_alive_http1() {
+    let dir = Scratch::new("gw_h2_upstream");
+    let (ca, cert, key) = private_ca(&dir);
+    let nginx = Nginx::start(&dir, &cert, &key);
+    let gw = start_gateway(
+        "gw_h2_upstream_gw",
+        &redis_url(),
+        &format!(
+            r#"
+            [sources.gateway.upstreams.h2c]
+            instances = ["http://127.0.0.1:{clear}"]
+            http2 = true
+            [sources.gateway.upstreams.h2]
+            instances = ["https://localhost:{tls}/v2"]
+            http2 = true
+            ca_file = "{ca}"
+            [sources.gateway.upstreams.h1]
+            instances = ["http://127.0.0.1:{h1}"]
+            [[sources.gateway.routes]]
+            id = "h2c"
+            prefix = "/api/h2c"
+            rewrite_prefix = "/items"
+            upstream = "h2c"
+            auth = "off"
+            [[sources.gateway.routes]]
+            id = "h2"
+            prefix = "/api/h2"
+            rewrite_prefix = "/items"
+            upstream = "h2"
+            auth = "off"
+            [[sources.gateway.routes]]
+            id = "h1"
+            prefix = "/api/h1"
+            rewrite_prefix = "/items"
+            upstream = "h1"
+            auth = "off"
+            "#,
+            h1 = nginx.ports.h1,
+            clear = nginx.ports.clear,
+            tls = nginx.ports.tls,
+        ),
+    );
+    let h2c = echoed(gw.address, "/api/h2c/1?x=2");
+    assert_eq!(h2c["protocol"], "HTTP/2.0", "{h2c}");
+    assert_eq!(h2c["uri"], "/items/1?x=2", "{h2c}");
+    assert_eq!(
+        h2c["host"],
+        format!("127.0.0.1:{}", nginx.ports.clear),
+        "{h2c}"
+    );
+    let h2 = echoed(gw.address, "/api/h2/1");
+    assert_eq!(h2["protocol"], "HTTP/2.0", "HTTP/2 by ALPN: {h2}");
+    assert_eq!(h2["uri"], "/v2/items/1", "{h2}");
+    assert_eq!(h2["host"], format!("localhost:{}", nginx.ports.tls), "{h2}");
+
+    // Requests of one client connection are served by one serving thread, whose upstream
+    // connection is reused once the previous answer has been read.
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n"])
+        .arg(format!("http://{}/api/h1/1", gw.address))
+        .arg(format!("http://{}/api/h1/2", gw.address))
+        .arg(format!("http://{}/api/h1/3", gw.address))
+        .output()
+        .expect("curl");
+    let answers: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(answers.len(), 3, "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a["protocol"] == "HTTP/1.1"),
+        "{answers:?}"
+    );
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["connection"] == answers[0]["connection"]),
+        "one upstream connection for all three: {answers:?}"
+    );
+
+    // The upstream restarts: the connections the gateway keeps are closed under it, and the
+    // next requests get new ones.
+    let ports = nginx.ports;
+    drop(nginx);
+    let _nginx = Nginx::start_on(&dir, &cert, &key, ports);
+    for path in ["/api/h1/4", "/api/h2c/4", "/api/h2/4"] {
+        let answer = echoed(gw.address, path);
+        assert!(
+            answer["uri"].as_str().unwrap().ends_with("/items/4"),
+            "{answer}"
+        );
+    }
 }
