@@ -80,6 +80,9 @@ impl CacheConfig {
     }
 }
 
+/// The header saying how the cache treated a request.
+const X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+
 /// A stored response.
 #[derive(Debug, Clone)]
 struct Stored {
@@ -143,10 +146,11 @@ impl Stored {
         });
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
+        headers.reserve(self.headers.len() + 1);
         for (name, value) in &self.headers {
             headers.append(name.clone(), value.clone());
         }
-        headers.insert("x-cache", HeaderValue::from_static(status.as_str()));
+        headers.insert(X_CACHE, HeaderValue::from_static(status.as_str()));
         response.extensions_mut().insert(status);
         response
     }
@@ -293,7 +297,7 @@ impl CachePhase {
 fn mark(mut response: Response, status: CacheStatus) -> Response {
     response
         .headers_mut()
-        .insert("x-cache", HeaderValue::from_static(status.as_str()));
+        .insert(X_CACHE, HeaderValue::from_static(status.as_str()));
     response.extensions_mut().insert(status);
     response
 }
@@ -428,7 +432,7 @@ impl Phase for CachePhase {
                 headers: parts
                     .headers
                     .iter()
-                    .filter(|(name, _)| *name != "x-cache")
+                    .filter(|(name, _)| *name != X_CACHE)
                     .map(|(n, v)| (n.clone(), v.clone()))
                     .collect(),
                 body: collected.to_bytes(),

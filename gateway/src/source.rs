@@ -270,7 +270,7 @@ async fn forward(
 fn event(id: &str, n: u64, record: &AccessRecord) -> Event {
     // Sized for a usual record, so that writing it does not grow the buffer.
     let mut payload = Vec::with_capacity(320);
-    let _ = serde_json::to_writer(&mut payload, record);
+    record.write_json(&mut payload);
     let mut event_id = String::with_capacity(id.len() + 21);
     event_id.push_str(id);
     let _ = write!(event_id, "-{n}");
@@ -332,6 +332,45 @@ fn method_text(method: &http::Method) -> Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::Peer;
+
+    #[test]
+    fn an_access_record_is_one_json_object_with_every_field() {
+        let mut record = AccessRecord {
+            time_unix_ms: 1_764_000_000_123,
+            client: Arc::new(Peer::new("[::1]:5000".parse().unwrap())),
+            method: http::Method::POST,
+            path: "/a\"b\\c/é\u{1}".to_owned(),
+            version: "HTTP/1.1",
+            route: Some(Arc::from("orders")),
+            status: 201,
+            duration_ms: 1.25,
+            upstream: Some(Arc::from("http://127.0.0.1:3000")),
+            upstream_ms: Some(0.5),
+            cache: Some("MISS"),
+            user: Some(Arc::from("456")),
+        };
+        let parsed = |record: &AccessRecord| {
+            let mut out = Vec::new();
+            record.write_json(&mut out);
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+        };
+        assert_eq!(
+            parsed(&record),
+            serde_json::json!({
+                "time_unix_ms": 1_764_000_000_123_u64, "client_ip": "::1", "method": "POST",
+                "path": "/a\"b\\c/é\u{1}", "version": "HTTP/1.1", "route": "orders",
+                "status": 201, "duration_ms": 1.25, "upstream": "http://127.0.0.1:3000",
+                "upstream_ms": 0.5, "cache": "MISS", "user": "456"
+            })
+        );
+        (record.route, record.upstream, record.upstream_ms) = (None, None, None);
+        (record.cache, record.user) = (None, None);
+        let absent = parsed(&record);
+        for key in ["route", "upstream", "upstream_ms", "cache", "user"] {
+            assert_eq!(absent[key], serde_json::Value::Null, "{key}");
+        }
+    }
 
     #[test]
     fn statuses_and_methods_become_fields_as_their_text() {
