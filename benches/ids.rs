@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sluice_ids::counter::{CounterPlan, DayFormat, RedisCounter};
 use sluice_ids::random::{Ulids, Uuid7};
 use sluice_ids::resource::Ids;
-use sluice_ids::sequence::{PgSequence, SequencePlan};
+use sluice_ids::sequence::{PgSequence, PostgresUrl, SequencePlan};
 use sluice_ids::snowflake::{Layout, Node, Options, Snowflake, StaticWorker};
 use sluice_tests::TestDb;
 use support::{Args, Sample};
@@ -376,7 +376,7 @@ async fn prepare(name: &str, db: &str, redis: &str) -> Measured {
                 nodes: 1,
                 block: 1000,
             };
-            let g = PgSequence::new(db, plan);
+            let g = PgSequence::new(PostgresUrl::new(db), plan);
             g.set_up().await.unwrap();
             Measured::Sequence(g)
         }

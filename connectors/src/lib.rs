@@ -7,7 +7,8 @@
 //! - [`rabbitmq`]: RabbitMQ, persistent and confirmed, in order per key.
 //! - [`codec`]: encodings shared by sinks.
 //! - [`tls`]: TLS client settings shared by the PostgreSQL and RabbitMQ connections;
-//!   [`ConnectionUrl`]: their URLs in configs, never shown with the password.
+//!   [`ConnectionUrl`]: their URLs in configs, never shown with the password (both live in
+//!   `sluice-connect`, which the consumer kit and the id generators use too).
 //!
 //! Each connector is one module with its config struct (the documentation of its settings) and
 //! its running component; the `sluice` binary registers them by type name.
@@ -20,7 +21,5 @@ pub mod outbox;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod stdout;
-pub mod tls;
-mod url;
 
-pub use url::{ConnectionUrl, ParseUrl};
+pub use sluice_connect::{ConnectionUrl, ParseUrl, tls};

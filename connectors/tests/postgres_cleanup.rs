@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime};
 
 use sluice_connectors::postgres::cleanup::{Cleanup, CleanupConfig, Delivered};
-use sluice_connectors::postgres::connect::Database;
+use sluice_connectors::postgres::connect::{Database, Sessions};
 use sluice_connectors::postgres::table::Table;
 use sluice_pipeline::ErrorKind;
 use sluice_tests::TestDb;

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use sluice_connectors::postgres::connect::Database;
+use sluice_connectors::postgres::connect::{Database, Sessions};
 use sluice_connectors::postgres::error::DbError;
 use sluice_connectors::postgres::poll::{Ctid, LockedBatch, PollConfig, Poller, Session};
 use sluice_pipeline::component::{BuildContext, DynSink};

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
-use sluice_connectors::postgres::connect::{Database, SslMode};
+use sluice_connectors::postgres::connect::{Database, Sessions, SslMode};
 use sluice_pipeline::error::chain;
 use sluice_tests::TestDb;
 

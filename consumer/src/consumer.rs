@@ -12,8 +12,11 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
+use sluice_connect::amqp::AmqpUrl;
+use sluice_connect::postgres::PostgresUrl;
 use tokio_postgres::{Client, Transaction};
 
+use crate::broker;
 use crate::error::{BoxError, Error};
 use crate::inbox::{DEFAULT_INBOX_TABLE, Inbox};
 
@@ -28,15 +31,21 @@ pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Most inbox rows one cleanup round deletes.
 const CLEANUP_BATCH: i64 = 10_000;
 
-/// Where to consume from and where the inbox lives.
+/// Where to consume from and where the inbox lives. Its `Debug` shows the URLs without their
+/// passwords.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {
-    /// RabbitMQ URL, `amqp://user:password@host:port/vhost`.
-    pub amqp_url: String,
+    /// RabbitMQ URL, `amqp://user:password@host:port/vhost`, or `amqps://` for TLS with
+    /// RabbitMQ's URI parameters: `cacertfile` (the CA that signed the broker's certificate;
+    /// the Mozilla roots without it), `certfile` and `keyfile` (a client certificate),
+    /// `verify=verify_none`, `server_name_indication`, `auth_mechanism=external`.
+    pub amqp_url: AmqpUrl,
     /// The queue to consume.
     pub queue: String,
-    /// PostgreSQL URL of the consumer's own database (where the handler writes).
-    pub database_url: String,
+    /// PostgreSQL URL of the consumer's own database (where the handler writes), with libpq's
+    /// `sslmode` (`disable`, `prefer` by default, `require`, `verify-ca`, `verify-full`),
+    /// `sslrootcert`, `sslcert` and `sslkey`.
+    pub database_url: PostgresUrl,
     /// The inbox table.
     pub inbox_table: String,
     /// Deliveries the broker may send ahead of acknowledgements.
@@ -55,9 +64,9 @@ impl ConsumerConfig {
     /// Defaults for consuming `queue` with the inbox in `database_url`.
     pub fn new(amqp_url: &str, queue: &str, database_url: &str) -> Self {
         ConsumerConfig {
-            amqp_url: amqp_url.to_owned(),
+            amqp_url: AmqpUrl::new(amqp_url),
             queue: queue.to_owned(),
-            database_url: database_url.to_owned(),
+            database_url: PostgresUrl::new(database_url),
             inbox_table: DEFAULT_INBOX_TABLE.to_owned(),
             prefetch: DEFAULT_PREFETCH,
             retry_delay: DEFAULT_RETRY_DELAY,
@@ -126,24 +135,23 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Connects to RabbitMQ and PostgreSQL and creates the inbox table if asked to.
+    /// Connects to RabbitMQ and PostgreSQL (over TLS when their URLs ask for it) and creates
+    /// the inbox table if asked to.
     pub async fn connect(config: ConsumerConfig) -> Result<Consumer, Error> {
-        let (database, driver) =
-            tokio_postgres::connect(&config.database_url, tokio_postgres::NoTls)
-                .await
-                .map_err(Error::database("connecting"))?;
-        tokio::spawn(async move {
-            if let Err(e) = driver.await {
-                tracing::warn!(error = %e, "consumer database connection ended");
-            }
-        });
+        let endpoint = config.amqp_url.parse().map_err(|problem| Error::Url {
+            field: "amqp_url",
+            problem,
+        })?;
+        let database = config.database_url.parse().map_err(|problem| Error::Url {
+            field: "database_url",
+            problem,
+        })?;
+        let database = database.open().await.map_err(Error::DatabaseConnect)?;
         let inbox = Inbox::new(&config.inbox_table);
         if config.create_inbox {
             inbox.create(&database).await?;
         }
-        let connection = Connection::connect(&config.amqp_url, ConnectionProperties::default())
-            .await
-            .map_err(Error::broker("connecting"))?;
+        let connection = broker::connect(&endpoint, ConnectionProperties::default()).await?;
         let channel = connection
             .create_channel()
             .await
@@ -303,4 +311,28 @@ fn message(delivery: &lapin::message::Delivery) -> Option<Message> {
         body: delivery.data.clone(),
         redelivered: delivery.redelivered,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_the_urls_without_their_passwords() {
+        let config = ConsumerConfig::new(
+            "amqps://app:s3cret-amqp@broker:5671/shop?cacertfile=/etc/ca.pem",
+            "orders",
+            "postgres://app:s3cret-pg@db/shop?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        );
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(
+            debug.contains("amqps://app@broker:5671/shop")
+                && debug.contains("postgres://app@db:5432/shop?sslmode=verify-full"),
+            "{debug}"
+        );
+        let broken = ConsumerConfig::new("amqp://u:s3c@zq9@h/", "q", "postgres://u:s3c@zq9@h/");
+        let debug = format!("{broken:?}");
+        assert!(!debug.contains("zq9"), "{debug}");
+    }
 }

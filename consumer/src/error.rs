@@ -7,6 +7,30 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A URL of the config cannot be used: it does not parse, or a TLS file it names is
+    /// missing or not PEM. The message names the URL parameter, never the password.
+    #[error("{field}: {problem}")]
+    Url {
+        /// The config field: `amqp_url` or `database_url`.
+        field: &'static str,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// RabbitMQ could not be reached, refused TLS or its certificate, or refused the login.
+    #[error("rabbitmq: connecting to {broker}{}", remedy.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    BrokerConnect {
+        /// The broker, shown without the password.
+        broker: String,
+        /// What to change, when the failure is about TLS.
+        remedy: Option<String>,
+        /// The cause.
+        #[source]
+        source: lapin::Error,
+    },
+    /// PostgreSQL could not be reached, refused TLS or its certificate, or refused the login;
+    /// or a TLS file the URL names is unusable.
+    #[error("postgresql")]
+    DatabaseConnect(#[source] sluice_connect::postgres::ConnectError),
     /// RabbitMQ refused or dropped the connection, or an AMQP operation failed.
     #[error("rabbitmq: {context}")]
     Broker {
@@ -45,7 +69,9 @@ impl Error {
     /// Whether reconnecting may help (a lost connection), as opposed to a refusal.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Broker { .. } | Error::Cancelled { .. } => true,
+            Error::Broker { .. } | Error::BrokerConnect { .. } | Error::Cancelled { .. } => true,
+            Error::Url { .. } => false,
+            Error::DatabaseConnect(source) => source.is_retryable(),
             Error::Database { source, .. } => source.as_db_error().is_none(),
         }
     }

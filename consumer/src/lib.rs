@@ -17,6 +17,11 @@
 //! [`ConsumerConfig::cleanup_interval`]): keep them longer than any redelivery or replay can
 //! arrive late.
 //!
+//! Both connections may run over TLS, read from the URLs as the relay reads them:
+//! `amqps://…?cacertfile=ca.pem` (client certificates and `auth_mechanism=external` too) and
+//! `postgres://…?sslmode=verify-full&sslrootcert=ca.pem`. The URLs never show their passwords,
+//! in `Debug` or in errors. `docs/consumer.md` lists every parameter.
+//!
 //! ```no_run
 //! use sluice_consumer::{Consumer, ConsumerConfig, Handler, Message, BoxError};
 //! use tokio_postgres::Transaction;
@@ -37,6 +42,7 @@
 //! # }
 //! ```
 
+mod broker;
 mod consumer;
 mod error;
 mod inbox;

@@ -36,7 +36,6 @@
 //! naming it in one place is what lets every transform and the endpoint share that one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -49,6 +48,8 @@ use crate::counter::{self, CounterPlan, DayFormat};
 #[cfg(feature = "postgres")]
 use crate::sequence::SequencePlan;
 use crate::snowflake::{self, Layout, Node, OnBackward, Options, PairRange, parse_range};
+#[cfg(feature = "postgres")]
+use sluice_connect::postgres::PostgresUrl;
 
 /// Default for [`IdsConfig::max_count`].
 pub const DEFAULT_MAX_COUNT: usize = 10_000;
@@ -313,8 +314,9 @@ impl SnowflakeConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SequenceConfig {
-    /// The database, as a `postgres://` URL.
-    pub url: ServerUrl,
+    /// The database, as a `postgres://` URL; `sslmode` (`verify-full` with `sslrootcert`, …)
+    /// asks for TLS as in libpq. Never shown with its password.
+    pub url: PostgresUrl,
     /// The sequence, `name` or `schema.name`; sluice creates it if it is missing.
     pub sequence: String,
     /// This node's number, 1 to `nodes`: its ids start at `(node - 1) × block + 1`.
@@ -397,10 +399,12 @@ impl CounterConfig {
 }
 
 /// A server's URL, which may hold a password: never printed, not even in debug output.
+#[cfg(feature = "redis")]
 #[derive(Clone, Deserialize)]
 #[serde(transparent)]
 pub struct ServerUrl(pub String);
 
+#[cfg(feature = "redis")]
 impl ServerUrl {
     /// The URL, to connect with.
     pub fn expose(&self) -> &str {
@@ -408,8 +412,9 @@ impl ServerUrl {
     }
 }
 
-impl fmt::Debug for ServerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for ServerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ServerUrl(<redacted>)")
     }
 }
@@ -499,9 +504,15 @@ impl IdsConfig {
                 }),
                 #[cfg(feature = "postgres")]
                 GeneratorConfig::PostgresSequence(c) => c
-                    .plan()
-                    .check()
-                    .map_err(|e| FieldError::new(e.field, e.message)),
+                    .url
+                    .parse()
+                    .map(drop)
+                    .map_err(|problem| FieldError::new("url", problem))
+                    .and_then(|()| {
+                        c.plan()
+                            .check()
+                            .map_err(|e| FieldError::new(e.field, e.message))
+                    }),
                 #[cfg(feature = "redis")]
                 GeneratorConfig::RedisCounter(c) => {
                     if c.key.is_empty() {
@@ -598,6 +609,27 @@ mod tests {
     }
 
     #[test]
+    fn a_sequence_url_shows_its_tls_never_its_password() {
+        let config = parse(
+            r#"
+            [generators.orders]
+            type = "postgres_sequence"
+            url = "postgres://app:s3cret@db.local/shop?sslmode=verify-full&sslrootcert=/etc/sluice/ca.pem"
+            sequence = "order_ids"
+            node = 1
+            nodes = 2
+            "#,
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("s3cret")
+                && debug.contains("postgres://app@db.local:5432/shop?sslmode=verify-full"),
+            "{debug}"
+        );
+    }
+
+    #[test]
     fn bad_settings_name_the_field_and_the_rule() {
         let cases = [
             (
@@ -623,6 +655,10 @@ mod tests {
             (
                 "[generators.a]\ntype = \"postgres_sequence\"\nurl = \"postgres://x\"\nsequence = \"ids\"\nnode = 3\nnodes = 2",
                 "generators.a.node: must be between 1 and nodes (2), got 3",
+            ),
+            (
+                "[generators.a]\ntype = \"postgres_sequence\"\nurl = \"postgres://u:s3cret@x/db?sslmode=verify-all\"\nsequence = \"ids\"\nnode = 1\nnodes = 2",
+                "generators.a.url: sslmode=\"verify-all\" is not an sslmode: use one of disable, prefer, require, verify-ca, verify-full",
             ),
             (
                 "[generators.a]\ntype = \"redis_counter\"\nurl = \"redis://x\"\nkey = \"k\"\nformat = \"%n\"",

@@ -67,7 +67,12 @@ pub enum IdError {
     /// another increment).
     #[error("{0}")]
     Setup(String),
-    /// PostgreSQL failed or could not be reached.
+    /// PostgreSQL could not be reached, refused TLS or its certificate, or refused the login;
+    /// or a TLS file the URL names is unusable.
+    #[cfg(feature = "postgres")]
+    #[error(transparent)]
+    Connect(sluice_connect::postgres::ConnectError),
+    /// A statement failed, or the connection was lost.
     #[cfg(feature = "postgres")]
     #[error("{context}")]
     Postgres {
@@ -100,7 +105,7 @@ impl IdError {
             IdError::TimestampExhausted { .. } | IdError::Exhausted { .. } => "exhausted",
             IdError::WorkerNotHeld { .. } => "worker_not_held",
             #[cfg(feature = "postgres")]
-            IdError::Postgres { .. } => "postgres",
+            IdError::Postgres { .. } | IdError::Connect(_) => "postgres",
             #[cfg(feature = "redis")]
             IdError::Redis { .. } => "redis",
         }
@@ -120,6 +125,8 @@ impl IdError {
             | IdError::Setup(_) => false,
             #[cfg(feature = "postgres")]
             IdError::Postgres { source, .. } => source.as_db_error().is_none(),
+            #[cfg(feature = "postgres")]
+            IdError::Connect(source) => source.is_retryable(),
             #[cfg(feature = "redis")]
             IdError::Redis { source, .. } => {
                 source.is_io_error() || source.is_connection_dropped() || source.is_timeout()

@@ -360,7 +360,7 @@ fn build_generator(config: &GeneratorConfig) -> Result<IdGenerator, IdError> {
         GeneratorConfig::Ulid(_) => IdGenerator::Ulid(Ulids::new()),
         #[cfg(feature = "postgres")]
         GeneratorConfig::PostgresSequence(c) => {
-            IdGenerator::Sequence(crate::sequence::PgSequence::new(c.url.expose(), c.plan()))
+            IdGenerator::Sequence(crate::sequence::PgSequence::new(c.url.clone(), c.plan()))
         }
         #[cfg(feature = "redis")]
         GeneratorConfig::RedisCounter(c) => {
@@ -460,7 +460,7 @@ async fn check_generator(config: &GeneratorConfig) -> Vec<Finding> {
             use crate::sequence::{PgSequence, SequenceState};
             let plan = c.plan();
             let sql = plan.create_sql();
-            let g = PgSequence::new(c.url.expose(), plan);
+            let g = PgSequence::new(c.url.clone(), plan);
             match g.inspect().await {
                 Ok(SequenceState::AsPlanned) => vec![Finding::ok(format!(
                     "sequence {} is as planned for node {} of {} with blocks of {} ({sql})",

@@ -18,8 +18,9 @@
 
 use std::fmt;
 
+pub use sluice_connect::postgres::PostgresUrl;
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::error::IdError;
 
@@ -149,7 +150,7 @@ pub enum SequenceState {
 /// of them fetches the next blocks while the others wait for it. Connects on first use (or in
 /// [`PgSequence::set_up`]) and again after a failure.
 pub struct PgSequence {
-    url: String,
+    url: PostgresUrl,
     plan: SequencePlan,
     state: Mutex<State>,
 }
@@ -164,8 +165,8 @@ struct State {
 
 impl fmt::Debug for PgSequence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The URL may hold a password.
         f.debug_struct("PgSequence")
+            .field("url", &self.url)
             .field("plan", &self.plan)
             .finish_non_exhaustive()
     }
@@ -177,10 +178,11 @@ fn pg_error(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) ->
 }
 
 impl PgSequence {
-    /// A generator for `plan` on the database at `url`. No I/O.
-    pub fn new(url: impl Into<String>, plan: SequencePlan) -> Self {
+    /// A generator for `plan` on the database at `url` (with libpq's `sslmode` and
+    /// `sslrootcert` for TLS). No I/O: the URL is read when connecting.
+    pub fn new(url: PostgresUrl, plan: SequencePlan) -> Self {
         PgSequence {
-            url: url.into(),
+            url,
             plan,
             state: Mutex::new(State::default()),
         }
@@ -192,11 +194,11 @@ impl PgSequence {
     }
 
     async fn connect(&self) -> Result<Client, IdError> {
-        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
-            .await
-            .map_err(pg_error("connecting to PostgreSQL"))?;
-        tokio::spawn(connection);
-        Ok(client)
+        let database = self
+            .url
+            .parse()
+            .map_err(|problem| IdError::Setup(format!("url: {problem}")))?;
+        database.open().await.map_err(IdError::Connect)
     }
 
     /// Connects, creates the sequence if it is missing (the statement of

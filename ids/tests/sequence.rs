@@ -1,14 +1,16 @@
 //! PostgreSQL sequences on the real server: the seed's two nodes with offsets, blocks under
-//! concurrent clients, a crash, and a sequence that does not match its plan.
+//! concurrent clients, a crash, a sequence that does not match its plan, and ids over
+//! verified TLS (the local server's, from `scripts/services.sh`).
 
 #![cfg(feature = "postgres")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sluice_ids::IdError;
-use sluice_ids::sequence::{PgSequence, SequencePlan, SequenceState};
+use sluice_ids::sequence::{PgSequence, PostgresUrl, SequencePlan, SequenceState};
 use sluice_tests::TestDb;
 
 fn plan(node: u64, nodes: u64, block: u64) -> SequencePlan {
@@ -23,8 +25,8 @@ fn plan(node: u64, nodes: u64, block: u64) -> SequencePlan {
 #[tokio::test]
 async fn two_nodes_with_offsets_issue_the_seeds_odd_and_even_ids() {
     let (db1, db2) = (TestDb::create("seq_db1"), TestDb::create("seq_db2"));
-    let node1 = PgSequence::new(&db1.url, plan(1, 2, 1));
-    let node2 = PgSequence::new(&db2.url, plan(2, 2, 1));
+    let node1 = PgSequence::new(PostgresUrl::new(&db1.url), plan(1, 2, 1));
+    let node2 = PgSequence::new(PostgresUrl::new(&db2.url), plan(2, 2, 1));
     node1.set_up().await.unwrap();
     node2.set_up().await.unwrap();
     assert_eq!(node1.next_ids(3).await.unwrap(), [1, 3, 5]);
@@ -52,7 +54,7 @@ async fn blocks_under_concurrent_clients_on_two_nodes_never_collide() {
                 sequence: sequence.into(),
                 ..plan(node, 2, 100)
             };
-            let g = Arc::new(PgSequence::new(&db.url, plan));
+            let g = Arc::new(PgSequence::new(PostgresUrl::new(&db.url), plan));
             g.set_up().await.unwrap();
             generators.push(g);
         }
@@ -105,13 +107,13 @@ async fn blocks_under_concurrent_clients_on_two_nodes_never_collide() {
 #[tokio::test]
 async fn a_crash_leaves_gaps_never_duplicates() {
     let db = TestDb::create("seq_crash");
-    let before = PgSequence::new(&db.url, plan(1, 1, 100));
+    let before = PgSequence::new(PostgresUrl::new(&db.url), plan(1, 1, 100));
     before.set_up().await.unwrap();
     let first = before.next_ids(10).await.unwrap();
     assert_eq!(first, (1..=10).collect::<Vec<_>>());
     // The process dies with 90 ids of its block unused.
     drop(before);
-    let after = PgSequence::new(&db.url, plan(1, 1, 100));
+    let after = PgSequence::new(PostgresUrl::new(&db.url), plan(1, 1, 100));
     let next = after.next_ids(5).await.unwrap();
     assert_eq!(next, (101..=105).collect::<Vec<_>>(), "a gap, not a reuse");
 
@@ -146,7 +148,7 @@ async fn a_crash_leaves_gaps_never_duplicates() {
 #[tokio::test]
 async fn a_sequence_made_for_another_plan_is_refused() {
     let db = TestDb::create("seq_mismatch");
-    let g = PgSequence::new(&db.url, plan(2, 3, 10));
+    let g = PgSequence::new(PostgresUrl::new(&db.url), plan(2, 3, 10));
     assert_eq!(
         g.inspect().await.unwrap(),
         SequenceState::Missing { can_create: true }
@@ -167,4 +169,75 @@ async fn a_sequence_made_for_another_plan_is_refused() {
             .contains("needs START WITH 11 INCREMENT BY 30"),
         "{error}"
     );
+}
+
+/// `DATABASE_TLS_URL` (a SCRAM role, `verify-full` against the local CA) to database `db`,
+/// and the role's password.
+fn tls_url(db: &str) -> (String, String) {
+    let url = std::env::var("DATABASE_TLS_URL")
+        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh env)\")");
+    let (base, query) = url.split_once('?').expect("the URL's TLS parameters");
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    let password = base
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .expect("the URL's password");
+    (format!("{base}/{db}?{query}"), password)
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_sequence_issues_ids_over_verified_tls() {
+    let db = TestDb::create("seq_tls");
+    let (url, password) = tls_url(&db.name);
+    assert!(
+        url.contains("sslmode=verify-full"),
+        "the test needs verify-full"
+    );
+    let g = PgSequence::new(PostgresUrl::new(&url), plan(1, 2, 10));
+    g.set_up().await.unwrap();
+    assert_eq!(g.next_ids(3).await.unwrap(), [1, 2, 3]);
+    // The generator keeps its session open: it is there, and encrypted.
+    assert_eq!(
+        db.value(
+            "SELECT bool_and(s.ssl)::text FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.datname = current_database() AND a.application_name = 'sluice'"
+        )
+        .as_deref(),
+        Some("true")
+    );
+    let debug = format!("{g:?}");
+    assert!(
+        debug.contains("sslmode=verify-full") && !debug.contains(&password),
+        "{debug}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_naming_the_problem() {
+    let db = TestDb::create("seq_tls_ca");
+    let (url, password) = tls_url(&db.name);
+    let ca = PathBuf::from(std::env::var("SLUICE_TEST_CA").expect("SLUICE_TEST_CA is set"));
+    let untrusted = ca.with_file_name("untrusted-ca.pem");
+    let url = url.replace(&ca.display().to_string(), &untrusted.display().to_string());
+    let g = PgSequence::new(PostgresUrl::new(&url), plan(1, 1, 1));
+    let error = chain(&g.set_up().await.unwrap_err());
+    assert!(
+        error.contains("not signed by a trusted CA: set sslrootcert to the CA that signed it"),
+        "{error}"
+    );
+    assert!(!error.contains(&password), "{error}");
+    let error = chain(&g.next_ids(1).await.unwrap_err());
+    assert!(error.contains("UnknownIssuer"), "{error}");
 }

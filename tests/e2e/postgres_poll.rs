@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::sluice;
-use sluice_connectors::postgres::connect::Database;
+use sluice_connectors::postgres::connect::{Database, Sessions};
 use sluice_tests::{Running, Scratch, TestDb, free_port, json_lines, metric, metrics, wait_for};
 
 const SCHEMA: &str = include_str!("../../examples/sql/outbox-poll.sql");

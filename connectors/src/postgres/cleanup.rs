@@ -37,7 +37,7 @@ use sluice_pipeline::{Error, FieldError, FieldErrors, HumanDuration, Validate};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use super::connect::{Database, quote_ident};
+use super::connect::{Database, Sessions, quote_ident};
 use super::error::DbError;
 use super::table::{Privilege, Table};
 

@@ -5,7 +5,7 @@ use sluice_pipeline::ErrorKind;
 use tokio_postgres::error::SqlState;
 
 /// A failure running SQL, or a table that does not fit (connecting fails with the engine's
-/// own error, from [`crate::postgres::connect::Database::connect`]).
+/// own error, from [`crate::postgres::connect::Sessions::connect`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbError {

@@ -1,8 +1,8 @@
 //! PostgreSQL: the outbox sources (logical replication and polling) and what they share.
 //!
 //! - [`cdc`]: the `postgres_cdc` source (logical replication).
-//! - [`connect`]: connection URLs, SQL and replication sessions; [`tls`]: rustls under
-//!   `tokio-postgres`.
+//! - [`connect`]: SQL and replication sessions from a connection URL (parsed, with its TLS, by
+//!   `sluice-connect`).
 //! - [`pgoutput`]: sluice's own decoder of PostgreSQL's logical replication protocol.
 //! - [`row`]: the row event both sources emit and the `outbox` transform reads.
 //! - [`poll`]: the `postgres_poll` source (polling); [`cleanup`]: deletes delivered rows.
@@ -17,4 +17,3 @@ pub mod pgoutput;
 pub mod poll;
 pub mod row;
 pub mod table;
-pub mod tls;

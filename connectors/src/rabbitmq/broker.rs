@@ -13,10 +13,10 @@ use amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use bytes::Bytes;
 
 use super::config::{Argument, Declare};
-use super::endpoint::Endpoint;
 use super::lane::{Lane, Returned};
 use super::message::Message;
 use super::wire::{ChannelId, Wire, WireError, short, unexpected};
+use sluice_connect::amqp::Endpoint;
 
 /// How long an exchange found missing is taken as missing before it is checked again.
 const MISSING_EXCHANGE_RECHECK: Duration = Duration::from_secs(1);

@@ -16,9 +16,9 @@ use sluice_pipeline::error::chain;
 
 use super::broker::{Broker, ExchangeState};
 use super::config::{CHEAP_PROPERTY_BYTES, Declare, RabbitmqSinkConfig};
-use super::endpoint::Endpoint;
 use super::management::{self, Management, Route};
 use super::wire::WireError;
+use sluice_connect::amqp::Endpoint;
 
 /// RabbitMQ's default `max_message_size` (128 MiB); the broker does not tell its own over AMQP.
 const RABBITMQ_MAX_MESSAGE_SIZE: usize = 128 * 1024 * 1024;

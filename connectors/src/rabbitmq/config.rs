@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::endpoint::Endpoint;
-use crate::url::{ConnectionUrl, ParseUrl};
 use serde::Deserialize;
+pub use sluice_connect::amqp::AmqpUrl;
+use sluice_connect::amqp::Endpoint;
 use sluice_pipeline::component::{BoxFuture, BuildContext, DynSink};
 use sluice_pipeline::{
     Error, FieldError, FieldErrors, Finding, HumanDuration, SinkConfig, Validate,
@@ -307,15 +307,6 @@ pub enum Encoding {
 pub struct CloudEventsConfig {
     /// The `ce-source` attribute, as a template over event values (`"/orders/{aggregatetype}"`).
     pub source: Template,
-}
-
-/// An AMQP URL whose password never appears in `Debug` output.
-pub type AmqpUrl = ConnectionUrl<Endpoint>;
-
-impl ParseUrl for Endpoint {
-    fn parse_url(url: &str) -> Result<Self, String> {
-        Endpoint::parse(url)
-    }
 }
 
 /// The message for a URL that does not parse, with a hint for the usual slips in a list:

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::config::Declare;
-use super::endpoint::Endpoint;
+use sluice_connect::amqp::Endpoint;
 
 /// The management plugin's default HTTP port.
 pub(crate) const PORT: u16 = 15672;

@@ -16,7 +16,7 @@
 //! again, in order, before anything new — on the next node of a cluster when `urls` lists
 //! several. `docs/rabbitmq.md` documents every setting, the message format and the guarantees.
 //!
-//! - [`config`]: the settings.
+//! - [`config`]: the settings; [`Endpoint`]: a broker URL, parsed by `sluice-connect`.
 //! - `message`, `avro`, `cloudevents`: from an event to a message.
 //! - `lane`: one publishing channel and its messages in flight.
 //! - `wire`: sluice's own AMQP connection: socket, frames, handshake (ADR 0009).
@@ -32,7 +32,6 @@ mod broker;
 mod check;
 mod cloudevents;
 pub mod config;
-pub mod endpoint;
 mod lane;
 mod management;
 mod message;
@@ -44,5 +43,5 @@ mod sink;
 mod wire;
 
 pub use config::{DEFAULT_CHANNELS, DEFAULT_CONFIRM_WINDOW, OptionalProperty, RabbitmqSinkConfig};
-pub use endpoint::Endpoint;
 pub use sink::RabbitmqSink;
+pub use sluice_connect::amqp::Endpoint;

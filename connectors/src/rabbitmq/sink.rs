@@ -26,7 +26,6 @@ use sluice_pipeline::{Error, ErrorKind, Event, Sink, SinkContext, Text};
 use super::avro::AvroEncoder;
 use super::broker::{Answer, Broker, ExchangeState};
 use super::config::{Encoding, RabbitmqSinkConfig};
-use super::endpoint::Endpoint;
 use super::lane::{Lane, Outcome, Purpose, Record, Returned, Settled};
 use super::message::{Message, MessageBuilder};
 use super::metrics::RabbitmqMetrics;
@@ -34,6 +33,7 @@ use super::order::KeyOrder;
 use super::quarantine::{self, Route};
 use super::retry::{Retries, next_broker_after};
 use super::wire::WireError;
+use sluice_connect::amqp::Endpoint;
 
 /// The running `rabbitmq` sink.
 #[derive(Debug)]

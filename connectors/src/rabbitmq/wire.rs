@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::endpoint::{AmqpTls, Endpoint};
+use sluice_connect::amqp::{AmqpTls, Endpoint};
 
 /// A channel number.
 pub(crate) type ChannelId = u16;
@@ -543,7 +543,7 @@ async fn tls_session(
         .await
         .map_err(|source| WireError::Tls {
             server: tls.server_name.clone(),
-            remedy: crate::tls::remedy(&source, "cacertfile")
+            remedy: sluice_connect::tls::remedy(&source, "cacertfile")
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default(),
             source,

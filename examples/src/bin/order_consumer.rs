@@ -5,6 +5,10 @@
 //! order-consumer --amqp-url amqp://guest:guest@127.0.0.1:5672/%2f --queue orders \
 //!     --database-url postgres://postgres@127.0.0.1/shop_projection
 //! ```
+//!
+//! Both URLs may ask for TLS (`amqps://…?cacertfile=ca.pem`,
+//! `postgres://…?sslmode=verify-full&sslrootcert=ca.pem`), for the kit and for the
+//! projection's own session alike.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -61,10 +65,11 @@ impl Handler for Projection {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let (db, driver) = tokio_postgres::connect(&args.database_url, tokio_postgres::NoTls)
+    let db = sluice_connect::postgres::Database::parse(&args.database_url)
+        .map_err(|problem| anyhow::anyhow!("--database-url: {problem}"))?
+        .open()
         .await
         .context("connecting to the consumer's database")?;
-    tokio::spawn(driver);
     db.batch_execute(
         "CREATE TABLE IF NOT EXISTS customer_totals (
             customer text PRIMARY KEY, orders bigint NOT NULL, total numeric NOT NULL)",

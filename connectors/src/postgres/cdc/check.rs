@@ -7,7 +7,7 @@ use tokio_postgres::Client;
 
 use super::config::{PostgresCdcConfig, Snapshot};
 use super::slot::{publication_sql, snapshot_refusal, unpublished};
-use crate::postgres::connect::quote_ident;
+use crate::postgres::connect::{Sessions, quote_ident};
 use crate::postgres::table::TableName;
 
 /// Columns of the outbox contract (Debezium's defaults), checked when the table has them.

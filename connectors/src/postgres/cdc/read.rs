@@ -12,7 +12,7 @@ use sluice_pipeline::{Error, ErrorKind, Fields, Output, Position, SourceContext,
 use tokio_postgres::IsolationLevel;
 
 use super::slot;
-use crate::postgres::connect::Database;
+use crate::postgres::connect::{Database, Sessions};
 use crate::postgres::row;
 use crate::postgres::table::TableName;
 

@@ -16,7 +16,7 @@ use sluice_pipeline::{Error, ErrorKind, Term};
 use tokio_postgres::Client;
 
 use super::config::{HEARTBEAT_PREFIX, PostgresCdcConfig, Recover, Snapshot};
-use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::connect::{Database, Sessions, quote_ident};
 use crate::postgres::error::classify;
 use crate::postgres::pgoutput::Lsn;
 use crate::postgres::table::TableName;

@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use super::config::PollConfig;
 use super::metrics::PollMetrics;
 use crate::postgres::cleanup::TIME_TYPES;
-use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::connect::{Database, Sessions, quote_ident};
 use crate::postgres::error::DbError;
 use crate::postgres::table::Table;
 

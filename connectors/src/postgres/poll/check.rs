@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 use super::batch::Poller;
 use super::config::PollConfig;
 use crate::postgres::cleanup::{Cleanup, Delivered};
-use crate::postgres::connect::quote_ident;
+use crate::postgres::connect::{Sessions, quote_ident};
 use crate::postgres::table::Table;
 
 /// Runs every check; a failed connection or a table that does not fit ends them.

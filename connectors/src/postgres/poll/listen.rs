@@ -10,14 +10,14 @@ use std::future::poll_fn;
 use std::pin::pin;
 use std::sync::Arc;
 
-use crate::postgres::tls::RustlsStream;
+use sluice_connect::postgres::tls::RustlsStream;
 use sluice_pipeline::Error;
 use sluice_pipeline::error::chain;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, Client, Connection, Socket};
 
 use super::metrics::PollMetrics;
-use crate::postgres::connect::{Database, quote_ident};
+use crate::postgres::connect::{Database, Sessions, quote_ident};
 use crate::postgres::error::DbError;
 use sluice_pipeline::backoff::Backoff;
 

@@ -18,7 +18,7 @@ use super::config::PollConfig;
 use super::listen::Listener;
 use super::metrics::PollMetrics;
 use crate::postgres::cleanup::{Cleanup, Delivered};
-use crate::postgres::connect::Database;
+use crate::postgres::connect::{Database, Sessions};
 
 /// The running `postgres_poll` source.
 #[derive(Debug)]

@@ -10,6 +10,7 @@ use tracing::Instrument;
 use super::super::slot;
 use super::{PostgresCdc, Stream};
 use crate::postgres::cleanup::{Cleanup, Delivered};
+use crate::postgres::connect::Sessions;
 use crate::postgres::table::Table;
 
 impl PostgresCdc {

@@ -36,8 +36,9 @@ impl<T: ParseUrl> ConnectionUrl<T> {
         T::parse_url(&self.text)
     }
 
-    /// The URL as written, for hints about its shape; never to be shown.
-    pub(crate) fn text(&self) -> &str {
+    /// The URL as written, for hints about its shape (a comma, a missing scheme); never to be
+    /// shown.
+    pub fn text(&self) -> &str {
         &self.text
     }
 }
@@ -79,6 +80,7 @@ impl<'de, T> Deserialize<'de> for ConnectionUrl<T> {
 
 /// Refuses a URL whose user name or password holds an `@` or `/` that should have been
 /// percent-encoded, without echoing any of it (it is likely part of a password).
+#[cfg_attr(not(any(feature = "postgres", feature = "amqp")), allow(dead_code))]
 pub(crate) fn check_userinfo(url: &str) -> Result<(), String> {
     let Some((_, rest)) = url.split_once("://") else {
         return Ok(());
@@ -97,6 +99,7 @@ pub(crate) fn check_userinfo(url: &str) -> Result<(), String> {
 
 /// The pairs of a URL query string (`a=1&b=%2Fx`), each with its name and value decoded and
 /// the pair as written.
+#[cfg_attr(not(any(feature = "postgres", feature = "amqp")), allow(dead_code))]
 pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String, &str)>, String> {
     query
         .split('&')
@@ -108,6 +111,7 @@ pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String, &str)>, St
         .collect()
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "amqp")), allow(dead_code))]
 fn decode(text: &str) -> Result<String, String> {
     percent_decode_str(text)
         .decode_utf8()

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use amq_protocol::uri::{AMQPScheme, AMQPUri, SASLMechanism};
 
 use crate::tls::{PemFile, TlsOptions, Verify};
-use crate::url::{check_userinfo, query_pairs};
+use crate::url::{ConnectionUrl, ParseUrl, check_userinfo, query_pairs};
 
 /// The query parameters `amq-protocol` reads.
 const AMQP_PARAMS: [&str; 5] = [
@@ -28,6 +28,9 @@ const TLS_PARAMS: [&str; 5] = [
     "verify",
     "server_name_indication",
 ];
+
+/// An AMQP URL in a config, whose password never appears in `Debug` output.
+pub type AmqpUrl = ConnectionUrl<Endpoint>;
 
 /// A parsed broker URL. Displays (and debugs) without the password.
 #[derive(Clone, PartialEq)]
@@ -158,6 +161,12 @@ impl AmqpTls {
             },
             server_name: server_name.unwrap_or_else(|| host.to_owned()),
         })
+    }
+}
+
+impl ParseUrl for Endpoint {
+    fn parse_url(url: &str) -> Result<Self, String> {
+        Endpoint::parse(url)
     }
 }
 
