@@ -25,8 +25,10 @@ use sluice_pipeline::{
     SourceContext, Validate,
 };
 use sluice_tests::rabbitmq::cluster::Cluster;
-use sluice_tests::rabbitmq::{Reader, Received, Vhost, rabbitmqctl_patiently, vhost_url};
-use sluice_tests::{Scratch, free_port, json_lines, metric, metrics, saved_checkpoint};
+use sluice_tests::rabbitmq::{
+    Reader, Received, Vhost, amqps_url, amqps_urls, rabbitmqctl_patiently, vhost_url,
+};
+use sluice_tests::{Scratch, free_port, json_lines, metric, metrics, saved_checkpoint, test_ca};
 
 /// One event the `scripted` source emits.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -891,27 +893,6 @@ async fn an_idle_connection_keeps_its_heartbeats() {
     assert!(messages.len() >= 3);
 }
 
-/// The local CA (`SLUICE_TEST_CA`, from `scripts/services.sh`), beside which lie the client
-/// certificate (CN `sluice_cert`, a RabbitMQ user for EXTERNAL) and a CA that signed nothing.
-fn test_ca() -> PathBuf {
-    PathBuf::from(
-        std::env::var("SLUICE_TEST_CA")
-            .expect("SLUICE_TEST_CA is set (eval \"$(scripts/services.sh up)\")"),
-    )
-}
-
-/// `amqps://` to the local broker's TLS listener, virtual host `vhost`, with `query`.
-fn amqps_url(userinfo: &str, host: &str, vhost: &str, query: &str) -> String {
-    let port = std::env::var("AMQPS_URL")
-        .ok()
-        .and_then(|url| {
-            let authority = url.split_once('@')?.1.split('/').next()?.to_owned();
-            Some(authority.rsplit_once(':')?.1.to_owned())
-        })
-        .unwrap_or_else(|| "5671".into());
-    format!("amqps://{userinfo}{host}:{port}/{vhost}?{query}")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn delivers_over_verified_tls_with_a_password_and_with_a_client_certificate() {
     let vhost = Vhost::create("tls").unwrap();
@@ -925,25 +906,7 @@ async fn delivers_over_verified_tls_with_a_password_and_with_a_client_certificat
         ".*",
     ])
     .unwrap();
-    let ca = test_ca();
-    let (user, password) = sluice_tests::rabbitmq::credentials();
-    let with_password = amqps_url(
-        &format!("{user}:{password}@"),
-        "localhost",
-        vhost.name(),
-        &format!("cacertfile={}", ca.display()),
-    );
-    let with_certificate = amqps_url(
-        "",
-        "localhost",
-        vhost.name(),
-        &format!(
-            "cacertfile={}&certfile={}&keyfile={}&auth_mechanism=external",
-            ca.display(),
-            ca.with_file_name("client.pem").display(),
-            ca.with_file_name("client.key").display()
-        ),
-    );
+    let (with_password, with_certificate) = amqps_urls(vhost.name());
     for (n, url) in [with_password, with_certificate].iter().enumerate() {
         let dir = Scratch::new(&format!("rabbitmq-tls-{n}"));
         let events: Vec<Ev> = (0..500u64)

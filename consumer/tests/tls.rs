@@ -5,25 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sluice_consumer::{BoxError, Consumer, ConsumerConfig, Handler, Message};
-use sluice_tests::rabbitmq::{Vhost, credentials, rabbitmqctl_patiently};
-use sluice_tests::{TestDb, wait_for};
+use sluice_tests::rabbitmq::{Vhost, amqps_url, amqps_urls, credentials, rabbitmqctl_patiently};
+use sluice_tests::{TestDb, test_ca, wait_for};
 use tokio_postgres::Transaction;
-
-/// The local CA; beside it, the client certificate (CN `sluice_cert`) and a CA that signed
-/// nothing.
-fn test_ca() -> PathBuf {
-    PathBuf::from(
-        std::env::var("SLUICE_TEST_CA")
-            .expect("SLUICE_TEST_CA is set (eval \"$(scripts/services.sh env)\")"),
-    )
-}
 
 /// `DATABASE_TLS_URL` (a SCRAM role, `verify-full` against the local CA) to database `db`,
 /// and the role's password.
@@ -43,18 +33,6 @@ fn database_tls_url(db: &str) -> (String, String) {
         .map(|(_, p)| p.to_owned())
         .expect("the URL's password");
     (format!("{base}/{db}?{query}"), password)
-}
-
-/// `amqps://` to the broker's TLS listener (the port of `AMQPS_URL`), virtual host `vhost`.
-fn amqps_url(userinfo: &str, host: &str, vhost: &str, query: &str) -> String {
-    let port = std::env::var("AMQPS_URL")
-        .ok()
-        .and_then(|url| {
-            let authority = url.split_once('@')?.1.split('/').next()?.to_owned();
-            Some(authority.rsplit_once(':')?.1.to_owned())
-        })
-        .unwrap_or_else(|| "5671".into());
-    format!("amqps://{userinfo}{host}:{port}/{vhost}?{query}")
 }
 
 fn chain(error: &dyn std::error::Error) -> String {
@@ -125,25 +103,8 @@ async fn consumes_over_amqps_into_an_inbox_over_verify_full() {
         ".*",
     ])
     .unwrap();
-    let ca = test_ca();
-    let (user, amqp_password) = credentials();
-    let with_password = amqps_url(
-        &format!("{user}:{amqp_password}@"),
-        "localhost",
-        vhost.name(),
-        &format!("cacertfile={}", ca.display()),
-    );
-    let with_certificate = amqps_url(
-        "",
-        "localhost",
-        vhost.name(),
-        &format!(
-            "cacertfile={}&certfile={}&keyfile={}&auth_mechanism=external",
-            ca.display(),
-            ca.with_file_name("client.pem").display(),
-            ca.with_file_name("client.key").display()
-        ),
-    );
+    let (with_password, with_certificate) = amqps_urls(vhost.name());
+    let (_, amqp_password) = credentials();
     for (login, amqp_url) in [
         ("password", with_password),
         ("certificate", with_certificate),

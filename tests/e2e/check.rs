@@ -3,18 +3,10 @@
 //! as required passes with 0.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 
 use crate::sluice;
-use sluice_tests::Scratch;
 use sluice_tests::rabbitmq::credentials;
-
-fn test_ca() -> PathBuf {
-    PathBuf::from(
-        std::env::var("SLUICE_TEST_CA")
-            .expect("SLUICE_TEST_CA is set (eval \"$(scripts/services.sh up)\")"),
-    )
-}
+use sluice_tests::{Scratch, test_ca};
 
 fn amqps(userinfo: &str, query: &str) -> String {
     format!(

@@ -66,6 +66,15 @@ impl Drop for Scratch {
     }
 }
 
+/// The CA of the local servers' TLS listeners (`SLUICE_TEST_CA`, as `scripts/services.sh env`
+/// prints it).
+pub fn test_ca() -> PathBuf {
+    PathBuf::from(
+        std::env::var("SLUICE_TEST_CA")
+            .expect("SLUICE_TEST_CA is set (eval \"$(scripts/services.sh env)\")"),
+    )
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

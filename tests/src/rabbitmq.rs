@@ -77,6 +77,44 @@ pub fn credentials() -> (String, String) {
     (user.to_owned(), password.to_owned())
 }
 
+/// `amqps://` to the local broker's TLS listener (the port of `AMQPS_URL`, else 5671) as
+/// `userinfo` (`user:password@`, or empty), by `host`, virtual host `vhost`, with `query`.
+pub fn amqps_url(userinfo: &str, host: &str, vhost: &str, query: &str) -> String {
+    let port = std::env::var("AMQPS_URL")
+        .ok()
+        .and_then(|url| {
+            let authority = url.split_once('@')?.1.split('/').next()?.to_owned();
+            Some(authority.rsplit_once(':')?.1.to_owned())
+        })
+        .unwrap_or_else(|| "5671".into());
+    format!("amqps://{userinfo}{host}:{port}/{vhost}?{query}")
+}
+
+/// Two verified `amqps://` URLs of virtual host `vhost`: one logging in with the test
+/// credentials, one with the services script's client certificate (EXTERNAL).
+pub fn amqps_urls(vhost: &str) -> (String, String) {
+    let ca = crate::test_ca();
+    let (user, password) = credentials();
+    let with_password = amqps_url(
+        &format!("{user}:{password}@"),
+        "localhost",
+        vhost,
+        &format!("cacertfile={}", ca.display()),
+    );
+    let with_certificate = amqps_url(
+        "",
+        "localhost",
+        vhost,
+        &format!(
+            "cacertfile={}&certfile={}&keyfile={}&auth_mechanism=external",
+            ca.display(),
+            ca.with_file_name("client.pem").display(),
+            ca.with_file_name("client.key").display()
+        ),
+    );
+    (with_password, with_certificate)
+}
+
 /// The URL of virtual host `name` on the test broker.
 pub fn vhost_url(name: &str) -> String {
     format!("{}/{name}", authority())
