@@ -80,7 +80,9 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, ExchangeKind};
 use serde::Serialize;
 use sluice_tests::rabbitmq::Vhost;
-use sluice_tests::{Binary, Running, Scratch, TestDb, free_port, metric, metrics, wait_for};
+use sluice_tests::{
+    Binary, Running, Scratch, TestDb, database_tls_url, free_port, metric, metrics, wait_for,
+};
 use support::broker::{self, Message, Route};
 use support::{Args, Row, Sample};
 
@@ -550,7 +552,8 @@ impl Bench {
                         self.drain(&source, &rabbitmq_sink(url, ""), CONFIRMED)
                     }
                     Scenario::CdcRabbitmqTls(_) => {
-                        let source = cdc_source(&tls_db_url(&backlog.db), &slot, PUBLICATION);
+                        let source =
+                            cdc_source(&database_tls_url(&backlog.db.name).0, &slot, PUBLICATION);
                         let sink = rabbitmq_sink(&amqps_url(self.vhost.name()), "");
                         self.drain(&source, &sink, CONFIRMED)
                     }
@@ -662,7 +665,11 @@ impl Bench {
             Live::Cdc => {
                 let db = self.live.as_ref().unwrap();
                 let slot = slot_name(db, "live");
-                let url = if tls { tls_db_url(db) } else { plain(&db.url) };
+                let url = if tls {
+                    database_tls_url(&db.name).0
+                } else {
+                    plain(&db.url)
+                };
                 (db, cdc_source(&url, &slot, &slot))
             }
             Live::Poll => {
@@ -979,16 +986,6 @@ tables = ["public.outbox"]
 fn plain(url: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}sslmode=disable")
-}
-
-/// The URL of `db` over TLS: `DATABASE_TLS_URL` (a SCRAM role, `verify-full` against the local
-/// CA) with the database's name.
-fn tls_db_url(db: &TestDb) -> String {
-    let url = std::env::var("DATABASE_TLS_URL")
-        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh up)\")");
-    let (base, query) = url.split_once('?').unwrap_or((&url, ""));
-    let server = base.rsplit_once('/').map_or(base, |(server, _)| server);
-    format!("{server}/{}?{query}", db.name)
 }
 
 /// The bench's virtual host over TLS: `AMQPS_URL` with `vhost`.

@@ -12,38 +12,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use sluice_consumer::{BoxError, Consumer, ConsumerConfig, Handler, Message};
 use sluice_tests::rabbitmq::{Vhost, amqps_url, amqps_urls, credentials, rabbitmqctl_patiently};
-use sluice_tests::{TestDb, test_ca, wait_for};
+use sluice_tests::{TestDb, database_tls_url, error_chain, test_ca, wait_for};
 use tokio_postgres::Transaction;
-
-/// `DATABASE_TLS_URL` (a SCRAM role, `verify-full` against the local CA) to database `db`,
-/// and the role's password.
-fn database_tls_url(db: &str) -> (String, String) {
-    let url = std::env::var("DATABASE_TLS_URL")
-        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh env)\")");
-    let (base, query) = url.split_once('?').expect("the URL's TLS parameters");
-    assert!(
-        query.contains("sslmode=verify-full"),
-        "the tests need verify-full"
-    );
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    let password = base
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p.to_owned())
-        .expect("the URL's password");
-    (format!("{base}/{db}?{query}"), password)
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
 
 /// Records each message in `applied`.
 struct Apply;
@@ -172,7 +142,7 @@ async fn certificates_from_another_ca_are_refused_with_the_reason() {
         .await
         .map(drop)
         .unwrap_err();
-    let text = chain(&error);
+    let text = error_chain(&error);
     assert!(
         text.contains("not signed by a trusted CA: set cacertfile to the CA that signed it")
             && text.contains("UnknownIssuer"),
@@ -189,7 +159,7 @@ async fn certificates_from_another_ca_are_refused_with_the_reason() {
         .await
         .map(drop)
         .unwrap_err();
-    let text = chain(&error);
+    let text = error_chain(&error);
     assert!(
         text.contains("not signed by a trusted CA: set sslrootcert to the CA that signed it"),
         "{text}"
@@ -207,7 +177,7 @@ async fn certificates_from_another_ca_are_refused_with_the_reason() {
         .await
         .map(drop)
         .unwrap_err();
-    let text = chain(&error);
+    let text = error_chain(&error);
     assert!(text.contains("does not name the host in the URL"), "{text}");
 }
 
@@ -224,7 +194,7 @@ async fn unusable_urls_are_refused_by_field_without_the_password() {
         .await
         .map(drop)
         .unwrap_err();
-    let text = chain(&error);
+    let text = error_chain(&error);
     assert!(
         text.starts_with("amqp_url: cacertfile=/nonexistent/ca.pem: cannot read the file"),
         "{text}"
@@ -238,7 +208,7 @@ async fn unusable_urls_are_refused_by_field_without_the_password() {
     .await
     .map(drop)
     .unwrap_err();
-    let text = chain(&error);
+    let text = error_chain(&error);
     assert!(
         text.starts_with("database_url: sslmode=\"verify-all\" is not an sslmode"),
         "{text}"

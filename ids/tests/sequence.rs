@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use sluice_ids::IdError;
 use sluice_ids::sequence::{PgSequence, PostgresUrl, SequencePlan, SequenceState};
-use sluice_tests::TestDb;
+use sluice_tests::{TestDb, database_tls_url, error_chain};
 
 fn plan(node: u64, nodes: u64, block: u64) -> SequencePlan {
     SequencePlan {
@@ -171,36 +171,10 @@ async fn a_sequence_made_for_another_plan_is_refused() {
     );
 }
 
-/// `DATABASE_TLS_URL` (a SCRAM role, `verify-full` against the local CA) to database `db`,
-/// and the role's password.
-fn tls_url(db: &str) -> (String, String) {
-    let url = std::env::var("DATABASE_TLS_URL")
-        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh env)\")");
-    let (base, query) = url.split_once('?').expect("the URL's TLS parameters");
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    let password = base
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p.to_owned())
-        .expect("the URL's password");
-    (format!("{base}/{db}?{query}"), password)
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
-    }
-    text
-}
-
 #[tokio::test]
 async fn a_sequence_issues_ids_over_verified_tls() {
     let db = TestDb::create("seq_tls");
-    let (url, password) = tls_url(&db.name);
+    let (url, password) = database_tls_url(&db.name);
     assert!(
         url.contains("sslmode=verify-full"),
         "the test needs verify-full"
@@ -227,17 +201,17 @@ async fn a_sequence_issues_ids_over_verified_tls() {
 #[tokio::test]
 async fn a_certificate_from_another_ca_is_refused_naming_the_problem() {
     let db = TestDb::create("seq_tls_ca");
-    let (url, password) = tls_url(&db.name);
+    let (url, password) = database_tls_url(&db.name);
     let ca = PathBuf::from(std::env::var("SLUICE_TEST_CA").expect("SLUICE_TEST_CA is set"));
     let untrusted = ca.with_file_name("untrusted-ca.pem");
     let url = url.replace(&ca.display().to_string(), &untrusted.display().to_string());
     let g = PgSequence::new(PostgresUrl::new(&url), plan(1, 1, 1));
-    let error = chain(&g.set_up().await.unwrap_err());
+    let error = error_chain(&g.set_up().await.unwrap_err());
     assert!(
         error.contains("not signed by a trusted CA: set sslrootcert to the CA that signed it"),
         "{error}"
     );
     assert!(!error.contains(&password), "{error}");
-    let error = chain(&g.next_ids(1).await.unwrap_err());
+    let error = error_chain(&g.next_ids(1).await.unwrap_err());
     assert!(error.contains("UnknownIssuer"), "{error}");
 }

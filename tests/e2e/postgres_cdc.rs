@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use crate::sluice;
 use sluice_tests::{
-    Running, Scratch, TestDb, free_port, http_get, json_lines, metric, metrics, saved_checkpoint,
-    wait_for,
+    Running, Scratch, TestDb, database_tls_url, free_port, http_get, json_lines, metric, metrics,
+    saved_checkpoint, wait_for,
 };
 
 const OUTBOX: &str = "
@@ -465,27 +465,10 @@ fn check_reports_what_the_server_lacks_with_remedies() {
     );
 }
 
-/// `DATABASE_TLS_URL` (the SCRAM role, `verify-full` against the local CA) pointed at `db`.
-fn tls_url(db: &TestDb) -> String {
-    let url = std::env::var("DATABASE_TLS_URL")
-        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh up)\")");
-    let (base, query) = url
-        .split_once('?')
-        .expect("DATABASE_TLS_URL has its TLS parameters");
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    format!("{base}/{}?{query}", db.name)
-}
-
 #[test]
 fn the_relay_runs_over_verified_tls_with_scram_and_a_missing_ca_file_starts_nothing() {
     let cdc = Cdc::new("cdc_tls", OUTBOX, "");
-    let url = tls_url(&cdc.db);
-    let password = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('@'))
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, password)| password.to_owned())
-        .expect("DATABASE_TLS_URL holds a password");
+    let (url, password) = database_tls_url(&cdc.db.name);
     let plain = std::fs::read_to_string(&cdc.config).unwrap();
     let over_tls = plain.replacen(
         &format!("url = \"{}\"", cdc.db.url),

@@ -75,6 +75,37 @@ pub fn test_ca() -> PathBuf {
     )
 }
 
+/// `DATABASE_TLS_URL` (the services script's SCRAM role, `verify-full` against its CA)
+/// pointed at database `db`, and that role's password.
+pub fn database_tls_url(db: &str) -> (String, String) {
+    let url = std::env::var("DATABASE_TLS_URL")
+        .expect("DATABASE_TLS_URL is set (eval \"$(scripts/services.sh env)\")");
+    let (base, query) = url.split_once('?').expect("the URL's TLS parameters");
+    assert!(
+        query.contains("sslmode=verify-full"),
+        "the tests need verify-full"
+    );
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    let password = base
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p.to_owned())
+        .expect("the URL's password");
+    (format!("{base}/{db}?{query}"), password)
+}
+
+/// The text of `error` and of each cause under it, joined by `: `.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 /// A free loopback port (bound, read, released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
